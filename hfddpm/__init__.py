@@ -1,0 +1,24 @@
+"""hfddpm: pixel-space diffusion models on the Hugging Face stack.
+
+Example:
+    >>> import hfddpm
+    >>> pipe = hfddpm.HFDDPMPipeline(unet=hfddpm.build_unet("mnist"), scheduler=hfddpm.HFDDPMScheduler())
+    >>> sorted(hfddpm.UNET_PRESETS)
+    ['celebahq256', 'cifar10', 'flowers64', 'mnist', 'tiny']
+"""
+
+__version__ = "0.1.0"
+
+from .models.unet_presets import UNET_PRESETS, build_unet, count_training_flops
+from .pipelines.pipeline_hfddpm import HFDDPMPipeline
+from .schedulers.scheduling_hfddpm import HFDDPMScheduler, HFDDPMSchedulerOutput
+
+__all__ = [
+    "HFDDPMPipeline",
+    "HFDDPMScheduler",
+    "HFDDPMSchedulerOutput",
+    "UNET_PRESETS",
+    "build_unet",
+    "count_training_flops",
+    "__version__",
+]

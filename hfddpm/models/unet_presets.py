@@ -1,0 +1,124 @@
+"""Named ``UNet2DModel`` configurations, as plain JSON-type dicts.
+
+A preset is data: ``UNet2DModel.from_config(UNET_PRESETS["cifar10"])`` needs nothing from hfddpm, so weights trained
+from a preset load with plain diffusers.
+
+Example:
+    >>> from hfddpm import build_unet
+    >>> unet = build_unet("mnist", num_class_embeds=11)  # 10 digits + the null class for guidance
+    >>> unet.config.in_channels, unet.config.sample_size
+    (1, 28)
+"""
+
+import copy
+
+import torch
+from diffusers import UNet2DModel
+
+# Parameter counts and training FLOPs per image (forward + backward, torch.utils.flop_counter) are measured by
+# `python benchmarks/bench_presets.py`; tests/test_unet_presets.py pins the parameter counts.
+UNET_PRESETS: dict[str, dict] = {
+    # A few thousand parameters, for tests.
+    "tiny": {
+        "sample_size": 32,
+        "in_channels": 3,
+        "out_channels": 3,
+        "layers_per_block": 1,
+        "block_out_channels": [8, 16],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 4,
+        "attention_head_dim": 8,
+    },
+    # 28x28 grey digits: 28 -> 14 -> 7, attention at 14x14 and 7x7; sized for a 10-minute run on a 2-core CPU.
+    "mnist": {
+        "sample_size": 28,
+        "in_channels": 1,
+        "out_channels": 1,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64, 64],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 16,
+        "attention_head_dim": 32,
+    },
+    # The 35.7M-parameter CIFAR-10 network of Ho et al. 2020 (App. B): base 128 channels, multipliers (1, 2, 2, 2),
+    # 2 residual blocks per level, self-attention at 16x16, dropout 0.1. Same layout as google/ddpm-cifar10-32.
+    "cifar10": {
+        "sample_size": 32,
+        "in_channels": 3,
+        "out_channels": 3,
+        "layers_per_block": 2,
+        "block_out_channels": [128, 256, 256, 256],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+        "dropout": 0.1,
+        "norm_eps": 1e-6,
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+    },
+    # 64x64 flowers (Oxford 102): multipliers (1, 2, 3, 4) of 64, attention at 16x16 and 8x8.
+    "flowers64": {
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        "layers_per_block": 2,
+        "block_out_channels": [64, 128, 192, 256],
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "dropout": 0.1,
+        "attention_head_dim": 64,
+    },
+    # CelebA-HQ 256x256, the layout of google/ddpm-ema-celebahq-256 (Ho et al. 2020, App. B).
+    "celebahq256": {
+        "sample_size": 256,
+        "in_channels": 3,
+        "out_channels": 3,
+        "layers_per_block": 2,
+        "block_out_channels": [128, 128, 256, 256, 512, 512],
+        "down_block_types": [
+            "DownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "DownBlock2D",
+        ],
+        "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "norm_eps": 1e-6,
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+    },
+}
+
+
+def build_unet(name: str, **overrides) -> UNet2DModel:
+    """A plain ``diffusers.UNet2DModel`` from preset ``name``, with config ``overrides`` (e.g. ``num_class_embeds``).
+
+    Class-conditional models use ``num_class_embeds = num_classes + 1``: the last index is the null class that
+    classifier-free guidance trains with and samples against.
+    """
+    if name not in UNET_PRESETS:
+        raise ValueError(f"Unknown UNet preset {name!r}; choose one of {sorted(UNET_PRESETS)}.")
+    config = copy.deepcopy(UNET_PRESETS[name])
+    config.update(overrides)
+    return UNet2DModel.from_config(config)
+
+
+def count_training_flops(unet: UNet2DModel, batch_size: int = 1) -> int:
+    """FLOPs of one training step (forward and backward) on ``batch_size`` images, by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else tuple(c.sample_size)
+    size = (size, size) if isinstance(size, int) else size
+    x = torch.randn(batch_size, c.in_channels, *size)
+    t = torch.randint(0, 1000, (batch_size,))
+    labels = torch.zeros(batch_size, dtype=torch.long) if c.num_class_embeds else None
+    counter = FlopCounterMode(display=False)
+    with counter:
+        unet(x, t, class_labels=labels).sample.sum().backward()
+    unet.zero_grad(set_to_none=True)
+    return counter.get_total_flops()

@@ -1,0 +1,3 @@
+from .pipeline_hfddpm import HFDDPMPipeline
+
+__all__ = ["HFDDPMPipeline"]

@@ -1,0 +1,271 @@
+# Copyright 2026 The hfddpm authors. Apache-2.0.
+"""Unconditional and class-conditional pixel-space diffusion sampling with classifier-free guidance.
+
+This file is copied verbatim into every saved pipeline folder (``pipeline_hfddpm.py``), so that
+``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` works with plain diffusers: it imports
+nothing from hfddpm.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import sys
+from typing import Callable
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# Component classes that live outside diffusers and ship as code next to the weights, by the file that holds them.
+# The module paths are public API: saved folders record the file names, hfddpm maps them back to its classes.
+LOCAL_MODULES = {"scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm"}
+# Files and folders that belong to a saved pipeline, e.g. for uploads.
+PIPELINE_FILES = ("model_index.json", "pipeline_hfddpm.py", "unet/*", "scheduler/*")
+
+
+class HFDDPMPipeline(DiffusionPipeline):
+    """Sample images from a ``UNet2DModel`` with any diffusers scheduler, with optional classifier-free guidance.
+
+    A class-conditional UNet has ``num_class_embeds = num_classes + 1``; its last class index is the null class
+    (trained by label dropout) that guidance pushes away from.
+
+    Example:
+        >>> import torch
+        >>> from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16, num_class_embeds=11)
+        >>> pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> out = pipe(batch_size=2, class_labels=[3, 7], guidance_scale=2.0, num_inference_steps=2,
+        ...            generator=torch.manual_seed(0), output_type="np")
+        >>> out.images.shape
+        (2, 16, 16, 1)
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: UNet2DModel, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes of a class-conditional UNet (0 for an unconditional one)."""
+        n = self.unet.config.num_class_embeds
+        return n - 1 if n else 0
+
+    def _check_inputs(self, batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not supported; choose one of {OUTPUT_TYPES}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {bad} are not supported; choose from {self._callback_tensor_inputs}."
+            )
+        if self.num_classes == 0:
+            if class_labels is not None:
+                raise ValueError(
+                    "class_labels were given but this UNet is unconditional (num_class_embeds is None);"
+                    " pass class_labels=None."
+                )
+            if guidance_scale != 1.0:
+                raise ValueError(
+                    f"guidance_scale={guidance_scale} needs a class-conditional UNet; this one is unconditional,"
+                    " use guidance_scale=1.0."
+                )
+            return None
+        if class_labels is None:
+            # Unconditional samples from a class-conditional model: every row gets the null class.
+            if guidance_scale != 1.0:
+                raise ValueError(f"guidance_scale={guidance_scale} needs class_labels to guide towards.")
+            return torch.full((batch_size,), self.num_classes, dtype=torch.long)
+        labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
+        if labels.numel() == 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size:
+            raise ValueError(
+                f"Got {labels.numel()} class_labels for batch_size={batch_size}; give one label per image or a single"
+                " label for all."
+            )
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(
+                f"class_labels must be in [0, {self.num_classes - 1}] for this UNet ({self.num_classes} classes),"
+                f" got {sorted(set(labels.tolist()))}."
+            )
+        return labels
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images.
+
+        Args:
+            batch_size: number of images.
+            num_inference_steps: denoising steps (model evaluations for first-order schedulers).
+            generator: a ``torch.Generator`` (or one per image) for reproducible sampling.
+            class_labels: one label per image or one for all (class-conditional UNets only).
+            guidance_scale: classifier-free guidance weight w of ``uncond + w * (cond - uncond)``, eq. (6) of Ho &
+                Salimans 2022 (https://arxiv.org/abs/2207.12598); 1.0 disables guidance.
+            eta: DDIM noise (0 deterministic, 1 ancestral DDPM), passed to schedulers that accept it.
+            output_type: ``"pil"``, ``"np"`` (NHWC floats in [0, 1]) or ``"pt"`` (NCHW floats in [0, 1]).
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            callback_on_step_end: called as ``fn(pipe, step_index, timestep, callback_kwargs)`` after each step;
+                it may return a dict with a replacement ``"latents"``.
+            callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
+        """
+        # 1. check inputs
+        labels = self._check_inputs(
+            batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs
+        )
+        device = self._execution_device
+        do_guidance = labels is not None and guidance_scale != 1.0
+        if labels is not None:
+            labels = labels.to(device)
+            if do_guidance:
+                # one batched forward pass: conditional half, then the null-class half
+                labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+
+        # 2. initial noise x_T ~ N(0, I), scaled for schedulers that work in sigma space
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, self.unet.config.in_channels, *size)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+
+        # 3. timesteps, and the step() keywords this scheduler understands
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_params = inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {}
+        if "eta" in step_params:
+            step_kwargs["eta"] = eta
+        if "generator" in step_params:
+            step_kwargs["generator"] = generator
+
+        # 4. denoising loop, Algorithm 2 of https://arxiv.org/abs/2006.11239
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = torch.cat([latents, latents]) if do_guidance else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_output = self.unet(model_input, t, class_labels=labels).sample
+            if do_guidance:
+                cond, uncond = model_output.chunk(2)
+                # eq. (6) of https://arxiv.org/abs/2207.12598, on the model's own parameterisation (linear in it)
+                model_output = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+
+            if callback_on_step_end is not None:
+                callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                latents = callback_outputs.get("latents", latents)
+
+        # 5. [-1, 1] -> [0, 1]
+        images = (latents / 2 + 0.5).clamp(0, 1).float()
+        self.maybe_free_model_hooks()
+        if output_type == "pt":
+            out = images.cpu()
+        else:
+            out = images.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                out = self.numpy_to_pil(out)
+        if not return_dict:
+            return (out,)
+        return ImagePipelineOutput(images=out)
+
+    # --------------------------------------------------------------------------------------------------------------
+    # A save format that loads everywhere
+    # --------------------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
+        """Save weights (safetensors), configs and the code of every non-diffusers component.
+
+        The folder then loads with ``HFDDPMPipeline.from_pretrained(folder)`` and, without hfddpm, with
+        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.
+        """
+        if not safe_serialization:
+            raise ValueError("hfddpm saves safetensors only; use safe_serialization=True.")
+        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "push_to_hub in save_pretrained would upload before the remote code is written; save first, then"
+                " push with `hfddpm.hub.push_to_hub(folder, repo_id)` or `hfddpm push FOLDER --repo-id ...`."
+            )
+        super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
+        self._write_remote_code(save_directory)
+
+    def _write_remote_code(self, save_directory):
+        """Copy the source of the pipeline and of custom components next to their configs (generated each save)."""
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+
+        pipeline_module = sys.modules[type(self).__module__]
+        _write_text(os.path.join(save_directory, "pipeline_hfddpm.py"), inspect.getsource(pipeline_module))
+        index["_class_name"] = ["pipeline_hfddpm", type(self).__name__]
+
+        for name in ("unet", "scheduler"):
+            component = getattr(self, name)
+            module_name = type(component).__module__
+            if module_name.split(".")[0] in ("diffusers", "transformers"):
+                continue
+            file_stem = module_name.rsplit(".", 1)[-1]
+            source = inspect.getsource(sys.modules[module_name])
+            _write_text(os.path.join(save_directory, name, f"{file_stem}.py"), source)
+            index[name] = [file_stem, type(component).__name__]
+
+        _write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Load a saved pipeline folder or Hub repository; hfddpm's own classes are used for its components.
+
+        Keyword arguments: ``unet``/``scheduler`` (use these instead of loading), ``torch_dtype``, and the Hub
+        arguments ``revision``, ``cache_dir``, ``token``, ``local_files_only``.
+        """
+        path = str(pretrained_model_name_or_path)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+        if os.path.isdir(path):
+            folder = path
+        elif os.path.exists(path) or path.count("/") > 1 or path.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"{path} is not a saved pipeline folder (expected a folder with model_index.json).")
+        else:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(path, allow_patterns=["model_index.json", "unet/*", "scheduler/*"], **hub_kwargs)
+        index_path = os.path.join(folder, "model_index.json")
+        if not os.path.isfile(index_path):
+            raise FileNotFoundError(f"No model_index.json in {folder}: not a saved pipeline.")
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        components = {}
+        for name in ("unet", "scheduler"):
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+                continue
+            library, class_name = index[name]
+            module = importlib.import_module(LOCAL_MODULES.get(library, library))
+            component_cls = getattr(module, class_name)
+            load_kwargs = {"torch_dtype": torch_dtype} if name == "unet" and torch_dtype is not None else {}
+            components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
+        if kwargs:
+            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; HFDDPMPipeline takes unet and scheduler.")
+        return cls(**components)
+
+
+def _write_text(path: str, text: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

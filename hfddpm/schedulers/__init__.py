@@ -1,0 +1,3 @@
+from .scheduling_hfddpm import HFDDPMScheduler, HFDDPMSchedulerOutput
+
+__all__ = ["HFDDPMScheduler", "HFDDPMSchedulerOutput"]
