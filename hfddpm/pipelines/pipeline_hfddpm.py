@@ -64,7 +64,8 @@ class HFDDPMPipeline(DiffusionPipeline):
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(
-                f"callback_on_step_end_tensor_inputs {bad} are not supported; choose from {self._callback_tensor_inputs}."
+                f"callback_on_step_end_tensor_inputs {bad} are not supported;"
+                f" choose from {self._callback_tensor_inputs}."
             )
         if self.num_classes == 0:
             if class_labels is not None:
@@ -168,7 +169,8 @@ class HFDDPMPipeline(DiffusionPipeline):
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
             if callback_on_step_end is not None:
-                callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                tensors = {"latents": latents}
+                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.get("latents", latents)
 
@@ -238,11 +240,15 @@ class HFDDPMPipeline(DiffusionPipeline):
         if os.path.isdir(path):
             folder = path
         elif os.path.exists(path) or path.count("/") > 1 or path.startswith((".", "/", "~")):
-            raise FileNotFoundError(f"{path} is not a saved pipeline folder (expected a folder with model_index.json).")
+            raise FileNotFoundError(
+                f"{path} is not a saved pipeline folder (expected a folder with model_index.json)."
+            )
         else:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(path, allow_patterns=["model_index.json", "unet/*", "scheduler/*"], **hub_kwargs)
+            folder = snapshot_download(
+                path, allow_patterns=["model_index.json", "unet/*", "scheduler/*"], **hub_kwargs
+            )
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise FileNotFoundError(f"No model_index.json in {folder}: not a saved pipeline.")

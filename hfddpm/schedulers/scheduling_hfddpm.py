@@ -157,7 +157,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         if noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"noise_schedule={noise_schedule!r} is not supported; choose one of {NOISE_SCHEDULES}.")
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of {PREDICTION_TYPES}.")
+            raise ValueError(
+                f"prediction_type={prediction_type!r} is not supported; choose one of {PREDICTION_TYPES}."
+            )
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
                 f"timestep_spacing={timestep_spacing!r} is not supported; choose one of {TIMESTEP_SPACINGS}."
@@ -212,7 +214,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                 if c.image_size is None:
                     raise ValueError(
                         f"noise_schedule={c.noise_schedule!r} needs image_size (the training resolution in pixels);"
-                        f" the shift is 2 * log(base_resolution / image_size) with base_resolution={c.base_resolution}."
+                        " the shift is 2 * log(base_resolution / image_size) with"
+                        f" base_resolution={c.base_resolution}."
                     )
                 if c.noise_schedule == "shifted_cosine":
                     logsnr = logsnr_shifted_cosine(t, c.image_size, c.base_resolution, c.logsnr_min, c.logsnr_max)
@@ -267,7 +270,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
 
         The weight of the x_0 loss is ``min(snr, gamma)``; expressed on the configured target it becomes
         ``min(snr, gamma) / snr`` for epsilon, ``min(snr, gamma)`` for sample and ``min(snr, gamma) / (snr + 1)`` for
-        v-prediction. Timesteps with zero SNR (zero terminal SNR schedules) get weight 1. ``snr_gamma=None`` gives ones.
+        v-prediction. Timesteps with zero SNR (zero terminal SNR schedules) get weight 1; ``snr_gamma=None``: ones.
         """
         timesteps = torch.as_tensor(timesteps)
         if snr_gamma is None:
@@ -309,14 +312,16 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             timesteps = np.round(np.arange(n_train, 0, -n_train / num_inference_steps)) - 1
         timesteps = timesteps.astype(np.int64)
         self.timesteps = torch.from_numpy(timesteps.copy()).to(device)
-        self._previous = dict(zip(timesteps.tolist(), timesteps[1:].tolist() + [-1]))
+        self._previous = dict(zip(timesteps.tolist(), timesteps[1:].tolist() + [-1], strict=True))
 
     def previous_timestep(self, timestep: int) -> int:
         """The timestep the sampler moves to from ``timestep`` (-1 after the last one)."""
         timestep = int(timestep)
         if timestep in self._previous:
             return self._previous[timestep]
-        return timestep - self.config.num_train_timesteps // (self.num_inference_steps or self.config.num_train_timesteps)
+        return timestep - self.config.num_train_timesteps // (
+            self.num_inference_steps or self.config.num_train_timesteps
+        )
 
     def predict_start_and_noise(
         self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor
