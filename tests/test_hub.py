@@ -1,0 +1,413 @@
+"""hfddpm.hub: model cards, push_to_hub against a local fake Hub, and loading by repo id in fresh processes."""
+
+import json
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub.errors import RepositoryNotFoundError
+from PIL import Image
+
+import hfddpm
+from hfddpm.hub import (
+    PushToHubError,
+    card_template_path,
+    count_parameters,
+    default_commit_message,
+    pipeline_files,
+    push_to_hub,
+    update_card_metrics,
+    write_model_card,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hub_server import FakeHub, use_fake_hub  # noqa: E402
+
+TOKEN = "hf_hfddpmtestwritetoken0123456789"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAINING_CONFIG = {
+    "preset": "tiny",
+    "max_train_steps": 10,
+    "train_batch_size": 8,
+    "learning_rate": 1e-3,
+    "hardware": "1 × CPU",
+    "wall_time_s": 75.4,
+    "validation_inference_steps": 3,
+    "output_dir": "/home/someone/private/run",
+    "hub_token": TOKEN,
+    "seed": 0,
+}
+METRICS = {"fd_digits": 4.25, "confident_share": 0.75, "class_histogram": [0.1] * 10, "num_samples": 64}
+PIPELINE = [
+    "README.md",
+    "model_index.json",
+    "pipeline_hfddpm.py",
+    "samples/final.png",
+    "scheduler/scheduler_config.json",
+    "scheduler/scheduling_hfddpm.py",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+]
+
+
+def build_output(folder: Path, num_class_embeds=None, card=True) -> Path:
+    """A training-like output folder: a tiny pipeline, sample grids, metrics, a checkpoint and logs."""
+    torch.manual_seed(0)
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=num_class_embeds)
+    hfddpm.HFDDPMPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler()).save_pretrained(folder)
+    (folder / "samples").mkdir()
+    Image.new("L", (56, 56), 128).save(folder / "samples" / "final.png")
+    Image.new("L", (56, 56), 64).save(folder / "samples" / "step_000005.png")
+    (folder / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-10" / "optimizer.bin").write_bytes(b"optimizer state")
+    (folder / "checkpoints" / "checkpoint-10" / "random_states_0.pkl").write_bytes(b"rng")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "events.out.tfevents.1").write_bytes(b"log")
+    train_metrics = {"steps": 10, "final_loss": 0.0812, "wall_time_s": 75.4, "device": "cpu", "num_processes": 1}
+    (folder / "train_metrics.json").write_text(json.dumps(train_metrics))
+    if card:
+        write_model_card(folder, training_config=TRAINING_CONFIG, metrics=METRICS, dataset_name="mnist")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def saved_output(tmp_path_factory):
+    return build_output(tmp_path_factory.mktemp("saved") / "out")
+
+
+@pytest.fixture
+def output(saved_output, tmp_path):
+    return Path(shutil.copytree(saved_output, tmp_path / "out"))
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with FakeHub(tmp_path / "hub", tokens={TOKEN: "user"}) as server:
+        use_fake_hub(monkeypatch, server, tmp_path / "home")
+        yield server
+    assert server.unhandled == [], f"the client asked for routes the fake Hub does not serve: {server.unhandled}"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def sample(pipe, steps=3):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=2, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Model cards
+# ------------------------------------------------------------------------------------------------------------------
+def test_card_metadata_and_sections(output):
+    card = ModelCard.load(output / "README.md")
+    data = card.data
+    assert data.license == "apache-2.0" and data.library_name == "diffusers"
+    assert data.pipeline_tag == "unconditional-image-generation"
+    assert {"hfddpm", "diffusers", "ddpm", "mnist"} <= set(data.tags)
+    assert data.datasets == ["ylecun/mnist"]
+    results = {r.metric_type: r for r in data.eval_results}
+    assert set(results) == {"fd_digits", "confident_share"}  # numbers only; histograms and settings stay out
+    assert results["fd_digits"].metric_value == 4.25 and results["fd_digits"].dataset_type == "ylecun/mnist"
+    assert results["fd_digits"].task_type == "unconditional-image-generation"
+
+    text = card.text
+    assert "![Samples from the final model](samples/final.png)" in text
+    n_params = hfddpm.HFDDPMPipeline.from_pretrained(output).unet.num_parameters()
+    assert count_parameters(output / "unet") == n_params
+    for row in (
+        "| UNet preset | tiny |",
+        f"| Parameters | {n_params:,} |",
+        "| Resolution | 28×28 |",
+        "| Noise schedule | cosine |",
+        "| Prediction type | v_prediction |",
+        "| Training steps | 10 |",
+        "| Batch size | 8 |",
+        "| Hardware | 1 × CPU |",
+        "| Wall time | 1 min 15 s |",
+        "| Fréchet distance of digit-classifier features (`fd_digits`) | 4.25 | lower is better |",
+    ):
+        assert row in text
+    assert "Computed with num_samples = 64." in text
+    assert "## Limitations" in text
+    # both ways of loading, with the number of steps of the training run's validation grids
+    assert re.search(r'<!-- hfddpm:repo_id ".+/out" -->', text)  # snippets load the folder until it is pushed
+    snippets = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(snippets) == 2
+    assert "HFDDPMPipeline.from_pretrained(" in snippets[0] and "num_inference_steps=3" in snippets[0]
+    assert "DiffusionPipeline.from_pretrained(" in snippets[1] and "trust_remote_code=True" in snippets[1]
+    # secrets and paths of the training machine stay out
+    readme = (output / "README.md").read_text()
+    assert TOKEN not in readme and "hub_token" not in readme and "/home/someone" not in readme
+
+
+def test_card_variants(tmp_path):
+    folder = build_output(tmp_path / "cond", num_class_embeds=11, card=False)
+    (folder / "samples" / "final.png").unlink()
+    path = write_model_card(folder, training_config={"preset": "tiny"}, repo_id="user/cond")
+    card = ModelCard.load(path)
+    assert card.data.eval_results is None and "model-index:" not in path.read_text()
+    assert "Not evaluated yet" in card.text
+    assert "![" not in card.text  # no grid on disk, no broken image
+    assert 'from_pretrained("user/cond")' in card.text
+    assert "    class_labels=[0, 1, 2, 3],\n    guidance_scale=2.0,\n).images" in card.text
+    assert "conditioned on one of 10 class labels" in card.text
+    assert card_template_path().name == "hfddpm_card_template.md"
+
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        write_model_card(tmp_path / "missing", training_config={})
+    with pytest.raises(ValueError, match="training_config must be a dict"):
+        write_model_card(folder, training_config=["preset"])
+
+
+def test_update_card_metrics(output):
+    path = update_card_metrics(output, {"fd_digits": 3.5, "label_accuracy": 0.9, "num_inference_steps": 20})
+    card = ModelCard.load(path)
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values == {"confident_share": 0.75, "fd_digits": 3.5, "label_accuracy": 0.9}
+    assert "| Fréchet distance of digit-classifier features (`fd_digits`) | 3.5 | lower is better |" in card.text
+    assert "4.25" not in card.text and "Computed with num_inference_steps = 20." in card.text
+    assert card.text.count("## Evaluation") == 1 and "## Limitations" in card.text
+
+    with pytest.raises(FileNotFoundError, match="No model card"):
+        update_card_metrics(output / "unet", {"fd_digits": 1.0})
+    with pytest.raises(ValueError, match="metrics must be a dict"):
+        update_card_metrics(path, [1.0])
+
+
+def test_pipeline_files_and_commit_message(output, tmp_path):
+    assert pipeline_files(output) == PIPELINE
+    (output / "unet" / "optimizer.pt").write_bytes(b"x")  # training state inside a component folder stays local
+    assert pipeline_files(output) == PIPELINE
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        pipeline_files(tmp_path)
+
+    title, description = default_commit_message(output)
+    assert title == "Upload hfddpm pipeline at step 10: final_loss=0.0812, fd_digits=4.25, confident_share=0.75"
+    assert "- steps: 10" in description and "- fd_digits: 4.25" in description
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pushing
+# ------------------------------------------------------------------------------------------------------------------
+def test_push_then_load_by_repo_id_in_fresh_processes(output, hub, tmp_path):
+    url = push_to_hub(output, "user/hfddpm-tiny", token=TOKEN)
+    assert url == f"{hub.url}/user/hfddpm-tiny"
+    files = hub.files("user/hfddpm-tiny")
+    assert sorted(files) == sorted([".gitattributes", *PIPELINE])  # no checkpoints, logs or run files
+    assert (
+        files["unet/diffusion_pytorch_model.safetensors"]
+        == (output / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    )
+    commit = hub.commits("user/hfddpm-tiny")[-1]
+    assert commit.title == "Upload hfddpm pipeline at step 10: final_loss=0.0812, fd_digits=4.25, confident_share=0.75"
+    assert "- final_loss: 0.0812" in commit.message
+    readme = files["README.md"].decode()
+    assert readme == (output / "README.md").read_text()  # the local card now names the repository too
+    assert readme.count('from_pretrained("user/hfddpm-tiny"') == 2
+    assert ModelCard(readme).data.eval_results[0].metric_value == 4.25
+    snippets = re.findall(r"```python\n(.*?)```", readme, re.S)
+
+    # One fresh process (imports are slow): first without hfddpm, then with it.
+    (tmp_path / "snippet_hfddpm.py").write_text(snippets[0])
+    (tmp_path / "snippet_diffusers.py").write_text(snippets[1])
+    (tmp_path / "load.py").write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            sys.modules["hfddpm"] = None  # as if hfddpm were not installed
+            import numpy as np, torch
+            from diffusers import DiffusionPipeline
+
+            def sample(pipe):
+                pipe.set_progress_bar_config(disable=True)
+                generator = torch.Generator().manual_seed(0)
+                return pipe(batch_size=2, num_inference_steps=3, generator=generator, output_type="np").images
+
+            images = {}
+            pipe = DiffusionPipeline.from_pretrained("user/hfddpm-tiny", trust_remote_code=True)
+            assert not type(pipe).__module__.startswith("hfddpm"), type(pipe).__module__
+            images["remote_without_hfddpm"] = sample(pipe)
+            exec(open("snippet_diffusers.py").read(), {})  # the card's snippets, as written
+            os.rename("sample.png", "sample_diffusers.png")
+
+            del sys.modules["hfddpm"]
+            from hfddpm import HFDDPMPipeline
+
+            images["hfddpm"] = sample(HFDDPMPipeline.from_pretrained("user/hfddpm-tiny"))
+            images["remote"] = sample(DiffusionPipeline.from_pretrained("user/hfddpm-tiny", trust_remote_code=True))
+            exec(open("snippet_hfddpm.py").read(), {})
+            np.savez("images.npz", **images)
+            """
+        )
+    )
+    run = subprocess.run([sys.executable, "load.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in ("sample.png", "sample_diffusers.png"):
+        assert Image.open(tmp_path / name).size == (28, 28)
+
+    expected = sample(hfddpm.HFDDPMPipeline.from_pretrained(output)).images
+    with np.load(tmp_path / "images.npz") as loaded:
+        assert sorted(loaded) == ["hfddpm", "remote", "remote_without_hfddpm"]
+        for name in loaded:
+            np.testing.assert_allclose(loaded[name], expected, atol=1e-5)
+
+
+def test_push_again_updates_in_place(output, hub):
+    push_to_hub(output, "user/x", token=TOKEN, commit_message="first")
+    api = HfApi(token=TOKEN)
+    api.upload_file(path_or_fileobj=b"user notes", path_in_repo="NOTES.md", repo_id="user/x", commit_message="notes")
+    (output / "unet" / "extra.safetensors").write_bytes(b"stale soon")
+    push_to_hub(output, "user/x", token=TOKEN, commit_message="second")
+    assert "unet/extra.safetensors" in hub.files("user/x")
+
+    (output / "unet" / "extra.safetensors").unlink()
+    (output / "pipeline_hfddpm.py").write_text((output / "pipeline_hfddpm.py").read_text() + "\n# edited\n")
+    push_to_hub(output, "user/x", token=TOKEN, commit_message="third")
+    files = hub.files("user/x")
+    assert sorted(files) == sorted([".gitattributes", "NOTES.md", *PIPELINE])  # stale pipeline file gone, notes kept
+    assert files["pipeline_hfddpm.py"].endswith(b"# edited\n")
+
+    push_to_hub(output, "user/x", token=TOKEN, commit_message="unchanged")  # nothing to commit
+    titles = [c.title for c in hub.commits("user/x")]
+    assert titles == ["initial commit", "first", "notes", "second", "third"]
+
+
+def test_private_push_and_repo_name_without_namespace(output, hub):
+    url = push_to_hub(output, "secret-model", token=TOKEN, private=True)
+    assert url.endswith("/user/secret-model")
+    assert HfApi(token=TOKEN).model_info("user/secret-model").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(token=False).model_info("user/secret-model")
+    assert 'from_pretrained("user/secret-model"' in hub.files("user/secret-model")["README.md"].decode()
+
+
+def test_push_writes_a_card_when_there_is_none(tmp_path, hub):
+    folder = build_output(tmp_path / "out", card=False)
+    metrics = json.loads((folder / "train_metrics.json").read_text())
+    metrics["training_config"] = {"preset": "tiny", "train_batch_size": 4, "dataset_name": "mnist", "hub_token": TOKEN}
+    (folder / "train_metrics.json").write_text(json.dumps(metrics))
+    push_to_hub(folder, "user/carded", token=TOKEN)
+    card = ModelCard(hub.files("user/carded")["README.md"].decode())
+    assert "| Batch size | 4 |" in card.text and "| Hardware | 1 × cpu |" in card.text
+    assert 'from_pretrained("user/carded"' in card.text and TOKEN not in card.content
+    assert (folder / "README.md").read_bytes() == hub.files("user/carded")["README.md"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("failure", ["500", "401", "404", "unreachable", "offline"])
+def test_failed_push_leaves_output_untouched_and_names_the_retry(output, hub, monkeypatch, failure):
+    token, status = TOKEN, int(failure) if failure.isdigit() else None
+    if failure == "500":
+        hub.set_failure(500)
+    elif failure == "401":
+        token = "hf_revokedtoken0123456789abcdef"
+    elif failure == "404":
+        hub.set_failure(404, endpoints=["commit"])  # the repository gets created, the commit fails
+    elif failure == "unreachable":
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    else:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = snapshot(output)
+    with pytest.raises(PushToHubError) as err:
+        push_to_hub(output, "user/x", token=token)
+    assert snapshot(output) == before
+    message = str(err.value)
+    assert err.value.status_code == status and err.value.repo_id == "user/x"
+    reason = {"unreachable": "could not reach", "offline": "HF_HUB_OFFLINE is set"}.get(failure, f"HTTP {status}")
+    assert "'user/x'" in message and reason in message
+    assert err.value.retry_command == f"hfddpm push {output} --repo-id user/x"
+    assert message.endswith(err.value.retry_command) and token not in message
+
+
+def test_token_from_environment_never_leaks(output, hub, monkeypatch, capfd, caplog):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    hf_logger = logging.getLogger("huggingface_hub")
+    hf_logger.addHandler(caplog.handler)
+    try:
+        push_to_hub(output, "user/x")  # token from HF_TOKEN
+        hub.set_failure(500)
+        with pytest.raises(PushToHubError) as err:
+            push_to_hub(output, "user/x", private=True)
+    finally:
+        hf_logger.removeHandler(caplog.handler)
+    assert "--private" in err.value.retry_command
+    out, errors = capfd.readouterr()
+    assert TOKEN not in out + errors + caplog.text + str(err.value)
+    assert "Uploading" in caplog.text
+    assert not [path for path, data in snapshot(output).items() if TOKEN.encode() in data]
+    assert not [path for path, data in hub.files("user/x").items() if TOKEN.encode() in data]
+    assert [r["user"] for r in hub.requests if r["endpoint"] == "commit"] == ["user"]  # authenticated by HF_TOKEN
+    assert TOKEN not in json.dumps(hub.requests)
+
+
+def test_push_input_errors(output, hub, tmp_path):
+    with pytest.raises(PushToHubError, match="No Hugging Face token.*HF_TOKEN.*hf auth login") as err:
+        push_to_hub(output, "user/x")
+    assert err.value.retry_command == f"hfddpm push {output} --repo-id user/x" and hub.requests == []
+    with pytest.raises(ValueError, match="'a/b/c' is not a Hub repository id"):
+        push_to_hub(output, "a/b/c", token=TOKEN)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        push_to_hub(tmp_path / "nothing", "user/x", token=TOKEN)
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        push_to_hub(output / "unet", "user/x", token=TOKEN)
+
+
+def test_cli_push(output, hub, monkeypatch, capsys):
+    from hfddpm.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    args = ["push", str(output), "--repo-id", "user/cli"]
+    assert main(args) == 0
+    assert sorted(hub.files("user/cli")) == sorted([".gitattributes", *PIPELINE])
+    out, err = capsys.readouterr()
+    assert f"{hub.url}/user/cli" in out and TOKEN not in out + err
+
+    hub.set_failure(500)
+    assert main(args) != 0
+    out, err = capsys.readouterr()
+    assert "HTTP 500" in err and err.rstrip().endswith(f"hfddpm push {output} --repo-id user/cli")
+    assert TOKEN not in out + err
+
+
+def test_training_pushes_to_hub(hub, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        *("--preset", "tiny", "--resolution", "28", "--max_train_steps", "2", "--train_batch_size", "4"),
+        *("--validation_steps", "0", "--validation_inference_steps", "2", "--validation_images_per_class", "1"),
+        *("--checkpointing_steps", "2", "--output_dir", str(out)),
+        *("--push_to_hub", "--hub_model_id", "user/trained", "--hub_token", TOKEN),
+    ]
+    run = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "training" / "train.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "checkpoints").is_dir()  # written locally, never uploaded
+    files = hub.files("user/trained")
+    assert sorted(files) == sorted([".gitattributes", *PIPELINE])
+    assert hub.commits("user/trained")[-1].title.startswith("Upload hfddpm pipeline at step 2: final_loss=")
+    readme = files["README.md"].decode()
+    assert readme == (out / "README.md").read_text()
+    assert 'HFDDPMPipeline.from_pretrained("user/trained")' in readme and "class_labels=[0, 1, 2, 3]" in readme
+    assert TOKEN not in run.stdout + run.stderr
+    assert not [path for path, data in snapshot(out).items() if TOKEN.encode() in data]
