@@ -1,0 +1,118 @@
+"""Sampling quality against model evaluations (NFE): FD-digits of a trained pipeline for several samplers.
+
+For every scheduler and NFE budget, generates ``--num-images`` samples (balanced labels for class-conditional
+pipelines) and scores them with ``hfddpm.evaluation.digit_metrics``. NFE is counted (UNet calls per image batch),
+so second-order samplers (heun: 2 per step) are compared at equal compute. Writes a table, a json and a PNG plot.
+
+    python benchmarks/bench_sampling_quality.py hfddpm-mnist                        # DDPM/DDIM/DPM++/UniPC
+    python benchmarks/bench_sampling_quality.py hfddpm-mnist --schedulers ddim,heun --nfe 10,20 --num-images 200
+"""
+
+import argparse
+
+import matplotlib
+import torch
+from common import RESULTS_DIR, environment, markdown_table, write_json
+
+import hfddpm
+from hfddpm.evaluation import balanced_labels, digit_metrics, generate_samples, set_scheduler
+from hfddpm.evaluation.sampling import SCHEDULERS, num_classes
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", help="a trained pipeline folder (training output_dir)")
+    parser.add_argument("--schedulers", default="ddpm,ddim,dpmsolver++,unipc", help=f"from {sorted(SCHEDULERS)}")
+    parser.add_argument("--nfe", default="5,10,20,50,100,1000", help="model evaluations per sample")
+    parser.add_argument("--num-images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--guidance-scale", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="sampling_quality_vs_nfe", help="file stem under benchmarks/results/")
+    return parser.parse_args(argv)
+
+
+def steps_for_nfe(scheduler, nfe: int) -> tuple[int, int]:
+    """The largest ``num_inference_steps`` whose UNet calls stay <= ``nfe``, and that count.
+
+    The pipeline calls the UNet once per entry of ``scheduler.timesteps`` (heun lists 2 per step, PNDM adds its
+    warm-up), so the length of that list after ``set_timesteps`` is the NFE.
+    """
+    for steps in range(nfe, 0, -1):
+        scheduler.set_timesteps(steps)
+        if len(scheduler.timesteps) <= nfe:
+            return steps, len(scheduler.timesteps)
+    raise ValueError(f"{type(scheduler).__name__} needs more than {nfe} model evaluations for a single step.")
+
+
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip()]
+    budgets = [int(n) for n in args.nfe.split(",")]
+    pipe = hfddpm.HFDDPMPipeline.from_pretrained(args.pipeline).to(device)
+    saved_config = pipe.scheduler.config
+    classes = num_classes(pipe)
+    labels = balanced_labels(args.num_images, classes) if classes else None
+
+    rows, records = [], []
+    for name in schedulers:
+        pipe.scheduler = type(pipe.scheduler).from_config(saved_config)
+        set_scheduler(pipe, name)
+        for nfe in budgets:
+            steps, calls = steps_for_nfe(pipe.scheduler, nfe)
+            images = generate_samples(
+                pipe,
+                args.num_images,
+                batch_size=args.batch_size,
+                num_inference_steps=steps,
+                class_labels=labels,
+                guidance_scale=args.guidance_scale,
+                seed=args.seed,
+                progress=False,
+            )
+            metrics = digit_metrics(images, labels)
+            record = {"scheduler": name, "nfe_budget": nfe, "num_inference_steps": steps, "nfe": calls, **metrics}
+            records.append(record)
+            row = [name, nfe, steps, metrics["fd_digits"], metrics["confident_share"]]
+            if labels is not None:
+                row.append(metrics["label_accuracy"])
+            rows.append(row)
+            print(f"{name:>14s} NFE {nfe:5d} ({steps} steps): fd_digits {metrics['fd_digits']:.3f}", flush=True)
+
+    headers = ["scheduler", "NFE", "steps", "FD-digits", "confident share"]
+    if labels is not None:
+        headers.append("label accuracy")
+    print(
+        f"\nSampling quality vs NFE, {args.pipeline}, {args.num_images} images, guidance {args.guidance_scale},"
+        f" device {device}\n"
+    )
+    print(markdown_table(headers, rows))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in schedulers:
+        points = [(r["nfe"], r["fd_digits"]) for r in records if r["scheduler"] == name]
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    ax.set_xscale("log")
+    if all(r["fd_digits"] > 0 for r in records):
+        ax.set_yscale("log")
+    ax.set_xlabel("model evaluations per sample (NFE)")
+    ax.set_ylabel("FD-digits (lower is better)")
+    ax.set_title(f"Sampling quality vs NFE ({args.num_images} samples)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    png = RESULTS_DIR / f"{args.out}.png"
+    fig.savefig(png, dpi=120)
+    path = write_json(f"{args.out}.json", {"args": vars(args), "environment": environment(), "results": records})
+    print(f"\nWrote {path} and {png}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

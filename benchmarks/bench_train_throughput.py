@@ -1,0 +1,101 @@
+"""Training throughput: hfddpm's training step against the diffusers tutorial loop, same UNet and batch.
+
+Both loops run in this process, interleaved round by round (the order alternates), so a busy machine slows both
+alike. Reports images/s per loop (median over rounds) and the median per-round ratio against the tutorial loop.
+
+    python benchmarks/bench_train_throughput.py                          # mnist preset, batch 64
+    python benchmarks/bench_train_throughput.py --preset tiny --batch-size 16 --rounds 2 --steps-per-round 2
+"""
+
+import argparse
+
+import torch
+from common import (
+    DiffusersTutorialLoop,
+    HFDDPMTrainLoop,
+    environment,
+    markdown_table,
+    median,
+    mnist_train_images,
+    timed,
+    unet_config,
+    write_json,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="mnist", help="hfddpm UNet preset (built unconditional, 1 channel)")
+    parser.add_argument("--resolution", type=int, default=28)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps-per-round", type=int, default=10)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true", help="train.py's --channels_last for hfddpm")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", default="train_throughput.json", help="file name under benchmarks/results/")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = unet_config(args.preset, args.resolution)
+    data = mnist_train_images(args.resolution)
+    max_steps = args.warmup_steps + args.rounds * args.steps_per_round
+    loops = {
+        "diffusers": DiffusersTutorialLoop(config, data, args.batch_size, max_steps=max_steps),
+        "hfddpm": HFDDPMTrainLoop(
+            config, data, args.batch_size, max_steps=max_steps, use_ema=True, channels_last=args.channels_last
+        ),
+        "hfddpm_no_ema": HFDDPMTrainLoop(
+            config, data, args.batch_size, max_steps=max_steps, use_ema=False, channels_last=args.channels_last
+        ),
+    }
+    names = {
+        "diffusers": DiffusersTutorialLoop.name,
+        "hfddpm": HFDDPMTrainLoop.name + ", EMA (train.py default)",
+        "hfddpm_no_ema": HFDDPMTrainLoop.name + ", --no_use_ema",
+    }
+    device = loops["hfddpm"].device
+
+    def run(loop, steps):
+        for _ in range(steps):
+            loop.step()
+
+    for loop in loops.values():
+        timed(lambda loop=loop: run(loop, args.warmup_steps), device)
+
+    seconds = {key: [] for key in loops}
+    order = list(loops)
+    for r in range(args.rounds):
+        for key in order if r % 2 == 0 else order[::-1]:
+            seconds[key].append(timed(lambda key=key: run(loops[key], args.steps_per_round), device))
+    images = args.steps_per_round * args.batch_size
+    per_round = {key: [images / s for s in values] for key, values in seconds.items()}
+    results = {
+        key: {
+            "images_per_second": median(per_round[key]),
+            "ratio_vs_diffusers": median([a / b for a, b in zip(per_round[key], per_round["diffusers"], strict=True)]),
+            "images_per_second_per_round": per_round[key],
+        }
+        for key in loops
+    }
+    rows = [
+        [names[key], results[key]["images_per_second"], f"{results[key]['ratio_vs_diffusers']:.3f}x"] for key in loops
+    ]
+    print(
+        f"\nTraining throughput, preset {args.preset} ({args.resolution}px, 1 channel), batch {args.batch_size},"
+        f" {args.rounds} interleaved rounds x {args.steps_per_round} steps, device {device}\n"
+    )
+    print(markdown_table(["loop", "images/s (median)", "ratio vs diffusers"], rows))
+    params = sum(p.numel() for p in loops["hfddpm"].unwrapped.parameters())
+    path = write_json(
+        args.out,
+        {"args": vars(args), "parameters": params, "device": str(device), "environment": environment(), **results},
+    )
+    print(f"\nWrote {path}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

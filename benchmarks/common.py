@@ -1,0 +1,263 @@
+"""Shared pieces of the benchmarks: the two training loops compared, data, timing and reporting helpers.
+
+``HFDDPMTrainLoop`` mirrors one optimisation step of ``training/train.py`` (its recipe comes from that script's
+``DEFAULTS``); ``DiffusersTutorialLoop`` is the loop of the diffusers "Train a diffusion model" tutorial
+(UNet2DModel + DDPMScheduler + AdamW + accelerate, ``loss.item()`` logged every step). Both read batches from the
+same in-memory tensor, so data loading is not part of the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup, get_scheduler
+from diffusers.training_utils import EMAModel
+
+import hfddpm
+from hfddpm.evaluation import load_mnist_5k
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO / "training"))
+from train import DEFAULTS, step_generator  # noqa: E402  (training/train.py is a script, not a package)
+
+
+def unet_config(preset: str, resolution: int = 28, channels: int = 1) -> dict:
+    """An hfddpm preset as a plain UNet2DModel config at the given resolution / channels (unconditional)."""
+    return dict(hfddpm.build_unet(preset, sample_size=resolution, in_channels=channels, out_channels=channels).config)
+
+
+def mnist_train_images(resolution: int = 28) -> torch.Tensor:
+    """The 4000 training digits of MNIST 5k as ``[N, 1, R, R]`` in [-1, 1] (the diffusion models' range)."""
+    images, _ = load_mnist_5k("train")
+    if resolution != 28:
+        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
+    return images * 2 - 1
+
+
+class BatchStream:
+    """Random batches of a tensor, reshuffled every epoch with a seeded generator."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int = 0):
+        self.data, self.batch_size = data, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.position = torch.randperm(len(data), generator=self.generator), 0
+
+    def __next__(self) -> torch.Tensor:
+        if self.position + self.batch_size > len(self.data):
+            self.order, self.position = torch.randperm(len(self.data), generator=self.generator), 0
+        idx = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.data[idx]
+
+
+class HFDDPMTrainLoop:
+    """One optimisation step as in training/train.py: cosine log-SNR schedule, v-prediction, min-SNR-5 weights,
+    foreach (CPU) / fused (CUDA) AdamW, schedule tables on the device, no host synchronisation per step, EMA."""
+
+    name = "hfddpm (training/train.py step)"
+
+    def __init__(
+        self,
+        config: dict,
+        data: torch.Tensor,
+        batch_size: int,
+        *,
+        max_steps: int,
+        use_ema: bool = True,
+        channels_last: bool = False,
+        seed: int = 0,
+    ):
+        d = DEFAULTS
+        self.accelerator = Accelerator()
+        device = self.device = self.accelerator.device
+        torch.manual_seed(seed)
+        unet = UNet2DModel.from_config(config)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        unet = unet.to(memory_format=self.memory_format)
+        fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        optimizer = torch.optim.AdamW(
+            unet.parameters(),
+            lr=d["learning_rate"],
+            betas=(d["adam_beta1"], d["adam_beta2"]),
+            weight_decay=d["adam_weight_decay"],
+            eps=d["adam_epsilon"],
+            **fused,
+        )
+        lr_scheduler = get_scheduler(
+            d["lr_scheduler"], optimizer=optimizer, num_warmup_steps=d["lr_warmup_steps"], num_training_steps=max_steps
+        )
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(unet, optimizer, lr_scheduler)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.ema = None
+        if use_ema:
+            self.ema = EMAModel(
+                self.unwrapped.parameters(),
+                decay=d["ema_max_decay"],
+                use_ema_warmup=True,
+                inv_gamma=d["ema_inv_gamma"],
+                power=d["ema_power"],
+                foreach=True,
+                model_cls=UNet2DModel,
+                model_config=self.unwrapped.config,
+            )
+        self.noise_scheduler = hfddpm.HFDDPMScheduler(
+            num_train_timesteps=d["ddpm_num_steps"],
+            noise_schedule=d["noise_schedule"],
+            prediction_type=d["prediction_type"],
+        )
+        self.train_scheduler = hfddpm.HFDDPMScheduler.from_config(self.noise_scheduler.config)
+        self.train_scheduler.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(device)
+        self.snr_gamma, self.max_grad_norm = d["snr_gamma"], d["max_grad_norm"]
+        self.batches = BatchStream(data, batch_size, seed)
+        self.seed, self.global_step = seed, 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.model.train()
+
+    def step(self):
+        device = self.device
+        clean = next(self.batches).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        gen = step_generator(device, self.seed, 0, self.global_step, 0)
+        noise = torch.randn(clean.shape, generator=gen, device=device).contiguous(memory_format=self.memory_format)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=gen, device=device
+        )
+        noisy = self.train_scheduler.add_noise(clean, noise, timesteps)
+        target = self.train_scheduler.get_target(clean, noise, timesteps)
+        with self.accelerator.accumulate(self.model):
+            pred = self.model(noisy, timesteps).sample
+            per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+            loss = (self.train_scheduler.loss_weights(timesteps, self.snr_gamma) * per_sample).mean()
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.loss_sum += loss.detach()
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.step(self.unwrapped.parameters())
+
+    def pipeline(self) -> hfddpm.HFDDPMPipeline:
+        """The sampling pipeline (EMA weights when EMA is on), as train.py saves it."""
+        unet = UNet2DModel.from_config(self.unwrapped.config)
+        unet.load_state_dict(self.unwrapped.state_dict())
+        if self.ema is not None:
+            self.ema.copy_to(unet.parameters())
+        return hfddpm.HFDDPMPipeline(unet=unet.eval(), scheduler=self.noise_scheduler)
+
+
+class DiffusersTutorialLoop:
+    """The training loop of the diffusers tutorial (https://huggingface.co/docs/diffusers/tutorials/basic_training):
+    DDPMScheduler(1000), epsilon prediction, plain AdamW, cosine warm-up, accelerate, ``loss.detach().item()`` per
+    step for the progress bar and tracker."""
+
+    name = "diffusers tutorial loop"
+
+    def __init__(
+        self,
+        config: dict,
+        data: torch.Tensor,
+        batch_size: int,
+        *,
+        max_steps: int,
+        seed: int = 0,
+        learning_rate: float = 1e-4,
+        lr_warmup_steps: int = 500,
+    ):
+        self.accelerator = Accelerator()
+        torch.manual_seed(seed)
+        unet = UNet2DModel.from_config(config)
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
+        lr_scheduler = get_cosine_schedule_with_warmup(
+            optimizer=optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=max_steps
+        )
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(unet, optimizer, lr_scheduler)
+        self.batches = BatchStream(data, batch_size, seed)
+        self.global_step, self.logs = 0, {}
+        self.model.train()
+
+    def step(self):
+        clean_images = next(self.batches).to(self.accelerator.device)
+        noise = torch.randn(clean_images.shape, device=clean_images.device)
+        bs = clean_images.shape[0]
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (bs,), device=clean_images.device, dtype=torch.int64
+        )
+        noisy_images = self.noise_scheduler.add_noise(clean_images, noise, timesteps)
+        with self.accelerator.accumulate(self.model):
+            noise_pred = self.model(noisy_images, timesteps, return_dict=False)[0]
+            loss = F.mse_loss(noise_pred, noise)
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad()
+        self.logs = {"loss": loss.detach().item(), "lr": self.lr_scheduler.get_last_lr()[0], "step": self.global_step}
+        self.global_step += 1
+
+    def pipeline(self) -> hfddpm.HFDDPMPipeline:
+        unet = self.accelerator.unwrap_model(self.model)
+        copy = UNet2DModel.from_config(unet.config)
+        copy.load_state_dict(unet.state_dict())
+        return hfddpm.HFDDPMPipeline(
+            unet=copy.eval(), scheduler=DDPMScheduler.from_config(self.noise_scheduler.config)
+        )
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds taken by ``fn()``, with the device drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def environment() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    def fmt(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(name: str, payload: dict, results_dir: Path = RESULTS_DIR) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / name
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

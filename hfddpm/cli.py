@@ -1,0 +1,245 @@
+"""hfddpm command line: sample grids, evaluate pipelines, push them to the Hugging Face Hub.
+
+Examples:
+    hfddpm sample outputs/mnist --num-images 64 --num-inference-steps 20 --scheduler dpmsolver++ --out grid.png
+    hfddpm sample outputs/mnist-cond --class-labels 0,1,2,3,4,5,6,7,8,9 --guidance-scale 3 --out digits.png
+    hfddpm evaluate outputs/mnist --num-images 1000 --num-inference-steps 50 --scheduler ddim --out metrics.json
+    hfddpm evaluate outputs/mnist --metrics digits,fid,kid --fid-fallback digits
+    hfddpm push outputs/mnist --repo-id user/hfddpm-mnist --private
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int):
+    parser.add_argument("pipeline", help="a saved pipeline folder (training output_dir) or a Hub repo id")
+    parser.add_argument("--num-images", type=_positive_int, default=num_images)
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per pipeline call")
+    parser.add_argument("--num-inference-steps", type=_positive_int, default=50)
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="sampler short name (ddpm, ddim, dpmsolver++, unipc, euler, heun, ...);"
+        " default: the pipeline's saved scheduler",
+    )
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise for schedulers that take it")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hfddpm.evaluation import FID_FALLBACKS, METRICS, SCHEDULERS
+
+    parser = argparse.ArgumentParser(
+        prog="hfddpm",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    sample = subparsers.add_parser("sample", help="write a grid of samples")
+    _add_sampling_args(sample, num_images=64)
+    sample.add_argument(
+        "--class-labels",
+        nargs="+",
+        default=None,
+        help="labels for a class-conditional model, e.g. 0,1,2 or 0 1 2, repeated to --num-images"
+        " (default: 0, 1, ..., n-1 repeated)",
+    )
+    sample.add_argument("--columns", type=_positive_int, default=None, help="images per grid row")
+    sample.add_argument("--out", type=Path, default=Path("grid.png"), help="the grid image (PNG)")
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate = subparsers.add_parser("evaluate", help="generate samples and compute metrics")
+    _add_sampling_args(evaluate, num_images=1000)
+    evaluate.add_argument(
+        "--metrics", default="digits", help=f"comma-separated subset of {','.join(METRICS)} (default: digits)"
+    )
+    evaluate.add_argument(
+        "--reference",
+        default="mnist_5k",
+        help="real images for fid/kid/dinov2: mnist_5k (its 1000 held-out digits) or a folder of images",
+    )
+    evaluate.add_argument(
+        "--fid-fallback",
+        choices=FID_FALLBACKS,
+        default="none",
+        help="when Inception-v3 (torch-fidelity + weights) is unavailable: none = stop with an error, digits ="
+        " FID/KID on digit-classifier features, skip = leave FID/KID out",
+    )
+    evaluate.add_argument("--inception-weights", default=None, help="path to pt_inception-2015-12-05-6726825d.pth")
+    evaluate.add_argument("--dinov2-model", default=None, help="local DINOv2 folder or cached Hub id")
+    evaluate.add_argument("--cache-dir", default=None, help="reference-statistics cache (default ~/.cache/hfddpm)")
+    evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: PIPELINE/metrics.json)")
+    evaluate.add_argument(
+        "--no-update-card", action="store_true", help="do not write the metrics into PIPELINE/README.md"
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    push = subparsers.add_parser("push", help="upload a trained pipeline folder to the Hugging Face Hub")
+    push.add_argument("output_dir", help="the training output_dir / saved pipeline folder")
+    push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    push.add_argument("--commit-message", default=None)
+    push.set_defaults(func=cmd_push)
+    parser.epilog += f"\n\nSchedulers: {', '.join(SCHEDULERS)}"
+    return parser
+
+
+def load_pipeline(path: str, device: str | None = None):
+    """Load a saved pipeline folder (or a Hub repo id) with ``HFDDPMPipeline.from_pretrained``."""
+    from hfddpm import HFDDPMPipeline
+
+    if not os.path.isdir(path):
+        if os.path.exists(path) or not _REPO_ID.match(path):
+            raise FileNotFoundError(
+                f"Pipeline folder {path!r} does not exist (expected a folder with model_index.json)."
+            )
+        try:
+            pipe = HFDDPMPipeline.from_pretrained(path)
+        except Exception as err:  # noqa: BLE001 (the Hub client raises many types)
+            raise FileNotFoundError(
+                f"{path!r} is not a local pipeline folder and could not be loaded as a Hub repo id"
+                f" ({type(err).__name__}: {err})."
+            ) from None
+    else:
+        pipe = HFDDPMPipeline.from_pretrained(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return pipe.to(device)
+
+
+def parse_class_labels(values: list[str] | None, num_images: int, num_classes: int) -> torch.Tensor | None:
+    """``["0,1", "2"]`` -> labels ``0, 1, 2`` repeated to ``num_images``; ``None`` -> ``0..num_classes-1`` repeated
+    (class-conditional) or ``None`` (unconditional)."""
+    from hfddpm.evaluation import balanced_labels
+
+    if values is None:
+        return balanced_labels(num_images, num_classes) if num_classes else None
+    if not num_classes:
+        raise ValueError(
+            "--class-labels were given but the pipeline's UNet is unconditional (num_class_embeds is None)."
+        )
+    items = [item for value in values for item in value.split(",") if item.strip()]
+    try:
+        labels = torch.tensor([int(item) for item in items])
+    except ValueError:
+        raise ValueError(f"--class-labels must be integers, got {' '.join(values)!r}.") from None
+    bad = sorted({int(x) for x in labels if not 0 <= x < num_classes})
+    if bad or labels.numel() == 0:
+        raise ValueError(f"--class-labels must be in [0, {num_classes - 1}] for this pipeline, got {bad or values}.")
+    return labels[torch.arange(num_images) % labels.numel()]
+
+
+def cmd_sample(args) -> int:
+    from diffusers.utils import make_image_grid
+
+    from hfddpm.evaluation import generate_samples, grid_shape, set_scheduler
+    from hfddpm.evaluation.sampling import num_classes
+
+    rows, cols = grid_shape(args.num_images, args.columns)
+    pipe = set_scheduler(load_pipeline(args.pipeline, args.device), args.scheduler)
+    labels = parse_class_labels(args.class_labels, args.num_images, num_classes(pipe))
+    images = generate_samples(
+        pipe,
+        args.num_images,
+        batch_size=args.batch_size,
+        num_inference_steps=args.num_inference_steps,
+        class_labels=labels,
+        guidance_scale=args.guidance_scale,
+        eta=args.eta,
+        seed=args.seed,
+    )
+    pil_images = pipe.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    make_image_grid(pil_images, rows=rows, cols=cols).save(args.out)
+    print(f"Wrote {args.num_images} samples ({rows}x{cols} grid, {type(pipe.scheduler).__name__}) to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, evaluate_pipeline, parse_metrics, update_model_card
+
+    metrics = parse_metrics(args.metrics)
+    pipe = load_pipeline(args.pipeline, args.device)
+    results = evaluate_pipeline(
+        pipe,
+        num_images=args.num_images,
+        batch_size=args.batch_size,
+        num_inference_steps=args.num_inference_steps,
+        scheduler=args.scheduler,
+        guidance_scale=args.guidance_scale,
+        eta=args.eta,
+        seed=args.seed,
+        metrics=metrics,
+        reference=args.reference,
+        fid_fallback=args.fid_fallback,
+        inception_weights=args.inception_weights,
+        dinov2_model=args.dinov2_model or DEFAULT_DINOV2_MODEL,
+        cache_dir=args.cache_dir,
+    )
+    results = {"pipeline": str(args.pipeline), **results}
+    local = os.path.isdir(args.pipeline)
+    out = args.out
+    if out is None:
+        out = Path(args.pipeline) / "metrics.json" if local else Path("metrics.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"Wrote {out}")
+    card = Path(args.pipeline) / "README.md"
+    if local and card.is_file() and not args.no_update_card:
+        update_model_card(card, results)
+        print(f"Updated the model-index metrics of {card}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from hfddpm.hub import PushToHubError, push_to_hub
+
+    try:
+        url = push_to_hub(
+            args.output_dir, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message
+        )
+    except PushToHubError as err:
+        print(f"hfddpm push: error: {err}", file=sys.stderr)
+        return 1
+    print(f"Pushed {args.output_dir} to {url}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hfddpm`` console script; returns the exit status (2 for bad input)."""
+    from hfddpm.evaluation import MetricUnavailableError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, MetricUnavailableError) as err:
+        print(f"hfddpm {args.command}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, (ValueError, FileNotFoundError)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Evaluation of hfddpm pipelines: offline digit metrics, FID / KID (torchmetrics), FD-DINOv2, sampling helpers.
+
+Example:
+    >>> from hfddpm.evaluation import digit_metrics, load_mnist_5k
+    >>> images, labels = load_mnist_5k("heldout")
+    >>> metrics = digit_metrics(images, labels)                         # doctest: +SKIP
+    >>> sorted(metrics)                                                 # doctest: +SKIP
+    ['class_histogram', 'classes_covered', 'confident_share', 'fd_digits', 'label_accuracy', 'num_images']
+"""
+
+from .digits import (
+    DigitClassifier,
+    DigitFeatureExtractor,
+    classify_digits,
+    default_cache_dir,
+    digit_classifier_info,
+    digit_metrics,
+    digit_reference_statistics,
+    load_digit_classifier,
+    load_mnist_5k,
+)
+from .dinov2 import DEFAULT_DINOV2_MODEL, dinov2_features, fd_dinov2, load_dinov2
+from .evaluate import (
+    FID_FALLBACKS,
+    METRICS,
+    check_metrics_available,
+    compute_metrics,
+    evaluate_pipeline,
+    load_reference,
+    parse_metrics,
+    update_model_card,
+)
+from .frechet import feature_statistics, frechet_distance
+from .inception import InceptionFeatures, MetricUnavailableError, fid_kid, find_inception_weights
+from .sampling import SCHEDULERS, balanced_labels, generate_samples, grid_shape, make_scheduler, set_scheduler
+
+__all__ = [
+    "DEFAULT_DINOV2_MODEL",
+    "FID_FALLBACKS",
+    "METRICS",
+    "SCHEDULERS",
+    "DigitClassifier",
+    "DigitFeatureExtractor",
+    "InceptionFeatures",
+    "MetricUnavailableError",
+    "balanced_labels",
+    "check_metrics_available",
+    "classify_digits",
+    "compute_metrics",
+    "default_cache_dir",
+    "digit_classifier_info",
+    "digit_metrics",
+    "digit_reference_statistics",
+    "dinov2_features",
+    "evaluate_pipeline",
+    "fd_dinov2",
+    "feature_statistics",
+    "fid_kid",
+    "find_inception_weights",
+    "frechet_distance",
+    "generate_samples",
+    "grid_shape",
+    "load_digit_classifier",
+    "load_dinov2",
+    "load_mnist_5k",
+    "load_reference",
+    "make_scheduler",
+    "parse_metrics",
+    "set_scheduler",
+    "update_model_card",
+]

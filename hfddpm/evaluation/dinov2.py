@@ -1,0 +1,72 @@
+"""FD-DINOv2: Fréchet distance on DINOv2 features (Stein et al. 2023, https://arxiv.org/abs/2306.04675).
+
+Uses ``transformers`` and weights already on disk (a local folder or the Hugging Face cache); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .frechet import feature_statistics, frechet_distance
+from .inception import MetricUnavailableError
+
+DEFAULT_DINOV2_MODEL = "facebook/dinov2-base"
+DINOV2_RESOLUTION = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_dinov2(model_name_or_path: str | os.PathLike = DEFAULT_DINOV2_MODEL):
+    """A DINOv2 ``transformers`` model from a local folder or the Hugging Face cache (``local_files_only``).
+
+    Raises:
+        MetricUnavailableError: transformers is not installed or the weights are not on disk.
+    """
+    if importlib.util.find_spec("transformers") is None:
+        raise MetricUnavailableError(
+            "FD-DINOv2 needs the transformers package, which is not installed (`pip install 'hfddpm[eval]'` or"
+            " `pip install transformers`). Rerun without dinov2 in --metrics to skip it."
+        )
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(str(model_name_or_path), local_files_only=True)
+    except OSError as err:
+        raise MetricUnavailableError(
+            f"FD-DINOv2 weights {str(model_name_or_path)!r} are not on disk (looked in the Hugging Face cache"
+            f" {HF_HUB_CACHE}) and nothing is downloaded. Options: on a machine with internet run"
+            f" `hf download {DEFAULT_DINOV2_MODEL}` and copy the cache (or set HF_HOME), pass a local folder with"
+            f" --dinov2-model PATH, or rerun without dinov2 in --metrics. ({type(err).__name__}: {err})"
+        ) from None
+    return model.eval().requires_grad_(False)
+
+
+def dinov2_preprocess(images: torch.Tensor, resolution: int = DINOV2_RESOLUTION) -> torch.Tensor:
+    """Float ``[N, 1 or 3, H, W]`` images in [0, 1] -> ImageNet-normalised RGB at ``resolution`` (bicubic)."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    images = F.interpolate(images.float(), size=(resolution, resolution), mode="bicubic", antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images.clamp(0, 1) - mean) / std
+
+
+@torch.no_grad()
+def dinov2_features(images: torch.Tensor, model, batch_size: int = 50) -> torch.Tensor:
+    """The normalised CLS token (``pooler_output``) of every image, ``[N, hidden_size]``."""
+    return torch.cat(
+        [model(pixel_values=dinov2_preprocess(batch)).pooler_output for batch in images.split(batch_size)]
+    )
+
+
+def fd_dinov2(fake: torch.Tensor, real: torch.Tensor, model=None, batch_size: int = 50) -> float:
+    """Fréchet distance between the DINOv2 features of ``fake`` and ``real`` images (float, [0, 1])."""
+    model = model if model is not None else load_dinov2()
+    mu_fake, sigma_fake = feature_statistics(dinov2_features(fake, model, batch_size).double().numpy())
+    mu_real, sigma_real = feature_statistics(dinov2_features(real, model, batch_size).double().numpy())
+    return frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real)

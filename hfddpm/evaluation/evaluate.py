@@ -1,0 +1,234 @@
+"""Generate samples with a pipeline and score them: digit metrics, FID / KID, FD-DINOv2; update the model card."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .digits import DigitFeatureExtractor, digit_metrics, reference_images
+from .dinov2 import DEFAULT_DINOV2_MODEL, fd_dinov2, load_dinov2
+from .inception import MetricUnavailableError, fid_kid, find_inception_weights
+from .sampling import balanced_labels, generate_samples, num_classes, set_scheduler
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("digits", "fid", "kid", "dinov2")
+FID_FALLBACKS = ("none", "digits", "skip")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# keys of an evaluation result that go to the model card: metrics, then the settings the hub card shows
+CARD_METRICS = (
+    "fd_digits",
+    "confident_share",
+    "classes_covered",
+    "label_accuracy",
+    "fid",
+    "kid",
+    "kid_std",
+    "fid_digits",
+    "kid_digits",
+    "kid_digits_std",
+    "fd_dinov2",
+)
+CARD_SETTINGS = ("num_samples", "num_inference_steps", "guidance_scale", "eta", "seed")
+
+
+def parse_metrics(metrics: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"digits,fid"`` or ``["digits", "fid"]`` -> ``("digits", "fid")``, checked against ``METRICS``."""
+    names = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ValueError(
+            f"Unknown metrics {unknown or metrics!r}; choose a comma-separated subset of {list(METRICS)}."
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def load_reference(reference: str | os.PathLike, resolution: int, channels: int) -> torch.Tensor:
+    """Real images for FID / KID / FD-DINOv2 as ``[N, channels, resolution, resolution]`` floats in [0, 1].
+
+    ``reference`` is ``"mnist_5k"`` (its 1000 held-out digits) or a folder of images (resized to ``resolution``).
+    """
+    if str(reference) == "mnist_5k":
+        images, _ = reference_images("mnist_5k", "heldout", resolution)
+        return images.expand(-1, channels, -1, -1) if channels != 1 else images
+    folder = Path(reference)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"reference {str(reference)!r} is neither 'mnist_5k' nor a folder of images.")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) < 2:
+        raise ValueError(f"reference folder {folder} holds {len(files)} images with {IMAGE_EXTENSIONS}; need >= 2.")
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for path in files:
+        with Image.open(path) as image:
+            image = image.convert(mode).resize((resolution, resolution), Image.Resampling.BICUBIC)
+            arrays.append(np.asarray(image, dtype=np.float32).reshape(resolution, resolution, channels) / 255.0)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def check_metrics_available(
+    metrics, *, fid_fallback: str = "none", inception_weights=None, dinov2_model=DEFAULT_DINOV2_MODEL
+) -> list[str]:
+    """Fail before any sampling when a requested metric cannot run; returns notes about fallbacks taken."""
+    if fid_fallback not in FID_FALLBACKS:
+        raise ValueError(f"fid_fallback={fid_fallback!r} is not supported; choose one of {FID_FALLBACKS}.")
+    notes = []
+    if {"fid", "kid"} & set(metrics):
+        try:
+            find_inception_weights(inception_weights)
+        except MetricUnavailableError as err:
+            if fid_fallback == "none":
+                raise
+            notes.append(f"{err} -> fid_fallback={fid_fallback!r}")
+    if "dinov2" in metrics:
+        load_dinov2(dinov2_model)
+    return notes
+
+
+def compute_metrics(
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    metrics=("digits",),
+    reference: str | os.PathLike = "mnist_5k",
+    fid_fallback: str = "none",
+    inception_weights=None,
+    dinov2_model: str | os.PathLike = DEFAULT_DINOV2_MODEL,
+    cache_dir=None,
+    seed: int = 0,
+) -> dict:
+    """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the requested ``metrics`` (see ``METRICS``).
+
+    - ``digits``: ``digit_metrics`` (grey images only; ``label_accuracy`` when ``labels`` are given).
+    - ``fid`` / ``kid``: torchmetrics with Inception-v3 against ``reference``. When Inception is unavailable:
+      ``fid_fallback="none"`` raises ``MetricUnavailableError`` naming what is missing, ``"digits"`` computes them
+      on the digit classifier's features (keys ``fid_digits``, ``kid_digits``), ``"skip"`` leaves them out.
+    - ``dinov2``: ``fd_dinov2`` against ``reference`` (transformers and local weights).
+
+    Returns a flat dict of metrics plus ``notes`` (a list of strings) when a fallback was taken.
+    """
+    metrics = parse_metrics(metrics)
+    notes = check_metrics_available(
+        metrics, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
+    )
+    results = {}
+    if "digits" in metrics:
+        digits = digit_metrics(images, labels, reference="mnist_5k", cache_dir=cache_dir)
+        digits.pop("num_images")
+        results.update(digits)
+
+    wanted = tuple(m for m in ("fid", "kid") if m in metrics)
+    if notes and fid_fallback == "skip":
+        wanted = ()
+    real = None
+    if wanted or "dinov2" in metrics:
+        real = load_reference(reference, images.shape[-1], images.shape[1])
+    if wanted:
+        if not notes:
+            results.update(fid_kid(images, real, metrics=wanted, inception_weights=inception_weights, seed=seed))
+        elif fid_fallback == "digits":
+            scores = fid_kid(images, real, feature=DigitFeatureExtractor(), metrics=wanted, seed=seed)
+            results.update({k.replace("fid", "fid_digits").replace("kid", "kid_digits"): v for k, v in scores.items()})
+    if "dinov2" in metrics:
+        results["fd_dinov2"] = fd_dinov2(images, real, load_dinov2(dinov2_model))
+    if notes:
+        for note in notes:
+            logger.warning(note)
+        results["notes"] = notes
+    return results
+
+
+def evaluate_pipeline(
+    pipe,
+    *,
+    num_images: int = 1000,
+    batch_size: int = 64,
+    num_inference_steps: int = 50,
+    scheduler: str | None = None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    seed: int = 0,
+    metrics=("digits",),
+    reference: str | os.PathLike = "mnist_5k",
+    fid_fallback: str = "none",
+    inception_weights=None,
+    dinov2_model: str | os.PathLike = DEFAULT_DINOV2_MODEL,
+    cache_dir=None,
+    progress: bool = True,
+) -> dict:
+    """Sample ``num_images`` images with ``pipe`` and score them with ``compute_metrics``.
+
+    Class-conditional pipelines get balanced labels (``i % num_classes``) and the result has ``label_accuracy``
+    when digit metrics are requested. ``scheduler`` swaps the sampler by short name (``sampling.SCHEDULERS``).
+
+    Returns a flat dict: the metrics, then the settings (``num_samples``, ``num_inference_steps``, ``scheduler``,
+    ``guidance_scale``, ``eta``, ``seed``, ``batch_size``, ``reference``, ``class_conditional``) and timings.
+    """
+    metrics = parse_metrics(metrics)
+    if num_images < 2:
+        raise ValueError(f"num_images={num_images}: the metrics need at least 2 samples (a covariance).")
+    check_metrics_available(
+        metrics, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
+    )
+    set_scheduler(pipe, scheduler)
+    classes = num_classes(pipe)
+    labels = balanced_labels(num_images, classes) if classes else None
+
+    start = time.perf_counter()
+    images = generate_samples(
+        pipe,
+        num_images,
+        batch_size=batch_size,
+        num_inference_steps=num_inference_steps,
+        class_labels=labels,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        progress=progress,
+    )
+    generation_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    results = compute_metrics(
+        images,
+        labels,
+        metrics=metrics,
+        reference=reference,
+        fid_fallback=fid_fallback,
+        inception_weights=inception_weights,
+        dinov2_model=dinov2_model,
+        cache_dir=cache_dir,
+        seed=seed,
+    )
+    notes = results.pop("notes", None)
+    results.update(
+        num_samples=num_images,
+        num_inference_steps=num_inference_steps,
+        scheduler=scheduler or type(pipe.scheduler).__name__,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        seed=seed,
+        batch_size=batch_size,
+        reference=str(reference),
+        class_conditional=bool(classes),
+        generation_seconds=round(generation_seconds, 2),
+        metrics_seconds=round(time.perf_counter() - start, 2),
+    )
+    if notes:
+        results["notes"] = notes
+    return results
+
+
+def update_model_card(card_path: str | os.PathLike, results: dict) -> Path:
+    """Write the metrics of an ``evaluate_pipeline`` result into a model card (YAML ``model-index`` and the
+    Evaluation section) with ``hfddpm.hub.update_card_metrics``; ``card_path`` is a README.md or its folder."""
+    from hfddpm.hub import update_card_metrics
+
+    card = {k: results[k] for k in CARD_METRICS if k in results}
+    card.update({k: results[k] for k in CARD_SETTINGS if k in results})
+    return update_card_metrics(card_path, card)

@@ -1,0 +1,142 @@
+"""FID and KID through torchmetrics, with Inception-v3 (torch-fidelity weights) or any feature network.
+
+Inception-v3 needs the ``torch-fidelity`` package and its weights file ``pt_inception-2015-12-05-6726825d.pth``;
+neither is downloaded here. ``find_inception_weights`` says what is missing and what to do instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
+
+
+class MetricUnavailableError(RuntimeError):
+    """A metric's network or weights are not available offline; the message lists the options."""
+
+
+def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
+    """The Inception-v3 weights to use: ``path`` if given, else torch hub's cache (where torch-fidelity downloads
+    them: ``<torch.hub.get_dir()>/checkpoints/pt_inception-2015-12-05-6726825d.pth``).
+
+    Raises:
+        MetricUnavailableError: torch-fidelity is not installed or the weights file is missing.
+    """
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    weights = Path(path) if path is not None else cached
+    problems = []
+    if importlib.util.find_spec("torch_fidelity") is None:
+        problems.append("the torch-fidelity package is not installed (`pip install torch-fidelity`)")
+    if not weights.is_file():
+        problems.append(
+            f"the Inception-v3 weights {INCEPTION_WEIGHTS_FILE} are not at {weights} (download {INCEPTION_WEIGHTS_URL}"
+            " on a machine with internet and pass the file with --inception-weights, or put it in that folder)"
+        )
+    if problems:
+        raise MetricUnavailableError(
+            "FID/KID with Inception-v3 are unavailable: " + "; ".join(problems) + ". Nothing is downloaded."
+            " Options: provide them, or rerun with --fid-fallback digits (FID/KID on the digit classifier's features,"
+            " reported as fid_digits/kid_digits, comparable only with other hfddpm runs) or --fid-fallback skip"
+            " (leave FID/KID out)."
+        )
+    return weights
+
+
+class InceptionFeatures(nn.Module):
+    """torchmetrics' Inception-v3 (2048-d pool features) taking float images in [0, 1], grey or RGB."""
+
+    num_features = 2048
+
+    def __init__(self, weights_path: str | os.PathLike | None = None):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        weights = find_inception_weights(weights_path)
+        self.inception = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        # torch-fidelity's Inception takes uint8 RGB and resizes to 299 itself
+        return self.inception((images * 255).round().clamp(0, 255).to(torch.uint8))
+
+
+def _feature_network(feature: nn.Module | None, inception_weights) -> nn.Module:
+    return feature if feature is not None else InceptionFeatures(inception_weights)
+
+
+@torch.no_grad()
+def fid_kid(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    *,
+    feature: nn.Module | None = None,
+    inception_weights: str | os.PathLike | None = None,
+    metrics: tuple[str, ...] = ("fid", "kid"),
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    batch_size: int = 100,
+    seed: int = 0,
+) -> dict:
+    """FID and/or KID between ``fake`` and ``real`` images (float ``[N, C, H, W]`` in [0, 1]) with torchmetrics.
+
+    Args:
+        feature: the feature network, an ``nn.Module`` taking a float image batch and returning ``[B, D]``, with a
+            ``num_features`` attribute; default: Inception-v3 (``InceptionFeatures``).
+        inception_weights: the Inception-v3 weights file, when not in torch hub's cache.
+        metrics: which of ``"fid"``, ``"kid"`` to compute.
+        kid_subsets, kid_subset_size: KID's random subsets (the size is capped at the smaller set's size).
+        seed: seeds KID's subset sampling (the global RNG state is restored afterwards).
+
+    Returns:
+        ``{"fid": float, "kid": float (mean over subsets), "kid_std": float}`` for the requested metrics.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    unknown = set(metrics) - {"fid", "kid"}
+    if unknown:
+        raise ValueError(f"Unknown metrics {sorted(unknown)}; choose from ['fid', 'kid'].")
+    network = _feature_network(feature, inception_weights).eval()
+    # Features once per image set, shared by FID and KID through an identity "network".
+    features = {}
+    for name, images in (("real", real), ("fake", fake)):
+        features[name] = torch.cat([network(batch.float()) for batch in images.split(batch_size)]).double()
+
+    identity = _Identity(features["real"].shape[1])
+    results = {}
+    if "fid" in metrics:
+        fid = FrechetInceptionDistance(feature=identity)
+        fid.update(features["real"], real=True)
+        fid.update(features["fake"], real=False)
+        results["fid"] = float(fid.compute())
+    if "kid" in metrics:
+        subset_size = min(kid_subset_size, len(real), len(fake))
+        with warnings.catch_warnings():  # "KID will save all extracted features": we pass features, not images
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            kid = KernelInceptionDistance(feature=identity, subsets=kid_subsets, subset_size=subset_size)
+        kid.update(features["real"], real=True)
+        kid.update(features["fake"], real=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mean, std = kid.compute()
+        results["kid"], results["kid_std"] = float(mean), float(std)
+    return results
+
+
+class _Identity(nn.Module):
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features

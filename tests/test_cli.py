@@ -1,0 +1,174 @@
+import importlib.util
+import json
+import re
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+
+import hfddpm
+from hfddpm.cli import main
+
+TORCH_FIDELITY = importlib.util.find_spec("torch_fidelity") is not None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline_and_cache_in_tmp(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("HFDDPM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+def _save_tiny(path, num_class_embeds=None):
+    torch.manual_seed(0)
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=num_class_embeds)
+    hfddpm.HFDDPMPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_conditional_pipeline(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("tiny-cond"), num_class_embeds=11)
+
+
+def test_sample_writes_a_grid(tiny_pipeline, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    args = ["sample", tiny_pipeline, "--num-images", "6", "--num-inference-steps", "2", "--scheduler", "dpmsolver++"]
+    assert main([*args, "--seed", "3", "--out", str(out)]) == 0
+    assert "2x3 grid, DPMSolverMultistepScheduler" in capsys.readouterr().out
+    with Image.open(out) as grid:
+        assert grid.size == (3 * 28, 2 * 28)
+        first = grid.copy()
+    # same seed -> same grid
+    assert main([*args, "--seed", "3", "--out", str(tmp_path / "again.png")]) == 0
+    with Image.open(tmp_path / "again.png") as again:
+        assert list(again.getdata()) == list(first.getdata())
+
+
+def test_sample_class_conditional_with_guidance(tiny_conditional_pipeline, tmp_path):
+    out = tmp_path / "sub" / "digits.png"
+    args = ["sample", tiny_conditional_pipeline, "--num-images", "4", "--num-inference-steps", "2"]
+    assert main([*args, "--class-labels", "3,7", "--guidance-scale", "2", "--columns", "4", "--out", str(out)]) == 0
+    with Image.open(out) as grid:
+        assert grid.size == (4 * 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--scheduler", "dpm"], "Unknown scheduler 'dpm'; choose one of"),
+        (["--class-labels", "10"], r"--class-labels must be in \[0, 9\]"),
+        (["--class-labels", "x"], "--class-labels must be integers"),
+        (["--columns", "5"], "num_images=4 is not a multiple of columns=5"),
+    ],
+)
+def test_sample_bad_input(tiny_conditional_pipeline, tmp_path, capsys, extra, message):
+    args = ["sample", tiny_conditional_pipeline, "--num-images", "4", "--num-inference-steps", "1"]
+    assert main([*args, *extra, "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfddpm sample: error:")
+    assert re.search(message, err)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_unconditional_pipeline_rejects_class_labels(tiny_pipeline, tmp_path, capsys):
+    args = ["sample", tiny_pipeline, "--num-images", "2", "--class-labels", "1", "--out", str(tmp_path / "g.png")]
+    assert main(args) == 2
+    assert "unconditional" in capsys.readouterr().err
+
+
+def test_missing_pipeline_folder(tmp_path, capsys):
+    missing = str(tmp_path / "nowhere" / "pipe")
+    assert main(["sample", missing, "--out", str(tmp_path / "g.png")]) == 2
+    assert f"Pipeline folder {missing!r} does not exist" in capsys.readouterr().err
+    assert main(["evaluate", missing]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_unconditional_writes_metrics_and_card(tmp_path, capsys):
+    pipeline = _save_tiny(tmp_path / "pipe")
+    (tmp_path / "pipe" / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# tiny pipeline\n")
+    args = ["evaluate", pipeline, "--num-images", "6", "--batch-size", "4", "--num-inference-steps", "2"]
+    assert main([*args, "--scheduler", "ddim", "--seed", "1"]) == 0
+    results = json.loads((tmp_path / "pipe" / "metrics.json").read_text())
+    assert results["num_samples"] == 6 and results["scheduler"] == "ddim" and results["class_conditional"] is False
+    assert results["fd_digits"] > 0 and sum(results["class_histogram"]) == 6
+    assert "label_accuracy" not in results
+    card = ModelCard.load(tmp_path / "pipe" / "README.md")
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values["fd_digits"] == pytest.approx(results["fd_digits"], rel=1e-5)
+    assert "Updated the model-index metrics" in capsys.readouterr().out
+
+
+def test_evaluate_class_conditional_reports_label_accuracy(tiny_conditional_pipeline, tmp_path):
+    out = tmp_path / "metrics.json"
+    args = ["evaluate", tiny_conditional_pipeline, "--num-images", "10", "--num-inference-steps", "1"]
+    assert main([*args, "--guidance-scale", "1.5", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["class_conditional"] is True and 0.0 <= results["label_accuracy"] <= 1.0
+    assert results["guidance_scale"] == 1.5
+
+
+@pytest.mark.skipif(TORCH_FIDELITY, reason="checks the message shown without torch-fidelity")
+def test_evaluate_fid_without_inception_stops_or_falls_back(tiny_pipeline, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    args = ["evaluate", tiny_pipeline, "--num-images", "4", "--num-inference-steps", "1", "--out", str(out)]
+    assert main([*args, "--metrics", "digits,fid"]) == 1
+    err = capsys.readouterr().err
+    assert "torch-fidelity" in err and "pt_inception-2015-12-05-6726825d.pth" in err and "--fid-fallback" in err
+    assert not out.exists()
+
+    assert main([*args, "--metrics", "fid,kid", "--fid-fallback", "digits"]) == 0
+    results = json.loads(out.read_text())
+    assert {"fid_digits", "kid_digits"} <= set(results) and "fid" not in results and results["notes"]
+
+
+def test_evaluate_bad_metric_name(tiny_pipeline, capsys):
+    assert main(["evaluate", tiny_pipeline, "--metrics", "digits,inception_score"]) == 2
+    assert "choose a comma-separated subset of ['digits', 'fid', 'kid', 'dinov2']" in capsys.readouterr().err
+
+
+def test_push_calls_hub(monkeypatch, tmp_path, capsys):
+    import hfddpm.hub
+
+    calls = []
+
+    def fake_push(output_dir, repo_id, **kwargs):
+        calls.append((output_dir, repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    monkeypatch.setattr(hfddpm.hub, "push_to_hub", fake_push)
+    assert main(["push", str(tmp_path), "--repo-id", "me/tiny", "--private", "--token", "hf_x"]) == 0
+    assert calls == [(str(tmp_path), "me/tiny", {"token": "hf_x", "private": True, "commit_message": None})]
+    assert "https://huggingface.co/me/tiny" in capsys.readouterr().out
+
+
+def test_push_failure_is_reported(monkeypatch, tmp_path, capsys):
+    import hfddpm.hub
+
+    def failing_push(output_dir, repo_id, **kwargs):
+        raise hfddpm.hub.PushToHubError(
+            "Hub unreachable; retry with: hfddpm push x", repo_id=repo_id, retry_command="x"
+        )
+
+    monkeypatch.setattr(hfddpm.hub, "push_to_hub", failing_push)
+    assert main(["push", str(tmp_path), "--repo-id", "me/tiny"]) == 1
+    assert "hfddpm push: error: Hub unreachable" in capsys.readouterr().err
+
+
+def test_help_lists_the_subcommands_and_schedulers(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("sample", "evaluate", "push", "dpmsolver++", "unipc"))
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "--num-inference-steps" in capsys.readouterr().out
