@@ -31,9 +31,8 @@ def main():
     print("| preset | resolution | parameters | training GFLOPs / image (fwd+bwd) |")
     print("|---|---|---:|---:|")
     for r in rows:
-        print(
-            f"| `{r['preset']}` | {r['resolution']} | {r['parameters'] / 1e6:.2f}M | {r['train_gflops_per_image']:.2f} |"
-        )
+        params = f"{r['parameters'] / 1e6:.2f}M"
+        print(f"| `{r['preset']}` | {r['resolution']} | {params} | {r['train_gflops_per_image']:.2f} |")
     out = Path(__file__).parent / "results" / "presets.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
