@@ -305,3 +305,10 @@ def test_step_errors():
     s.set_timesteps(5)
     with pytest.raises(ValueError, match="eta must be >= 0"):
         s.step(x, s.timesteps[0], x, eta=-1.0)
+
+
+@pytest.mark.parametrize("schedule", ["shifted_cosine", "interpolated_shifted_cosine"])
+def test_large_positive_shift_keeps_every_beta_positive(schedule):
+    # at 16 px the shift is +2 log 4 and the log-SNR leaves [-15, 15]: the clip applies before the shift
+    s = HFDDPMScheduler(noise_schedule=schedule, image_size=16)
+    assert torch.all(s.betas > 0) and s.alphas_cumprod[0] < 1

@@ -209,7 +209,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         else:
             if c.noise_schedule == "sigmoid":
                 alpha_bar = alpha_bar_sigmoid(t, c.sigmoid_start, c.sigmoid_end, c.sigmoid_tau).clamp(0.0, 1.0)
-                logsnr = torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+                # gamma(0) = 1 and gamma(1) = 0 have infinite log-SNR: clip to [logsnr_min, logsnr_max]
+                logsnr = (torch.log(alpha_bar) - torch.log1p(-alpha_bar)).clamp(c.logsnr_min, c.logsnr_max)
             else:
                 if c.image_size is None:
                     raise ValueError(
@@ -224,7 +225,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                     logsnr = logsnr_interpolated_shifted_cosine(
                         t, c.image_size, c.base_resolution, low, c.logsnr_min, c.logsnr_max
                     )
-            alpha_bar = torch.sigmoid(logsnr.clamp(c.logsnr_min, c.logsnr_max))
+            # the shifted schedules clip the cosine part and then shift it (Sec. 3.1 of Hoogeboom et al. 2023)
+            alpha_bar = torch.sigmoid(logsnr)
         # beta_i = 1 - alpha_bar(t_{i+1}) / alpha_bar(t_i), capped at 0.999: eq. (17)-(18) of Nichol & Dhariwal 2021.
         return (1.0 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
 
