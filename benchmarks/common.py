@@ -1,9 +1,9 @@
 """Shared pieces of the benchmarks: the two training loops compared, data, timing and reporting helpers.
 
-``HFDDPMTrainLoop`` mirrors one optimisation step of ``training/train.py`` (its recipe comes from that script's
-``DEFAULTS``); ``DiffusersTutorialLoop`` is the loop of the diffusers "Train a diffusion model" tutorial
-(UNet2DModel + DDPMScheduler + AdamW + accelerate, ``loss.item()`` logged every step). Both read batches from the
-same in-memory tensor, so data loading is not part of the comparison.
+``HFDDPMTrainLoop`` runs one optimisation step as ``training/train.py`` does (the same
+``hfddpm.training.diffusion_loss`` and that script's ``DEFAULTS``); ``DiffusersTutorialLoop`` is the loop of the
+diffusers "Train a diffusion model" tutorial (UNet2DModel + DDPMScheduler + AdamW + accelerate, ``loss.item()``
+logged every step). Both read batches from the same in-memory tensor, so data loading is not part of the comparison.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 
 import hfddpm
 from hfddpm.evaluation import load_mnist_5k
+from hfddpm.training import diffusion_loss
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -127,16 +128,15 @@ class HFDDPMTrainLoop:
         device = self.device
         clean = next(self.batches).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
         gen = step_generator(device, self.seed, 0, self.global_step, 0)
-        noise = torch.randn(clean.shape, generator=gen, device=device).contiguous(memory_format=self.memory_format)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=gen, device=device
-        )
-        noisy = self.train_scheduler.add_noise(clean, noise, timesteps)
-        target = self.train_scheduler.get_target(clean, noise, timesteps)
         with self.accelerator.accumulate(self.model):
-            pred = self.model(noisy, timesteps).sample
-            per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-            loss = (self.train_scheduler.loss_weights(timesteps, self.snr_gamma) * per_sample).mean()
+            loss = diffusion_loss(
+                self.model,
+                self.train_scheduler,
+                clean,
+                snr_gamma=self.snr_gamma,
+                generator=gen,
+                memory_format=self.memory_format,
+            )
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)

@@ -11,7 +11,7 @@ from hfddpm import UNET_PRESETS, build_unet, count_training_flops
 # Parameter counts, also listed in the README (benchmarks/bench_presets.py prints them with FLOPs).
 PARAMS = {
     "tiny": 45_259,
-    "mnist": 1_163_105,
+    "mnist": 1_112_801,
     "cifar10": 35_746_307,
     "flowers64": 22_080_323,
     "celebahq256": 113_673_219,

@@ -45,6 +45,7 @@ from hfddpm.data import (
     resolve_columns,
 )
 from hfddpm.schedulers.scheduling_hfddpm import NOISE_SCHEDULES, PREDICTION_TYPES
+from hfddpm.training import diffusion_loss
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -61,7 +62,7 @@ DEFAULTS = {
     "cond_drop_prob": 0.1,
     # optimisation
     "train_batch_size": 64,
-    "max_train_steps": 2000,
+    "max_train_steps": 1100,
     "learning_rate": 1e-3,
     "lr_scheduler": "cosine",
     "lr_warmup_steps": 100,
@@ -75,12 +76,12 @@ DEFAULTS = {
     "ema_power": 3 / 4,
     "ema_max_decay": 0.9999,
     # validation, logging, checkpoints
-    "validation_steps": 500,
+    "validation_steps": 250,
     "validation_inference_steps": 20,
     "validation_images_per_class": 8,
     "eval_batch_size": 16,
     "logging_steps": 20,
-    "checkpointing_steps": 500,
+    "checkpointing_steps": 250,
     "checkpoints_total_limit": 2,
     "output_dir": "hfddpm-mnist",
     "seed": 0,
@@ -270,6 +271,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Mixed precision (default: accelerate's config; bf16 also works on CPU).",
     )
     g.add_argument("--seed", type=int, default=d["seed"], help="Seed of initialisation, data order and noise.")
+    g.add_argument(
+        "--cpu_threads",
+        type=int,
+        default=None,
+        help="torch threads per process when training on CPU (default: the machine's cores / local processes;"
+        " `accelerate launch` alone would leave one thread).",
+    )
     # --- EMA
     g = parser.add_argument_group("EMA")
     _add_bool(
@@ -665,6 +673,10 @@ def main(args):
         for name in ("datasets", "diffusers", "accelerate"):
             logging.getLogger(name).setLevel(logging.ERROR)
     set_seed(args.seed)  # the same on every process: identical initial weights
+    if accelerator.device.type == "cpu":
+        # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise: share the cores between local processes
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(args.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
@@ -687,7 +699,7 @@ def main(args):
     # --- model, optimizer, schedule
     if args.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     optimizer = torch.optim.AdamW(
         unet.parameters(),
         lr=args.learning_rate,
@@ -806,10 +818,6 @@ def main(args):
             clean = batch["pixel_values"].to(device, non_blocking=True).contiguous(memory_format=channels_last)
             bsz = clean.shape[0]
             gen = step_generator(device, args.seed, accelerator.process_index, global_step, micro)
-            noise = torch.randn(clean.shape, generator=gen, device=device).contiguous(memory_format=channels_last)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen, device=device
-            )
             labels = None
             if args.class_conditional:
                 labels = batch["class_labels"].to(device, non_blocking=True)
@@ -819,14 +827,16 @@ def main(args):
             elif null_class >= 0:  # a class-conditional UNet trained without labels sees the null class
                 labels = torch.full((bsz,), null_class, dtype=torch.long, device=device)
 
-            # forward diffusion, eq. (4) of https://arxiv.org/abs/2006.11239, and the target of the parameterisation
-            noisy = train_scheduler.add_noise(clean, noise, timesteps)
-            target = train_scheduler.get_target(clean, noise, timesteps)
             with accelerator.accumulate(model):
-                pred = model(noisy, timesteps, class_labels=labels).sample
-                per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-                weights = train_scheduler.loss_weights(timesteps, args.snr_gamma)
-                loss = (weights * per_sample).mean()
+                loss = diffusion_loss(
+                    model,
+                    train_scheduler,
+                    clean,
+                    class_labels=labels,
+                    snr_gamma=args.snr_gamma,
+                    generator=gen,
+                    memory_format=channels_last,
+                )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
