@@ -63,7 +63,7 @@ class BatchStream:
 
 class HFDDPMTrainLoop:
     """One optimisation step as in training/train.py: cosine log-SNR schedule, v-prediction, min-SNR-5 weights,
-    foreach (CPU) / fused (CUDA) AdamW, schedule tables on the device, no host synchronisation per step, EMA."""
+    fused AdamW, schedule tables on the device, no host synchronisation per step, EMA."""
 
     name = "hfddpm (training/train.py step)"
 
@@ -85,7 +85,7 @@ class HFDDPMTrainLoop:
         unet = UNet2DModel.from_config(config)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         unet = unet.to(memory_format=self.memory_format)
-        fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
         optimizer = torch.optim.AdamW(
             unet.parameters(),
             lr=d["learning_rate"],
