@@ -13,24 +13,20 @@ FD-digits. Evaluation time is not counted as training time.
 import argparse
 import time
 
-import matplotlib
 import torch
 from common import (
-    RESULTS_DIR,
     DiffusersTutorialLoop,
     HFDDPMTrainLoop,
     environment,
     markdown_table,
     mnist_train_images,
+    plot_fd_curves,
     synchronize,
     unet_config,
     write_json,
 )
 
 from hfddpm.evaluation import digit_metrics, generate_samples, set_scheduler
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -135,21 +131,13 @@ def main(args):
     )
     print(markdown_table(["recipe", "train s", "steps", "images seen", "FD-digits", "confident share"], rows))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in loops:
-        points = [(r["train_seconds"], r["fd_digits"]) for r in records if r["loop"] == key]
-        ax.plot(*zip(*points, strict=True), marker="o", label=names[key])
-    if all(r["fd_digits"] > 0 for r in records):
-        ax.set_yscale("log")
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("FD-digits (lower is better)")
-    ax.set_title(f"Quality per compute ({args.preset}, batch {args.batch_size})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    png = RESULTS_DIR / f"{args.out}.png"
-    fig.savefig(png, dpi=120)
+    series = {names[key]: [(r["train_seconds"], r["fd_digits"]) for r in records if r["loop"] == key] for key in loops}
+    png = plot_fd_curves(
+        series,
+        xlabel="training time (s)",
+        title=f"Quality per compute ({args.preset}, batch {args.batch_size})",
+        out=args.out,
+    )
     payload = {"args": vars(args), "max_steps": max_steps, "environment": environment(), "results": records}
     path = write_json(f"{args.out}.json", payload)
     print(f"\nWrote {path} and {png}")

@@ -10,23 +10,24 @@ so second-order samplers (heun: 2 per step) are compared at equal compute. Write
 
 import argparse
 
-import matplotlib
 import torch
-from common import RESULTS_DIR, environment, markdown_table, write_json
+from common import environment, markdown_table, plot_fd_curves, write_json
 
 import hfddpm
 from hfddpm.evaluation import balanced_labels, digit_metrics, generate_samples, set_scheduler
 from hfddpm.evaluation.sampling import SCHEDULERS, num_classes
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", help="a trained pipeline folder (training output_dir)")
     parser.add_argument("--schedulers", default="ddpm,ddim,dpmsolver++,unipc", help=f"from {sorted(SCHEDULERS)}")
-    parser.add_argument("--nfe", default="5,10,20,50,100,1000", help="model evaluations per sample")
+    parser.add_argument("--nfe", default="5,10,20,50,100", help="model evaluations per sample")
+    parser.add_argument(
+        "--reference",
+        default="ddpm:1000",
+        help="SCHEDULER:NFE evaluated once as the quality reference (dashed line; '' for none)",
+    )
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--guidance-scale", type=float, default=1.0)
@@ -60,57 +61,73 @@ def main(args):
     classes = num_classes(pipe)
     labels = balanced_labels(args.num_images, classes) if classes else None
 
-    rows, records = [], []
-    for name in schedulers:
+    def evaluate(name: str, nfe: int) -> dict:
         pipe.scheduler = type(pipe.scheduler).from_config(saved_config)
         set_scheduler(pipe, name)
+        steps, calls = steps_for_nfe(pipe.scheduler, nfe)
+        images = generate_samples(
+            pipe,
+            args.num_images,
+            batch_size=args.batch_size,
+            num_inference_steps=steps,
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            progress=False,
+        )
+        metrics = digit_metrics(images, labels)
+        print(f"{name:>14s} NFE {nfe:5d} ({steps} steps): fd_digits {metrics['fd_digits']:.3f}", flush=True)
+        return {"scheduler": name, "nfe_budget": nfe, "num_inference_steps": steps, "nfe": calls, **metrics}
+
+    references = {}
+    reference_fd = None
+    if args.reference:
+        ref_name, ref_nfe = args.reference.split(":")
+        reference = evaluate(ref_name, int(ref_nfe))
+        reference_fd = reference["fd_digits"]
+        references[f"{ref_name}, {reference['nfe']} NFE"] = reference_fd
+
+    rows, records = [], []
+    for name in schedulers:
         for nfe in budgets:
-            steps, calls = steps_for_nfe(pipe.scheduler, nfe)
-            images = generate_samples(
-                pipe,
-                args.num_images,
-                batch_size=args.batch_size,
-                num_inference_steps=steps,
-                class_labels=labels,
-                guidance_scale=args.guidance_scale,
-                seed=args.seed,
-                progress=False,
-            )
-            metrics = digit_metrics(images, labels)
-            record = {"scheduler": name, "nfe_budget": nfe, "num_inference_steps": steps, "nfe": calls, **metrics}
+            record = evaluate(name, nfe)
+            if reference_fd:
+                record["fd_vs_reference"] = record["fd_digits"] / reference_fd
             records.append(record)
-            row = [name, nfe, steps, metrics["fd_digits"], metrics["confident_share"]]
+            row = [name, nfe, record["num_inference_steps"], record["fd_digits"], record["confident_share"]]
             if labels is not None:
-                row.append(metrics["label_accuracy"])
+                row.append(record["label_accuracy"])
+            if reference_fd:
+                row.append(f"{record['fd_vs_reference']:.2f}x")
             rows.append(row)
-            print(f"{name:>14s} NFE {nfe:5d} ({steps} steps): fd_digits {metrics['fd_digits']:.3f}", flush=True)
 
     headers = ["scheduler", "NFE", "steps", "FD-digits", "confident share"]
     if labels is not None:
         headers.append("label accuracy")
+    if reference_fd:
+        headers.append(f"FD vs {args.reference}")
     print(
         f"\nSampling quality vs NFE, {args.pipeline}, {args.num_images} images, guidance {args.guidance_scale},"
         f" device {device}\n"
     )
     print(markdown_table(headers, rows))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in schedulers:
-        points = [(r["nfe"], r["fd_digits"]) for r in records if r["scheduler"] == name]
-        ax.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax.set_xscale("log")
-    if all(r["fd_digits"] > 0 for r in records):
-        ax.set_yscale("log")
-    ax.set_xlabel("model evaluations per sample (NFE)")
-    ax.set_ylabel("FD-digits (lower is better)")
-    ax.set_title(f"Sampling quality vs NFE ({args.num_images} samples)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    png = RESULTS_DIR / f"{args.out}.png"
-    fig.savefig(png, dpi=120)
-    path = write_json(f"{args.out}.json", {"args": vars(args), "environment": environment(), "results": records})
+    series = {name: [(r["nfe"], r["fd_digits"]) for r in records if r["scheduler"] == name] for name in schedulers}
+    png = plot_fd_curves(
+        series,
+        xlabel="model evaluations per sample (NFE)",
+        title=f"Sampling quality vs NFE ({args.num_images} samples)",
+        out=args.out,
+        logx=True,
+        references=references,
+    )
+    payload = {
+        "args": vars(args),
+        "environment": environment(),
+        "reference_fd_digits": reference_fd,
+        "results": records,
+    }
+    path = write_json(f"{args.out}.json", payload)
     print(f"\nWrote {path} and {png}")
 
 

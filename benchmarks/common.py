@@ -261,3 +261,41 @@ def write_json(name: str, payload: dict, results_dir: Path = RESULTS_DIR) -> Pat
     path = results_dir / name
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def plot_fd_curves(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    xlabel: str,
+    title: str,
+    out: str,
+    logx: bool = False,
+    references: dict[str, float] | None = None,
+) -> Path:
+    """Plot FD-digits curves (one line per name, and dashed horizontal ``references``) to results/<out>.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    for name, value in (references or {}).items():
+        ax.axhline(value, linestyle="--", color="gray", label=name)
+    values = [y for points in series.values() for _, y in points] + list((references or {}).values())
+    if logx:
+        ax.set_xscale("log")
+    if all(v > 0 for v in values):
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FD-digits (lower is better)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    png = RESULTS_DIR / f"{out}.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png

@@ -1,0 +1,79 @@
+"""The default run, measured: wall time of `accelerate launch training/train.py` (no flags), its images/s, and the
+digit metrics of the resulting pipeline (FD-digits, confident share, label accuracy).
+
+    python benchmarks/bench_default_run.py                        # trains into ./hfddpm-mnist (about 8 minutes)
+    python benchmarks/bench_default_run.py --skip-training --output-dir hfddpm-mnist   # only evaluate a finished run
+
+Writes benchmarks/results/default_run.json and copies the final sample grid to benchmarks/results/default_run.png.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, RESULTS_DIR, environment, markdown_table, write_json
+
+import hfddpm
+from hfddpm.evaluation import evaluate_pipeline
+
+DIGIT_KEYS = ("fd_digits", "confident_share", "label_accuracy", "classes_covered")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="hfddpm-mnist", help="train.py's default --output_dir")
+    parser.add_argument("--skip-training", action="store_true", help="evaluate an existing output folder")
+    parser.add_argument("--num-images", type=int, default=1000, help="samples for the digit metrics")
+    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--scheduler", default="dpmsolver++")
+    parser.add_argument("--guidance-scale", type=float, default=1.0)
+    parser.add_argument("--out", default="default_run", help="file stem under benchmarks/results/")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    output_dir = Path(args.output_dir)
+    wall = None
+    if not args.skip_training:
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        command = ["accelerate", "launch", str(REPO / "training" / "train.py"), "--output_dir", str(output_dir)]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wall = time.perf_counter() - start
+    train = json.loads((output_dir / "train_metrics.json").read_text())
+    pipe = hfddpm.HFDDPMPipeline.from_pretrained(output_dir)
+    metrics = evaluate_pipeline(
+        pipe,
+        num_images=args.num_images,
+        num_inference_steps=args.num_inference_steps,
+        scheduler=args.scheduler,
+        guidance_scale=args.guidance_scale,
+    )
+    results = {
+        "command_wall_time_s": wall,
+        "train_wall_time_s": train["wall_time_s"],
+        "steps": train["steps"],
+        "images_seen": train["images_seen"],
+        "train_images_per_second": train["train_images_per_second"],
+        "final_loss": train["final_loss"],
+        **{k: metrics[k] for k in DIGIT_KEYS if k in metrics},
+        "sampler": f"{args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}",
+        "num_samples": args.num_images,
+    }
+    rows = [[key, value] for key, value in results.items()]
+    print(f"\nDefault run ({output_dir})\n")
+    print(markdown_table(["measure", "value"], rows))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy(output_dir / "samples" / "final.png", RESULTS_DIR / f"{args.out}.png")
+    path = write_json(f"{args.out}.json", {"args": vars(args), "environment": environment(), "results": results})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
