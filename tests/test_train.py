@@ -20,17 +20,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from hfddpm import UNET_PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
 
-TINY = {
-    "layers_per_block": 1,
-    "block_out_channels": [8, 16],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 4,
-    "attention_head_dim": 8,
-}
+TINY = UNET_PRESETS["tiny"]  # overridden below to the test resolutions
 TINY_MNIST = {**TINY, "sample_size": 28, "in_channels": 1, "out_channels": 1}
 TINY_RGB16 = {**TINY, "sample_size": 16, "in_channels": 3, "out_channels": 3}
 
