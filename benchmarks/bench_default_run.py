@@ -3,6 +3,7 @@ digit metrics of the resulting pipeline (FD-digits, confident share, label accur
 
     python benchmarks/bench_default_run.py                        # trains into ./hfddpm-mnist (about 8 minutes)
     python benchmarks/bench_default_run.py --skip-training --output-dir hfddpm-mnist   # only evaluate a finished run
+    python benchmarks/bench_default_run.py --out default_run_fp32 --mixed_precision no  # other flags go to train.py
 
 Writes benchmarks/results/default_run.json and copies the final sample grid to benchmarks/results/default_run.png.
 """
@@ -33,7 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--scheduler", default="dpmsolver++")
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--out", default="default_run", help="file stem under benchmarks/results/")
-    return parser.parse_args(argv)
+    args, args.train_args = parser.parse_known_args(argv)
+    return args
 
 
 def main(args):
@@ -43,6 +45,7 @@ def main(args):
         if output_dir.exists():
             shutil.rmtree(output_dir)
         command = ["accelerate", "launch", str(REPO / "training" / "train.py"), "--output_dir", str(output_dir)]
+        command += args.train_args
         start = time.perf_counter()
         subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         wall = time.perf_counter() - start

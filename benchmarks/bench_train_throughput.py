@@ -1,7 +1,9 @@
 """Training throughput: hfddpm's training step against the diffusers tutorial loop, same UNet and batch.
 
-Both loops run in this process, interleaved round by round (the order alternates), so a busy machine slows both
-alike. Reports images/s per loop (median over rounds) and the median per-round ratio against the tutorial loop.
+All loops run in this process, interleaved round by round (the order alternates), so a busy machine slows them
+alike. Reports images/s per loop (median over rounds) and the median per-round ratio against the tutorial loop in
+float32 (what the tutorial trains on a CPU). Rows: the tutorial loop, the tutorial loop with bf16 autocast (what
+accelerate's bf16 alone gives it), hfddpm's step with train.py's default precision, and hfddpm's step in float32.
 
     python benchmarks/bench_train_throughput.py                          # mnist preset, batch 64
     python benchmarks/bench_train_throughput.py --preset tiny --batch-size 16 --rounds 2 --steps-per-round 2
@@ -10,6 +12,7 @@ alike. Reports images/s per loop (median over rounds) and the median per-round r
 import argparse
 
 import torch
+from accelerate import Accelerator
 from common import (
     DiffusersTutorialLoop,
     HFDDPMTrainLoop,
@@ -22,6 +25,8 @@ from common import (
     write_json,
 )
 
+from hfddpm.training import default_mixed_precision
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,6 +37,12 @@ def parse_args(argv=None):
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true", help="train.py's --channels_last for hfddpm")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default=None,
+        help="hfddpm loop's precision (default: train.py's default for this device)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default="train_throughput.json", help="file name under benchmarks/results/")
     return parser.parse_args(argv)
@@ -43,19 +54,29 @@ def main(args):
     config = unet_config(args.preset, args.resolution)
     data = mnist_train_images(args.resolution)
     max_steps = args.warmup_steps + args.rounds * args.steps_per_round
+    hfddpm_precision = args.mixed_precision or default_mixed_precision(Accelerator().device)
     loops = {
         "diffusers": DiffusersTutorialLoop(config, data, args.batch_size, max_steps=max_steps),
-        "hfddpm": HFDDPMTrainLoop(
-            config, data, args.batch_size, max_steps=max_steps, use_ema=True, channels_last=args.channels_last
+        "diffusers_bf16": DiffusersTutorialLoop(
+            config, data, args.batch_size, max_steps=max_steps, mixed_precision="bf16"
         ),
-        "hfddpm_no_ema": HFDDPMTrainLoop(
-            config, data, args.batch_size, max_steps=max_steps, use_ema=False, channels_last=args.channels_last
+        "hfddpm": HFDDPMTrainLoop(
+            config,
+            data,
+            args.batch_size,
+            max_steps=max_steps,
+            channels_last=args.channels_last,
+            mixed_precision=hfddpm_precision,
+        ),
+        "hfddpm_fp32": HFDDPMTrainLoop(
+            config, data, args.batch_size, max_steps=max_steps, channels_last=args.channels_last, mixed_precision="no"
         ),
     }
     names = {
-        "diffusers": DiffusersTutorialLoop.name,
-        "hfddpm": HFDDPMTrainLoop.name + ", EMA (train.py default)",
-        "hfddpm_no_ema": HFDDPMTrainLoop.name + ", --no_use_ema",
+        "diffusers": DiffusersTutorialLoop.name + " (float32: the baseline)",
+        "diffusers_bf16": DiffusersTutorialLoop.name + " + bf16 autocast",
+        "hfddpm": f"{HFDDPMTrainLoop.name}, default: mixed precision {hfddpm_precision}",
+        "hfddpm_fp32": HFDDPMTrainLoop.name + ", --mixed_precision no",
     }
     device = loops["hfddpm"].device
 

@@ -4,10 +4,16 @@
 ``hfddpm.training.diffusion_loss`` and that script's ``DEFAULTS``); ``DiffusersTutorialLoop`` is the loop of the
 diffusers "Train a diffusion model" tutorial (UNet2DModel + DDPMScheduler + AdamW + accelerate, ``loss.item()``
 logged every step). Both read batches from the same in-memory tensor, so data loading is not part of the comparison.
+
+Mixed precision: accelerate keeps one precision per process (``AcceleratorState`` is a singleton), so loops that
+differ in precision cannot each get their own ``Accelerator(mixed_precision=...)`` here. Each loop instead wraps its
+forward pass in ``torch.autocast``, which is what accelerate does to a prepared model (float32 master weights, no
+loss scaling for bf16).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
@@ -24,7 +30,8 @@ from diffusers.training_utils import EMAModel
 
 import hfddpm
 from hfddpm.evaluation import load_mnist_5k
-from hfddpm.training import diffusion_loss
+from hfddpm.models.attention_processor import set_fp32_attention
+from hfddpm.training import default_mixed_precision, diffusion_loss
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -61,9 +68,21 @@ class BatchStream:
         return self.data[idx]
 
 
+def autocast(device: torch.device, mixed_precision: str):
+    """The autocast region accelerate puts around a prepared model's forward pass for ``mixed_precision``."""
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision={mixed_precision!r}; valid: 'no', 'bf16', 'fp16'")
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"mixed_precision='fp16' needs a CUDA device, not {device.type!r}; use 'bf16' or 'no'")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
 class HFDDPMTrainLoop:
     """One optimisation step as in training/train.py: cosine log-SNR schedule, v-prediction, min-SNR-5 weights,
-    fused AdamW, schedule tables on the device, no host synchronisation per step, EMA."""
+    fused AdamW, schedule tables on the device, no host synchronisation per step, EMA, and train.py's default
+    mixed precision (bf16 where the device computes it natively, attention kept float32 on CPU)."""
 
     name = "hfddpm (training/train.py step)"
 
@@ -76,6 +95,7 @@ class HFDDPMTrainLoop:
         max_steps: int,
         use_ema: bool = True,
         channels_last: bool = False,
+        mixed_precision: str | None = None,
         seed: int = 0,
     ):
         d = DEFAULTS
@@ -85,6 +105,10 @@ class HFDDPMTrainLoop:
         unet = UNet2DModel.from_config(config)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         unet = unet.to(memory_format=self.memory_format)
+        self.mixed_precision = mixed_precision or default_mixed_precision(device)
+        self.autocast = lambda: autocast(device, self.mixed_precision)
+        if device.type == "cpu" and self.mixed_precision != "no":
+            set_fp32_attention(unet)  # as train.py does
         fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
         optimizer = torch.optim.AdamW(
             unet.parameters(),
@@ -129,14 +153,15 @@ class HFDDPMTrainLoop:
         clean = next(self.batches).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
         gen = step_generator(device, self.seed, 0, self.global_step, 0)
         with self.accelerator.accumulate(self.model):
-            loss = diffusion_loss(
-                self.model,
-                self.train_scheduler,
-                clean,
-                snr_gamma=self.snr_gamma,
-                generator=gen,
-                memory_format=self.memory_format,
-            )
+            with self.autocast():
+                loss = diffusion_loss(
+                    self.model,
+                    self.train_scheduler,
+                    clean,
+                    snr_gamma=self.snr_gamma,
+                    generator=gen,
+                    memory_format=self.memory_format,
+                )
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
@@ -160,7 +185,8 @@ class HFDDPMTrainLoop:
 class DiffusersTutorialLoop:
     """The training loop of the diffusers tutorial (https://huggingface.co/docs/diffusers/tutorials/basic_training):
     DDPMScheduler(1000), epsilon prediction, plain AdamW, cosine warm-up, accelerate, ``loss.detach().item()`` per
-    step for the progress bar and tracker."""
+    step for the progress bar and tracker. The tutorial's config asks for ``mixed_precision="fp16"``, which
+    accelerate does not apply on a CPU (it trains float32 there); the default here is that float32 loop."""
 
     name = "diffusers tutorial loop"
 
@@ -174,8 +200,11 @@ class DiffusersTutorialLoop:
         seed: int = 0,
         learning_rate: float = 1e-4,
         lr_warmup_steps: int = 500,
+        mixed_precision: str = "no",
     ):
         self.accelerator = Accelerator()
+        self.mixed_precision = mixed_precision
+        self.autocast = lambda: autocast(self.accelerator.device, mixed_precision)
         torch.manual_seed(seed)
         unet = UNet2DModel.from_config(config)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -197,8 +226,9 @@ class DiffusersTutorialLoop:
         )
         noisy_images = self.noise_scheduler.add_noise(clean_images, noise, timesteps)
         with self.accelerator.accumulate(self.model):
-            noise_pred = self.model(noisy_images, timesteps, return_dict=False)[0]
-            loss = F.mse_loss(noise_pred, noise)
+            with self.autocast():
+                noise_pred = self.model(noisy_images, timesteps, return_dict=False)[0]
+            loss = F.mse_loss(noise_pred.float(), noise)
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)

@@ -40,3 +40,35 @@ def diffusion_loss(
     pred = model(noisy, timesteps, class_labels=class_labels).sample
     per_sample = (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
     return (scheduler.loss_weights(timesteps, snr_gamma) * per_sample).mean()
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), read from ``/proc/cpuinfo`` (Linux).
+
+    Elsewhere (other systems, CPUs that would emulate bf16) the answer is ``False``.
+    """
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_mixed_precision(device: torch.device | str) -> str:
+    """The mixed precision ``training/train.py`` uses when none is asked for: ``"bf16"`` where the device computes
+    it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16/AMX), else ``"no"`` (float32).
+
+    bf16 autocast keeps float32 master weights and needs no loss scaling. On the 2-core AVX512-BF16 CPU of our
+    benchmarks it trains the ``mnist`` preset about 1.5x as fast as float32 (``benchmarks/bench_train_throughput.py``).
+
+    Example:
+        >>> default_mixed_precision("mps")
+        'no'
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "no"
+    return "no"

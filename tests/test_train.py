@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hfddpm import UNET_PRESETS
+from hfddpm.training import default_mixed_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
@@ -143,6 +144,7 @@ def test_reference_run_writes_a_loadable_pipeline(reference):
     assert config["class_conditional"] and config["num_classes"] == 10 and config["label_column"] == "label"
     assert config["noise_schedule"] == "cosine" and config["prediction_type"] == "v_prediction"
     assert config["snr_gamma"] == 5.0 and config["use_ema"] and config["resolution"] == 28
+    assert config["mixed_precision"] == default_mixed_precision("cpu")  # bf16 on CPUs with AVX512-BF16/AMX
 
     pipe = HFDDPMPipeline.from_pretrained(out)
     assert pipe.unet.config.num_class_embeds == 11 and pipe.num_classes == 10
@@ -300,6 +302,19 @@ def test_defaults_are_the_recipe(train_module):
     assert train_module.parse_args(["--no_use_ema"]).use_ema is False
     assert train_module.parse_args(["--no-use_ema"]).use_ema is False
     assert train_module.parse_args(["--no_class_conditional"]).class_conditional is False
+
+
+def test_train_py_precision_flag_then_accelerate_config_then_device(train_module, monkeypatch):
+    monkeypatch.setattr(train_module, "default_mixed_precision", lambda device: "bf16")
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert train_module.resolve_mixed_precision(None) == "bf16"
+    assert train_module.resolve_mixed_precision("no") == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports by default
+    assert train_module.resolve_mixed_precision(None) == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # an accelerate config that chose a precision
+    assert train_module.resolve_mixed_precision(None) == "fp16"
+    assert train_module.resolve_mixed_precision("no") == "no"
+    assert train_module.parse_args([]).mixed_precision is None
 
 
 def test_setup_resolves_the_embedded_default(train_module, offline):

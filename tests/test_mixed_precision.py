@@ -1,0 +1,90 @@
+"""Mixed precision: the float32 attention processor and how train.py picks its default precision."""
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from hfddpm import build_unet
+from hfddpm.models.attention_processor import FP32AttnProcessor, set_fp32_attention
+from hfddpm.training import cpu_has_native_bf16, default_mixed_precision
+
+
+def _unet(seed: int = 0) -> UNet2DModel:
+    torch.manual_seed(seed)
+    return build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+
+
+def test_fp32_processor_is_diffusers_sdpa_attention_in_float32():
+    torch.manual_seed(0)
+    attn = Attention(64, heads=2, dim_head=32, norm_num_groups=16, residual_connection=True, bias=True,
+                     upcast_softmax=True, _from_deprecated_attn_block=True)  # fmt: skip
+    x = torch.randn(3, 64, 5, 5)
+    attn.set_processor(AttnProcessor2_0())
+    reference = attn(x)
+    attn.set_processor(FP32AttnProcessor())
+    torch.testing.assert_close(attn(x), reference, rtol=0, atol=0)  # float32 in, identical computation
+    # under bf16 autocast the block computes in float32 and rounds once to the input's dtype; the stock processor
+    # computes in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        upcast = attn(x.bfloat16())
+        attn.set_processor(AttnProcessor2_0())
+        stock = attn(x.bfloat16())
+    expected = attn(x.bfloat16().float()).bfloat16()
+    assert upcast.dtype == torch.bfloat16
+    torch.testing.assert_close(upcast, expected, rtol=0, atol=0)
+    assert (stock.float() - expected.float()).abs().max() > 0
+
+def test_set_fp32_attention_covers_every_attention_block_and_keeps_outputs_and_config():
+    unet, plain = _unet(), _unet()
+    blocks = [m for m in unet.modules() if isinstance(m, Attention)]
+    assert set_fp32_attention(unet) == len(blocks) == 4
+    assert all(isinstance(m.processor, FP32AttnProcessor) for m in blocks)
+    assert unet.config == plain.config
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 900])
+    torch.testing.assert_close(unet(x, t).sample, plain(x, t).sample, rtol=0, atol=0)
+
+
+def test_bf16_training_step_with_fp32_attention_tracks_float32():
+    """One forward/backward in bf16 autocast: finite gradients on every parameter, close to float32's."""
+    unet, plain = _unet(), _unet()
+    set_fp32_attention(unet)
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([1, 100, 500, 999])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = unet(x, t).sample.float().pow(2).mean()
+    loss.backward()
+    plain(x, t).sample.pow(2).mean().backward()
+    for name, p in unet.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    grads = torch.cat([p.grad.flatten() for p in unet.parameters()])
+    reference = torch.cat([q.grad.flatten() for q in plain.parameters()])
+    assert torch.nn.functional.cosine_similarity(grads, reference, dim=0) > 0.99
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [
+        ("fpu vme avx512f avx512_bf16 avx512_vnni", True),
+        ("fpu avx512f amx_bf16 amx_tile", True),
+        ("fpu sse avx2 avx512f avx512bw", False),
+    ],
+)
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(str(info)) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_default_precision_per_device(monkeypatch):
+    import hfddpm.training
+
+    monkeypatch.setattr(hfddpm.training, "cpu_has_native_bf16", lambda: True)
+    assert default_mixed_precision("cpu") == "bf16"
+    monkeypatch.setattr(hfddpm.training, "cpu_has_native_bf16", lambda: False)
+    assert default_mixed_precision(torch.device("cpu")) == "no"
+    assert default_mixed_precision("mps") == "no"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert default_mixed_precision("cuda") == "no"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert default_mixed_precision("cuda:0") == "bf16"
