@@ -35,6 +35,7 @@ def test_fp32_processor_is_diffusers_sdpa_attention_in_float32():
     torch.testing.assert_close(upcast, expected, rtol=0, atol=0)
     assert (stock.float() - expected.float()).abs().max() > 0
 
+
 def test_set_fp32_attention_covers_every_attention_block_and_keeps_outputs_and_config():
     unet, plain = _unet(), _unet()
     blocks = [m for m in unet.modules() if isinstance(m, Attention)]

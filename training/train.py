@@ -63,7 +63,7 @@ DEFAULTS = {
     "cond_drop_prob": 0.1,
     # optimisation
     "train_batch_size": 64,
-    "max_train_steps": 1100,
+    "max_train_steps": 1800,
     "learning_rate": 1e-3,
     "lr_scheduler": "cosine",
     "lr_warmup_steps": 100,
