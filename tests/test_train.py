@@ -311,10 +311,26 @@ def test_train_py_precision_flag_then_accelerate_config_then_device(train_module
     assert train_module.resolve_mixed_precision("no") == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports by default
     assert train_module.resolve_mixed_precision(None) == "bf16"
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # an accelerate config that chose a precision
-    assert train_module.resolve_mixed_precision(None) == "fp16"
+    monkeypatch.setattr(train_module, "default_mixed_precision", lambda device: "no")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # an accelerate config that chose a precision
+    assert train_module.resolve_mixed_precision(None) == "bf16"
     assert train_module.resolve_mixed_precision("no") == "no"
     assert train_module.parse_args([]).mixed_precision is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid on a GPU")
+def test_fp16_on_cpu_is_refused_not_silently_float32(train_module, configs, monkeypatch, tmp_path):
+    # accelerate accepts fp16 on a CPU and then trains float32 without autocast; train.py says so instead
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    with pytest.raises(ValueError, match=r"'fp16' \(from --mixed_precision\) needs a GPU.*Use 'bf16'.*or 'no'"):
+        train_module.resolve_mixed_precision("fp16")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(ValueError, match=r"from accelerate's config"):
+        train_module.resolve_mixed_precision(None)
+    args = train_module.parse_args([*_common(configs["mnist"], tmp_path / "out"), "--mixed_precision", "fp16"])
+    with pytest.raises(SystemExit, match=r"^train.py: error: mixed precision 'fp16' \(from --mixed_precision\)"):
+        train_module.main(args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_setup_resolves_the_embedded_default(train_module, offline):

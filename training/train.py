@@ -653,14 +653,19 @@ def step_generator(device, *key: int) -> torch.Generator:
 def resolve_mixed_precision(requested: str | None) -> str:
     """``--mixed_precision`` if given; else accelerate's config if it sets one other than "no"; else bf16 where the
     device computes it natively (``hfddpm.training.default_mixed_precision``). `accelerate launch` always exports
-    ACCELERATE_MIXED_PRECISION and "no" is its default, so "no" there does not pin float32."""
-    if requested is not None:
-        return requested
-    configured = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if configured != "no":
-        return configured
+    ACCELERATE_MIXED_PRECISION and "no" is its default, so "no" there does not pin float32. fp16 on a CPU is an error:
+    accelerate would train float32 there without a word."""
     # the process state accelerate is about to use (ACCELERATE_USE_CPU read as AcceleratorState reads it)
-    return default_mixed_precision(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device)
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    configured = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    resolved = requested or (configured if configured != "no" else default_mixed_precision(device))
+    if resolved == "fp16" and device.type == "cpu":
+        source = "--mixed_precision" if requested else "accelerate's config (ACCELERATE_MIXED_PRECISION)"
+        raise ValueError(
+            f"mixed precision 'fp16' (from {source}) needs a GPU; this run is on the CPU. Use 'bf16' (fast on CPUs"
+            " with AVX512-BF16 or AMX) or 'no' (float32)."
+        )
+    return resolved
 
 
 def training_config(args) -> dict:
@@ -669,9 +674,13 @@ def training_config(args) -> dict:
 
 def main(args):
     output_dir = Path(args.output_dir)
+    try:
+        mixed_precision = resolve_mixed_precision(args.mixed_precision)
+    except ValueError as err:
+        raise SystemExit(f"train.py: error: {err}") from err
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=resolve_mixed_precision(args.mixed_precision),
+        mixed_precision=mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
