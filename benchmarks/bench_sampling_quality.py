@@ -14,7 +14,7 @@ import torch
 from common import environment, markdown_table, plot_fd_curves, write_json
 
 import hfddpm
-from hfddpm.evaluation import balanced_labels, digit_metrics, generate_samples, set_scheduler
+from hfddpm.evaluation import balanced_labels, digit_metrics, generate_samples, make_scheduler
 from hfddpm.evaluation.sampling import SCHEDULERS, num_classes
 
 
@@ -62,8 +62,7 @@ def main(args):
     labels = balanced_labels(args.num_images, classes) if classes else None
 
     def evaluate(name: str, nfe: int) -> dict:
-        pipe.scheduler = type(pipe.scheduler).from_config(saved_config)
-        set_scheduler(pipe, name)
+        pipe.scheduler = make_scheduler(name, saved_config)  # always from the saved scheduler's config
         steps, calls = steps_for_nfe(pipe.scheduler, nfe)
         images = generate_samples(
             pipe,
