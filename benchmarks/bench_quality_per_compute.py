@@ -14,6 +14,7 @@ import argparse
 import time
 
 import torch
+from accelerate import Accelerator
 from common import (
     DiffusersTutorialLoop,
     HFDDPMTrainLoop,
@@ -22,6 +23,7 @@ from common import (
     mnist_train_images,
     plot_fd_curves,
     synchronize,
+    tutorial_precision,
     unet_config,
     write_json,
 )
@@ -56,6 +58,7 @@ def make_loops(args, config, data, max_steps: int) -> dict:
             seed=args.seed,
             learning_rate=args.diffusers_learning_rate,
             lr_warmup_steps=args.diffusers_warmup_steps,
+            mixed_precision=tutorial_precision(Accelerator().device),  # its config's fp16 on a GPU, float32 on a CPU
         ),
         "hfddpm": HFDDPMTrainLoop(config, data, args.batch_size, max_steps=max_steps, seed=args.seed),
     }

@@ -1,9 +1,9 @@
 """Training throughput: hfddpm's training step against the diffusers tutorial loop, same UNet and batch.
 
 All loops run in this process, interleaved round by round (the order alternates), so a busy machine slows them
-alike. Reports images/s per loop (median over rounds) and the median per-round ratio against the tutorial loop in
-float32 (what the tutorial trains on a CPU). Rows: the tutorial loop, the tutorial loop with bf16 autocast (what
-accelerate's bf16 alone gives it), hfddpm's step with train.py's default precision, and hfddpm's step in float32.
+alike. Reports images/s per loop (median over rounds) and the median per-round ratio against the tutorial loop as
+its config trains on this device (fp16 with loss scaling on a GPU, float32 on a CPU). Other rows: the tutorial loop
+in float32 (GPU) and with bf16 autocast, hfddpm's step with train.py's default precision, and in float32.
 
     python benchmarks/bench_train_throughput.py                          # mnist preset, batch 64
     python benchmarks/bench_train_throughput.py --preset tiny --batch-size 16 --rounds 2 --steps-per-round 2
@@ -21,11 +21,14 @@ from common import (
     median,
     mnist_train_images,
     timed,
+    tutorial_precision,
     unet_config,
     write_json,
 )
 
 from hfddpm.training import default_mixed_precision
+
+PRECISION_NAMES = {"no": "float32", "bf16": "bf16", "fp16": "fp16 + loss scaling"}
 
 
 def parse_args(argv=None):
@@ -54,31 +57,32 @@ def main(args):
     config = unet_config(args.preset, args.resolution)
     data = mnist_train_images(args.resolution)
     max_steps = args.warmup_steps + args.rounds * args.steps_per_round
-    hfddpm_precision = args.mixed_precision or default_mixed_precision(Accelerator().device)
+    device = Accelerator().device
+    hfddpm_precision = args.mixed_precision or default_mixed_precision(device)
+    baseline = tutorial_precision(device)  # fp16 with loss scaling on a GPU, float32 on a CPU
+    tutorial = {"diffusers": baseline, "diffusers_fp32": "no", "diffusers_bf16": "bf16"}
+    if baseline == "no":
+        del tutorial["diffusers_fp32"]
     loops = {
-        "diffusers": DiffusersTutorialLoop(config, data, args.batch_size, max_steps=max_steps),
-        "diffusers_bf16": DiffusersTutorialLoop(
-            config, data, args.batch_size, max_steps=max_steps, mixed_precision="bf16"
-        ),
-        "hfddpm": HFDDPMTrainLoop(
+        key: DiffusersTutorialLoop(config, data, args.batch_size, max_steps=max_steps, mixed_precision=precision)
+        for key, precision in tutorial.items()
+    }
+    names = {
+        "diffusers": f"{DiffusersTutorialLoop.name}, as configured ({PRECISION_NAMES[baseline]} here): the baseline",
+        "diffusers_fp32": f"{DiffusersTutorialLoop.name}, float32",
+        "diffusers_bf16": f"{DiffusersTutorialLoop.name} + bf16 autocast",
+    }
+    for key, precision in (("hfddpm", hfddpm_precision), ("hfddpm_fp32", "no")):
+        loops[key] = HFDDPMTrainLoop(
             config,
             data,
             args.batch_size,
             max_steps=max_steps,
             channels_last=args.channels_last,
-            mixed_precision=hfddpm_precision,
-        ),
-        "hfddpm_fp32": HFDDPMTrainLoop(
-            config, data, args.batch_size, max_steps=max_steps, channels_last=args.channels_last, mixed_precision="no"
-        ),
-    }
-    names = {
-        "diffusers": DiffusersTutorialLoop.name + " (float32: the baseline)",
-        "diffusers_bf16": DiffusersTutorialLoop.name + " + bf16 autocast",
-        "hfddpm": f"{HFDDPMTrainLoop.name}, default: mixed precision {hfddpm_precision}",
-        "hfddpm_fp32": HFDDPMTrainLoop.name + ", --mixed_precision no",
-    }
-    device = loops["hfddpm"].device
+            mixed_precision=precision,
+        )
+    names["hfddpm"] = f"{HFDDPMTrainLoop.name}, default: {PRECISION_NAMES[hfddpm_precision]}"
+    names["hfddpm_fp32"] = f"{HFDDPMTrainLoop.name}, --mixed_precision no"
 
     def run(loop, steps):
         for _ in range(steps):
@@ -96,6 +100,7 @@ def main(args):
     per_round = {key: [images / s for s in values] for key, values in seconds.items()}
     results = {
         key: {
+            "mixed_precision": loops[key].mixed_precision,
             "images_per_second": median(per_round[key]),
             "ratio_vs_diffusers": median([a / b for a, b in zip(per_round[key], per_round["diffusers"], strict=True)]),
             "images_per_second_per_round": per_round[key],

@@ -79,6 +79,11 @@ def autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
 
 
+def tutorial_precision(device: torch.device) -> str:
+    """The precision the diffusers tutorial's ``mixed_precision="fp16"`` gives on ``device``."""
+    return "fp16" if device.type == "cuda" else "no"
+
+
 class HFDDPMTrainLoop:
     """One optimisation step as in training/train.py: cosine log-SNR schedule, v-prediction, min-SNR-5 weights,
     fused AdamW, schedule tables on the device, no host synchronisation per step, EMA, and train.py's default
@@ -185,8 +190,9 @@ class HFDDPMTrainLoop:
 class DiffusersTutorialLoop:
     """The training loop of the diffusers tutorial (https://huggingface.co/docs/diffusers/tutorials/basic_training):
     DDPMScheduler(1000), epsilon prediction, plain AdamW, cosine warm-up, accelerate, ``loss.detach().item()`` per
-    step for the progress bar and tracker. The tutorial's config asks for ``mixed_precision="fp16"``, which
-    accelerate does not apply on a CPU (it trains float32 there); the default here is that float32 loop."""
+    step for the progress bar and tracker. The tutorial's config asks for ``mixed_precision="fp16"``: on a GPU that
+    is fp16 autocast with loss scaling (``GradScaler``, as accelerate does it); a CPU trains it in float32, because
+    accelerate does not apply fp16 there. ``tutorial_precision(device)`` names the one the tutorial gets."""
 
     name = "diffusers tutorial loop"
 
@@ -205,6 +211,9 @@ class DiffusersTutorialLoop:
         self.accelerator = Accelerator()
         self.mixed_precision = mixed_precision
         self.autocast = lambda: autocast(self.accelerator.device, mixed_precision)
+        self.autocast()  # validates mixed_precision for this device
+        # fp16 needs loss scaling: scale the loss, unscale before clipping, skip steps with inf/NaN gradients
+        self.scaler = torch.amp.GradScaler(self.accelerator.device.type) if mixed_precision == "fp16" else None
         torch.manual_seed(seed)
         unet = UNet2DModel.from_config(config)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -229,10 +238,17 @@ class DiffusersTutorialLoop:
             with self.autocast():
                 noise_pred = self.model(noisy_images, timesteps, return_dict=False)[0]
             loss = F.mse_loss(noise_pred.float(), noise)
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optimizer.step()
+            if self.scaler is None:
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             self.lr_scheduler.step()
             self.optimizer.zero_grad()
         self.logs = {"loss": loss.detach().item(), "lr": self.lr_scheduler.get_last_lr()[0], "step": self.global_step}

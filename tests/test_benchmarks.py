@@ -1,0 +1,124 @@
+"""The benchmark scripts run (smoke configurations) and compare what they say they compare."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfddpm.training import default_mixed_precision
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+THROUGHPUT_SMOKE = ["--preset", "tiny", "--batch-size", "8", "--rounds", "2", "--steps-per-round", "2",
+                    "--warmup-steps", "1"]  # fmt: skip
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def common():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return common
+
+
+def test_autocast_is_what_accelerate_applies(common):
+    cpu = torch.device("cpu")
+    with common.autocast(cpu, "bf16"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with common.autocast(cpu, "no"):
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match=r"'fp16' needs a CUDA device, not 'cpu'; use 'bf16' or 'no'"):
+        common.autocast(cpu, "fp16")
+    with pytest.raises(ValueError, match=r"mixed_precision='fp8'; valid: 'no', 'bf16', 'fp16'"):
+        common.autocast(cpu, "fp8")
+    assert common.tutorial_precision(cpu) == "no" and common.tutorial_precision(torch.device("cuda")) == "fp16"
+
+
+def test_train_throughput_smoke_compares_the_four_loops_on_cpu(tmp_path):
+    out = tmp_path / "throughput.json"
+    result = _bench("bench_train_throughput.py", *THROUGHPUT_SMOKE, "--out", str(out))
+    data = json.loads(out.read_text())
+    loops = {key: data[key] for key in ("diffusers", "diffusers_bf16", "hfddpm", "hfddpm_fp32")}
+    assert "diffusers_fp32" not in data  # on a CPU the tutorial's own config already trains float32
+    assert {key: loop["mixed_precision"] for key, loop in loops.items()} == {
+        "diffusers": "no", "diffusers_bf16": "bf16", "hfddpm": default_mixed_precision("cpu"), "hfddpm_fp32": "no"
+    }  # fmt: skip
+    assert loops["diffusers"]["ratio_vs_diffusers"] == 1.0
+    for loop in loops.values():
+        assert len(loop["images_per_second_per_round"]) == 2 and loop["images_per_second"] > 0
+    assert "as configured (float32 here): the baseline" in result.stdout and "| ratio vs diffusers |" in result.stdout
+
+
+def test_quality_per_compute_smoke_trains_both_recipes_for_the_same_time(tmp_path):
+    args = ["--preset", "tiny", "--budget-seconds", "4", "--eval-points", "2", "--num-images", "8",
+            "--sample-steps", "2", "--batch-size", "8", "--out", str(tmp_path / "qpc")]  # fmt: skip
+    _bench("bench_quality_per_compute.py", *args)
+    results = json.loads((tmp_path / "qpc.json").read_text())["results"]
+    assert [r["loop"] for r in results] == ["diffusers", "hfddpm"] * 2
+    for r in results:
+        assert r["num_images"] == 8 and r["steps"] > 0 and r["fd_digits"] > 0
+    # the two recipes get the same wall-clock budget (checked every 5 steps), and more time means more steps
+    for first, second in zip(results[0::2], results[1::2], strict=True):
+        assert abs(first["train_seconds"] - second["train_seconds"]) < 0.5 * first["train_seconds"]
+    assert results[2]["steps"] > results[0]["steps"] and results[3]["steps"] > results[1]["steps"]
+    assert (tmp_path / "qpc.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=11)
+    folder = tmp_path_factory.mktemp("tiny") / "pipeline"
+    HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(prediction_type="v_prediction")).save_pretrained(folder)
+    return folder
+
+
+def test_sampling_quality_smoke_counts_model_evaluations(tiny_pipeline, tmp_path):
+    result = _bench("bench_sampling_quality.py", str(tiny_pipeline), "--schedulers", "ddim,heun", "--nfe", "2,5",
+                    "--reference", "ddpm:6", "--num-images", "10", "--out", str(tmp_path / "sq"))  # fmt: skip
+    data = json.loads((tmp_path / "sq.json").read_text())
+    got = {(r["scheduler"], r["nfe_budget"]): (r["num_inference_steps"], r["nfe"]) for r in data["results"]}
+    # heun evaluates the UNet twice per step except the last: 2 NFE buy 1 step, 5 NFE buy 3 steps
+    assert got == {("ddim", 2): (2, 2), ("ddim", 5): (5, 5), ("heun", 2): (1, 1), ("heun", 5): (3, 5)}
+    for r in data["results"]:
+        assert r["fd_vs_reference"] == pytest.approx(r["fd_digits"] / data["reference_fd_digits"])
+        assert r["num_images"] == 10 and sum(r["class_histogram"]) == 10
+    assert "will be ignored" not in result.stderr  # schedulers are built from the saved config, nothing dropped
+    assert (tmp_path / "sq.png").stat().st_size > 0
+
+
+def test_sampling_overhead_smoke(tmp_path):
+    out = tmp_path / "overhead.json"
+    _bench("bench_sampling_overhead.py", "--preset", "tiny", "--batch-size", "2", "--steps", "3", "--rounds", "2",
+           "--out", str(out))  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["diffusers"]["ratio_vs_diffusers"] == 1.0
+    for key in ("diffusers", "hfddpm", "hfddpm_own_scheduler"):
+        assert len(data[key]["seconds_per_round"]) == 2 and data[key]["seconds_per_call"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_throughput_on_a_gpu_uses_the_tutorials_fp16_as_baseline(tmp_path):
+    out = tmp_path / "throughput.json"
+    _bench("bench_train_throughput.py", *THROUGHPUT_SMOKE, "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["diffusers"]["mixed_precision"] == "fp16" and data["diffusers_fp32"]["mixed_precision"] == "no"
+    assert data["hfddpm"]["mixed_precision"] == default_mixed_precision("cuda")
+    assert data["device"].startswith("cuda")
