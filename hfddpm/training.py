@@ -68,7 +68,8 @@ def default_mixed_precision(device: torch.device | str) -> str:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        # native only: pre-Ampere GPUs (T4, V100) would emulate bf16, slower than float32
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "no"
     return "no"

@@ -85,7 +85,8 @@ def test_default_precision_per_device(monkeypatch):
     monkeypatch.setattr(hfddpm.training, "cpu_has_native_bf16", lambda: False)
     assert default_mixed_precision(torch.device("cpu")) == "no"
     assert default_mixed_precision("mps") == "no"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    # a GPU that only emulates bf16 (T4, V100) trains float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert default_mixed_precision("cuda") == "no"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert default_mixed_precision("cuda:0") == "bf16"
