@@ -30,8 +30,7 @@ from diffusers.training_utils import EMAModel
 
 import hfddpm
 from hfddpm.evaluation import load_mnist_5k
-from hfddpm.models.attention_processor import set_fp32_attention
-from hfddpm.training import default_mixed_precision, diffusion_loss
+from hfddpm.training import default_mixed_precision, diffusion_loss, prepare_attention
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -112,8 +111,7 @@ class HFDDPMTrainLoop:
         unet = unet.to(memory_format=self.memory_format)
         self.mixed_precision = mixed_precision or default_mixed_precision(device)
         self.autocast = lambda: autocast(device, self.mixed_precision)
-        if device.type == "cpu" and self.mixed_precision != "no":
-            set_fp32_attention(unet)  # as train.py does
+        prepare_attention(unet, device, self.mixed_precision)  # as train.py does
         fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
         optimizer = torch.optim.AdamW(
             unet.parameters(),

@@ -1,4 +1,4 @@
-"""The diffusion training objective, shared by ``training/train.py`` and the benchmarks.
+"""The diffusion training objective and precision choices, shared by ``training/train.py`` and the benchmarks.
 
 Example:
     >>> import torch
@@ -12,6 +12,8 @@ Example:
 """
 
 import torch
+
+from hfddpm.models.attention_processor import set_fp32_attention
 
 
 def diffusion_loss(
@@ -60,7 +62,7 @@ def default_mixed_precision(device: torch.device | str) -> str:
     it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16/AMX), else ``"no"`` (float32).
 
     bf16 autocast keeps float32 master weights and needs no loss scaling. On the 2-core AVX512-BF16 CPU of our
-    benchmarks it trains the ``mnist`` preset about 1.5x as fast as float32 (``benchmarks/bench_train_throughput.py``).
+    benchmarks it trains the ``mnist`` preset about 1.6x as fast as float32 (``benchmarks/bench_train_throughput.py``).
 
     Example:
         >>> default_mixed_precision("mps")
@@ -73,3 +75,22 @@ def default_mixed_precision(device: torch.device | str) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "no"
     return "no"
+
+
+def prepare_attention(model: torch.nn.Module, device: torch.device | str, mixed_precision: str) -> int:
+    """Keep ``model``'s attention blocks in float32 where bf16/fp16 attention is the slow part: on a CPU under mixed
+    precision (PyTorch's bf16 CPU attention backward is ~10x slower than float32). Returns how many blocks changed.
+
+    ``training/train.py`` and the benchmark loop that mirrors it both call this, so they apply the same rule.
+
+    Example:
+        >>> from hfddpm import build_unet
+        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+        >>> prepare_attention(unet, "cuda", "bf16"), prepare_attention(unet, "cpu", "no")
+        (0, 0)
+        >>> prepare_attention(unet, "cpu", "bf16")
+        4
+    """
+    if torch.device(device).type != "cpu" or mixed_precision == "no":
+        return 0
+    return set_fp32_attention(model)

@@ -90,3 +90,15 @@ def test_default_precision_per_device(monkeypatch):
     assert default_mixed_precision("cuda") == "no"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert default_mixed_precision("cuda:0") == "bf16"
+
+
+@pytest.mark.parametrize(
+    "device, precision, switched", [("cpu", "bf16", 4), ("cpu", "no", 0), ("cuda", "bf16", 0), ("cuda:0", "fp16", 0)]
+)
+def test_prepare_attention_upcasts_only_on_cpu_under_mixed_precision(device, precision, switched):
+    from hfddpm.training import prepare_attention
+
+    unet = _unet()
+    assert prepare_attention(unet, device, precision) == switched
+    processors = {type(m.processor) for m in unet.modules() if isinstance(m, Attention)}
+    assert processors == ({FP32AttnProcessor} if switched else {AttnProcessor2_0})

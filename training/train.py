@@ -44,9 +44,8 @@ from hfddpm.data import (
     make_train_dataloader,
     resolve_columns,
 )
-from hfddpm.models.attention_processor import set_fp32_attention
 from hfddpm.schedulers.scheduling_hfddpm import NOISE_SCHEDULES, PREDICTION_TYPES
-from hfddpm.training import default_mixed_precision, diffusion_loss
+from hfddpm.training import default_mixed_precision, diffusion_loss, prepare_attention
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -724,9 +723,7 @@ def main(args):
     # --- model, optimizer, schedule
     if args.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    if device.type == "cpu" and accelerator.mixed_precision != "no":
-        # PyTorch's bf16 CPU attention backward is ~10x slower than fp32; the convolutions keep bf16
-        set_fp32_attention(unet)
+    prepare_attention(unet, device, accelerator.mixed_precision)  # float32 attention on CPU; convolutions keep bf16
     fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     optimizer = torch.optim.AdamW(
         unet.parameters(),
