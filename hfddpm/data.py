@@ -23,6 +23,7 @@ Example:
     ((4, 1, 28, 28), torch.int64)
 """
 
+import copy
 import functools
 import io
 import os
@@ -452,10 +453,10 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             samples.append(sample)
         return samples, num_bad
 
-    def _rows(self, epoch: int):
-        self.dataset.set_epoch(epoch)
+    def _rows(self, dataset, epoch: int):
+        dataset.set_epoch(epoch)
         # `.iter()` rather than `iter()`: 🤗 datasets would otherwise give each worker only some shards.
-        for chunk in self.dataset.iter(batch_size=256):
+        for chunk in dataset.iter(batch_size=256):
             keys = list(chunk)
             for values in zip(*(chunk[k] for k in keys), strict=True):
                 yield dict(zip(keys, values, strict=True))
@@ -464,11 +465,14 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         with_labels = self.columns.label_column is not None
+        # A private copy: 🤗 datasets keeps the epoch of an IterableDataset in memory shared with persistent
+        # DataLoader workers, so one worker's set_epoch would reshuffle another worker's epoch (a race).
+        dataset = copy.deepcopy(self.dataset)
         epoch, offset = self.start
         slot = 0
         while True:
             rows, first, seen = [], offset, 0
-            for i, row in enumerate(self._rows(epoch)):
+            for i, row in enumerate(self._rows(dataset, epoch)):
                 seen += 1
                 if i < offset:
                     continue

@@ -254,8 +254,10 @@ def test_streaming_parquet_resumes_and_ignores_worker_count(parquet_dir):
     positions = [tuple(b["position"].tolist()) for b in ref]
     assert positions[12] == (0, 103) and positions[13] == (1, 8)  # a short last batch, then the next epoch
     assert len(ref[12]["pixel_values"]) == 7
-    workers = _batches(make_train_dataloader(stream, columns, num_workers=2, **kwargs), 16)
-    assert _same(ref, workers)
+    # repeated: the workers once raced on the epoch that 🤗 datasets shares between them (about 1 run in 10 differed)
+    for _ in range(3):
+        workers = _batches(make_train_dataloader(stream, columns, num_workers=2, **kwargs), 16)
+        assert _same(ref, workers)
     resumed = _batches(make_train_dataloader(stream, columns, start=positions[9], num_workers=2, **kwargs), 6)
     assert _same(ref[10:16], resumed)
 
