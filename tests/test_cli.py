@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import re
 
@@ -9,8 +8,6 @@ from PIL import Image
 
 import hfddpm
 from hfddpm.cli import main
-
-TORCH_FIDELITY = importlib.util.find_spec("torch_fidelity") is not None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -116,8 +113,8 @@ def test_evaluate_class_conditional_reports_label_accuracy(tiny_conditional_pipe
     assert results["guidance_scale"] == 1.5
 
 
-@pytest.mark.skipif(TORCH_FIDELITY, reason="checks the message shown without torch-fidelity")
-def test_evaluate_fid_without_inception_stops_or_falls_back(tiny_pipeline, tmp_path, capsys):
+def test_evaluate_fid_without_inception_stops_or_falls_back(tiny_pipeline, tmp_path, capsys, hide_package):
+    hide_package("torch_fidelity")
     out = tmp_path / "metrics.json"
     args = ["evaluate", tiny_pipeline, "--num-images", "4", "--num-inference-steps", "1", "--out", str(out)]
     assert main([*args, "--metrics", "digits,fid"]) == 1

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 
 import numpy as np
@@ -31,9 +30,6 @@ from hfddpm.evaluation import (
     update_model_card,
 )
 from hfddpm.evaluation.digits import DIGIT_CLASSIFIER_WEIGHTS
-
-TORCH_FIDELITY = importlib.util.find_spec("torch_fidelity") is not None
-TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -134,18 +130,18 @@ def test_kid_with_stand_in_network_matches_unbiased_mmd():
     assert scores["kid_std"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_inception_unavailable_message_names_weights_and_options(tmp_path):
+def test_inception_unavailable_message_names_weights_and_options(tmp_path, hide_package):
+    hide_package("torch_fidelity")
     with pytest.raises(MetricUnavailableError) as err:
         find_inception_weights(tmp_path / "missing.pth")
     message = str(err.value)
     assert "pt_inception-2015-12-05-6726825d.pth" in message
     assert "--fid-fallback digits" in message and "--fid-fallback skip" in message
-    if not TORCH_FIDELITY:
-        assert "torch-fidelity" in message
+    assert "torch-fidelity" in message
 
 
-@pytest.mark.skipif(TORCH_FIDELITY, reason="checks the message shown without torch-fidelity")
-def test_compute_metrics_fid_fallbacks(heldout):
+def test_compute_metrics_fid_fallbacks(heldout, hide_package):
+    hide_package("torch_fidelity")
     images = heldout[0][::20]  # 50 real digits
     with pytest.raises(MetricUnavailableError, match="torch-fidelity"):
         compute_metrics(images, metrics="fid")
@@ -238,13 +234,12 @@ def test_digit_metrics_bad_inputs(heldout):
 # ---------------------------------------------------------------------------------------------------------------------
 # FD-DINOv2
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(TRANSFORMERS, reason="checks the message shown without transformers")
-def test_dinov2_without_transformers_says_so():
+def test_dinov2_without_transformers_says_so(hide_package):
+    hide_package("transformers")  # it is in the dev extra
     with pytest.raises(MetricUnavailableError, match="transformers"):
         load_dinov2()
 
 
-@pytest.mark.skipif(not TRANSFORMERS, reason="needs transformers")
 def test_fd_dinov2_with_a_tiny_local_model(tmp_path, heldout):
     from transformers import Dinov2Config, Dinov2Model
 

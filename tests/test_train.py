@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hfddpm import UNET_PRESETS
-from hfddpm.training import default_mixed_precision
+from hfddpm.training import check_trackers, default_mixed_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
@@ -331,6 +331,26 @@ def test_fp16_on_cpu_is_refused_not_silently_float32(train_module, configs, monk
     with pytest.raises(SystemExit, match=r"^train.py: error: mixed precision 'fp16' \(from --mixed_precision\)"):
         train_module.main(args)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
+def test_a_missing_tracker_is_an_error_before_training(train_module, configs, hide_package, tracker, tmp_path):
+    # accelerate would train and log nothing; train.py names the package and the extra instead
+    hide_package("tensorboard", "wandb")
+    args = train_module.parse_args([*_common(configs["mnist"], tmp_path / "out"), "--report_to", tracker])
+    with pytest.raises(SystemExit, match=rf"--report_to {tracker} needs the {tracker} package.*hfddpm\[tracking\]"):
+        train_module.main(args)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"--report_to all found no tracker package"):
+        check_trackers("all")
+
+
+def test_trackers_resolve_to_what_is_installed(hide_package):
+    assert check_trackers("none") == [] and check_trackers("tensorboard") == ["tensorboard"]
+    hide_package("wandb")
+    assert check_trackers("all") == ["tensorboard"]
+    with pytest.raises(ValueError, match=r"'mlflow' is not a tracker; choose one of \('none', 'tensorboard'"):
+        check_trackers("mlflow")
 
 
 def test_setup_resolves_the_embedded_default(train_module, offline):

@@ -45,7 +45,13 @@ from hfddpm.data import (
     resolve_columns,
 )
 from hfddpm.schedulers.scheduling_hfddpm import NOISE_SCHEDULES, PREDICTION_TYPES
-from hfddpm.training import default_mixed_precision, diffusion_loss, prepare_attention
+from hfddpm.training import (
+    REPORT_TO_CHOICES,
+    check_trackers,
+    default_mixed_precision,
+    diffusion_loss,
+    prepare_attention,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -320,8 +326,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         dest="report_to",
         type=str,
         default="none",
-        choices=["none", "tensorboard", "wandb", "all"],
-        help="Experiment tracker.",
+        choices=REPORT_TO_CHOICES,
+        help='Experiment tracker (its package must be installed: pip install "hfddpm[tracking]").',
     )
     g.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
     g.add_argument(
@@ -675,12 +681,13 @@ def main(args):
     output_dir = Path(args.output_dir)
     try:
         mixed_precision = resolve_mixed_precision(args.mixed_precision)
+        trackers = check_trackers(args.report_to)
     except ValueError as err:
         raise SystemExit(f"train.py: error: {err}") from err
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=trackers or None,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
         ),
