@@ -115,7 +115,7 @@ def main(args):
         f" {args.rounds} interleaved rounds x {args.steps_per_round} steps, device {device}\n"
     )
     print(markdown_table(["loop", "images/s (median)", "ratio vs diffusers"], rows))
-    params = sum(p.numel() for p in loops["hfddpm"].unwrapped.parameters())
+    params = sum(p.numel() for p in loops["hfddpm"].engine.unwrapped.parameters())
     path = write_json(
         args.out,
         {"args": vars(args), "parameters": params, "device": str(device), "environment": environment(), **results},

@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: the two training loops compared, data, timing and reporting helpers.
 
-``HFDDPMTrainLoop`` runs one optimisation step as ``training/train.py`` does (the same
-``hfddpm.training.diffusion_loss`` and that script's ``DEFAULTS``); ``DiffusersTutorialLoop`` is the loop of the
+``HFDDPMTrainLoop`` runs the product's own step (``hfddpm.training.TrainingEngine`` with the default
+``TrainConfig``, as ``training/train.py`` does); ``DiffusersTutorialLoop`` is the loop of the
 diffusers "Train a diffusion model" tutorial (UNet2DModel + DDPMScheduler + AdamW + accelerate, ``loss.item()``
 logged every step). Both read batches from the same in-memory tensor, so data loading is not part of the comparison.
 
@@ -17,7 +17,6 @@ import contextlib
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -25,17 +24,14 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_cosine_schedule_with_warmup, get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
 
 import hfddpm
 from hfddpm.evaluation import load_mnist_5k
-from hfddpm.training import default_mixed_precision, diffusion_loss, prepare_attention
+from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler, default_mixed_precision
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO / "training"))
-from train import DEFAULTS, step_generator  # noqa: E402  (training/train.py is a script, not a package)
 
 
 def unet_config(preset: str, resolution: int = 28, channels: int = 1) -> dict:
@@ -84,9 +80,9 @@ def tutorial_precision(device: torch.device) -> str:
 
 
 class HFDDPMTrainLoop:
-    """One optimisation step as in training/train.py: cosine log-SNR schedule, v-prediction, min-SNR-5 weights,
-    fused AdamW, schedule tables on the device, no host synchronisation per step, EMA, and train.py's default
-    mixed precision (bf16 where the device computes it natively, attention kept float32 on CPU)."""
+    """hfddpm's training step as ``training/train.py`` runs it: ``hfddpm.training.TrainingEngine`` built from the
+    default ``TrainConfig`` (cosine log-SNR schedule, v-prediction, min-SNR-5, fused AdamW, EMA, float32 attention
+    on CPU under bf16), fed in-memory batches instead of the DataLoader."""
 
     name = "hfddpm (training/train.py step)"
 
@@ -102,87 +98,33 @@ class HFDDPMTrainLoop:
         mixed_precision: str | None = None,
         seed: int = 0,
     ):
-        d = DEFAULTS
-        self.accelerator = Accelerator()
-        device = self.device = self.accelerator.device
+        accelerator = Accelerator()
         torch.manual_seed(seed)
         unet = UNet2DModel.from_config(config)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        unet = unet.to(memory_format=self.memory_format)
-        self.mixed_precision = mixed_precision or default_mixed_precision(device)
-        self.autocast = lambda: autocast(device, self.mixed_precision)
-        prepare_attention(unet, device, self.mixed_precision)  # as train.py does
-        fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
-        optimizer = torch.optim.AdamW(
-            unet.parameters(),
-            lr=d["learning_rate"],
-            betas=(d["adam_beta1"], d["adam_beta2"]),
-            weight_decay=d["adam_weight_decay"],
-            eps=d["adam_epsilon"],
-            **fused,
+        train_config = TrainConfig(seed=seed, use_ema=use_ema, channels_last=channels_last, max_train_steps=max_steps)
+        self.mixed_precision = mixed_precision or default_mixed_precision(accelerator.device)
+        self.engine = TrainingEngine(
+            train_config.validate(),
+            unet,
+            build_scheduler(train_config),
+            accelerator,
+            max_train_steps=max_steps,
+            forward_context=lambda: autocast(accelerator.device, self.mixed_precision),
+            mixed_precision=self.mixed_precision,
         )
-        lr_scheduler = get_scheduler(
-            d["lr_scheduler"], optimizer=optimizer, num_warmup_steps=d["lr_warmup_steps"], num_training_steps=max_steps
-        )
-        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(unet, optimizer, lr_scheduler)
-        self.unwrapped = self.accelerator.unwrap_model(self.model)
-        self.ema = None
-        if use_ema:
-            self.ema = EMAModel(
-                self.unwrapped.parameters(),
-                decay=d["ema_max_decay"],
-                use_ema_warmup=True,
-                inv_gamma=d["ema_inv_gamma"],
-                power=d["ema_power"],
-                foreach=True,
-                model_cls=UNet2DModel,
-                model_config=self.unwrapped.config,
-            )
-        self.noise_scheduler = hfddpm.HFDDPMScheduler(
-            num_train_timesteps=d["ddpm_num_steps"],
-            noise_schedule=d["noise_schedule"],
-            prediction_type=d["prediction_type"],
-        )
-        self.train_scheduler = hfddpm.HFDDPMScheduler.from_config(self.noise_scheduler.config)
-        self.train_scheduler.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(device)
-        self.snr_gamma, self.max_grad_norm = d["snr_gamma"], d["max_grad_norm"]
+        self.accelerator, self.device = accelerator, accelerator.device
         self.batches = BatchStream(data, batch_size, seed)
-        self.seed, self.global_step = seed, 0
-        self.loss_sum = torch.zeros((), device=device)
-        self.model.train()
+        self.global_step = 0
+        self.loss_sum = torch.zeros((), device=self.device)
 
     def step(self):
-        device = self.device
-        clean = next(self.batches).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        gen = step_generator(device, self.seed, 0, self.global_step, 0)
-        with self.accelerator.accumulate(self.model):
-            with self.autocast():
-                loss = diffusion_loss(
-                    self.model,
-                    self.train_scheduler,
-                    clean,
-                    snr_gamma=self.snr_gamma,
-                    generator=gen,
-                    memory_format=self.memory_format,
-                )
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.loss_sum += loss.detach()
+        self.loss_sum += self.engine.micro_step(next(self.batches), None, self.global_step)
         self.global_step += 1
-        if self.ema is not None:
-            self.ema.step(self.unwrapped.parameters())
+        self.engine.end_step()
 
     def pipeline(self) -> hfddpm.HFDDPMPipeline:
         """The sampling pipeline (EMA weights when EMA is on), as train.py saves it."""
-        unet = UNet2DModel.from_config(self.unwrapped.config)
-        unet.load_state_dict(self.unwrapped.state_dict())
-        if self.ema is not None:
-            self.ema.copy_to(unet.parameters())
-        return hfddpm.HFDDPMPipeline(unet=unet.eval(), scheduler=self.noise_scheduler)
+        return self.engine.pipeline()
 
 
 class DiffusersTutorialLoop:

@@ -78,11 +78,11 @@ def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
 
 
 def test_default_precision_per_device(monkeypatch):
-    import hfddpm.training
+    import hfddpm.training.precision
 
-    monkeypatch.setattr(hfddpm.training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hfddpm.training.precision, "cpu_has_native_bf16", lambda: True)
     assert default_mixed_precision("cpu") == "bf16"
-    monkeypatch.setattr(hfddpm.training, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hfddpm.training.precision, "cpu_has_native_bf16", lambda: False)
     assert default_mixed_precision(torch.device("cpu")) == "no"
     assert default_mixed_precision("mps") == "no"
     # a GPU that only emulates bf16 (T4, V100) trains float32

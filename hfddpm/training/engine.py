@@ -1,0 +1,376 @@
+"""The training engine: the UNet, scheduler, optimizer, LR schedule and EMA built from a :class:`TrainConfig`, one
+training step, and the EMA pipeline it exports.
+
+``hfddpm.training.loop.train`` drives it over a dataset; the benchmarks drive it over in-memory batches, so they
+time the product's own step.
+
+Example:
+    >>> import torch
+    >>> from accelerate import Accelerator
+    >>> from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler
+    >>> from hfddpm import build_unet
+    >>> config = TrainConfig(preset="tiny", max_train_steps=2, mixed_precision="no").validate()
+    >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    >>> engine = TrainingEngine(config, unet, build_scheduler(config), Accelerator(cpu=True), max_train_steps=2)
+    >>> loss = engine.micro_step(torch.zeros(2, 1, 16, 16), None, global_step=0)
+    >>> engine.end_step(); loss.ndim
+    0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from diffusers import UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+
+from hfddpm.data import check_resolution, load_train_dataset, resolve_columns
+from hfddpm.evaluation.sampling import make_scheduler
+from hfddpm.models.unet_presets import UNET_PRESETS
+from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline
+from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
+from hfddpm.training.checkpoint import register_checkpoint_hooks
+from hfddpm.training.config import TrainConfig, fallback
+from hfddpm.training.loss import diffusion_loss, step_generator
+from hfddpm.training.precision import prepare_attention
+
+# At most this many classes (rows) in a validation grid.
+MAX_GRID_ROWS = 16
+# Image channels a UNet can be trained on: L, RGB, RGBA.
+IMAGE_CHANNELS = (1, 3, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building the model and schedule
+# ---------------------------------------------------------------------------------------------------------------------
+def _pretrained_scheduler_kwargs(path: str, cache_dir=None) -> dict:
+    """Schedule settings of a saved pipeline's scheduler (an HFDDPMScheduler or a diffusers DDPM/DDIM one)."""
+    config = HFDDPMScheduler.load_config(path, subfolder="scheduler", cache_dir=cache_dir)
+    kwargs = {k: config[k] for k in ("num_train_timesteps", "prediction_type", "trained_betas") if config.get(k)}
+    if "noise_schedule" in config:
+        kwargs["noise_schedule"] = config["noise_schedule"]
+    elif config.get("beta_schedule") in ("squaredcos_cap_v2", "linear"):
+        kwargs["noise_schedule"] = "cosine" if config["beta_schedule"] == "squaredcos_cap_v2" else "linear"
+    for k in ("beta_start", "beta_end", "image_size", "base_resolution", "timestep_spacing"):
+        if k in config:
+            kwargs[k] = config[k]
+    return kwargs
+
+
+def build_scheduler(config: TrainConfig, resolution: int | None = None) -> HFDDPMScheduler:
+    """The training schedule: the flags, else the pretrained pipeline's settings, else the recipe's fallbacks."""
+    kwargs = {}
+    if config.pretrained_model_name_or_path:
+        kwargs = _pretrained_scheduler_kwargs(config.pretrained_model_name_or_path, config.cache_dir)
+    explicit = {"noise_schedule": config.noise_schedule, "num_train_timesteps": config.ddpm_num_steps}
+    if any(v is not None for v in explicit.values()):
+        kwargs.pop("trained_betas", None)  # a new schedule is asked for: rebuild it
+    for key, value in {**explicit, "prediction_type": config.prediction_type}.items():
+        if value is not None:
+            kwargs[key] = value
+    kwargs.setdefault("noise_schedule", fallback("noise_schedule"))
+    kwargs.setdefault("num_train_timesteps", fallback("ddpm_num_steps"))
+    kwargs.setdefault("prediction_type", fallback("prediction_type"))
+    if kwargs["noise_schedule"] in ("shifted_cosine", "interpolated_shifted_cosine"):
+        kwargs.setdefault("image_size", resolution if resolution is not None else config.resolution)
+    return HFDDPMScheduler(**kwargs)
+
+
+def build_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
+    """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data."""
+    conditional = num_classes > 0
+    if config.pretrained_model_name_or_path:
+        unet = UNet2DModel.from_pretrained(
+            config.pretrained_model_name_or_path, subfolder="unet", cache_dir=config.cache_dir
+        )
+        if config.resolution is not None:
+            unet.register_to_config(sample_size=config.resolution)
+        source = f"the pretrained UNet of {config.pretrained_model_name_or_path!r}"
+    else:
+        if config.unet_config:
+            if not os.path.exists(config.unet_config):
+                raise FileNotFoundError(
+                    f"--unet_config {config.unet_config!r} does not exist; pass a UNet2DModel config"
+                    " JSON file (or a folder with config.json)."
+                )
+            unet_config = dict(UNet2DModel.load_config(config.unet_config))
+            source = f"--unet_config {config.unet_config!r}"
+        else:
+            unet_config = dict(UNET_PRESETS[config.preset])
+            unet_config["num_class_embeds"] = None
+            source = f"--preset {config.preset!r}"
+        if config.resolution is not None:
+            unet_config["sample_size"] = config.resolution
+        if conditional and not unet_config.get("num_class_embeds"):
+            unet_config["num_class_embeds"] = num_classes + 1  # the last index is the null class
+        unet = UNet2DModel.from_config(unet_config)
+    if conditional:
+        embeds = unet.config.num_class_embeds
+        if not embeds:
+            raise ValueError(
+                f"Class-conditional training needs class embeddings, but {source} has none"
+                " (num_class_embeds=None). Train unconditionally with --no_class_conditional."
+            )
+        if num_classes > embeds - 1:
+            raise ValueError(
+                f"The dataset has {num_classes} classes but {source} has num_class_embeds={embeds}, i.e. room for"
+                f" {embeds - 1} classes plus the null class. Use a UNet with num_class_embeds >= {num_classes + 1},"
+                " fewer classes, or --no_class_conditional."
+            )
+    return unet
+
+
+@dataclass
+class RunSetup:
+    """What :func:`setup` resolves before training: the data, the model, the schedule and the derived settings."""
+
+    dataset: object
+    columns: object
+    unet: UNet2DModel
+    noise_scheduler: HFDDPMScheduler
+    resolution: int
+    class_conditional: bool
+    label_column: str | None
+
+    @property
+    def num_classes(self) -> int:
+        return self.columns.num_classes
+
+    def resolved(self) -> dict:
+        """The derived settings, by name, as recorded in ``training_config.json``."""
+        return {
+            "resolution": self.resolution,
+            "class_conditional": self.class_conditional,
+            "label_column": self.label_column,
+            "num_classes": self.columns.num_classes,
+            "class_names": self.columns.class_names,
+            "noise_schedule": self.noise_scheduler.config.noise_schedule,
+            "ddpm_num_steps": self.noise_scheduler.config.num_train_timesteps,
+            "prediction_type": self.noise_scheduler.config.prediction_type,
+            "in_channels": self.unet.config.in_channels,
+            "num_parameters": sum(p.numel() for p in self.unet.parameters()),
+        }
+
+
+def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
+    """Load the data and build the UNet and scheduler: every bad input fails here, before training."""
+    config.validate()
+    embedded = config.dataset_name is None and config.train_data_dir is None
+    class_conditional = config.class_conditional
+    if class_conditional is None:
+        class_conditional = config.label_column is not None or embedded
+    label_column = (config.label_column or "label") if class_conditional else None
+
+    ctx = main_process_first() if main_process_first is not None else contextlib.nullcontext()
+    with ctx:
+        dataset = load_train_dataset(
+            config.dataset_name,
+            config.dataset_config_name,
+            config.train_data_dir,
+            split=config.dataset_split,
+            streaming=config.streaming,
+            cache_dir=config.cache_dir,
+        )
+    columns = resolve_columns(dataset, config.image_column, label_column)
+
+    unet = build_unet(config, columns.num_classes)
+    resolution = config.resolution
+    if resolution is None:
+        size = unet.config.sample_size
+        resolution = size if isinstance(size, int) else int(size[0])
+    check_resolution(resolution, unet.config.block_out_channels)
+    if unet.config.in_channels not in IMAGE_CHANNELS:
+        raise ValueError(
+            f"The UNet has in_channels={unet.config.in_channels}; images can be trained with 1 (L), 3"
+            " (RGB) or 4 (RGBA) channels."
+        )
+    noise_scheduler = build_scheduler(config, resolution)
+    return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column)
+
+
+def resolve_max_train_steps(config: TrainConfig, num_examples: int | None, world_size: int) -> int:
+    """``--max_train_steps``, else ``--num_epochs`` worth of steps, else the recipe's fallback."""
+    if config.max_train_steps is not None:
+        return config.max_train_steps
+    if config.num_epochs is None:
+        return fallback("max_train_steps")
+    per_process = num_examples // world_size
+    steps_per_epoch = math.ceil(per_process / (config.train_batch_size * config.gradient_accumulation_steps))
+    return max(1, config.num_epochs * steps_per_epoch)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------------------------------
+class TrainingEngine:
+    """Optimizer, LR schedule and EMA around a UNet, prepared by ``accelerator``, and the training step.
+
+    Args:
+        config: the run's settings (optimizer, EMA, min-SNR, label dropout, memory format, seed).
+        unet: the model to train (built by :func:`build_unet`).
+        noise_scheduler: the training schedule (:func:`build_scheduler`).
+        accelerator: an ``accelerate.Accelerator``; its mixed precision applies to the forward pass.
+        max_train_steps: length of the LR schedule.
+        class_conditional: whether batches carry labels to train on (else a conditional UNet sees the null class).
+        forward_context: a context manager factory around the loss (e.g. ``torch.autocast``); benchmarks that
+            compare precisions in one process use it, since accelerate keeps one precision per process.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        unet: UNet2DModel,
+        noise_scheduler: HFDDPMScheduler,
+        accelerator,
+        *,
+        max_train_steps: int,
+        class_conditional: bool = False,
+        forward_context=contextlib.nullcontext,
+        mixed_precision: str | None = None,
+    ):
+        self.config, self.accelerator, self.noise_scheduler = config, accelerator, noise_scheduler
+        self.class_conditional, self.forward_context = class_conditional, forward_context
+        device = self.device = accelerator.device
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+        # float32 attention on CPU under mixed precision; convolutions keep bf16
+        prepare_attention(unet, device, mixed_precision or accelerator.mixed_precision)
+        fused = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+        optimizer = torch.optim.AdamW(
+            unet.parameters(),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+            **fused,
+        )
+        # accelerate steps a prepared LR scheduler once per process per optimizer step: count in those units.
+        lr_scheduler = get_scheduler(
+            config.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=max_train_steps * accelerator.num_processes,
+        )
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.ema = None
+        if config.use_ema:
+            # built after `prepare` (weights already broadcast) and updated from the same weights on every process
+            self.ema = EMAModel(
+                self.unwrapped.parameters(),
+                decay=config.ema_max_decay,
+                use_ema_warmup=True,
+                inv_gamma=config.ema_inv_gamma,
+                power=config.ema_power,
+                foreach=True,
+                model_cls=UNet2DModel,
+                model_config=self.unwrapped.config,
+            )
+        register_checkpoint_hooks(accelerator, self.ema)
+        self.null_class = (self.unwrapped.config.num_class_embeds or 0) - 1
+        # a training copy of the schedule on the device: indexing it by timesteps needs no host round trip
+        self.train_scheduler = HFDDPMScheduler.from_config(noise_scheduler.config)
+        self.train_scheduler.alphas_cumprod = self.train_scheduler.alphas_cumprod.to(device)
+        self.snr_gamma = config.snr_gamma if config.snr_gamma > 0 else None
+        self.max_grad_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+        self.grad_norm = None
+        self.model.train()
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.unwrapped.parameters())
+
+    def micro_step(
+        self, clean: torch.Tensor, class_labels: torch.Tensor | None, global_step: int, micro: int = 0
+    ) -> torch.Tensor:
+        """Forward, backward and (when gradients sync) the optimizer step for one micro-batch of clean images in
+        [-1, 1]; returns the detached loss without synchronising with the host.
+
+        The noise, timesteps and label dropout come from a generator keyed by (seed, process, step, micro-step).
+        """
+        device, config = self.device, self.config
+        clean = clean.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        bsz = clean.shape[0]
+        gen = step_generator(device, config.seed, self.accelerator.process_index, global_step, micro)
+        labels = None
+        if self.class_conditional:
+            labels = class_labels.to(device, non_blocking=True)
+            if config.cond_drop_prob > 0:
+                # label dropout for classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598)
+                drop = torch.rand(bsz, generator=gen, device=device) < config.cond_drop_prob
+                labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        elif self.null_class >= 0:  # a class-conditional UNet trained without labels sees the null class
+            labels = torch.full((bsz,), self.null_class, dtype=torch.long, device=device)
+
+        with self.accelerator.accumulate(self.model):
+            with self.forward_context():
+                loss = diffusion_loss(
+                    self.model,
+                    self.train_scheduler,
+                    clean,
+                    class_labels=labels,
+                    snr_gamma=self.snr_gamma,
+                    generator=gen,
+                    memory_format=self.memory_format,
+                )
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def end_step(self) -> None:
+        """After the micro-batches of one optimizer step: update the EMA."""
+        if self.ema is not None:
+            self.ema.step(self.unwrapped.parameters())
+
+    # --- export ------------------------------------------------------------------------------------------------------
+    def ema_unet(self) -> UNet2DModel:
+        """A float32 copy of the UNet carrying the EMA weights (the raw weights without EMA), for sampling/saving."""
+        unet = UNet2DModel.from_config(self.unwrapped.config)
+        if self.ema is not None:
+            self.ema.copy_to(unet.parameters())
+        else:
+            unet.load_state_dict(self.unwrapped.state_dict())
+        return unet.to(self.device).eval()
+
+    def pipeline(self, unet: UNet2DModel | None = None) -> HFDDPMPipeline:
+        """The sampling pipeline of the EMA weights, as the run saves it."""
+        return HFDDPMPipeline(unet=unet if unet is not None else self.ema_unet(), scheduler=self.noise_scheduler)
+
+    def sample_grid(self, unet: UNet2DModel | None = None, *, num_classes: int = 0):
+        """A sample grid with DPM-Solver++ (``validation_inference_steps``); one row per class, seeded by ``seed``."""
+        config = self.config
+        pipe = HFDDPMPipeline(
+            unet=unet if unet is not None else self.ema_unet(),
+            scheduler=make_scheduler("dpmsolver++", self.noise_scheduler.config),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        if num_classes:
+            rows, cols = min(num_classes, MAX_GRID_ROWS), config.validation_images_per_class
+            labels = [c for c in range(rows) for _ in range(cols)]
+            guidance = config.validation_guidance_scale
+        else:
+            cols = math.ceil(math.sqrt(config.eval_batch_size))
+            rows = math.ceil(config.eval_batch_size / cols)
+            labels, guidance = None, 1.0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            images = pipe(
+                batch_size=rows * cols,
+                class_labels=labels,
+                guidance_scale=guidance,
+                num_inference_steps=config.validation_inference_steps,
+                generator=torch.Generator("cpu").manual_seed(config.seed),
+                output_type="pil",
+            ).images
+        return make_image_grid(images, rows=rows, cols=cols)

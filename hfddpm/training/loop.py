@@ -1,0 +1,371 @@
+"""``train(config)``: a whole training run with 🤗 accelerate, on one process or many.
+
+Reads top to bottom: precision and accelerator -> data, model and schedule (:func:`~hfddpm.training.engine.setup`)
+-> engine -> resume -> loop (log, checkpoint, validate) -> save the EMA pipeline, metrics and model card -> push.
+
+Example (a few steps of the tiny preset on the embedded digits)::
+
+    from hfddpm.training import TrainConfig, train
+    train(TrainConfig(preset="tiny", max_train_steps=20, output_dir="tiny-run"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from hfddpm.data import EMBEDDED_DATASET_NAME, make_train_dataloader
+from hfddpm.training.checkpoint import (
+    check_checkpoint,
+    list_checkpoints,
+    read_training_state,
+    rescale_positions,
+    resolve_resume_path,
+    save_checkpoint,
+)
+from hfddpm.training.config import CONFIG_FILE, TrainConfig, write_config
+from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
+from hfddpm.training.precision import resolve_mixed_precision
+from hfddpm.training.trackers import check_trackers, log_grid
+
+logger = get_logger(__name__, log_level="INFO")
+
+# The bad-image fraction is judged once this many images were read (or the whole dataset, if smaller).
+BAD_IMAGE_MIN_READ = 200
+TRAIN_METRICS_FILE = "train_metrics.json"
+CARD_FILE = "README.md"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (diverged, too many broken images); the message says what was kept."""
+
+
+def check_bad_images(bad: int, read: int, max_fraction: float, *, min_read: int = BAD_IMAGE_MIN_READ) -> None:
+    """A ``ValueError`` once more than ``max_fraction`` of at least ``min_read`` images read could not be decoded."""
+    if bad == 0 or read < min_read:
+        return
+    if bad > max_fraction * read:
+        raise ValueError(
+            f"{bad} of the {read} images read could not be decoded ({bad / read:.1%} >"
+            f" --max_bad_image_fraction {max_fraction}). Remove or repair the broken image files, or raise"
+            " --max_bad_image_fraction to skip them."
+        )
+
+
+def json_safe(value):
+    """``value`` with non-finite floats as ``None``: JSON files never hold NaN literals."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def train(config: TrainConfig) -> Path:
+    """Train as ``config`` says and save an ``HFDDPMPipeline`` folder (EMA weights), ``samples/final.png``,
+    ``train_metrics.json``, ``training_config.json`` and a model card in ``config.output_dir``; returns that folder.
+
+    Bad input raises ``ValueError``/``FileNotFoundError`` before any training step.
+    """
+    config.validate()
+    # 1. precision, trackers and the accelerator
+    mixed_precision = resolve_mixed_precision(config.mixed_precision)
+    trackers = check_trackers(config.report_to)
+    output_dir = config.check_output_dir()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        # every process would train alone and write the same files
+        raise ValueError(
+            f"{launched} processes were launched but accelerate set up no distributed training (no GPU?). On CPU"
+            " run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`."
+        )
+    if not accelerator.is_main_process:
+        for name in ("datasets", "diffusers", "accelerate"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    set_seed(config.seed)  # the same on every process: identical initial weights
+    device = accelerator.device
+    if device.type == "cpu":
+        # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise: share the cores between local processes
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+        torch.backends.cudnn.allow_tf32 = config.allow_tf32
+        torch.backends.cudnn.benchmark = True
+
+    # 2. data, model and schedule; every bad input fails here
+    run = setup(config, main_process_first=accelerator.main_process_first)
+    resume_path = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
+    if resume_path is not None:
+        check_checkpoint(resume_path)
+    num_examples = len(run.dataset) if not config.streaming else None
+    max_train_steps = resolve_max_train_steps(config, num_examples, accelerator.num_processes)
+    if resume_path is not None and _finished(output_dir, resume_path, max_train_steps):
+        logger.info(
+            f"{output_dir} holds a finished run ({max_train_steps} steps, checkpoint {resume_path.name}); nothing to"
+            " do. Raise --max_train_steps to train further, or use another --output_dir for a new run."
+        )
+        return output_dir
+
+    # 3. the engine: optimizer, LR schedule, EMA
+    engine = TrainingEngine(
+        config,
+        run.unet,
+        run.noise_scheduler,
+        accelerator,
+        max_train_steps=max_train_steps,
+        class_conditional=run.class_conditional,
+    )
+
+    # 4. resume
+    global_step, positions, bad_total, read_total = 0, None, 0, 0
+    if config.resume_from_checkpoint and resume_path is None:
+        logger.warning(f"No checkpoint in {output_dir / 'checkpoints'}; starting a new run.")
+    elif resume_path is None and list_checkpoints(output_dir / "checkpoints"):
+        logger.warning(
+            f"{output_dir / 'checkpoints'} holds checkpoints of an earlier run; this new run starts from step 0 (pass"
+            " --resume_from_checkpoint latest to continue that run instead)."
+        )
+    if resume_path is not None:
+        logger.info(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        state = read_training_state(resume_path)
+        global_step = state["global_step"]
+        positions = state["data_positions"]
+        if accelerator.is_main_process:
+            bad_total, read_total = state["num_bad_images"], state["num_read_images"]
+        if state["num_processes"] != accelerator.num_processes:
+            positions = rescale_positions(positions, accelerator.num_processes, config.streaming)
+            logger.warning(
+                f"The checkpoint was written by {state['num_processes']} processes, this run has"
+                f" {accelerator.num_processes}: the data order continues approximately, not exactly."
+            )
+    start = tuple(positions[accelerator.process_index]) if positions else (0, 0)
+
+    dataloader = make_train_dataloader(
+        run.dataset,
+        run.columns,
+        resolution=run.resolution,
+        channels=engine.unwrapped.config.in_channels,
+        batch_size=config.train_batch_size,
+        seed=config.seed,
+        center_crop=config.center_crop,
+        random_flip=config.random_flip,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        num_workers=config.dataloader_num_workers,
+        start=start,
+        shuffle_buffer_size=config.shuffle_buffer_size,
+        pin_memory=device.type == "cuda",
+    )
+    resolved = {
+        **run.resolved(),
+        "max_train_steps": max_train_steps,
+        "mixed_precision": accelerator.mixed_precision,
+        "num_processes": accelerator.num_processes,
+        "device": device.type,
+    }
+    if accelerator.is_main_process:
+        write_config(output_dir / CONFIG_FILE, config, resolved)
+        flat = {**config.to_dict(), **resolved}
+        accelerator.init_trackers("hfddpm", config={k: v for k, v in flat.items() if isinstance(v, (int, float, str))})
+
+    images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    logger.info(
+        f"Training {max_train_steps} steps from step {global_step}: {num_examples or 'streaming'} examples,"
+        f" {accelerator.num_processes} process(es) x batch {config.train_batch_size} x accumulation"
+        f" {config.gradient_accumulation_steps} = {images_per_step} images/step, resolution {run.resolution},"
+        f" {run.num_classes or 'no'} classes, {engine.num_parameters:,} parameters, mixed precision"
+        f" {accelerator.mixed_precision}."
+    )
+    min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
+
+    # 5. the loop
+    progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
+    data_iter = iter(dataloader)
+    position = torch.tensor(start)
+    loss_sum = torch.zeros((), device=device)
+    loss_count, bad_local, read_local = 0, 0, 0
+    last = {"loss": None}
+    first_step = global_step
+    warmup_steps = min(10, max(1, (max_train_steps - first_step) // 5))
+    wall_start = time.perf_counter()
+    paused = 0.0  # seconds spent on validation and checkpoints, not counted in images/s
+    measure = None  # (time, paused, step) once the warm-up steps are done
+    window = (time.perf_counter(), global_step, 0.0)
+    while global_step < max_train_steps:
+        for micro in range(config.gradient_accumulation_steps):
+            batch = next(data_iter)
+            position = batch["position"]
+            bad_local += int(batch["num_bad_images"])
+            read_local += int(batch["num_read_images"])
+            loss_sum += engine.micro_step(batch["pixel_values"], batch.get("class_labels"), global_step, micro)
+            loss_count += 1
+        global_step += 1
+        engine.end_step()
+        progress.update(1)
+        if global_step == first_step + warmup_steps:
+            measure = (time.perf_counter(), paused, global_step)
+
+        if global_step % config.logging_steps == 0 or global_step == max_train_steps:
+            stats = accelerator.reduce(
+                torch.stack([loss_sum, torch.tensor(float(loss_count), device=device)]), reduction="sum"
+            )
+            counts = accelerator.reduce(torch.tensor([bad_local, read_local], device=device), reduction="sum")
+            bad_total, read_total = bad_total + int(counts[0]), read_total + int(counts[1])
+            bad_local = read_local = 0
+            now = time.perf_counter()
+            t0, s0, p0 = window
+            images_per_second = (global_step - s0) * images_per_step / max(now - t0 - (paused - p0), 1e-9)
+            window = (now, global_step, paused)
+            last = {
+                "loss": float(stats[0] / stats[1]),
+                "lr": engine.lr_scheduler.get_last_lr()[0],
+                "grad_norm": float(engine.grad_norm),
+                "images_per_second": images_per_second,
+                "skipped_images": bad_total,
+            }
+            if engine.ema is not None:
+                last["ema_decay"] = engine.ema.cur_decay_value
+            _stop_if_diverged(last["loss"], global_step, output_dir)
+            loss_sum.zero_()
+            loss_count = 0
+            accelerator.log(last, step=global_step)
+            progress.set_postfix(step=global_step, loss=f"{last['loss']:.4f}", img_s=f"{images_per_second:.0f}")
+            if global_step < max_train_steps:  # at the end the pipeline is saved first, then this is reported
+                check_bad_images(bad_total, read_total, config.max_bad_image_fraction, min_read=min_read)
+
+        if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+            t = time.perf_counter()
+            if loss_count:  # never write a diverged state as a checkpoint
+                _stop_if_diverged(float(accelerator.reduce(loss_sum, reduction="sum")), global_step, output_dir)
+            all_positions = accelerator.gather(position.to(device)[None]).cpu().tolist()
+            counts = accelerator.reduce(torch.tensor([bad_local, read_local], device=device), reduction="sum")
+            state = {
+                "global_step": global_step,
+                "data_positions": all_positions,
+                "num_processes": accelerator.num_processes,
+                "num_bad_images": bad_total + int(counts[0]),
+                "num_read_images": read_total + int(counts[1]),
+            }
+            path = save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
+            logger.info(f"Saved {path}")
+            paused += time.perf_counter() - t
+
+        if config.validation_steps and global_step % config.validation_steps == 0 and global_step < max_train_steps:
+            t = time.perf_counter()
+            if accelerator.is_main_process:
+                grid = engine.sample_grid(num_classes=run.num_classes)
+                (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+                grid.save(output_dir / "samples" / f"step_{global_step:06d}.png")
+                log_grid(accelerator, grid, global_step)
+            paused += time.perf_counter() - t
+    progress.close()
+
+    # 6. save the EMA pipeline, the final grid, metrics and card
+    accelerator.wait_for_everyone()
+    wall_time = time.perf_counter() - wall_start
+    if measure is not None and global_step > measure[2]:
+        t_measure = time.perf_counter() - measure[0] - (paused - measure[1])
+        train_images_per_second = (global_step - measure[2]) * images_per_step / max(t_measure, 1e-9)
+    else:
+        train_images_per_second = None
+    if engine.ema is not None:
+        # one line per process: equal checksums show that every process holds the same EMA weights
+        checksum = sum(p.double().sum().item() for p in engine.ema.shadow_params)
+        logger.info(f"EMA checksum of process {accelerator.process_index}: {checksum:.10e}", main_process_only=False)
+
+    if accelerator.is_main_process:
+        final_unet = engine.ema_unet()
+        engine.pipeline(final_unet).save_pretrained(output_dir)
+        grid = engine.sample_grid(final_unet, num_classes=run.num_classes)
+        (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+        grid.save(output_dir / "samples" / "final.png")
+        log_grid(accelerator, grid, global_step)
+        metrics = {
+            "steps": global_step,
+            "steps_this_run": global_step - first_step,
+            "images_seen": global_step * images_per_step,
+            "wall_time_s": wall_time,
+            "train_images_per_second": train_images_per_second,
+            "final_loss": last["loss"],
+            "skipped_images": bad_total,
+            "num_processes": accelerator.num_processes,
+            "device": device.type,
+            "training_config": {**config.to_dict(), **resolved},
+        }
+        (output_dir / TRAIN_METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+        _write_card(output_dir, config, {**metrics["training_config"], "wall_time_s": round(wall_time, 1)})
+        logger.info(f"Saved the pipeline to {output_dir}")
+    accelerator.end_training()
+    if config.push_to_hub and accelerator.is_main_process:
+        from hfddpm.hub import push_to_hub
+
+        repo_id = config.hub_model_id or output_dir.name
+        url = push_to_hub(output_dir, repo_id, token=config.hub_token, private=config.hub_private_repo)
+        logger.info(f"Uploaded to {url}")
+    # the fraction of broken images is final now; the finished run is saved before this is reported
+    check_bad_images(bad_total, read_total, config.max_bad_image_fraction, min_read=min(min_read, read_total or 1))
+    return output_dir
+
+
+def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:
+    """Whether ``checkpoint`` is the end of a run whose pipeline and metrics are already saved."""
+    done = read_training_state(checkpoint)["global_step"] >= max_train_steps
+    return done and (output_dir / "model_index.json").is_file() and (output_dir / TRAIN_METRICS_FILE).is_file()
+
+
+def _stop_if_diverged(loss: float, step: int, output_dir: Path) -> None:
+    if math.isfinite(loss):
+        return
+    kept = list_checkpoints(output_dir / "checkpoints")
+    where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+    raise TrainingError(
+        f"The loss became {loss} at step {step}: training diverged and was stopped; {where}, nothing else was"
+        " saved. Lower --learning_rate, keep --max_grad_norm > 0, or try --mixed_precision no, then resume with"
+        " --resume_from_checkpoint PATH or start again."
+    )
+
+
+def _card_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_card(output_dir: Path, config: TrainConfig, card_config: dict) -> None:
+    """Write the model card, unless the existing one was edited or evaluated since training last wrote it."""
+    from hfddpm.hub import write_model_card
+
+    card, digest_file = output_dir / CARD_FILE, output_dir / ".hfddpm-card.sha256"
+    if card.is_file() and (not digest_file.is_file() or digest_file.read_text().strip() != _card_digest(card)):
+        logger.warning(f"{card} was edited or evaluated since training wrote it; it is kept as it is.")
+        return
+    dataset = config.dataset_name or (config.train_data_dir and Path(config.train_data_dir).name)
+    write_model_card(
+        output_dir,
+        training_config=card_config,
+        dataset_name=dataset or EMBEDDED_DATASET_NAME,
+        sample_grid="samples/final.png",
+    )
+    digest_file.write_text(_card_digest(card) + "\n")

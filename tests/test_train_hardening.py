@@ -1,0 +1,179 @@
+"""Training under bad input and faults (issue "hardening"): every bad flag is one clear message before anything is
+written, a diverged run stops, a finished run resumed changes nothing, broken images never cost a finished run,
+damaged checkpoints are named, and a failed push never shows the token."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from train_helpers import ROOT, TRAIN, load_train_script, run_train, train_env
+
+from hfddpm.training import TrainConfig, TrainingError
+from hfddpm.training.checkpoint import check_checkpoint
+from hfddpm.training.loop import _stop_if_diverged, json_safe
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Flags: one line naming the flag, the value and what is valid, and nothing written
+# ---------------------------------------------------------------------------------------------------------------------
+BAD_FLAGS = [
+    (["--logging_steps", "0"], r"--logging_steps 0 is invalid: it must be an integer >= 1"),
+    (["--validation_inference_steps", "0"], r"--validation_inference_steps 0 is invalid: it must be an integer >= 1"),
+    (["--ddpm_num_steps", "0"], r"--ddpm_num_steps 0 is invalid: it must be an integer >= 1"),
+    (["--num_epochs", "0"], r"--num_epochs 0 is invalid: it must be an integer >= 1"),
+    (["--num_epochs", "-3"], r"--num_epochs -3 is invalid: it must be an integer >= 1"),
+    (["--resolution", "0"], r"--resolution 0 is invalid: it must be an integer >= 1"),
+    (["--resolution", "-32"], r"--resolution -32 is invalid: it must be an integer >= 1"),
+    (["--snr_gamma", "nan"], r"--snr_gamma nan is invalid: it must be a finite number"),
+    (["--learning_rate", "inf"], r"--learning_rate inf is invalid: it must be a finite number"),
+    (["--learning_rate", "0"], r"--learning_rate 0.0 is invalid: it must be a finite number > 0"),
+    (["--ema_max_decay", "1.5"], r"--ema_max_decay 1.5 is invalid: it must be a number in \[0, 1\]"),
+    (["--validation_guidance_scale", "nan"], r"--validation_guidance_scale nan is invalid: it must be a finite"),
+]
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    return load_train_script()
+
+
+@pytest.mark.parametrize("argv, match", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flag_is_one_clear_line_and_writes_nothing(train_script, argv, match, tmp_path):
+    out = tmp_path / "out"
+    args = train_script.parse_args([*argv, "--output_dir", str(out)])
+    with pytest.raises(SystemExit, match=rf"^train.py: error: {match}"):
+        train_script.main(args)
+    assert not out.exists()
+
+
+def test_a_bad_flag_from_the_command_line_is_one_line(tmp_path):
+    result = run_train(["--logging_steps", "0", "--output_dir", str(tmp_path / "out")], tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train.py: error: --logging_steps 0 is invalid: it must be an integer >= 1."
+    )
+
+
+def test_config_rejects_wrong_types_and_choices():
+    with pytest.raises(ValueError, match=r"--train_batch_size '8' is invalid: it must be an integer"):
+        TrainConfig(train_batch_size="8").validate()
+    with pytest.raises(ValueError, match=r"--preset 'huge' is invalid; choose one of \('tiny', 'mnist'"):
+        TrainConfig(preset="huge").validate()
+    with pytest.raises(ValueError, match=r"Unknown TrainConfig fields \['batch'\]"):
+        TrainConfig.from_dict({"batch": 3})
+    assert "hf_secret" not in repr(TrainConfig(hub_token="hf_secret"))
+
+
+def test_output_dir_that_is_a_file_or_read_only(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(ValueError, match=r"--output_dir '.*file' is a file, not a folder"):
+        TrainConfig(output_dir=str(file)).check_output_dir()
+    # read-only: /proc refuses writes even to root (CI runs as root, where folder permissions stop nothing)
+    with pytest.raises(ValueError, match=r"--output_dir '/proc/hfddpm-out' cannot be written"):
+        TrainConfig(output_dir="/proc/hfddpm-out").check_output_dir()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_diverged_loss_stops_with_the_last_good_checkpoint(tmp_path):
+    (tmp_path / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    with pytest.raises(TrainingError, match=r"The loss became nan at step 6.*last good checkpoint is .*checkpoint-4"):
+        _stop_if_diverged(float("nan"), 6, tmp_path)
+    _stop_if_diverged(0.25, 6, tmp_path)
+    assert json_safe({"loss": float("nan"), "x": [float("inf"), 1.0]}) == {"loss": None, "x": [None, 1.0]}
+
+
+def test_a_finished_run_resumed_changes_nothing(tmp_path):
+    out = tmp_path / "out"
+    args = ["--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "2"]
+    run_train(args, tmp_path)
+    card = out / "README.md"
+    card.write_text(card.read_text() + "\nEvaluated: FD-digits 1.0\n")  # what `hfddpm evaluate` or a person does
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = run_train([*args, "--resume_from_checkpoint", "latest"], tmp_path)
+    assert "holds a finished run" in result.stderr
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    metrics = json.loads((out / "train_metrics.json").read_text())  # valid JSON: no NaN literals
+    assert metrics["final_loss"] is not None and metrics["steps"] == 2
+
+
+def test_an_edited_card_is_kept_when_training_writes_again(tmp_path):
+    out = tmp_path / "out"
+    run_train(["--output_dir", str(out), "--max_train_steps", "1"], tmp_path)
+    card = out / "README.md"
+    card.write_text(card.read_text() + "\nmy notes\n")
+    result = run_train(["--output_dir", str(out), "--max_train_steps", "2"], tmp_path)
+    assert card.read_text().endswith("my notes\n") and "was edited or evaluated since" in result.stderr
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == 2
+
+
+def test_broken_images_are_judged_early_and_a_finished_run_is_saved_first(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(9):
+        Image.new("L", (16, 16), color=i * 20).save(data / f"{i}.png")
+    (data / "broken.png").write_bytes(b"not a png")
+    # 1 of 10 images broken (10% > 1%): the fraction is decided after one pass, at the first logging step
+    early = tmp_path / "early"
+    args = ["--train_data_dir", str(data), "--resolution", "16", "--train_batch_size", "5", "--preset", "tiny"]
+    result = run_train([*args, "--output_dir", str(early), "--max_train_steps", "50"], tmp_path, check=False)
+    assert result.returncode == 1 and re.search(r"1 of the 1\d images read could not be decoded", result.stderr)
+    assert "train: 100%" not in result.stderr  # stopped long before step 50
+    # a run that ends before the first logging step: saved, then reported
+    late = tmp_path / "late"
+    late_args = [*args, "--output_dir", str(late), "--max_train_steps", "3", "--logging_steps", "5"]
+    result = run_train(late_args, tmp_path, check=False)
+    assert result.returncode == 1 and "could not be decoded" in result.stderr
+    assert (late / "model_index.json").is_file() and (late / "unet").is_dir()
+
+
+def test_a_truncated_checkpoint_is_named_with_the_intact_ones(tmp_path):
+    out = tmp_path / "out"
+    args = ["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2"]
+    run_train(args, tmp_path)
+    latest = out / "checkpoints" / "checkpoint-4"
+    weights = latest / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"checkpoint-4 is damaged: unet/diffusion_pytorch_model.safetensors"):
+        check_checkpoint(latest)
+    result = run_train([*args, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"], tmp_path, check=False)
+    assert result.returncode == 1
+    assert "unet/diffusion_pytorch_model.safetensors cannot be read" in result.stderr
+    assert "Intact checkpoints: " in result.stderr and "checkpoint-2" in result.stderr
+
+
+def test_a_failed_push_never_shows_the_token(tmp_path):
+    token = "hf_" + "Q" * 34
+    out = tmp_path / "out"
+    env = train_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_ETAG_TIMEOUT="2")
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--num_machines", "1"]  # fmt: skip
+    args = ["--output_dir", str(out), "--max_train_steps", "1", "--preset", "tiny",
+            "--validation_inference_steps", "1", "--push_to_hub", "--hub_model_id", "me/model",
+            "--hub_token", token]  # fmt: skip
+    result = subprocess.run([*launcher, str(TRAIN), *args], env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert token not in output
+    assert "Pushing" in output and "failed" in output and "hfddpm push" in output  # the error and how to retry
+    assert (out / "model_index.json").is_file()  # the run itself is saved
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    # without the token on the command line the failed push is a non-zero exit
+    env["HF_TOKEN"] = token
+    plain = subprocess.run(
+        [sys.executable, str(TRAIN), *args[:-2]], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert plain.returncode == 1 and token not in plain.stdout + plain.stderr
+
+
+def test_train_py_has_no_test_hooks():
+    source = "\n".join(p.read_text() for p in [TRAIN, *Path(ROOT, "hfddpm", "training").glob("*.py")])
+    assert "HFDDPM_TEST" not in source and "time.sleep" not in source

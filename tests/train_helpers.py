@@ -1,0 +1,52 @@
+"""Running training/train.py from tests: in a subprocess with a small, fast recipe, or as a module in-process."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "training" / "train.py"
+# small and fast: the tiny preset on the embedded digits, a short warm-up, 1-step validation grids
+FAST = [
+    "--preset", "tiny", "--train_batch_size", "8", "--lr_warmup_steps", "1", "--logging_steps", "2",
+    "--validation_inference_steps", "1", "--validation_images_per_class", "1", "--eval_batch_size", "4",
+]  # fmt: skip
+
+
+def train_env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp / "hf_home"),
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+    )
+    env.update(extra)
+    return env
+
+
+def run_train(args: list[str], tmp: Path, *, check: bool = True, **env) -> subprocess.CompletedProcess:
+    """``python training/train.py`` with :data:`FAST` then ``args`` (later flags win)."""
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), *FAST, *args],
+        env=train_env(tmp, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def load_train_script():
+    """training/train.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("hfddpm_train_script", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
