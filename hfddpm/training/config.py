@@ -175,6 +175,15 @@ class TrainConfig:
         fallback=1800,
         check=_POSITIVE,
     )
+    max_train_minutes: float = _opt(
+        8.0,
+        "Time budget of the training loop in minutes: the speed of the first steps sets how many steps fit (at most"
+        " the recipe's 1800), and the LR schedule is built for that number, so the run ends on time on any machine."
+        " Used only when neither --max_train_steps nor --num_epochs is given (those are exactly reproducible);"
+        " 0 turns it off.",
+        group="optimisation",
+        check=_NON_NEGATIVE,
+    )
     num_epochs: int | None = _opt(
         None, "Train this many epochs (when --max_train_steps is not given).", group="optimisation", check=_POSITIVE
     )
@@ -311,6 +320,11 @@ class TrainConfig:
                 " log in with `hf auth login` or set HF_TOKEN instead of --hub_token."
             )
         return self
+
+    @property
+    def uses_time_budget(self) -> bool:
+        """Whether the number of steps is planned from ``max_train_minutes`` (no explicit length was given)."""
+        return self.max_train_steps is None and self.num_epochs is None and self.max_train_minutes > 0
 
     def check_output_dir(self) -> Path:
         """The output folder, created if needed; a clear error when it is a file or cannot be written."""

@@ -283,6 +283,19 @@ class TrainingEngine:
         self.grad_norm = None
         self.model.train()
 
+    def set_total_steps(self, max_train_steps: int) -> None:
+        """Rebuild the LR schedule for ``max_train_steps`` in all, keeping the steps already taken (a time budget
+        plans the length of a run after its first steps)."""
+        config, n = self.config, self.accelerator.num_processes
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        fresh = get_scheduler(
+            config.lr_scheduler,
+            optimizer=probe,
+            num_warmup_steps=config.lr_warmup_steps * n,
+            num_training_steps=max_train_steps * n,
+        )
+        self.lr_scheduler.scheduler.lr_lambdas = fresh.lr_lambdas
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.unwrapped.parameters())

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from tqdm.auto import tqdm
 
 from hfddpm.data import EMBEDDED_DATASET_NAME, make_train_dataloader
+from hfddpm.training.budget import StepBudget
 from hfddpm.training.checkpoint import (
     check_checkpoint,
     list_checkpoints,
@@ -36,7 +37,7 @@ from hfddpm.training.checkpoint import (
 )
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
-from hfddpm.training.precision import resolve_mixed_precision
+from hfddpm.training.precision import precision_reason, resolve_mixed_precision
 from hfddpm.training.trackers import check_trackers, log_grid
 
 logger = get_logger(__name__, log_level="INFO")
@@ -122,6 +123,13 @@ def train(config: TrainConfig) -> Path:
         check_checkpoint(resume_path)
     num_examples = len(run.dataset) if not config.streaming else None
     max_train_steps = resolve_max_train_steps(config, num_examples, accelerator.num_processes)
+    budget = None
+    if config.uses_time_budget:
+        planned = read_training_state(resume_path).get("max_train_steps") if resume_path is not None else None
+        if planned:  # a resumed run keeps the length it planned
+            max_train_steps = planned
+        else:
+            budget = StepBudget(config.max_train_minutes * 60, cap=max_train_steps)
     if resume_path is not None and _finished(output_dir, resume_path, max_train_steps):
         logger.info(
             f"{output_dir} holds a finished run ({max_train_steps} steps, checkpoint {resume_path.name}); nothing to"
@@ -197,8 +205,13 @@ def train(config: TrainConfig) -> Path:
         f"Training {max_train_steps} steps from step {global_step}: {num_examples or 'streaming'} examples,"
         f" {accelerator.num_processes} process(es) x batch {config.train_batch_size} x accumulation"
         f" {config.gradient_accumulation_steps} = {images_per_step} images/step, resolution {run.resolution},"
-        f" {run.num_classes or 'no'} classes, {engine.num_parameters:,} parameters, mixed precision"
-        f" {accelerator.mixed_precision}."
+        f" {run.num_classes or 'no'} classes, {engine.num_parameters:,} parameters;"
+        f" {precision_reason(config.mixed_precision, accelerator.mixed_precision, device)}."
+        + (
+            f" A {config.max_train_minutes:g}-minute budget sets the number of steps after the first ones."
+            if budget
+            else ""
+        )
     )
     min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
 
@@ -215,6 +228,8 @@ def train(config: TrainConfig) -> Path:
     paused = 0.0  # seconds spent on validation and checkpoints, not counted in images/s
     measure = None  # (time, paused, step) once the warm-up steps are done
     window = (time.perf_counter(), global_step, 0.0)
+    if budget is not None:
+        budget.start(global_step)
     while global_step < max_train_steps:
         for micro in range(config.gradient_accumulation_steps):
             batch = next(data_iter)
@@ -226,6 +241,22 @@ def train(config: TrainConfig) -> Path:
         global_step += 1
         engine.end_step()
         progress.update(1)
+        planned = budget.observe(global_step) if budget is not None else None
+        if planned is not None:
+            # every process trains the length process 0 planned
+            max_train_steps = int(broadcast(torch.tensor([planned], device=device), from_process=0).item())
+            engine.set_total_steps(max_train_steps)
+            progress.total = max_train_steps
+            progress.refresh()
+            resolved["max_train_steps"] = max_train_steps
+            if accelerator.is_main_process:
+                write_config(output_dir / CONFIG_FILE, config, resolved)
+            logger.info(
+                f"{precision_reason(config.mixed_precision, accelerator.mixed_precision, device)};"
+                f" {budget.steps_per_second * images_per_step:.0f} images/s; {config.max_train_minutes:g}-minute"
+                f" budget -> {max_train_steps} steps"
+                + (" (the recipe's full length)" if max_train_steps == budget.cap else "")
+            )
         if global_step == first_step + warmup_steps:
             measure = (time.perf_counter(), paused, global_step)
 
@@ -269,6 +300,8 @@ def train(config: TrainConfig) -> Path:
                 "num_processes": accelerator.num_processes,
                 "num_bad_images": bad_total + int(counts[0]),
                 "num_read_images": read_total + int(counts[1]),
+                # the run's length, once known (a time budget plans it after the first steps)
+                "max_train_steps": max_train_steps if budget is None or budget.planned else None,
             }
             path = save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
             logger.info(f"Saved {path}")
@@ -310,6 +343,8 @@ def train(config: TrainConfig) -> Path:
             "images_seen": global_step * images_per_step,
             "wall_time_s": wall_time,
             "train_images_per_second": train_images_per_second,
+            "max_train_minutes": config.max_train_minutes if config.uses_time_budget else None,
+            "planned_steps": max_train_steps,
             "final_loss": last["loss"],
             "skipped_images": bad_total,
             "num_processes": accelerator.num_processes,

@@ -69,6 +69,25 @@ def resolve_mixed_precision(requested: str | None) -> str:
     return resolved
 
 
+def precision_reason(requested: str | None, resolved: str, device: torch.device | str) -> str:
+    """Why a run trains in ``resolved``, in words for the log, e.g. ``"float32: this CPU has no native bf16"``.
+
+    Example:
+        >>> precision_reason("no", "no", "cpu")
+        'float32: --mixed_precision no'
+    """
+    name = {"no": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[resolved]
+    if requested is not None:
+        return f"{name}: --mixed_precision {requested}"
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        return f"{name}: accelerate's config"
+    device = torch.device(device)
+    what = "this CPU" if device.type == "cpu" else f"this {device.type} device"
+    if resolved == "bf16":
+        return f"{name}: {what} computes bf16 natively"
+    return f"{name}: {what} has no native bf16"
+
+
 def prepare_attention(model: torch.nn.Module, device: torch.device | str, mixed_precision: str) -> int:
     """Keep ``model``'s attention blocks in float32 where bf16/fp16 attention is the slow part: on a CPU under mixed
     precision (PyTorch's bf16 CPU attention backward is ~10x slower than float32). Returns how many blocks changed.
