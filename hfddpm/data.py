@@ -244,9 +244,40 @@ def to_pil(value) -> Image.Image:
     return image
 
 
+# Single-band PIL modes with more than 8 bits per pixel, which PIL's convert("L") would clip at 255 instead of scale.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def unit_range(image: Image.Image) -> np.ndarray:
+    """Pixels of a ``HIGH_BIT_DEPTH_MODES`` image as float64 in [0, 1], white being the largest value of its bit depth.
+
+    - 16-bit (``I;16*``: 16-bit PNG/TIFF; ``I`` from 16-bit PGM/PPM, which PIL scales to 0..65535): divided by 65535.
+    - 32-bit integer TIFFs (``I`` with 32 bits per sample): by 2**31 - 1 when signed (negatives are black), by
+      2**32 - 1 when unsigned (PIL reads those as int32; the bits are reinterpreted).
+    - float (``F``, e.g. float32 TIFF): assumed to be in [0, 1] already; values outside are clipped, NaN is black.
+
+    Example:
+        >>> unit_range(Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))).round(3).tolist()
+        [[0.0, 0.5, 1.0]]
+    """
+    array = np.asarray(image)
+    if image.mode == "F":
+        return np.clip(np.nan_to_num(array.astype(np.float64), nan=0.0), 0.0, 1.0)
+    tags = getattr(image, "tag_v2", {})  # TIFF tags: 258 BitsPerSample, 339 SampleFormat (1 unsigned, 2 signed)
+    if image.mode == "I" and tuple(tags.get(258, ())) == (32,):
+        if tuple(tags.get(339, (1,))) == (2,):
+            return np.clip(array / (2**31 - 1), 0.0, 1.0)
+        return array.astype(np.int32).view(np.uint32) / (2**32 - 1)
+    return np.clip(array / 65535, 0.0, 1.0)
+
+
 class ImageTransform:
     """Resize the shorter side to ``resolution``, crop a square (centre or random), flip at random, and map to a
-    float32 ``[channels, resolution, resolution]`` tensor in [-1, 1]."""
+    float32 ``[channels, resolution, resolution]`` tensor in [-1, 1].
+
+    8-bit images are converted to the mode of ``channels`` by PIL; deeper ones (16-bit, 32-bit integer, float: see
+    :func:`unit_range`) are scaled by their bit depth, and a grey one becomes RGB(A) by repeating its band.
+    """
 
     def __init__(self, resolution: int, channels: int, center_crop: bool = False, random_flip: bool = False):
         if channels not in CHANNEL_MODES:
@@ -261,7 +292,12 @@ class ImageTransform:
         return self.random_flip or not self.center_crop
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
-        image = image.convert(self.mode) if image.mode != self.mode else image
+        deep = image.mode in HIGH_BIT_DEPTH_MODES
+        if deep:
+            # a one-band "F" image in [0, 255], so the 8-bit arithmetic below applies without losing the extra bits
+            image = Image.fromarray((unit_range(image) * 255).astype(np.float32))
+        elif image.mode != self.mode:
+            image = image.convert(self.mode)
         r = self.resolution
         w, h = image.size
         if min(w, h) != r:
@@ -278,6 +314,8 @@ class ImageTransform:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32)
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if deep and self.mode != "L":  # grey to RGB(A): repeat the band, opaque alpha
+            array = np.concatenate([array] * 3 + [np.full_like(array, 255)] * (self.mode == "RGBA"))
         return torch.from_numpy(array / 127.5 - 1.0)
 
 

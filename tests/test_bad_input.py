@@ -1,0 +1,119 @@
+"""Bad or unusual input is read correctly or refused with one clear error: deep images, columns, CLI numbers."""
+
+import struct
+import zlib
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hfddpm.data import (
+    ImageTransform,
+    load_train_dataset,
+    make_train_dataloader,
+    resolve_columns,
+    to_pil,
+)
+
+# 16 columns from black to white: column j is j / 15 of the full range
+RAMP = np.linspace(0, 1, 16)
+
+
+@pytest.fixture(autouse=True)
+def _offline_private_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+
+
+def write_png16(path, array: np.ndarray):
+    """A 16-bit PNG (grey, RGB or RGBA by the last axis) written byte by byte: PIL cannot write 16-bit colour."""
+    h, w, c = array.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in array)
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+def training_pixels(folder, channels=1):
+    """The first batch that training reads from an image folder: load, resolve columns, DataLoader transform."""
+    dataset = load_train_dataset(train_data_dir=str(folder))
+    columns = resolve_columns(dataset, "image")
+    loader = make_train_dataloader(dataset, columns, resolution=16, channels=channels, batch_size=1, seed=0)
+    return next(iter(loader))["pixel_values"][0]
+
+
+def test_16_bit_grey_png_maps_linearly_to_minus_one_one(tmp_path):
+    ramp = np.round(RAMP * 65535).astype(np.uint16)
+    write_png16(tmp_path / "ramp.png", np.tile(ramp, (16, 1))[..., None])
+    with Image.open(tmp_path / "ramp.png") as image:
+        assert image.mode == "I;16"  # what PIL makes of it (and convert("L") clips it to white)
+    pixels = training_pixels(tmp_path)
+    assert pixels.shape == (1, 16, 16)
+    np.testing.assert_allclose(pixels[0, 0], RAMP * 2 - 1, atol=1e-6)
+    np.testing.assert_allclose(pixels[0], pixels[0, :1].expand(16, 16))
+
+
+def test_16_bit_grey_becomes_rgb_and_rgba(tmp_path):
+    write_png16(tmp_path / "ramp.png", np.tile(np.round(RAMP * 65535).astype(np.uint16), (16, 1))[..., None])
+    rgb = training_pixels(tmp_path, channels=3)
+    for c in range(3):
+        np.testing.assert_allclose(rgb[c, 0], RAMP * 2 - 1, atol=1e-6)
+    rgba = ImageTransform(16, 4)(to_pil(str(tmp_path / "ramp.png")))
+    assert torch.equal(rgba[:3], rgb) and torch.all(rgba[3] == 1)
+
+
+def test_16_bit_colour_png_is_read_with_8_bit_precision(tmp_path):
+    # PIL opens 16-bit RGB(A) PNGs as 8-bit RGB(A), keeping the high byte: the scale is right, the low bits are lost
+    array = np.zeros((16, 16, 3), dtype=np.uint16)
+    array[..., 0] = np.round(RAMP * 65535)
+    array[..., 1] = 65535
+    write_png16(tmp_path / "colour.png", array)
+    with Image.open(tmp_path / "colour.png") as image:
+        assert image.mode == "RGB"
+    pixels = training_pixels(tmp_path, channels=3)
+    np.testing.assert_allclose(pixels[0, 0], RAMP * 2 - 1, atol=2 / 255)
+    assert torch.all(pixels[1] == 1) and torch.all(pixels[2] == -1)
+
+
+def write_uint32_tiff(path, array: np.ndarray):
+    """An unsigned 32-bit TIFF: PIL writes only signed ones, so write the bits as int32 and patch SampleFormat to 1."""
+    Image.fromarray(array.astype(np.uint32).view(np.int32)).save(path)
+    signed = struct.pack("<HHIHH", 339, 3, 1, 2, 0)  # tag 339 (SampleFormat), SHORT, count 1, value 2 (signed)
+    data = path.read_bytes()
+    assert data.count(signed) == 1
+    path.write_bytes(data.replace(signed, struct.pack("<HHIHH", 339, 3, 1, 1, 0)))
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "mode"),
+    [
+        ("float.tiff", RAMP.astype(np.float32), "F"),  # float images are assumed to be in [0, 1]
+        ("int32.tiff", np.round(RAMP * (2**31 - 1)).astype(np.int32), "I"),
+        ("uint32.tiff", np.round(RAMP * (2**32 - 1)).astype(np.uint32), "I"),  # PIL reads it into an int32 "I"
+        ("big-endian.tiff", np.round(RAMP * 65535).astype(">u2"), "I;16B"),
+        ("sixteen.pgm", np.round(RAMP * 65535).astype(np.uint16), "I"),  # 16-bit PGM opens as 32-bit "I"
+    ],
+)
+def test_deep_images_are_scaled_by_their_bit_depth(tmp_path, name, array, mode):
+    if name == "uint32.tiff":
+        write_uint32_tiff(tmp_path / name, np.tile(array, (16, 1)))
+    else:
+        Image.fromarray(np.tile(array, (16, 1))).save(tmp_path / name)
+    with Image.open(tmp_path / name) as image:
+        assert image.mode == mode
+    np.testing.assert_allclose(training_pixels(tmp_path)[0, 0], RAMP * 2 - 1, atol=1e-6)
+
+
+def test_float_images_outside_zero_one_are_clipped():
+    image = Image.fromarray(np.tile(np.array([-0.5, 0.25, 1.5, np.nan], dtype=np.float32), (4, 1)))
+    assert ImageTransform(4, 1, center_crop=True)(image)[0, 0].tolist() == [-1.0, -0.5, 1.0, -1.0]
