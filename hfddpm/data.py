@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -163,17 +164,21 @@ def _column_names(dataset) -> list[str]:
 def resolve_columns(dataset, image_column: str = "image", label_column: str | None = None) -> DatasetColumns:
     """Check that ``image_column`` (and ``label_column`` when given) exist and read the class names.
 
+    The image column must hold images: a ``datasets.Image`` feature, or paths/pixel arrays whose first row decodes.
     The number of classes comes from the label column's ``ClassLabel`` feature. Integer labels of a map-style dataset
-    are accepted too (classes ``0..max``); raises ``ValueError`` naming the columns that exist otherwise.
+    are accepted too (classes ``0..max``). The labels of a map-style dataset are checked here, before any training:
+    none may be missing or out of range. Raises ``ValueError`` naming the column, the bad row and the valid choices.
     """
     names = _column_names(dataset)
+    features = dataset.features or {}
+    image_like = [n for n in names if isinstance(features.get(n), datasets.Image)]
+    hint = f" Image columns: {image_like}." if image_like else " No column has a datasets.Image feature."
     if image_column not in names:
-        image_like = [n for n in names if isinstance((dataset.features or {}).get(n), datasets.Image)]
-        hint = f" Image columns: {image_like}." if image_like else ""
         raise ValueError(
             f"Image column {image_column!r} not found; the dataset has columns {names}.{hint} Pass the right one with"
             " --image_column."
         )
+    _check_image_column(dataset, image_column, hint)
     if label_column is None:
         return DatasetColumns(image_column)
     if label_column not in names:
@@ -181,18 +186,17 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
             f"Label column {label_column!r} not found; the dataset has columns {names}. Pass the right one with"
             " --label_column, or train unconditionally with --no_class_conditional."
         )
-    feature = (dataset.features or {}).get(label_column)
+    feature = features.get(label_column)
     if isinstance(feature, datasets.ClassLabel):
         class_names = list(feature.names)
+        if isinstance(dataset, datasets.Dataset):
+            _check_labels(dataset, label_column, len(class_names))
     elif (
         isinstance(feature, datasets.Value)
         and feature.dtype.startswith(("int", "uint"))
         and isinstance(dataset, datasets.Dataset)
     ):
-        labels = np.asarray(dataset[label_column])
-        if labels.min() < 0:
-            raise ValueError(f"Label column {label_column!r} has negative labels; class labels must be 0, 1, 2, ...")
-        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+        class_names = [str(i) for i in range(_check_labels(dataset, label_column) + 1)]
     else:
         raise ValueError(
             f"Label column {label_column!r} is {feature!r}, not a datasets.ClassLabel, so the number of classes is"
@@ -201,6 +205,59 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
     if not class_names:
         raise ValueError(f"Label column {label_column!r} declares no classes.")
     return DatasetColumns(image_column, label_column, class_names)
+
+
+def _check_image_column(dataset, image_column: str, hint: str):
+    """Raise unless the column holds images: an Image feature, or a first row that decodes (paths, pixel arrays)."""
+    feature = (dataset.features or {}).get(image_column)
+    if isinstance(feature, datasets.Image):
+        return
+    scalar = isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string")
+    )
+    if isinstance(dataset, datasets.Dataset):
+        first = dataset[0] if len(dataset) else None
+    else:
+        first = next(iter(dataset.take(1)), None)
+    if first is None and not scalar:
+        return  # nothing to look at; an empty dataset is reported elsewhere
+    value = None if first is None else first[image_column]
+    problem = f"is {feature!r}"
+    if not scalar:
+        try:
+            to_pil(value)
+            return
+        except (*DECODE_ERRORS, TypeError, IndexError) as e:
+            problem = f"does not decode as an image ({type(e).__name__}: {e})"
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise ValueError(
+        f"Image column {image_column!r} holds no images: its value in row 0, {shown}, {problem}.{hint} Pass an image"
+        " column with --image_column."
+    )
+
+
+def _check_labels(dataset: datasets.Dataset, label_column: str, num_classes: int | None = None) -> int:
+    """Raise on a missing (None) or out-of-range label, naming its row; return the largest label (-1 if none)."""
+    labels = dataset.with_format("arrow")[label_column]
+    valid = f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
+    if labels.null_count:
+        row = pc.index(labels.is_null(), True).as_py()
+        raise ValueError(
+            f"Label column {label_column!r} has {labels.null_count} missing labels (None), the first in row {row};"
+            f" class labels must be integers in {valid}. Drop those rows first, e.g."
+            f" dataset.filter(lambda row: row[{label_column!r}] is not None)."
+        )
+    high = pc.max(labels).as_py()
+    out_of_range = pc.less(labels, 0)
+    if num_classes:
+        out_of_range = pc.or_(out_of_range, pc.greater_equal(labels, num_classes))
+    row = pc.index(out_of_range, True).as_py()
+    if row >= 0:
+        raise ValueError(
+            f"Label column {label_column!r} has label {labels[row].as_py()} in row {row}; class labels must be"
+            f" integers in {valid}. Drop or relabel those rows first (dataset.filter or dataset.map)."
+        )
+    return -1 if high is None else high
 
 
 def check_resolution(resolution: int, block_out_channels) -> None:
@@ -487,7 +544,15 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             rng = _example_rng(self.seed, self.rank, epoch, offset) if self.transform.is_random else None
             sample = {"pixel_values": self.transform(image, rng)}
             if self.columns.label_column is not None:
-                sample["class_labels"] = int(row[self.columns.label_column])
+                label = row[self.columns.label_column]
+                if label is None or not 0 <= label < self.columns.num_classes:
+                    # a stream's labels cannot be checked up front (resolve_columns does that for map-style data)
+                    raise ValueError(
+                        f"Label column {self.columns.label_column!r} has label {label!r} in example {offset} of epoch"
+                        f" {epoch} (process {self.rank}); class labels must be integers in"
+                        f" [0, {self.columns.num_classes - 1}]."
+                    )
+                sample["class_labels"] = int(label)
             samples.append(sample)
         return samples, num_bad
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from hfddpm.data import (
     ImageTransform,
+    load_mnist_5k,
     load_train_dataset,
     make_train_dataloader,
     resolve_columns,
@@ -117,3 +118,84 @@ def test_deep_images_are_scaled_by_their_bit_depth(tmp_path, name, array, mode):
 def test_float_images_outside_zero_one_are_clipped():
     image = Image.fromarray(np.tile(np.array([-0.5, 0.25, 1.5, np.nan], dtype=np.float32), (4, 1)))
     assert ImageTransform(4, 1, center_crop=True)(image)[0, 0].tolist() == [-1.0, -0.5, 1.0, -1.0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Columns: checked at setup, before any training
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    return load_mnist_5k().select(range(6))
+
+
+def test_missing_integer_label_names_the_row(digits):
+    labels = [3, 1, 4, None, 5, None]
+    ds = digits.remove_columns("label").add_column("label", labels, feature=datasets.Value("int64"))
+    with pytest.raises(ValueError) as info:
+        resolve_columns(ds, "image", "label")
+    assert str(info.value).startswith(
+        "Label column 'label' has 2 missing labels (None), the first in row 3; class labels must be integers in"
+        " 0, 1, 2, ...."
+    )
+    assert "dataset.filter(lambda row: row['label'] is not None)" in str(info.value)
+    # shuffled or selected datasets report the row as the user sees it
+    with pytest.raises(ValueError, match="the first in row 0;"):
+        resolve_columns(ds.select([5, 0]), "image", "label")
+    assert resolve_columns(ds.select([0, 1, 2]), "image", "label").class_names == ["0", "1", "2", "3", "4"]
+
+
+def test_missing_or_unlabelled_classlabel_names_the_row(digits):
+    feature = datasets.ClassLabel(names=list("0123456789"))
+    missing = digits.remove_columns("label").add_column("label", [0, 1, None, 3, 4, 5], feature=feature)
+    with pytest.raises(ValueError, match=r"1 missing labels \(None\), the first in row 2; .* in \[0, 9\]"):
+        resolve_columns(missing, "image", "label")
+    unlabelled = digits.remove_columns("label").add_column("label", [0, 1, 2, 3, -1, 5], feature=feature)
+    with pytest.raises(ValueError, match=r"has label -1 in row 4; class labels must be integers in \[0, 9\]"):
+        resolve_columns(unlabelled, "image", "label")
+
+
+def test_negative_integer_label_names_the_row(digits):
+    ds = digits.remove_columns("label").add_column("label", [0, 1, 2, -7, 4, 5], feature=datasets.Value("int32"))
+    with pytest.raises(ValueError, match=r"has label -7 in row 3; class labels must be integers in 0, 1, 2, \.\.\."):
+        resolve_columns(ds, "image", "label")
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        ("label", r"its value in row 0, 0, is ClassLabel\(names=\['0', .*\]\)\. Image columns: \['image'\]\."),
+        ("caption", r"its value in row 0, 'a five', does not decode as an image \(FileNotFoundError: .*\)\."),
+        ("score", r"its value in row 0, 0\.5, is Value\('float64'\)\. Image columns: \['image'\]\."),
+    ],
+)
+def test_image_column_that_holds_no_images(digits, column, message):
+    ds = digits.add_column("caption", ["a five"] * 6).add_column("score", [0.5] * 6)
+    with pytest.raises(ValueError, match=f"^Image column '{column}' holds no images: {message}") as info:
+        resolve_columns(ds, column, "label")
+    assert str(info.value).endswith("Pass an image column with --image_column.")
+
+
+def test_image_column_of_paths_or_arrays_is_accepted(tmp_path):
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "a.png")
+    paths = datasets.Dataset.from_dict({"file": [str(tmp_path / "a.png")]})
+    assert resolve_columns(paths, "file").image_column == "file"
+    arrays = datasets.Dataset.from_dict({"pixels": [np.zeros((4, 4), dtype=np.uint8)]})
+    assert resolve_columns(arrays, "pixels").image_column == "pixels"
+
+
+def test_image_column_of_a_stream_without_image_features(digits):
+    stream = datasets.Dataset.from_dict({"text": ["a five"], "label": [5]}).to_iterable_dataset()
+    with pytest.raises(ValueError, match=r"^Image column 'text' holds no images: its value in row 0, 'a five',"):
+        resolve_columns(stream, "text")
+
+
+def test_streamed_missing_label_fails_with_its_position(digits):
+    ds = digits.cast_column("label", datasets.Value("int64"))
+    ds = ds.remove_columns("label").add_column(
+        "label", [0, 1, None, 3, 4, 5], feature=datasets.ClassLabel(num_classes=10)
+    )
+    stream = ds.to_iterable_dataset()
+    columns = resolve_columns(stream, "image", "label")  # a stream cannot be checked up front
+    loader = make_train_dataloader(stream, columns, resolution=28, channels=1, batch_size=6, seed=0, shuffle=False)
+    with pytest.raises(ValueError, match=r"Label column 'label' has label None in example 2 of epoch 0 \(process 0\)"):
+        next(iter(loader))
