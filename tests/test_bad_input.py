@@ -1,6 +1,8 @@
 """Bad or unusual input is read correctly or refused with one clear error: deep images, columns, CLI numbers."""
 
 import struct
+import subprocess
+import sys
 import zlib
 
 import datasets
@@ -9,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+from hfddpm.cli import main
 from hfddpm.data import (
     ImageTransform,
     load_mnist_5k,
@@ -199,3 +203,82 @@ def test_streamed_missing_label_fails_with_its_position(digits):
     loader = make_train_dataloader(stream, columns, resolution=28, channels=1, batch_size=6, seed=0, shuffle=False)
     with pytest.raises(ValueError, match=r"Label column 'label' has label None in example 2 of epoch 0 \(process 0\)"):
         next(iter(loader))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI numbers: refused by argparse before anything loads or is written
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def conditional_pipeline(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16, num_class_embeds=11)
+    folder = tmp_path_factory.mktemp("cond")
+    HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(folder)
+    return folder
+
+
+GUIDANCE = "must be a finite number >= 0 (1 = no guidance, 0 = unconditional), got"
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--guidance-scale", "nan", f"{GUIDANCE} nan"),
+        ("--guidance-scale", "inf", f"{GUIDANCE} inf"),
+        ("--guidance-scale", "-2", f"{GUIDANCE} -2"),
+        ("--guidance-scale", "strong", f"{GUIDANCE} strong"),
+        ("--eta", "nan", "must be a finite number in [0, 1], got nan"),
+        ("--eta", "1.5", "must be a finite number in [0, 1], got 1.5"),
+        ("--num-images", "0", None),  # sample: >= 1, evaluate: >= 2
+        ("--num-inference-steps", "0", "must be an integer >= 1, got 0"),
+        ("--num-inference-steps", "2.5", "must be an integer >= 1, got 2.5"),
+        ("--batch-size", "-1", "must be an integer >= 1, got -1"),
+        ("--seed", "-1", "must be an integer in [0, 9223372036854775807], got -1"),
+    ],
+)
+def test_cli_numbers_are_checked(conditional_pipeline, tmp_path, capsys, command, flag, value, message):
+    message = message or f"must be an integer >= {1 if command == 'sample' else 2}, got 0"
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main([command, str(conditional_pipeline), flag, value, "--out", str(out)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"hfddpm {command}: error: argument {flag}: {message}"
+    assert not out.exists() and not (conditional_pipeline / "metrics.json").exists()
+
+
+def test_cli_columns_and_evaluate_num_images(conditional_pipeline, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="2"):
+        main(["sample", str(conditional_pipeline), "--columns", "0", "--out", str(tmp_path / "g.png")])
+    assert capsys.readouterr().err.endswith("error: argument --columns: must be an integer >= 1, got 0\n")
+    with pytest.raises(SystemExit, match="2"):
+        main(["evaluate", str(conditional_pipeline), "--num-images", "1", "--out", str(tmp_path / "m.json")])
+    assert capsys.readouterr().err.endswith("error: argument --num-images: must be an integer >= 2, got 1\n")
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_cli_exit_status_in_a_fresh_process(conditional_pipeline, tmp_path):
+    out = tmp_path / "grid.png"
+    args = ["sample", str(conditional_pipeline), "--guidance-scale", "nan", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "hfddpm.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == f"hfddpm sample: error: argument --guidance-scale: {GUIDANCE} nan"
+    assert not out.exists()
+
+
+def test_cli_guidance_zero_and_large_are_accepted(conditional_pipeline, tmp_path):
+    for scale in ("0", "7.5"):
+        out = tmp_path / f"grid-{scale}.png"
+        args = ["--num-images", "2", "--num-inference-steps", "1", "--class-labels", "3", "--guidance-scale", scale]
+        assert main(["sample", str(conditional_pipeline), *args, "--out", str(out)]) == 0
+        assert out.is_file()
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf")])
+def test_pipeline_refuses_non_finite_guidance(scale):
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16, num_class_embeds=11)
+    pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
+    with pytest.raises(
+        ValueError, match=f"guidance_scale must be a finite number \\(1.0 disables guidance\\), got {scale}"
+    ):
+        pipe(batch_size=1, class_labels=[3], guidance_scale=scale, num_inference_steps=1)

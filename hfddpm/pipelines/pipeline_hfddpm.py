@@ -9,6 +9,7 @@ nothing from hfddpm.
 import importlib
 import inspect
 import json
+import math
 import os
 import sys
 from typing import Callable
@@ -71,6 +72,8 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs {bad} are not supported;"
                 f" choose from {self._callback_tensor_inputs}."
             )
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number (1.0 disables guidance), got {guidance_scale}.")
         if self.num_classes == 0:
             if class_labels is not None:
                 raise ValueError(
