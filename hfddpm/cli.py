@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -22,16 +23,44 @@ import torch
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return number
+def _integer(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]."""
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {value}") from None
+        if number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {value}")
+        return number
+
+    return parse
 
 
-def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int):
+def _number(low: float, high: float | None = None, meaning: str = ""):
+    """An argparse type: a finite float in [low, high] (nan and inf are refused)."""
+    bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}{meaning}, got {value}")
+        return number
+
+    return parse
+
+
+_positive_int = _integer(1)
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int, min_images: int = 1):
     parser.add_argument("pipeline", help="a saved pipeline folder (training output_dir) or a Hub repo id")
-    parser.add_argument("--num-images", type=_positive_int, default=num_images)
+    parser.add_argument("--num-images", type=_integer(min_images), default=num_images)
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per pipeline call")
     parser.add_argument("--num-inference-steps", type=_positive_int, default=50)
     parser.add_argument(
@@ -40,9 +69,16 @@ def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int):
         help="sampler short name (ddpm, ddim, dpmsolver++, unipc, euler, heun, ...);"
         " default: the pipeline's saved scheduler",
     )
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise for schedulers that take it")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--guidance-scale",
+        type=_number(0.0, meaning=" (1 = no guidance, 0 = unconditional)"),
+        default=1.0,
+        help="classifier-free guidance (1 = off)",
+    )
+    parser.add_argument(
+        "--eta", type=_number(0.0, 1.0), default=0.0, help="DDIM noise for schedulers that take it (0 to 1)"
+    )
+    parser.add_argument("--seed", type=_integer(0, 2**63 - 1), default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
 
@@ -71,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=cmd_sample)
 
     evaluate = subparsers.add_parser("evaluate", help="generate samples and compute metrics")
-    _add_sampling_args(evaluate, num_images=1000)
+    # the metrics need a covariance: at least 2 samples
+    _add_sampling_args(evaluate, num_images=1000, min_images=2)
     evaluate.add_argument(
         "--metrics", default="digits", help=f"comma-separated subset of {','.join(METRICS)} (default: digits)"
     )

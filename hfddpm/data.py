@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -163,17 +164,21 @@ def _column_names(dataset) -> list[str]:
 def resolve_columns(dataset, image_column: str = "image", label_column: str | None = None) -> DatasetColumns:
     """Check that ``image_column`` (and ``label_column`` when given) exist and read the class names.
 
+    The image column must hold images: a ``datasets.Image`` feature, or paths/pixel arrays whose first row decodes.
     The number of classes comes from the label column's ``ClassLabel`` feature. Integer labels of a map-style dataset
-    are accepted too (classes ``0..max``); raises ``ValueError`` naming the columns that exist otherwise.
+    are accepted too (classes ``0..max``). The labels of a map-style dataset are checked here, before any training:
+    none may be missing or out of range. Raises ``ValueError`` naming the column, the bad row and the valid choices.
     """
     names = _column_names(dataset)
+    features = dataset.features or {}
+    image_like = [n for n in names if isinstance(features.get(n), datasets.Image)]
+    hint = f" Image columns: {image_like}." if image_like else " No column has a datasets.Image feature."
     if image_column not in names:
-        image_like = [n for n in names if isinstance((dataset.features or {}).get(n), datasets.Image)]
-        hint = f" Image columns: {image_like}." if image_like else ""
         raise ValueError(
             f"Image column {image_column!r} not found; the dataset has columns {names}.{hint} Pass the right one with"
             " --image_column."
         )
+    _check_image_column(dataset, image_column, hint)
     if label_column is None:
         return DatasetColumns(image_column)
     if label_column not in names:
@@ -181,18 +186,17 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
             f"Label column {label_column!r} not found; the dataset has columns {names}. Pass the right one with"
             " --label_column, or train unconditionally with --no_class_conditional."
         )
-    feature = (dataset.features or {}).get(label_column)
+    feature = features.get(label_column)
     if isinstance(feature, datasets.ClassLabel):
         class_names = list(feature.names)
+        if isinstance(dataset, datasets.Dataset):
+            _check_labels(dataset, label_column, len(class_names))
     elif (
         isinstance(feature, datasets.Value)
         and feature.dtype.startswith(("int", "uint"))
         and isinstance(dataset, datasets.Dataset)
     ):
-        labels = np.asarray(dataset[label_column])
-        if labels.min() < 0:
-            raise ValueError(f"Label column {label_column!r} has negative labels; class labels must be 0, 1, 2, ...")
-        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+        class_names = [str(i) for i in range(_check_labels(dataset, label_column) + 1)]
     else:
         raise ValueError(
             f"Label column {label_column!r} is {feature!r}, not a datasets.ClassLabel, so the number of classes is"
@@ -201,6 +205,59 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
     if not class_names:
         raise ValueError(f"Label column {label_column!r} declares no classes.")
     return DatasetColumns(image_column, label_column, class_names)
+
+
+def _check_image_column(dataset, image_column: str, hint: str):
+    """Raise unless the column holds images: an Image feature, or a first row that decodes (paths, pixel arrays)."""
+    feature = (dataset.features or {}).get(image_column)
+    if isinstance(feature, datasets.Image):
+        return
+    scalar = isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string")
+    )
+    if isinstance(dataset, datasets.Dataset):
+        first = dataset[0] if len(dataset) else None
+    else:
+        first = next(iter(dataset.take(1)), None)
+    if first is None and not scalar:
+        return  # nothing to look at; an empty dataset is reported elsewhere
+    value = None if first is None else first[image_column]
+    problem = f"is {feature!r}"
+    if not scalar:
+        try:
+            to_pil(value)
+            return
+        except (*DECODE_ERRORS, TypeError, IndexError) as e:
+            problem = f"does not decode as an image ({type(e).__name__}: {e})"
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise ValueError(
+        f"Image column {image_column!r} holds no images: its value in row 0, {shown}, {problem}.{hint} Pass an image"
+        " column with --image_column."
+    )
+
+
+def _check_labels(dataset: datasets.Dataset, label_column: str, num_classes: int | None = None) -> int:
+    """Raise on a missing (None) or out-of-range label, naming its row; return the largest label (-1 if none)."""
+    labels = dataset.with_format("arrow")[label_column]
+    valid = f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
+    if labels.null_count:
+        row = pc.index(labels.is_null(), True).as_py()
+        raise ValueError(
+            f"Label column {label_column!r} has {labels.null_count} missing labels (None), the first in row {row};"
+            f" class labels must be integers in {valid}. Drop those rows first, e.g."
+            f" dataset.filter(lambda row: row[{label_column!r}] is not None)."
+        )
+    high = pc.max(labels).as_py()
+    out_of_range = pc.less(labels, 0)
+    if num_classes:
+        out_of_range = pc.or_(out_of_range, pc.greater_equal(labels, num_classes))
+    row = pc.index(out_of_range, True).as_py()
+    if row >= 0:
+        raise ValueError(
+            f"Label column {label_column!r} has label {labels[row].as_py()} in row {row}; class labels must be"
+            f" integers in {valid}. Drop or relabel those rows first (dataset.filter or dataset.map)."
+        )
+    return -1 if high is None else high
 
 
 def check_resolution(resolution: int, block_out_channels) -> None:
@@ -244,9 +301,40 @@ def to_pil(value) -> Image.Image:
     return image
 
 
+# Single-band PIL modes with more than 8 bits per pixel, which PIL's convert("L") would clip at 255 instead of scale.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def unit_range(image: Image.Image) -> np.ndarray:
+    """Pixels of a ``HIGH_BIT_DEPTH_MODES`` image as float64 in [0, 1], white being the largest value of its bit depth.
+
+    - 16-bit (``I;16*``: 16-bit PNG/TIFF; ``I`` from 16-bit PGM/PPM, which PIL scales to 0..65535): divided by 65535.
+    - 32-bit integer TIFFs (``I`` with 32 bits per sample): by 2**31 - 1 when signed (negatives are black), by
+      2**32 - 1 when unsigned (PIL reads those as int32; the bits are reinterpreted).
+    - float (``F``, e.g. float32 TIFF): assumed to be in [0, 1] already; values outside are clipped, NaN is black.
+
+    Example:
+        >>> unit_range(Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))).round(3).tolist()
+        [[0.0, 0.5, 1.0]]
+    """
+    array = np.asarray(image)
+    if image.mode == "F":
+        return np.clip(np.nan_to_num(array.astype(np.float64), nan=0.0), 0.0, 1.0)
+    tags = getattr(image, "tag_v2", {})  # TIFF tags: 258 BitsPerSample, 339 SampleFormat (1 unsigned, 2 signed)
+    if image.mode == "I" and tuple(tags.get(258, ())) == (32,):
+        if tuple(tags.get(339, (1,))) == (2,):
+            return np.clip(array / (2**31 - 1), 0.0, 1.0)
+        return array.astype(np.int32).view(np.uint32) / (2**32 - 1)
+    return np.clip(array / 65535, 0.0, 1.0)
+
+
 class ImageTransform:
     """Resize the shorter side to ``resolution``, crop a square (centre or random), flip at random, and map to a
-    float32 ``[channels, resolution, resolution]`` tensor in [-1, 1]."""
+    float32 ``[channels, resolution, resolution]`` tensor in [-1, 1].
+
+    8-bit images are converted to the mode of ``channels`` by PIL; deeper ones (16-bit, 32-bit integer, float: see
+    :func:`unit_range`) are scaled by their bit depth, and a grey one becomes RGB(A) by repeating its band.
+    """
 
     def __init__(self, resolution: int, channels: int, center_crop: bool = False, random_flip: bool = False):
         if channels not in CHANNEL_MODES:
@@ -261,7 +349,12 @@ class ImageTransform:
         return self.random_flip or not self.center_crop
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
-        image = image.convert(self.mode) if image.mode != self.mode else image
+        deep = image.mode in HIGH_BIT_DEPTH_MODES
+        if deep:
+            # a one-band "F" image in [0, 255], so the 8-bit arithmetic below applies without losing the extra bits
+            image = Image.fromarray((unit_range(image) * 255).astype(np.float32))
+        elif image.mode != self.mode:
+            image = image.convert(self.mode)
         r = self.resolution
         w, h = image.size
         if min(w, h) != r:
@@ -278,6 +371,8 @@ class ImageTransform:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         array = np.asarray(image, dtype=np.float32)
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if deep and self.mode != "L":  # grey to RGB(A): repeat the band, opaque alpha
+            array = np.concatenate([array] * 3 + [np.full_like(array, 255)] * (self.mode == "RGBA"))
         return torch.from_numpy(array / 127.5 - 1.0)
 
 
@@ -449,7 +544,15 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             rng = _example_rng(self.seed, self.rank, epoch, offset) if self.transform.is_random else None
             sample = {"pixel_values": self.transform(image, rng)}
             if self.columns.label_column is not None:
-                sample["class_labels"] = int(row[self.columns.label_column])
+                label = row[self.columns.label_column]
+                if label is None or not 0 <= label < self.columns.num_classes:
+                    # a stream's labels cannot be checked up front (resolve_columns does that for map-style data)
+                    raise ValueError(
+                        f"Label column {self.columns.label_column!r} has label {label!r} in example {offset} of epoch"
+                        f" {epoch} (process {self.rank}); class labels must be integers in"
+                        f" [0, {self.columns.num_classes - 1}]."
+                    )
+                sample["class_labels"] = int(label)
             samples.append(sample)
         return samples, num_bad
 

@@ -9,18 +9,23 @@ nothing from hfddpm.
 import importlib
 import inspect
 import json
+import math
 import os
 import sys
 from typing import Callable
 
+import diffusers
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # Component classes that live outside diffusers and ship as code next to the weights, by the file that holds them.
 # The module paths are public API: saved folders record the file names, hfddpm maps them back to its classes.
 LOCAL_MODULES = {"scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm"}
+# The base class each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
+# an example of a valid class.
+COMPONENTS = {"unet": (ModelMixin, "UNet2DModel"), "scheduler": (SchedulerMixin, "DDPMScheduler")}
 # Files and folders that belong to a saved pipeline, e.g. for uploads.
 PIPELINE_FILES = ("model_index.json", "pipeline_hfddpm.py", "unet/*", "scheduler/*")
 
@@ -67,6 +72,8 @@ class HFDDPMPipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs {bad} are not supported;"
                 f" choose from {self._callback_tensor_inputs}."
             )
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number (1.0 disables guidance), got {guidance_scale}.")
         if self.num_classes == 0:
             if class_labels is not None:
                 raise ValueError(
@@ -234,6 +241,10 @@ class HFDDPMPipeline(DiffusionPipeline):
 
         Keyword arguments: ``unet``/``scheduler`` (use these instead of loading), ``torch_dtype``, and the Hub
         arguments ``revision``, ``cache_dir``, ``token``, ``local_files_only``.
+
+        Runs no code from the folder: ``model_index.json`` may name diffusers classes and hfddpm's own, nothing else
+        (``ValueError`` otherwise). Custom components load with ``DiffusionPipeline.from_pretrained(folder,
+        trust_remote_code=True)``, after you have read their code.
         """
         path = str(pretrained_model_name_or_path)
         hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
@@ -252,23 +263,70 @@ class HFDDPMPipeline(DiffusionPipeline):
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise FileNotFoundError(f"No model_index.json in {folder}: not a saved pipeline.")
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = _read_index(index_path)
 
         torch_dtype = kwargs.pop("torch_dtype", None)
         components = {}
-        for name in ("unet", "scheduler"):
+        for name in COMPONENTS:
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
-            library, class_name = index[name]
-            module = importlib.import_module(LOCAL_MODULES.get(library, library))
-            component_cls = getattr(module, class_name)
+            component_cls = _component_class(index_path, index, name)
             load_kwargs = {"torch_dtype": torch_dtype} if name == "unet" and torch_dtype is not None else {}
             components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)}; HFDDPMPipeline takes unet and scheduler.")
         return cls(**components)
+
+
+def _read_index(index_path: str) -> dict:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{index_path} is not valid JSON ({e}); re-save the pipeline with save_pretrained.") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path} holds a {type(index).__name__}, not a JSON object of components.")
+    return index
+
+
+def _component_class(index_path: str, index: dict, name: str) -> type:
+    """The class that ``model_index.json`` names for component ``name``, resolved without importing the folder's code.
+
+    Only diffusers classes (``["diffusers", "UNet2DModel"]``) and hfddpm's own (``["scheduling_hfddpm",
+    "HFDDPMScheduler"]`` or the full module path) load: importing any other module named by the file would run code
+    from wherever Python finds it, e.g. the folder itself when it is the working directory.
+    """
+    base, example = COMPONENTS[name]
+    if name not in index:
+        raise ValueError(
+            f"{index_path} has no {name!r} entry; a pipeline needs {list(COMPONENTS)}, each given as"
+            f' [library, class name], e.g. "{name}": ["diffusers", "{example}"].'
+        )
+    entry = index[name]
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+        raise ValueError(
+            f"{index_path}: {name!r} is {json.dumps(entry)}, expected [library, class name] (two strings), e.g."
+            f' ["diffusers", "{example}"].'
+        )
+    library, class_name = entry
+    if library == "diffusers":
+        component_cls = getattr(diffusers, class_name, None)
+    elif library in LOCAL_MODULES or library in LOCAL_MODULES.values():
+        component_cls = getattr(importlib.import_module(LOCAL_MODULES.get(library, library)), class_name, None)
+    else:
+        raise ValueError(
+            f"{index_path}: {name!r} is {json.dumps(entry)}, a component outside diffusers and hfddpm"
+            f" (known: diffusers, {', '.join(sorted({*LOCAL_MODULES, *LOCAL_MODULES.values()}))}). HFDDPMPipeline does"
+            " not import it, because importing runs its code. To load custom code, review it first, then use"
+            " DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)."
+        )
+    if not (isinstance(component_cls, type) and issubclass(component_cls, base)):
+        raise ValueError(
+            f"{index_path}: {name!r} is {json.dumps(entry)}, but {library} has no {base.__name__} subclass"
+            f" {class_name!r}; the {name} must be a {base.__name__} such as {example}."
+        )
+    return component_cls
 
 
 def _write_text(path: str, text: str):
