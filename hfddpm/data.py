@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 EMBEDDED_DATASET_NAME = "mnist_5k"
 # Modes that a UNet's channel count maps to.
@@ -620,12 +621,15 @@ def make_train_dataloader(
     shuffle: bool = True,
     shuffle_buffer_size: int = 1000,
     pin_memory: bool = False,
-) -> torch.utils.data.DataLoader:
+    resident_device: torch.device | str | None = None,
+) -> "torch.utils.data.DataLoader | ResidentImageBatches":
     """An endless DataLoader of ``{"pixel_values", "class_labels"?, "num_bad_images", "num_read_images",
     "position"}`` batches for process ``rank`` of ``world_size``, starting at ``start = (epoch, offset)``.
 
     Map-style datasets are permuted per epoch and dealt to processes by :class:`EpochShardSampler`; streaming ones are
     shuffled with a buffer of ``shuffle_buffer_size`` and split with ``datasets.distributed.split_dataset_by_node``.
+    With ``resident_device``, a small map-style dataset without random transforms is decoded once onto that device
+    (:class:`ResidentImageBatches`, the same batches in the same order).
     """
     transform = ImageTransform(resolution, channels, center_crop=center_crop, random_flip=random_flip)
     # workers are seeded from this generator, never from the global RNG (keeps resumed runs identical)
@@ -647,6 +651,10 @@ def make_train_dataloader(
     sampler = EpochShardSampler(
         len(dataset), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle, start=start
     )
+    if resident_device is not None:
+        resident = ResidentImageBatches.build(dataset, columns, transform, sampler, batch_size, resident_device)
+        if resident is not None:
+            return resident
     return torch.utils.data.DataLoader(
         MapStyleImageDataset(dataset, columns, transform, seed),
         batch_size=batch_size,
@@ -660,3 +668,70 @@ def make_train_dataloader(
 
 def _identity(batch):
     return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Small map-style datasets: decoded once, kept on the training device
+# ---------------------------------------------------------------------------------------------------------------------
+# The most decoded bytes kept on the device by default (MNIST-5k at 28 px: 16 MB; CIFAR-10 at 32 px: 614 MB).
+RESIDENT_MAX_BYTES = 1 << 30
+
+
+class ResidentImageBatches:
+    """The batches of :func:`make_train_dataloader` for a map-style dataset whose transform draws nothing at random:
+    every image is decoded and transformed once into one tensor on ``device``, and each batch is an index into it.
+    No per-step decoding, collation or host-to-device copy; the order is :class:`EpochShardSampler`'s, so training
+    sees exactly the batches the DataLoader would give.
+
+    Build it with :meth:`build`, which returns ``None`` when the dataset does not qualify (random crops or flips,
+    undecodable images, or more than ``max_bytes`` decoded).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, sampler: EpochShardSampler, batch_size: int):
+        self.images, self.labels, self.sampler, self.batch_size = images, labels, sampler, batch_size
+
+    @classmethod
+    def build(
+        cls,
+        dataset: datasets.Dataset,
+        columns: DatasetColumns,
+        transform: ImageTransform,
+        sampler: EpochShardSampler,
+        batch_size: int,
+        device: torch.device | str,
+        max_bytes: int = RESIDENT_MAX_BYTES,
+    ) -> "ResidentImageBatches | None":
+        channels = len(transform.mode)
+        if transform.random_flip or len(dataset) * channels * transform.resolution**2 * 4 > max_bytes:
+            return None
+        table = _undecoded(dataset, columns.image_column)
+        images = torch.empty(len(dataset), channels, transform.resolution, transform.resolution)
+        for start in tqdm(range(0, len(dataset), 1000), desc="decoding the dataset into memory", leave=False):
+            for i, value in enumerate(table[start : start + 1000][columns.image_column]):
+                try:
+                    image = to_pil(value)
+                except DECODE_ERRORS:
+                    return None  # undecodable images are substituted and counted by the DataLoader path
+                if not transform.center_crop and image.size[0] != image.size[1]:
+                    return None  # a random crop per example and epoch
+                images[start + i] = transform(image)
+        labels = None
+        if columns.label_column is not None:
+            labels = torch.tensor(dataset[columns.label_column], dtype=torch.long, device=device)
+        return cls(images.to(device), labels, sampler, batch_size)
+
+    def __iter__(self):
+        keys = iter(self.sampler)
+        device = self.images.device
+        while True:
+            chunk = [next(keys) for _ in range(self.batch_size)]
+            index = torch.tensor([k[0] for k in chunk], device=device)
+            batch = {
+                "pixel_values": self.images.index_select(0, index),
+                "num_bad_images": torch.tensor(0),
+                "num_read_images": torch.tensor(self.batch_size),
+                "position": torch.tensor((chunk[-1][1], chunk[-1][2] + 1)),
+            }
+            if self.labels is not None:
+                batch["class_labels"] = self.labels.index_select(0, index)
+            yield batch

@@ -13,6 +13,7 @@ from hfddpm.data import (
     DatasetColumns,
     EpochShardSampler,
     ImageTransform,
+    ResidentImageBatches,
     check_resolution,
     load_mnist_5k,
     load_train_dataset,
@@ -271,3 +272,35 @@ def test_streaming_splits_across_processes(parquet_dir):
     seen_a = {x.numpy().tobytes() for x in a["pixel_values"]}
     seen_b = {x.numpy().tobytes() for x in b["pixel_values"]}
     assert len(seen_a) + len(seen_b) == 103 and not seen_a & seen_b
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Small datasets kept on the device
+# ---------------------------------------------------------------------------------------------------------------------
+def test_resident_batches_equal_the_dataloader_and_resume(small):
+    columns = resolve_columns(small, "image", "label")
+    kwargs = dict(resolution=28, channels=1, batch_size=8, seed=5, world_size=2, rank=1)
+    ref = _batches(make_train_dataloader(small, columns, **kwargs), 16)  # crosses an epoch boundary
+    resident = make_train_dataloader(small, columns, resident_device="cpu", **kwargs)
+    assert isinstance(resident, ResidentImageBatches) and resident.images.shape == (103, 1, 28, 28)
+    assert _same(ref, _batches(resident, 16))
+    start = tuple(ref[9]["position"].tolist())
+    resumed = make_train_dataloader(small, columns, start=start, resident_device="cpu", **kwargs)
+    assert _same(ref[10:16], _batches(resumed, 6))
+
+
+def test_only_datasets_without_random_transforms_or_broken_images_stay_resident(small, tmp_path):
+    columns = resolve_columns(small, "image", "label")
+    kwargs = dict(resolution=28, channels=1, batch_size=8, seed=5, resident_device="cpu")
+    assert not isinstance(make_train_dataloader(small, columns, random_flip=True, **kwargs), ResidentImageBatches)
+    wide = datasets.Dataset.from_dict({"image": [Image.new("L", (40, 28))] * 4}).cast_column("image", datasets.Image())
+    wide_columns = resolve_columns(wide, "image", None)
+    assert not isinstance(make_train_dataloader(wide, wide_columns, **kwargs), ResidentImageBatches)  # random crops
+    centred = make_train_dataloader(wide, wide_columns, center_crop=True, **{**kwargs, "batch_size": 2})
+    assert isinstance(centred, ResidentImageBatches)
+    _write_folder(tmp_path / "folder")
+    folder = load_train_dataset(train_data_dir=str(tmp_path / "folder"))
+    folder_kwargs = {**kwargs, "resolution": 16, "center_crop": True}
+    loader = make_train_dataloader(folder, resolve_columns(folder, "image", "label"), **folder_kwargs)
+    assert not isinstance(loader, ResidentImageBatches)  # a broken file: the DataLoader substitutes and counts it
+    assert ResidentImageBatches.build(small, columns, ImageTransform(28, 1), None, 8, "cpu", max_bytes=1000) is None

@@ -107,6 +107,13 @@ class TrainConfig:
         group="data",
         check=_NON_NEGATIVE_INT,
     )
+    data_on_device: bool = _opt(
+        True,
+        "Decode a small map-style dataset (up to 1 GiB decoded, no random crops or flips) once and keep it on the"
+        " training device: no per-step decoding, collation or host-to-device copy, the same batches in the same"
+        " order.",
+        group="data",
+    )
     max_bad_image_fraction: float = _opt(
         0.01,
         "Undecodable images are skipped; the run stops when more than this fraction of the images read could not be"

@@ -25,7 +25,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from tqdm.auto import tqdm
 
-from hfddpm.data import EMBEDDED_DATASET_NAME, make_train_dataloader
+from hfddpm.data import EMBEDDED_DATASET_NAME, ResidentImageBatches, make_train_dataloader
 from hfddpm.training.budget import StepBudget
 from hfddpm.training.checkpoint import (
     check_checkpoint,
@@ -187,6 +187,7 @@ def train(config: TrainConfig) -> Path:
         start=start,
         shuffle_buffer_size=config.shuffle_buffer_size,
         pin_memory=device.type == "cuda",
+        resident_device=device if config.data_on_device else None,
     )
     resolved = {
         **run.resolved(),
@@ -217,6 +218,8 @@ def train(config: TrainConfig) -> Path:
 
     # 5. the loop
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
+    if isinstance(dataloader, ResidentImageBatches):
+        logger.info(f"The dataset is decoded once and kept on {device} ({dataloader.images.nbytes / 2**20:.0f} MiB).")
     data_iter = iter(dataloader)
     position = torch.tensor(start)
     loss_sum = torch.zeros((), device=device)
