@@ -119,7 +119,9 @@ def register_checkpoint_hooks(accelerator, ema: EMAModel | None) -> None:
             if ema is not None:
                 ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
             for model in models:
-                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, "unet"))
+                accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
+                    os.path.join(output_dir, "unet")
+                )
         while weights:
             weights.pop()
 
@@ -129,7 +131,7 @@ def register_checkpoint_hooks(accelerator, ema: EMAModel | None) -> None:
             ema.load_state_dict(loaded.state_dict())
             ema.to(accelerator.device)
         while models:
-            model = accelerator.unwrap_model(models.pop())
+            model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
             loaded = UNet2DModel.from_pretrained(input_dir, subfolder="unet")
             model.load_state_dict(loaded.state_dict())
 

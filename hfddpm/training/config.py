@@ -286,6 +286,19 @@ class TrainConfig:
         False, "Use the channels_last memory format (faster convolutions on GPUs).", group="speed"
     )
     allow_tf32: bool = _opt(True, "Allow TF32 matmuls/convolutions on Ampere and newer GPUs.", group="speed")
+    compile: bool = _opt(
+        False,
+        "torch.compile the UNet (inductor) for the training step; the compile time is logged. Off by default: on"
+        " the 2-core CPU of our benchmarks it gave no gain; on GPUs pair it with --compile_mode reduce-overhead"
+        " (CUDA graphs) for small models.",
+        group="speed",
+    )
+    compile_mode: str = _opt(
+        "default",
+        "torch.compile mode of --compile.",
+        group="speed",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
 
     def __repr__(self) -> str:  # never show the token
         shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(self).items()}

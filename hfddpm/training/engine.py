@@ -258,8 +258,11 @@ class TrainingEngine:
             num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
             num_training_steps=max_train_steps * accelerator.num_processes,
         )
+        if config.compile:
+            # compiled lazily, at the first step (whose time the loop logs); EMA, saving and sampling use the original
+            unet = torch.compile(unet, mode=config.compile_mode)
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)
         self.ema = None
         if config.use_ema:
             # built after `prepare` (weights already broadcast) and updated from the same weights on every process

@@ -244,6 +244,10 @@ def train(config: TrainConfig) -> Path:
         global_step += 1
         engine.end_step()
         progress.update(1)
+        if config.compile and global_step == first_step + 1:
+            logger.info(
+                f"torch.compile ({config.compile_mode}): the first step took {time.perf_counter() - wall_start:.1f} s"
+            )
         planned = budget.observe(global_step) if budget is not None else None
         if planned is not None:
             # every process trains the length process 0 planned
