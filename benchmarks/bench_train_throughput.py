@@ -7,6 +7,8 @@ in float32 (GPU) and with bf16 autocast, hfddpm's step with train.py's default p
 
     python benchmarks/bench_train_throughput.py                          # mnist preset, batch 64
     python benchmarks/bench_train_throughput.py --preset tiny --batch-size 16 --rounds 2 --steps-per-round 2
+    python benchmarks/bench_train_throughput.py --preset cifar10 --resolution 32 --channels 3 --batch-size 128 \
+        --compile-mode max-autotune-no-cudagraphs --channels-last --data-on-device     # a GPU configuration
 """
 
 import argparse
@@ -35,6 +37,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mnist", help="hfddpm UNet preset (built unconditional, 1 channel)")
     parser.add_argument("--resolution", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1, help="image channels (3: the digits repeated, as RGB)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=10)
@@ -46,6 +49,19 @@ def parse_args(argv=None):
         default=None,
         help="hfddpm loop's precision (default: train.py's default for this device)",
     )
+    parser.add_argument(
+        "--compile-mode",
+        action="append",
+        default=[],
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="add a row: hfddpm's step in its default precision with train.py's --compile --compile_mode MODE"
+        " (repeatable); the first step, which compiles, is reported as compile_seconds",
+    )
+    parser.add_argument(
+        "--data-on-device",
+        action="store_true",
+        help="hfddpm rows read batches from a tensor on the device, as train.py does for small datasets",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default="train_throughput.json", help="file name under benchmarks/results/")
     return parser.parse_args(argv)
@@ -54,8 +70,8 @@ def parse_args(argv=None):
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = unet_config(args.preset, args.resolution)
-    data = mnist_train_images(args.resolution)
+    config = unet_config(args.preset, args.resolution, args.channels)
+    data = mnist_train_images(args.resolution).repeat(1, args.channels, 1, 1)
     max_steps = args.warmup_steps + args.rounds * args.steps_per_round
     device = Accelerator().device
     hfddpm_precision = args.mixed_precision or default_mixed_precision(device)
@@ -72,24 +88,38 @@ def main(args):
         "diffusers_fp32": f"{DiffusersTutorialLoop.name}, float32",
         "diffusers_bf16": f"{DiffusersTutorialLoop.name} + bf16 autocast",
     }
-    for key, precision in (("hfddpm", hfddpm_precision), ("hfddpm_fp32", "no")):
+    hfddpm_rows = {"hfddpm": (hfddpm_precision, None), "hfddpm_fp32": ("no", None)}
+    hfddpm_rows.update({f"hfddpm_compiled_{mode}": (hfddpm_precision, mode) for mode in args.compile_mode})
+    hfddpm_data = data.to(device) if args.data_on_device else data
+    for key, (precision, mode) in hfddpm_rows.items():
         loops[key] = HFDDPMTrainLoop(
             config,
-            data,
+            hfddpm_data,
             args.batch_size,
             max_steps=max_steps,
             channels_last=args.channels_last,
             mixed_precision=precision,
+            compile_mode=mode,
         )
-    names["hfddpm"] = f"{HFDDPMTrainLoop.name}, default: {PRECISION_NAMES[hfddpm_precision]}"
-    names["hfddpm_fp32"] = f"{HFDDPMTrainLoop.name}, --mixed_precision no"
+        names[key] = f"{HFDDPMTrainLoop.name}, " + (
+            f"--compile --compile_mode {mode} ({PRECISION_NAMES[precision]})"
+            if mode
+            else f"default: {PRECISION_NAMES[precision]}"
+            if key == "hfddpm"
+            else "--mixed_precision no"
+        )
+
+    compile_seconds = {}
 
     def run(loop, steps):
         for _ in range(steps):
             loop.step()
 
-    for loop in loops.values():
-        timed(lambda loop=loop: run(loop, args.warmup_steps), device)
+    for key, loop in loops.items():
+        first = timed(lambda loop=loop: run(loop, 1), device)
+        if key.startswith("hfddpm_compiled"):
+            compile_seconds[key] = first
+        timed(lambda loop=loop: run(loop, args.warmup_steps - 1), device)
 
     seconds = {key: [] for key in loops}
     order = list(loops)
@@ -104,6 +134,7 @@ def main(args):
             "images_per_second": median(per_round[key]),
             "ratio_vs_diffusers": median([a / b for a, b in zip(per_round[key], per_round["diffusers"], strict=True)]),
             "images_per_second_per_round": per_round[key],
+            "compile_seconds": compile_seconds.get(key),
         }
         for key in loops
     }
@@ -111,7 +142,8 @@ def main(args):
         [names[key], results[key]["images_per_second"], f"{results[key]['ratio_vs_diffusers']:.3f}x"] for key in loops
     ]
     print(
-        f"\nTraining throughput, preset {args.preset} ({args.resolution}px, 1 channel), batch {args.batch_size},"
+        f"\nTraining throughput, preset {args.preset} ({args.resolution}px, {args.channels} channel(s)), batch"
+        f" {args.batch_size},"
         f" {args.rounds} interleaved rounds x {args.steps_per_round} steps, device {device}\n"
     )
     print(markdown_table(["loop", "images/s (median)", "ratio vs diffusers"], rows))

@@ -96,12 +96,20 @@ class HFDDPMTrainLoop:
         use_ema: bool = True,
         channels_last: bool = False,
         mixed_precision: str | None = None,
+        compile_mode: str | None = None,
         seed: int = 0,
     ):
         accelerator = Accelerator()
         torch.manual_seed(seed)
         unet = UNet2DModel.from_config(config)
-        train_config = TrainConfig(seed=seed, use_ema=use_ema, channels_last=channels_last, max_train_steps=max_steps)
+        train_config = TrainConfig(
+            seed=seed,
+            use_ema=use_ema,
+            channels_last=channels_last,
+            max_train_steps=max_steps,
+            compile=compile_mode is not None,
+            compile_mode=compile_mode or "default",
+        )
         self.mixed_precision = mixed_precision or default_mixed_precision(accelerator.device)
         self.engine = TrainingEngine(
             train_config.validate(),
