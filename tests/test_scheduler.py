@@ -342,7 +342,18 @@ def test_save_load_round_trip(tmp_path):
             {"variance_type": "learned_log"},
             "variance_type='learned_log' is not valid: choose one of .*'learned_range'",
         ),
+        ({"noise_schedule": "linear", "beta_start": 0.02, "beta_end": 0.01}, r"beta_start, beta_end=\(0.02, 0.01\)"),
+        ({"noise_schedule": "linear", "beta_end": 2.0}, r"beta_end=\(0.0001, 2.0\) is not valid: 0 < beta_start"),
+        ({"beta_schedule": "sigmoid", "beta_start": 0.0}, "0 < beta_start < beta_end < 1"),
+        (
+            {"noise_schedule": "sigmoid", "logsnr_min": 5.0, "logsnr_max": -5.0},
+            r"logsnr_min, logsnr_max=\(5.0, -5.0\) is not valid: min < max",
+        ),
+        ({"noise_schedule": "sigmoid", "sigmoid_tau": 0.0}, "sigmoid_start, sigmoid_end, sigmoid_tau=.*tau > 0"),
+        ({"noise_schedule": "shifted_cosine", "image_size": -28}, "image_size=-28 is not valid: a positive number"),
+        ({"clip_sample_range": 0.0}, "clip_sample_range=0.0 is not valid: > 0"),
         ({"dynamic_thresholding_ratio": 1.5}, r"dynamic_thresholding_ratio=1.5 is not valid: a quantile in \(0, 1\]"),
+        ({"steps_offset": -1}, "steps_offset=-1 is not valid: an integer >= 0"),
         ({"eta": -0.5}, r"eta=-0.5 is not valid: >= 0 \(0 = DDIM, 1 = ancestral DDPM\)"),
     ],
 )
@@ -377,3 +388,21 @@ def test_large_positive_shift_keeps_every_beta_positive(schedule):
     # at 16 px the shift is +2 log 4 and the log-SNR leaves [-15, 15]: the clip applies before the shift
     s = HFDDPMScheduler(noise_schedule=schedule, image_size=16)
     assert torch.all(s.betas > 0) and s.alphas_cumprod[0] < 1
+
+
+# --- hardening (issue #10) -----------------------------------------------------------------------------------------
+def test_impossible_trained_betas_name_their_indices_and_values():
+    betas = [0.01] * N
+    betas[3], betas[7], betas[9] = 1.5, -0.1, float("nan")
+    with pytest.raises(ValueError, match=r"finite and in \(0, 1\).*3 are not: \[3\]=1.5, \[7\]=-0.1, \[9\]=nan\."):
+        HFDDPMScheduler(trained_betas=betas)
+    betas = [0.01] * (N - 1) + [1.0]  # zero terminal SNR: the last beta may be 1
+    assert HFDDPMScheduler(trained_betas=betas, prediction_type="v_prediction").alphas_cumprod[-1] == 0
+
+
+@pytest.mark.parametrize("value", [-5, 0, "1000", 1.5, True])
+def test_num_train_timesteps_must_be_a_positive_integer(value):
+    with pytest.raises(
+        ValueError, match=f"num_train_timesteps={value!r} is not valid: a positive integer \\(e.g. 1000\\)"
+    ):
+        HFDDPMScheduler(num_train_timesteps=value)

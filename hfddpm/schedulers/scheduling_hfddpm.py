@@ -7,6 +7,7 @@ loads with plain diffusers and ``trust_remote_code=True``: it imports nothing fr
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 
 import diffusers
@@ -319,6 +320,13 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
     def _check_settings(self, noise_schedule: str, variance_type: str):
         """ValueError for a setting outside its valid range, naming the key, the value and what is valid."""
         c = self.config
+        n = c.num_train_timesteps
+        _check(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0,
+            "num_train_timesteps",
+            n,
+            "a positive integer (e.g. 1000)",
+        )
         _check(noise_schedule in NOISE_SCHEDULES, "noise_schedule", noise_schedule, f"choose one of {NOISE_SCHEDULES}")
         _check(
             c.prediction_type in PREDICTION_TYPES, "prediction_type", c.prediction_type, f"one of {PREDICTION_TYPES}"
@@ -330,6 +338,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             f"choose one of {TIMESTEP_SPACINGS}",
         )
         _check(variance_type in VARIANCE_TYPES, "variance_type", variance_type, f"choose one of {VARIANCE_TYPES}")
+        _check(c.clip_sample_range > 0, "clip_sample_range", c.clip_sample_range, "> 0")
         _check(
             0 < c.dynamic_thresholding_ratio <= 1,
             "dynamic_thresholding_ratio",
@@ -337,16 +346,32 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             "a quantile in (0, 1]",
         )
         _check(c.sample_max_value > 0, "sample_max_value", c.sample_max_value, "> 0")
+        _check(
+            isinstance(c.steps_offset, numbers.Integral) and c.steps_offset >= 0,
+            "steps_offset",
+            c.steps_offset,
+            "an integer >= 0",
+        )
         _check(c.eta >= 0, "eta", c.eta, ">= 0 (0 = DDIM, 1 = ancestral DDPM)")
 
     def _checked_betas(self, trained_betas) -> torch.Tensor:
-        """``trained_betas`` as float64, after checking their count."""
+        """``trained_betas`` as float64, after checking their count and that each lies in (0, 1)."""
         n = self.config.num_train_timesteps
         betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
         if betas.shape != (n,):
             raise ValueError(
                 f"trained_betas has {betas.numel()} values but num_train_timesteps={n};"
                 " pass trained_betas=None to rebuild the schedule from noise_schedule."
+            )
+        # every beta in (0, 1); the last may be 1 (zero terminal SNR, as `rescale_betas_zero_snr` makes it)
+        ok = torch.isfinite(betas) & (betas > 0) & (betas < 1)
+        ok[-1] |= betas[-1] == 1
+        if not ok.all():
+            bad = torch.nonzero(~ok).flatten().tolist()
+            shown = ", ".join(f"[{i}]={betas[i].item()!r}" for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise ValueError(
+                f"trained_betas must be finite and in (0, 1) (the last may be 1 for zero terminal SNR);"
+                f" {len(bad)} are not: {shown}."
             )
         return betas
 
@@ -355,6 +380,12 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         c = self.config
         n = c.num_train_timesteps
         if noise_schedule in ("linear", "scaled_linear", "sigmoid_betas"):
+            _check(
+                0 < c.beta_start < c.beta_end < 1,
+                "beta_start, beta_end",
+                (c.beta_start, c.beta_end),
+                "0 < beta_start < beta_end < 1",
+            )
             if noise_schedule == "scaled_linear":
                 return betas_scaled_linear(n, c.beta_start, c.beta_end)
             if noise_schedule == "sigmoid_betas":
@@ -366,7 +397,14 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         if noise_schedule == "cosine":
             alpha_bar = alpha_bar_cosine(t)
         else:
+            _check(c.logsnr_min < c.logsnr_max, "logsnr_min, logsnr_max", (c.logsnr_min, c.logsnr_max), "min < max")
             if noise_schedule == "sigmoid":
+                _check(
+                    c.sigmoid_start < c.sigmoid_end and c.sigmoid_tau > 0,
+                    "sigmoid_start, sigmoid_end, sigmoid_tau",
+                    (c.sigmoid_start, c.sigmoid_end, c.sigmoid_tau),
+                    "start < end and tau > 0",
+                )
                 alpha_bar = alpha_bar_sigmoid(t, c.sigmoid_start, c.sigmoid_end, c.sigmoid_tau).clamp(0.0, 1.0)
                 # gamma(0) = 1 and gamma(1) = 0 have infinite log-SNR: clip to [logsnr_min, logsnr_max]
                 logsnr = (torch.log(alpha_bar) - torch.log1p(-alpha_bar)).clamp(c.logsnr_min, c.logsnr_max)
@@ -377,6 +415,11 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
                         " the shift is 2 * log(base_resolution / image_size) with"
                         f" base_resolution={c.base_resolution}."
                     )
+                sizes = {"image_size": c.image_size, "base_resolution": c.base_resolution}
+                if noise_schedule == "interpolated_shifted_cosine" and c.interpolation_low_resolution is not None:
+                    sizes["interpolation_low_resolution"] = c.interpolation_low_resolution
+                for key, size in sizes.items():
+                    _check(isinstance(size, numbers.Integral) and size > 0, key, size, "a positive number of pixels")
                 if noise_schedule == "shifted_cosine":
                     logsnr = logsnr_shifted_cosine(t, c.image_size, c.base_resolution, c.logsnr_min, c.logsnr_max)
                 else:
