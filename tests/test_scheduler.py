@@ -24,6 +24,8 @@ SCHEDULE_KWARGS = {
     "sigmoid": {},
     "shifted_cosine": {"image_size": 28},
     "interpolated_shifted_cosine": {"image_size": 128, "interpolation_low_resolution": 32},
+    "scaled_linear": {},
+    "sigmoid_betas": {},
 }
 
 
@@ -86,6 +88,50 @@ def test_interpolated_shifted_cosine_interpolates_between_shifts():
     base = logsnr_cosine(t)
     expected = base + t * 2 * math.log(64 / 128) + (1 - t) * 2 * math.log(64 / 32)
     assert torch.allclose(logsnr_of(s)[50:950], expected[50:950], atol=2e-3)
+
+
+def test_scaled_linear_and_sigmoid_betas_match_their_closed_forms_and_diffusers():
+    sqrt_betas = torch.linspace(0.00085**0.5, 0.012**0.5, N, dtype=torch.float64)  # latent diffusion's betas
+    s = make("scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert torch.allclose(s.betas.double(), sqrt_betas**2, atol=1e-9, rtol=0)
+    ref = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert torch.allclose(s.alphas_cumprod, ref.alphas_cumprod, atol=1e-6, rtol=0)
+
+    sig = torch.tensor(
+        [1 / (1 + math.exp(-x)) for x in torch.linspace(-6, 6, N, dtype=torch.float64).tolist()], dtype=torch.float64
+    )
+    s = make("sigmoid_betas")
+    assert torch.allclose(s.betas.double(), 1e-4 + (0.02 - 1e-4) * sig, atol=1e-9, rtol=0)  # GeoDiff's betas
+    ref = DDPMScheduler(beta_schedule="sigmoid")
+    assert torch.allclose(s.alphas_cumprod, ref.alphas_cumprod, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "beta_schedule,noise_schedule",
+    [
+        ("linear", "linear"),
+        ("scaled_linear", "scaled_linear"),
+        ("squaredcos_cap_v2", "cosine"),
+        ("sigmoid", "sigmoid_betas"),
+    ],
+)
+def test_beta_schedule_names_the_noise_schedule(beta_schedule, noise_schedule):
+    s = HFDDPMScheduler(beta_schedule=beta_schedule)
+    assert s.config.noise_schedule == noise_schedule and s.config.beta_schedule == beta_schedule
+    same = HFDDPMScheduler(beta_schedule=beta_schedule, noise_schedule=noise_schedule)
+    assert torch.equal(same.alphas_cumprod, s.alphas_cumprod)
+    assert torch.equal(make(noise_schedule).alphas_cumprod, s.alphas_cumprod)
+    assert HFDDPMScheduler().config.noise_schedule == "cosine"  # neither given
+
+
+def test_dynamic_thresholding_closed_form():
+    s = HFDDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.5, sample_max_value=3.0)
+    # per sample: s = median |x_0| limited to [1, 3]; x_0 -> clip(x_0, -s, s) / s
+    x0 = torch.tensor([[0.5, -4.0, 2.0, -2.0], [0.1, 0.2, -0.3, 0.9], [10.0, -10.0, 8.0, 9.0]]).reshape(3, 1, 2, 2)
+    expected = torch.tensor([[0.25, -1.0, 1.0, -1.0], [0.1, 0.2, -0.3, 0.9], [1.0, -1.0, 1.0, 1.0]]).reshape(
+        3, 1, 2, 2
+    )
+    assert torch.allclose(s._dynamic_threshold(x0), expected)
 
 
 @pytest.mark.parametrize("schedule", NOISE_SCHEDULES)
@@ -196,7 +242,7 @@ def test_eta0_loop_equals_diffusers_ddim(prediction_type, clip_sample):
     s = make("cosine", prediction_type=prediction_type, clip_sample=clip_sample)
     ref = DDIMScheduler.from_config(s.config)
     assert ref.config.clip_sample == clip_sample
-    assert torch.allclose(run_loop(s, 20), run_loop(ref, 20), atol=1e-5)
+    assert torch.allclose(run_loop(s, 20, eta=0.0), run_loop(ref, 20), atol=1e-5)
 
 
 def test_eta1_full_loop_equals_diffusers_ddpm_ancestral():
@@ -208,9 +254,9 @@ def test_eta1_full_loop_equals_diffusers_ddpm_ancestral():
 
 
 def test_full_loop_pinned_sums():
-    s = make("cosine")
-    ddim = run_loop(s, 50)
-    ddpm = run_loop(make("cosine"), 50, eta=1.0)
+    ddim = run_loop(make("cosine"), 50, eta=0.0)
+    ddpm = run_loop(make("cosine"), 50)  # no eta: the config's, 1.0
+    assert torch.equal(ddpm, run_loop(make("cosine"), 50, eta=1.0))
     assert ddim.sum().item() == pytest.approx(-0.056212, abs=1e-4)
     assert ddim.abs().mean().item() == pytest.approx(0.514430, abs=1e-5)
     assert ddpm.sum().item() == pytest.approx(4.280189, abs=1e-4)
@@ -229,8 +275,8 @@ def test_return_dict_equivalence():
     s.set_timesteps(10)
     x = torch.randn(1, 1, 4, 4, generator=torch.manual_seed(0))
     t = s.timesteps[3]
-    out = s.step(dummy_model(x, t), t, x)
-    tup = s.step(dummy_model(x, t), t, x, return_dict=False)
+    out = s.step(dummy_model(x, t), t, x, generator=torch.manual_seed(1))
+    tup = s.step(dummy_model(x, t), t, x, generator=torch.manual_seed(1), return_dict=False)
     assert torch.equal(out.prev_sample, tup[0]) and torch.equal(out.pred_original_sample, tup[1])
 
 
@@ -290,6 +336,25 @@ def test_save_load_round_trip(tmp_path):
         ({"timestep_spacing": "even"}, "timestep_spacing='even'.*'leading', 'trailing', 'linspace'"),
         ({"noise_schedule": "shifted_cosine"}, "needs image_size"),
         ({"trained_betas": [0.1] * 5}, "trained_betas has 5 values but num_train_timesteps=1000"),
+        ({"beta_schedule": "laplace"}, "beta_schedule='laplace' is not valid: choose one of .*'squaredcos_cap_v2'"),
+        ({"beta_schedule": "linear", "noise_schedule": "cosine"}, "noise_schedule='cosine' contradicts beta_schedule"),
+        (
+            {"variance_type": "learned_log"},
+            "variance_type='learned_log' is not valid: choose one of .*'learned_range'",
+        ),
+        ({"noise_schedule": "linear", "beta_start": 0.02, "beta_end": 0.01}, r"beta_start, beta_end=\(0.02, 0.01\)"),
+        ({"noise_schedule": "linear", "beta_end": 2.0}, r"beta_end=\(0.0001, 2.0\) is not valid: 0 < beta_start"),
+        ({"beta_schedule": "sigmoid", "beta_start": 0.0}, "0 < beta_start < beta_end < 1"),
+        (
+            {"noise_schedule": "sigmoid", "logsnr_min": 5.0, "logsnr_max": -5.0},
+            r"logsnr_min, logsnr_max=\(5.0, -5.0\) is not valid: min < max",
+        ),
+        ({"noise_schedule": "sigmoid", "sigmoid_tau": 0.0}, "sigmoid_start, sigmoid_end, sigmoid_tau=.*tau > 0"),
+        ({"noise_schedule": "shifted_cosine", "image_size": -28}, "image_size=-28 is not valid: a positive number"),
+        ({"clip_sample_range": 0.0}, "clip_sample_range=0.0 is not valid: > 0"),
+        ({"dynamic_thresholding_ratio": 1.5}, r"dynamic_thresholding_ratio=1.5 is not valid: a quantile in \(0, 1\]"),
+        ({"steps_offset": -1}, "steps_offset=-1 is not valid: an integer >= 0"),
+        ({"eta": -0.5}, r"eta=-0.5 is not valid: >= 0 \(0 = DDIM, 1 = ancestral DDPM\)"),
     ],
 )
 def test_bad_config_errors(kwargs, match):
@@ -300,13 +365,22 @@ def test_bad_config_errors(kwargs, match):
 def test_step_errors():
     s = make("cosine")
     x = torch.zeros(1, 1, 2, 2)
-    with pytest.raises(ValueError, match="set_timesteps"):
-        s.step(x, 10, x)
     with pytest.raises(ValueError, match="num_inference_steps=0 must be between 1 and"):
         s.set_timesteps(0)
+    with pytest.raises(ValueError, match="Pass one of num_inference_steps"):
+        s.set_timesteps(5, timesteps=[10, 0])
+    with pytest.raises(ValueError, match=r"strictly descending integers in \[0, 999\].*got \[10, 20\]"):
+        s.set_timesteps(timesteps=[10, 20])
+    with pytest.raises(ValueError, match=r"got \[1000, 5\]"):
+        s.set_timesteps(timesteps=[1000, 5])
     s.set_timesteps(5)
     with pytest.raises(ValueError, match="eta must be >= 0"):
         s.step(x, s.timesteps[0], x, eta=-1.0)
+    with pytest.raises(ValueError, match="either generator or variance_noise"):
+        s.step(x, s.timesteps[0], x, generator=torch.manual_seed(0), variance_noise=x)
+    learned = make("cosine", variance_type="learned_range")
+    with pytest.raises(ValueError, match="variance_type='learned_range' needs the model's variance"):
+        learned.step(x, 500, x)
 
 
 @pytest.mark.parametrize("schedule", ["shifted_cosine", "interpolated_shifted_cosine"])
@@ -314,3 +388,21 @@ def test_large_positive_shift_keeps_every_beta_positive(schedule):
     # at 16 px the shift is +2 log 4 and the log-SNR leaves [-15, 15]: the clip applies before the shift
     s = HFDDPMScheduler(noise_schedule=schedule, image_size=16)
     assert torch.all(s.betas > 0) and s.alphas_cumprod[0] < 1
+
+
+# --- hardening (issue #10) -----------------------------------------------------------------------------------------
+def test_impossible_trained_betas_name_their_indices_and_values():
+    betas = [0.01] * N
+    betas[3], betas[7], betas[9] = 1.5, -0.1, float("nan")
+    with pytest.raises(ValueError, match=r"finite and in \(0, 1\).*3 are not: \[3\]=1.5, \[7\]=-0.1, \[9\]=nan\."):
+        HFDDPMScheduler(trained_betas=betas)
+    betas = [0.01] * (N - 1) + [1.0]  # zero terminal SNR: the last beta may be 1
+    assert HFDDPMScheduler(trained_betas=betas, prediction_type="v_prediction").alphas_cumprod[-1] == 0
+
+
+@pytest.mark.parametrize("value", [-5, 0, "1000", 1.5, True])
+def test_num_train_timesteps_must_be_a_positive_integer(value):
+    with pytest.raises(
+        ValueError, match=f"num_train_timesteps={value!r} is not valid: a positive integer \\(e.g. 1000\\)"
+    ):
+        HFDDPMScheduler(num_train_timesteps=value)
