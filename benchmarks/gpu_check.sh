@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the speed issue in one go, for a GPU machine without internet whose image has torch (2.11)
+# but no diffusers, datasets or mlxtend.
+#
+#   bash benchmarks/gpu_check.sh prepare      # here, with PyPI: wheels of what the GPU image lacks, into .whl/
+#   bash benchmarks/gpu_check.sh run [OUT]    # there, from the repository root (carry .whl): results into OUT
+#
+# "run" installs the wheels and the project into /tmp (nothing is downloaded), then runs:
+#   1. benchmark 1, mnist preset (1 channel, 28 px, batch 64): the tutorial loop (fp16 + loss scaling: the baseline),
+#      hfddpm's step in bf16 and float32 (TF32), and compiled (CUDA graphs; max-autotune without graphs);
+#   2. benchmark 1, cifar10 preset (3 channels, 32 px, batch 128), eager and compiled, channels_last;
+#   3. the default run, `accelerate launch training/train.py` with no flags, wall time and digit metrics.
+# Each prints its table; json files land in OUT (default: benchmarks/results/gpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the GPU image lacks (its own transformers refuses huggingface_hub 2.x, and diffusers imports it via peft).
+WHEELS=(
+  diffusers==0.42.1 datasets==5.2.0 huggingface_hub==2.4.0 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
+  mlxtend==0.25.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 importlib_metadata==10.2.0 anyio==4.16.0
+  transformers==5.24.0
+)
+
+case "${1:-}" in
+prepare)
+  grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >>.git/info/exclude
+  mkdir -p .whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform any -d .whl "${WHEELS[@]}"
+  du -sh .whl
+  ;;
+run)
+  out=$(realpath -m "${2:-benchmarks/results/gpu}")
+  mkdir -p "$out"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/hfddpm .
+  export PYTHONPATH=/tmp/hfddpm:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+  python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+  python3 benchmarks/bench_train_throughput.py --preset mnist --batch-size 64 --data-on-device \
+    --compile-mode reduce-overhead --compile-mode max-autotune-no-cudagraphs --out "$out/train_throughput_mnist"
+  python3 benchmarks/bench_train_throughput.py --preset cifar10 --resolution 32 --channels 3 --batch-size 128 \
+    --rounds 3 --channels-last --data-on-device --compile-mode max-autotune-no-cudagraphs \
+    --out "$out/train_throughput_cifar10"
+  python3 benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist --out "$out/default_run"
+  ;;
+*)
+  echo "usage: bash benchmarks/gpu_check.sh prepare | run [OUT]" >&2
+  exit 2
+  ;;
+esac
