@@ -254,6 +254,25 @@ class TrainConfig:
     )
     eval_batch_size: int = _opt(16, "Images in an unconditional validation grid.", group="output", check=_POSITIVE)
     validation_guidance_scale: float = _opt(1.0, "Guidance scale of the grids.", group="output", check=_NON_NEGATIVE)
+    eval_steps: int = _opt(
+        0,
+        "Evaluate the EMA weights every this many steps (and at the end) with --eval_metrics; results go to the"
+        " trackers, train_metrics.json, eval_history.json and eval_curve.png (0: no evaluation during training).",
+        group="output",
+        check=_NON_NEGATIVE_INT,
+    )
+    eval_metrics: str = _opt(
+        "digits", "Comma-separated metrics of hfddpm.evaluation (digits, fid, kid, dinov2).", group="output"
+    )
+    eval_num_images: int = _opt(
+        200,
+        "Samples per evaluation (fixed seeds and balanced labels, so the points are comparable).",
+        group="output",
+        check=(lambda v: v >= 2, "an integer >= 2"),
+    )
+    eval_inference_steps: int = _opt(
+        20, "DPM-Solver++ steps of the evaluation samples.", group="output", check=_POSITIVE
+    )
     logging_steps: int = _opt(20, "Log metrics every this many steps.", group="output", check=_POSITIVE)
     report_to: str = _opt(
         "none",
@@ -327,6 +346,10 @@ class TrainConfig:
             check = f.metadata["check"]
             if check is not None and not check[0](value):
                 raise ValueError(f"--{f.name} {value!r} is invalid: it must be {check[1]}.")
+        if self.eval_steps:
+            from hfddpm.evaluation import parse_metrics
+
+            parse_metrics(self.eval_metrics)  # a ValueError naming the valid metrics
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ValueError("Give --dataset_name or --train_data_dir, not both.")
         if self.streaming and self.max_train_steps is None and self.num_epochs is not None:

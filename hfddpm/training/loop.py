@@ -37,6 +37,7 @@ from hfddpm.training.checkpoint import (
 )
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
+from hfddpm.training.periodic_eval import evaluate_ema, load_history, save_history
 from hfddpm.training.precision import precision_reason, resolve_mixed_precision
 from hfddpm.training.trackers import check_trackers, log_grid
 
@@ -215,6 +216,26 @@ def train(config: TrainConfig) -> Path:
         )
     )
     min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
+    if config.eval_steps and config.eval_num_images % accelerator.num_processes:
+        raise ValueError(
+            f"--eval_num_images {config.eval_num_images} must be a multiple of the {accelerator.num_processes}"
+            " processes (each generates an equal share)."
+        )
+    if config.eval_steps and "digits" in config.eval_metrics and run.unet.config.in_channels != 1:
+        raise ValueError(
+            f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this UNet makes"
+            f" {run.unet.config.in_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
+        )
+    eval_history = load_history(output_dir, up_to_step=global_step) if config.eval_steps else []
+
+    def evaluate(step: int) -> None:
+        results = evaluate_ema(engine, accelerator, config, num_classes=run.num_classes, step=step)
+        if results is not None:
+            eval_history.append(json_safe({**results, "images_seen": step * images_per_step}))
+            save_history(output_dir, eval_history, images_per_step)
+            shown = {k: v for k, v in results.items() if isinstance(v, float)}
+            accelerator.log({f"eval/{k}": v for k, v in shown.items()}, step=step)
+            logger.info(f"Evaluation at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
 
     # 5. the loop
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
@@ -314,6 +335,11 @@ def train(config: TrainConfig) -> Path:
             logger.info(f"Saved {path}")
             paused += time.perf_counter() - t
 
+        if config.eval_steps and global_step % config.eval_steps == 0 and global_step < max_train_steps:
+            t = time.perf_counter()
+            evaluate(global_step)
+            paused += time.perf_counter() - t
+
         if config.validation_steps and global_step % config.validation_steps == 0 and global_step < max_train_steps:
             t = time.perf_counter()
             if accelerator.is_main_process:
@@ -337,6 +363,8 @@ def train(config: TrainConfig) -> Path:
         checksum = sum(p.double().sum().item() for p in engine.ema.shadow_params)
         logger.info(f"EMA checksum of process {accelerator.process_index}: {checksum:.10e}", main_process_only=False)
 
+    if config.eval_steps and not (eval_history and eval_history[-1]["step"] == global_step):
+        evaluate(global_step)  # every process takes part; the final point of the curve
     if accelerator.is_main_process:
         final_unet = engine.ema_unet()
         engine.pipeline(final_unet).save_pretrained(output_dir)
@@ -358,6 +386,8 @@ def train(config: TrainConfig) -> Path:
             "device": device.type,
             "training_config": {**config.to_dict(), **resolved},
         }
+        if eval_history:
+            metrics["evaluations"] = eval_history
         (output_dir / TRAIN_METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         _write_card(output_dir, config, {**metrics["training_config"], "wall_time_s": round(wall_time, 1)})
         logger.info(f"Saved the pipeline to {output_dir}")

@@ -1,0 +1,111 @@
+"""Evaluation during training: every ``eval_steps`` the EMA weights are sampled with a fixed seed and fixed labels
+(so the points of a run are comparable), scored with ``hfddpm.evaluation``, logged, and drawn as ``eval_curve.png``.
+
+With several processes each generates its share of the images; process 0 gathers them and computes the metrics.
+
+Example:
+    >>> from hfddpm.training.periodic_eval import share
+    >>> share(10, rank=1, world_size=4)
+    [1, 5, 9]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hfddpm.evaluation import compute_metrics, make_scheduler
+from hfddpm.evaluation.sampling import balanced_labels
+from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline
+
+EVAL_HISTORY_FILE = "eval_history.json"
+EVAL_CURVE_FILE = "eval_curve.png"
+# Metric values plotted in the curve, when present (lower or higher is better as the metric says).
+CURVE_KEYS = ("fd_digits", "fid", "fid_digits", "fd_dinov2", "label_accuracy", "confident_share")
+
+
+def share(num_images: int, *, rank: int, world_size: int) -> list[int]:
+    """The indices of the evaluation images that process ``rank`` of ``world_size`` generates."""
+    return list(range(rank, num_images, world_size))
+
+
+@torch.no_grad()
+def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) -> dict | None:
+    """Sample ``config.eval_num_images`` images from ``engine``'s EMA weights (DPM-Solver++,
+    ``config.eval_inference_steps``, guidance 1, balanced labels, seeds fixed per image index) and score them with
+    ``config.eval_metrics`` on process 0; returns the metrics there (``None`` on the other processes)."""
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    n = config.eval_num_images
+    labels = balanced_labels(n, num_classes) if num_classes else None
+    mine = share(n, rank=rank, world_size=world_size)
+    pipe = HFDDPMPipeline(
+        unet=engine.ema_unet(), scheduler=make_scheduler("dpmsolver++", engine.noise_scheduler.config)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    images = _generate(pipe, mine, labels, config)
+    index = torch.tensor(mine, device=accelerator.device)
+    all_images = accelerator.gather(images.to(accelerator.device))
+    all_index = accelerator.gather(index)
+    if not accelerator.is_main_process:
+        return None
+    order = torch.argsort(all_index)
+    all_images = all_images[order].cpu()
+    results = compute_metrics(all_images, labels, metrics=config.eval_metrics, fid_fallback="digits", seed=config.seed)
+    results.pop("notes", None)
+    return {"step": step, "num_images": n, **results}
+
+
+def _generate(pipe, mine, labels, config) -> torch.Tensor:
+    """Images ``mine`` in batches; image ``i``'s noise comes from its own generator seeded ``seed + i``."""
+    out = []
+    for start in range(0, len(mine), config.eval_batch_size):
+        idx = mine[start : start + config.eval_batch_size]
+        out.append(
+            pipe(
+                batch_size=len(idx),
+                num_inference_steps=config.eval_inference_steps,
+                generator=[torch.Generator().manual_seed(config.seed + i) for i in idx],
+                class_labels=None if labels is None else labels[idx],
+                output_type="pt",
+            ).images.float()
+        )
+    return torch.cat(out)
+
+
+def load_history(output_dir: Path, up_to_step: int | None = None) -> list[dict]:
+    """Earlier evaluation points of this run (those at or before ``up_to_step`` when a run resumes)."""
+    path = Path(output_dir) / EVAL_HISTORY_FILE
+    if not path.is_file():
+        return []
+    history = json.loads(path.read_text())
+    return [h for h in history if up_to_step is None or h["step"] <= up_to_step]
+
+
+def save_history(output_dir: Path, history: list[dict], images_per_step: int) -> None:
+    """``eval_history.json`` and ``eval_curve.png`` (each metric against step, images seen on the top axis)."""
+    output_dir = Path(output_dir)
+    (output_dir / EVAL_HISTORY_FILE).write_text(json.dumps(history, indent=2, allow_nan=False) + "\n")
+    keys = [k for k in CURVE_KEYS if any(k in h for h in history)]
+    if not keys:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        points = [(h["step"], h[key]) for h in history if key in h]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_xlabel("training step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        top = ax.secondary_xaxis("top", functions=(lambda s: s * images_per_step, lambda i: i / images_per_step))
+        top.set_xlabel("images seen")
+    n = history[-1]["num_images"]
+    fig.suptitle(f"Evaluation during training ({n} samples per point)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(output_dir / EVAL_CURVE_FILE, dpi=100)
+    plt.close(fig)
