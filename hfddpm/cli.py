@@ -14,13 +14,12 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
 import torch
 
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES, is_repo_id
 
 
 def _integer(low: int, high: int | None = None):
@@ -133,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
-    push = subparsers.add_parser("push", help="upload a trained pipeline folder to the Hugging Face Hub")
+    push = subparsers.add_parser(
+        "push",
+        help="upload a trained pipeline folder to the Hugging Face Hub",
+        description=f"Upload the pipeline files ({', '.join(PIPELINE_FILES)}), README.md and the sample grid of a"
+        " training output folder; checkpoints and logs stay local.",
+    )
     push.add_argument("output_dir", help="the training output_dir / saved pipeline folder")
     push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
     push.add_argument("--private", action="store_true", help="create the repository as private")
@@ -149,7 +153,7 @@ def load_pipeline(path: str, device: str | None = None):
     from hfddpm import HFDDPMPipeline
 
     if not os.path.isdir(path):
-        if os.path.exists(path) or not _REPO_ID.match(path):
+        if not is_repo_id(path):
             raise FileNotFoundError(
                 f"Pipeline folder {path!r} does not exist (expected a folder with model_index.json)."
             )

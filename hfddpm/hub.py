@@ -9,9 +9,9 @@ Example:
     >>> push_to_hub("outputs/mnist", "user/hfddpm-mnist")                         # doctest: +SKIP
     'https://huggingface.co/user/hfddpm-mnist'
 
-Only the pipeline is uploaded: ``model_index.json``, the component folders it names (``unet/``, ``scheduler/``), the
-generated remote-code ``*.py`` files, ``README.md`` and the sample grid. Checkpoints, logs, optimizer states and
-pickled torch files stay local. The token (argument, ``HF_TOKEN`` or the saved login) is handed to
+Only the pipeline is uploaded: the files of ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm.py``,
+``unet/``, ``scheduler/``), ``README.md`` and the sample grid. Checkpoints, logs, optimizer states and pickled torch
+files stay local. The token (argument, ``HF_TOKEN`` or the saved login) is handed to
 ``huggingface_hub`` and never printed, logged or written to a file.
 """
 
@@ -28,6 +28,8 @@ import httpx2
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
+
+from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -404,22 +406,18 @@ def _metrics_section(metrics: dict) -> str:
 def pipeline_files(output_dir) -> list[str]:
     """Files of ``output_dir`` that ``push_to_hub`` uploads (paths relative to it, sorted).
 
-    ``model_index.json``, every file of the component folders it names, the top-level ``*.py`` remote code,
-    ``README.md``, ``samples/final.png`` and the images the card links to, minus ``IGNORE_PATTERNS``.
+    The files matching ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm.py``, ``unet/*``,
+    ``scheduler/*``), ``README.md``, ``samples/final.png`` and the images the card links to, minus
+    ``IGNORE_PATTERNS``.
     """
     root = Path(output_dir)
-    index = _read_json(root / "model_index.json")
-    if index is None:
+    if not (root / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{root} has no model_index.json: it is not a saved pipeline. Point at a training output folder (or a"
             " folder written by HFDDPMPipeline.save_pretrained)."
         )
-    files = {"model_index.json"}
-    files.update(p.name for p in root.glob("*.py") if p.is_file())
-    for component in _components(index):
-        folder = root / component
-        if folder.is_dir():
-            files.update(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file())
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    files = set(filter_repo_objects(files, allow_patterns=list(PIPELINE_FILES)))
     readme = root / "README.md"
     if readme.is_file():
         files.add("README.md")
@@ -543,7 +541,7 @@ def push_to_hub(output_dir, repo_id: str, *, token=None, private: bool = False, 
         _prepare_card(output_dir, repo_id)
         files = pipeline_files(output_dir)
         remote = api.list_repo_files(repo_id)
-        stale = [path for path in remote if _is_pipeline_path(path, output_dir) and path not in files]
+        stale = [path for path in remote if _is_pipeline_path(path) and path not in files]
         logger.info(f"Uploading {len(files)} files of {output_dir} to {repo_id} ({len(stale)} stale files to delete)")
         api.upload_folder(
             repo_id=repo_id,
@@ -563,24 +561,9 @@ def push_to_hub(output_dir, repo_id: str, *, token=None, private: bool = False, 
     return str(repo_url)
 
 
-def _components(index: dict) -> list[str]:
-    """Component folders named by a model_index.json (``"unet": ["diffusers", "UNet2DModel"]``)."""
-    return [
-        name
-        for name, value in index.items()
-        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None
-    ]
-
-
-def _is_pipeline_path(path: str, output_dir: Path) -> bool:
+def _is_pipeline_path(path: str) -> bool:
     """Whether a file of the repository belongs to the pipeline that push_to_hub manages (else it is left alone)."""
-    components = set(_components(_read_json(output_dir / "model_index.json"))) | {"unet", "scheduler"}
-    top = path.split("/", 1)[0]
-    return (
-        path in ("model_index.json", SAMPLE_GRID)
-        or ("/" not in path and path.endswith(".py"))
-        or ("/" in path and top in components)
-    )
+    return path == SAMPLE_GRID or bool(list(filter_repo_objects([path], allow_patterns=list(PIPELINE_FILES))))
 
 
 def _escape_pattern(path: str) -> str:
