@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_server import USER_TOKEN as TOKEN
 from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
@@ -29,10 +30,6 @@ from hfddpm.hub import (
     write_model_card,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import FakeHub, use_fake_hub  # noqa: E402
-
-TOKEN = "hf_hfddpmtestwritetoken0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAINING_CONFIG = {
     "preset": "tiny",
@@ -87,14 +84,6 @@ def saved_output(tmp_path_factory):
 @pytest.fixture
 def output(saved_output, tmp_path):
     return Path(shutil.copytree(saved_output, tmp_path / "out"))
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with FakeHub(tmp_path / "hub", tokens={TOKEN: "user"}) as server:
-        use_fake_hub(monkeypatch, server, tmp_path / "home")
-        yield server
-    assert server.unhandled == [], f"the client asked for routes the fake Hub does not serve: {server.unhandled}"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
