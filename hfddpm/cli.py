@@ -82,7 +82,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int, min_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hfddpm.evaluation import FID_FALLBACKS, METRICS, SCHEDULERS
+    from hfddpm.evaluation import FID_FALLBACKS, METRIC_REGISTRY, METRICS, SCHEDULERS
 
     parser = argparse.ArgumentParser(
         prog="hfddpm",
@@ -108,8 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = subparsers.add_parser("evaluate", help="generate samples and compute metrics")
     # the metrics need a covariance: at least 2 samples
     _add_sampling_args(evaluate, num_images=1000, min_images=2)
+    computes = {choice: [m.name for m in METRIC_REGISTRY.values() if m.choice == choice] for choice in METRICS}
     evaluate.add_argument(
-        "--metrics", default="digits", help=f"comma-separated subset of {','.join(METRICS)} (default: digits)"
+        "--metrics",
+        default="digits",
+        help=f"comma-separated subset of {','.join(METRICS)} (default: digits); they compute "
+        + "; ".join(f"{choice}: {', '.join(names)}" for choice, names in computes.items()),
     )
     evaluate.add_argument(
         "--reference",
@@ -219,7 +223,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, evaluate_pipeline, parse_metrics, update_model_card
+    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, evaluate_pipeline, parse_metrics
+    from hfddpm.hub import update_model_card
 
     metrics = parse_metrics(args.metrics)
     pipe = load_pipeline(args.pipeline, args.device)

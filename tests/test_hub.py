@@ -27,6 +27,7 @@ from hfddpm.hub import (
     pipeline_files,
     push_to_hub,
     update_card_metrics,
+    update_model_card,
     write_model_card,
 )
 
@@ -172,6 +173,22 @@ def test_update_card_metrics(output):
         update_card_metrics(output / "unet", {"fd_digits": 1.0})
     with pytest.raises(ValueError, match="metrics must be a dict"):
         update_card_metrics(path, [1.0])
+
+
+def test_update_model_card_writes_model_index(tmp_path):
+    card_path = tmp_path / "README.md"
+    card_path.write_text("---\nlicense: apache-2.0\nlibrary_name: diffusers\n---\n\n# tiny\n")
+    results = {"fd_digits": 12.5, "confident_share": 0.75, "class_histogram": [1] * 10, "num_samples": 10}
+    update_model_card(card_path, results)
+    card = ModelCard.load(card_path)
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values["fd_digits"] == pytest.approx(12.5) and values["confident_share"] == pytest.approx(0.75)
+    assert "class_histogram" not in values and "num_samples" not in values
+    # a second evaluation replaces the values
+    update_model_card(card_path, {"fd_digits": 3.0})
+    values = {r.metric_type: r.metric_value for r in ModelCard.load(card_path).data.eval_results}
+    assert values["fd_digits"] == pytest.approx(3.0) and values["confident_share"] == pytest.approx(0.75)
+    assert json.loads(json.dumps(ModelCard.load(card_path).data.to_dict()))["license"] == "apache-2.0"
 
 
 def test_pipeline_files_and_commit_message(output, tmp_path):

@@ -22,14 +22,13 @@ from .card import (
     CARD_TEMPLATE_NAME,
     CONFIG_ROWS,
     EVAL_METRICS_FILES,
-    EVAL_SETTING_KEYS,
-    KNOWN_METRICS,
     SAMPLE_GRID,
     TRAIN_METRICS_FILE,
     card_template_path,
     count_parameters,
     read_metrics,
     update_card_metrics,
+    update_model_card,
     write_model_card,
 )
 from .upload import IGNORE_PATTERNS, PushToHubError, default_commit_message, pipeline_files, push_to_hub
@@ -38,9 +37,7 @@ __all__ = [
     "CARD_TEMPLATE_NAME",
     "CONFIG_ROWS",
     "EVAL_METRICS_FILES",
-    "EVAL_SETTING_KEYS",
     "IGNORE_PATTERNS",
-    "KNOWN_METRICS",
     "PIPELINE_FILES",
     "SAMPLE_GRID",
     "TRAIN_METRICS_FILE",
@@ -53,5 +50,6 @@ __all__ = [
     "push_to_hub",
     "read_metrics",
     "update_card_metrics",
+    "update_model_card",
     "write_model_card",
 ]

@@ -1,5 +1,8 @@
 # Copyright 2026 The hfddpm authors. Apache-2.0.
-"""hfddpm model cards: written from a saved pipeline folder and its training settings, refreshed with metrics."""
+"""hfddpm model cards: written from a saved pipeline folder and its training settings, refreshed with metrics.
+
+The labels and directions of metrics come from ``hfddpm.evaluation.METRIC_REGISTRY``.
+"""
 
 import json
 import math
@@ -10,36 +13,12 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hfddpm.evaluation.registry import EVAL_SETTINGS, METRIC_REGISTRY, card_metrics
+
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
 SAMPLE_GRID = "samples/final.png"
 TRAIN_METRICS_FILE = "train_metrics.json"
 EVAL_METRICS_FILES = ("eval_metrics.json", "metrics.json")
-# name -> (display name, which way is better) for hfddpm.evaluation's metrics; other names are shown as they are.
-# Numbers go to the card's model-index, except ``*_std`` (the spread of another metric), which is only shown.
-KNOWN_METRICS = {
-    "fd_digits": ("Fréchet distance of digit-classifier features", "lower is better"),
-    "confident_share": ("Share of samples the digit classifier labels confidently", "higher is better"),
-    "classes_covered": ("Digit classes present among the samples", "higher is better"),
-    "label_accuracy": ("Digit-classifier accuracy on class-conditional samples", "higher is better"),
-    "fid": ("FID (Inception-v3 features)", "lower is better"),
-    "kid": ("KID (Inception-v3 features)", "lower is better"),
-    "kid_std": ("KID standard deviation over subsets", ""),
-    "fid_digits": ("FID on digit-classifier features", "lower is better"),
-    "kid_digits": ("KID on digit-classifier features", "lower is better"),
-    "kid_digits_std": ("KID (digit features) standard deviation over subsets", ""),
-    "fd_dinov2": ("Fréchet distance of DINOv2 features", "lower is better"),
-    "inception_score": ("Inception score", "higher is better"),
-}
-# Keys of a metrics dict that describe how the metrics were computed rather than being metrics.
-EVAL_SETTING_KEYS = (
-    "num_samples",
-    "num_images",
-    "num_inference_steps",
-    "guidance_scale",
-    "eta",
-    "seed",
-    "step",
-)
 # training_config keys shown in the card's table, in order: row label -> accepted key names.
 CONFIG_ROWS = {
     "UNet preset": ("preset", "unet_preset", "model_preset"),
@@ -157,7 +136,7 @@ def write_model_card(
     tags = ["hfddpm", "diffusers", "ddpm"]
     if dataset:
         tags.append(dataset.split("/")[-1].lower())
-    eval_results = _eval_results(_numeric_metrics(metrics or {}), dataset)
+    eval_results = _eval_results(_scores(metrics or {}), dataset)
     card_data = ModelCardData(
         license=config.get("license", "apache-2.0"),
         library_name="diffusers",
@@ -214,7 +193,7 @@ def update_card_metrics(card_path, metrics: dict) -> Path:
     else:
         datasets = card.data.datasets or []
         dataset_type = dataset_name = (datasets[0] if isinstance(datasets, list) and datasets else datasets) or None
-    new = _eval_results(_numeric_metrics(metrics), dataset_name, dataset_type=dataset_type)
+    new = _eval_results(_scores(metrics), dataset_name, dataset_type=dataset_type)
     kept = [r for r in old if r.metric_type not in {r.metric_type for r in new}]
     if kept or new:
         marker = REPO_MARKER.search(card.text)
@@ -231,6 +210,14 @@ def update_card_metrics(card_path, metrics: dict) -> Path:
         card.text = card.text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
     card.save(card_path)
     return card_path
+
+
+def update_model_card(card_path, results: dict) -> Path:
+    """Write the metrics of an ``hfddpm.evaluation.evaluate_pipeline`` result into a model card (YAML
+    ``model-index`` and the Evaluation section) with ``update_card_metrics``: the metrics of
+    ``METRIC_REGISTRY`` and the evaluation settings, nothing else of the result. ``card_path`` is a README.md or its
+    folder."""
+    return update_card_metrics(card_path, card_metrics(results))
 
 
 def count_parameters(model_dir) -> int | None:
@@ -304,12 +291,13 @@ def _looks_like_local_path(value) -> bool:
     )
 
 
-def _numeric_metrics(metrics: dict) -> dict[str, float]:
+def _scores(metrics: dict) -> dict[str, float]:
+    """The numbers of ``metrics`` that go to the model-index: not settings, not spreads of another metric."""
     return {
         k: float(v)
         for k, v in metrics.items()
-        if k not in EVAL_SETTING_KEYS
-        and not k.endswith("_std")
+        if k not in EVAL_SETTINGS
+        and (k not in METRIC_REGISTRY or METRIC_REGISTRY[k].higher_is_better is not None)
         and isinstance(v, (int, float))
         and not isinstance(v, bool)
         and math.isfinite(float(v))
@@ -325,7 +313,7 @@ def _eval_results(metrics: dict[str, float], dataset: str | None, dataset_type: 
             dataset_type=dataset_type or _DATASET_IDS.get(dataset.lower(), dataset),
             dataset_name=dataset,
             metric_type=key,
-            metric_name=KNOWN_METRICS.get(key, (key, None))[0],
+            metric_name=METRIC_REGISTRY[key].label if key in METRIC_REGISTRY else key,
             metric_value=round(value, 6),
         )
         for key, value in metrics.items()
@@ -333,7 +321,7 @@ def _eval_results(metrics: dict[str, float], dataset: str | None, dataset_type: 
 
 
 def _metrics_section(metrics: dict) -> str:
-    shown = {k: v for k, v in metrics.items() if k not in EVAL_SETTING_KEYS and not is_secret(k, v)}
+    shown = {k: v for k, v in metrics.items() if k not in EVAL_SETTINGS and not is_secret(k, v)}
     if not shown:
         return (
             "Not evaluated yet. `hfddpm evaluate` computes the metrics and adds them here and to the model-index"
@@ -341,9 +329,10 @@ def _metrics_section(metrics: dict) -> str:
         )
     lines = ["| Metric | Value | |", "|---|---|---|"]
     for key, value in shown.items():
-        name, direction = KNOWN_METRICS.get(key, (key, ""))
-        lines.append(f"| {name} (`{key}`) | {format_value(key, value)} | {direction} |")
-    settings = [f"{k} = {format_value(k, metrics[k])}" for k in EVAL_SETTING_KEYS if k in metrics]
+        metric = METRIC_REGISTRY.get(key)
+        label, direction = (metric.label, metric.direction) if metric else (key, "")
+        lines.append(f"| {label} (`{key}`) | {format_value(key, value)} | {direction} |")
+    settings = [f"{k} = {format_value(k, metrics[k])}" for k in EVAL_SETTINGS if k in metrics]
     if settings:
         lines += ["", "Computed with " + ", ".join(settings) + "."]
     return "\n".join(lines)
@@ -362,11 +351,7 @@ def read_metrics(output_dir) -> tuple[dict, dict]:
             return {}
         return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and not is_secret(k, v)}
 
-    train = scalars(output_dir / TRAIN_METRICS_FILE)
     evaluation = {}
     for name in EVAL_METRICS_FILES:
         evaluation.update(scalars(output_dir / name))
-    for key in KNOWN_METRICS:  # evaluation run at the end of training
-        if key in train:
-            evaluation.setdefault(key, train[key])
-    return train, evaluation
+    return scalars(output_dir / TRAIN_METRICS_FILE), evaluation

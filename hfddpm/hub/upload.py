@@ -16,10 +16,10 @@ from huggingface_hub import HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
+from hfddpm.evaluation.registry import METRIC_REGISTRY
 from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES
 
 from .card import (
-    KNOWN_METRICS,
     REPO_MARKER,
     SAMPLE_GRID,
     TRAIN_METRICS_FILE,
@@ -95,7 +95,8 @@ def default_commit_message(output_dir) -> tuple[str, str]:
     """Commit title and description carrying the training step and the metrics of ``output_dir``.
 
     Metrics come from ``train_metrics.json``, ``eval_metrics.json``/``metrics.json`` and the model card's
-    model-index (where ``update_card_metrics`` puts evaluation results).
+    model-index (where ``update_card_metrics`` puts evaluation results); the title names the scores of
+    ``METRIC_REGISTRY``.
     """
     train, evaluation = read_metrics(output_dir)
     readme = Path(output_dir) / "README.md"
@@ -109,7 +110,10 @@ def default_commit_message(output_dir) -> tuple[str, str]:
         if key in train:
             headline[key] = train[key]
             break
-    headline.update({k: v for k, v in evaluation.items() if k in KNOWN_METRICS and not k.endswith("_std")})
+    for key, value in evaluation.items():
+        metric = METRIC_REGISTRY.get(key)
+        if metric is not None and metric.higher_is_better is not None:
+            headline[key] = value
     numbers = [f"{k}={format_value(k, v)}" for k, v in headline.items() if isinstance(v, (int, float))]
     if numbers:
         title += ": " + ", ".join(numbers[:4])
