@@ -1,7 +1,8 @@
 # Copyright 2026 The hfddpm authors. Apache-2.0.
 """hfddpm model cards: written from a saved pipeline folder and its training settings, refreshed with metrics.
 
-The labels and directions of metrics come from ``hfddpm.evaluation.METRIC_REGISTRY``.
+The training table reads each setting by its name in ``training_config.json`` (``CONFIG_ROWS``); the labels and
+directions of metrics come from ``hfddpm.evaluation.METRIC_REGISTRY``.
 """
 
 import json
@@ -14,28 +15,38 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hfddpm.evaluation.registry import EVAL_SETTINGS, METRIC_REGISTRY, card_metrics
+from hfddpm.training.config import CONFIG_FILE, read_config
 
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
 SAMPLE_GRID = "samples/final.png"
 TRAIN_METRICS_FILE = "train_metrics.json"
 EVAL_METRICS_FILES = ("eval_metrics.json", "metrics.json")
-# training_config keys shown in the card's table, in order: row label -> accepted key names.
+# The card's training table, in order: row label -> the setting it shows, by its name in training_config.json (a
+# TrainConfig field or a value resolved at run time). "device" is shown as "num_processes × device".
 CONFIG_ROWS = {
-    "UNet preset": ("preset", "unet_preset", "model_preset"),
-    "Parameters": ("parameters", "num_parameters", "num_params"),
-    "Resolution": ("resolution",),
-    "Noise schedule": ("noise_schedule", "schedule"),
-    "Prediction type": ("prediction_type",),
-    "Diffusion timesteps": ("num_train_timesteps", "ddpm_num_steps"),
-    "Min-SNR-γ loss weight": ("snr_gamma",),
-    "Training steps": ("max_train_steps", "train_steps", "steps", "global_step"),
-    "Batch size": ("train_batch_size", "batch_size", "batch"),
-    "Learning rate": ("learning_rate", "lr"),
-    "EMA decay": ("ema_decay", "ema_max_decay"),
-    "Mixed precision": ("mixed_precision",),
-    "Hardware": ("hardware", "device"),
-    "Wall time": ("wall_time", "wall_time_s", "wall_time_seconds", "train_time_s"),
+    "UNet preset": "preset",
+    "Parameters": "num_parameters",
+    "Resolution": "resolution",
+    "Noise schedule": "noise_schedule",
+    "Prediction type": "prediction_type",
+    "Diffusion timesteps": "ddpm_num_steps",
+    "Min-SNR-γ loss weight": "snr_gamma",
+    "Training steps": "max_train_steps",
+    "Batch size": "train_batch_size",
+    "Learning rate": "learning_rate",
+    "EMA decay": "ema_max_decay",
+    "Mixed precision": "mixed_precision",
+    "Hardware": "device",
+    "Wall time": "wall_time_s",
 }
+# The saved scheduler is the authority on the schedule: scheduler_config.json key -> setting name.
+_SCHEDULER_SETTINGS = {
+    "noise_schedule": "noise_schedule",
+    "prediction_type": "prediction_type",
+    "num_train_timesteps": "ddpm_num_steps",
+}
+# What the training run measured (train_metrics.json, same names), used when the settings do not say.
+_MEASURED = ("device", "num_processes", "wall_time_s")
 # Training arguments left out of the card: where files were on the training machine, and upload settings.
 _PRIVATE_KEYS = ("output_dir", "logging_dir", "cache_dir", "train_data_dir", "resume_from_checkpoint", "push_to_hub")
 _SECRET_KEY = re.compile(r"token|secret|password|api_?key|credential", re.IGNORECASE)
@@ -62,10 +73,20 @@ def card_template_path() -> Path:
     return path
 
 
+def read_training_settings(output_dir) -> dict:
+    """The settings of the run that trained ``output_dir``, by name: the ``config`` of its ``training_config.json``
+    (``TrainConfig`` fields) updated with the ``resolved`` values; ``{}`` for a folder saved by other means."""
+    path = Path(output_dir) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    payload = read_config(path)
+    return {**payload["config"], **payload["resolved"]}
+
+
 def write_model_card(
     output_dir,
     *,
-    training_config: dict,
+    training_config: dict | None = None,
     metrics: dict | None = None,
     dataset_name: str | None = None,
     sample_grid: str | None = SAMPLE_GRID,
@@ -76,12 +97,15 @@ def write_model_card(
     Args:
         output_dir: a saved pipeline folder (``save_pretrained``). Its UNet and scheduler configs and weights are
             the authority for resolution, noise schedule, prediction type, timesteps and parameter count, and its
-            ``train_metrics.json`` fills in hardware and wall time when ``training_config`` has none.
-        training_config: training settings for the card's table, e.g. ``preset``, ``max_train_steps``,
-            ``train_batch_size``, ``learning_rate``, ``hardware``, ``wall_time_s`` (other scalar keys are listed too;
-            keys that look like secrets, e.g. ``hub_token``, are dropped).
+            ``train_metrics.json`` fills in ``device``, ``num_processes`` and ``wall_time_s`` when the settings have
+            none.
+        training_config: training settings by their ``TrainConfig`` field names and resolved names (the table reads
+            ``CONFIG_ROWS``; other scalar settings are listed folded; names that look like secrets, e.g.
+            ``hub_token``, are dropped). Default: the folder's ``training_config.json`` (``read_training_settings``),
+            or none.
         metrics: evaluation metrics (e.g. ``hfddpm.evaluation.digit_metrics``); numbers go to the model-index.
-        dataset_name: dataset the model was trained on (a Hub dataset id or a short name such as ``"mnist"``).
+        dataset_name: dataset the model was trained on (a Hub dataset id or a short name such as ``"mnist"``);
+            default: the ``dataset_name`` setting.
         sample_grid: image of samples relative to ``output_dir``, shown when the file exists.
         repo_id: Hub repository used in the usage snippets; defaults to ``output_dir`` (``push_to_hub`` rewrites it).
 
@@ -91,12 +115,14 @@ def write_model_card(
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"output_dir {output_dir} is not a folder; save the pipeline there first.")
+    if training_config is None:
+        training_config = read_training_settings(output_dir)
     if not isinstance(training_config, dict):
         raise ValueError(f"training_config must be a dict of training settings, got {type(training_config).__name__}.")
     config = {k: v for k, v in training_config.items() if not is_secret(k, v)}
     unet_config = read_json(output_dir / "unet" / "config.json") or {}
     scheduler_config = read_json(output_dir / "scheduler" / "scheduler_config.json") or {}
-    dataset = dataset_name or config.get("dataset_name") or config.get("dataset")
+    dataset = dataset_name or config.get("dataset_name")
     dataset = str(dataset) if dataset else None
 
     # the saved folder is the authority on the model it holds
@@ -104,31 +130,25 @@ def write_model_card(
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
         config["resolution"] = f"{height}×{width}"
-    for label in ("Noise schedule", "Prediction type", "Diffusion timesteps"):
-        key = CONFIG_ROWS[label][0]
+    for key, setting in _SCHEDULER_SETTINGS.items():
         if key in scheduler_config:
-            for alias in CONFIG_ROWS[label]:
-                config.pop(alias, None)
-            config[key] = scheduler_config[key]
-    train = read_json(output_dir / TRAIN_METRICS_FILE)
-    if isinstance(train, dict):  # what the training run measured, when the config does not say
-        if not any(config.get(k) is not None for k in CONFIG_ROWS["Hardware"]) and train.get("device"):
-            config["hardware"] = f"{train.get('num_processes', 1)} × {train['device']}"
-        if not any(config.get(k) is not None for k in CONFIG_ROWS["Wall time"]) and train.get("wall_time_s"):
-            config["wall_time_s"] = train["wall_time_s"]
+            config[setting] = scheduler_config[key]
     n_params = count_parameters(output_dir / "unet")
     if n_params:
-        for key in CONFIG_ROWS["Parameters"]:
-            config.pop(key, None)
-        config["parameters"] = n_params
+        config["num_parameters"] = n_params
+    train = read_json(output_dir / TRAIN_METRICS_FILE)
+    if isinstance(train, dict):
+        for key in _MEASURED:
+            if config.get(key) is None and train.get(key) is not None:
+                config[key] = train[key]
 
     channels = unet_config.get("in_channels", 3)
     num_class_embeds = unet_config.get("num_class_embeds")
     num_classes = num_class_embeds - 1 if num_class_embeds else 0
-    steps = int(config.get("num_inference_steps") or config.get("validation_inference_steps") or 50)
+    steps = int(config.get("validation_inference_steps") or 50)
     call_args = ["batch_size=4", f"num_inference_steps={steps}", "generator=generator"]
     if num_classes:
-        guidance = config.get("guidance_scale") or config.get("validation_guidance_scale") or 2.0
+        guidance = config.get("validation_guidance_scale") or 2.0
         call_args += [f"class_labels={[i % num_classes for i in range(4)]}", f"guidance_scale={float(guidance)}"]
 
     repo_id = str(output_dir) if repo_id is None else repo_id
@@ -138,7 +158,7 @@ def write_model_card(
         tags.append(dataset.split("/")[-1].lower())
     eval_results = _eval_results(_scores(metrics or {}), dataset)
     card_data = ModelCardData(
-        license=config.get("license", "apache-2.0"),
+        license="apache-2.0",
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
         tags=tags,
@@ -232,27 +252,34 @@ def count_parameters(model_dir) -> int | None:
     return total if files else None
 
 
-def is_secret(key: str, value) -> bool:
-    """Whether a setting looks like a credential (by its name, or a value shaped like a Hub token)."""
-    return bool(_SECRET_KEY.search(str(key))) or (isinstance(value, str) and bool(_TOKEN_LIKE.match(value)))
+def read_metrics(output_dir) -> tuple[dict, dict]:
+    """``(train_metrics, eval_metrics)`` found in ``output_dir`` (``train_metrics.json``; ``eval_metrics.json`` or
+    ``metrics.json``), scalars only; for a list of records the last record is used. Missing files give ``{}``."""
+    output_dir = Path(output_dir)
 
+    def scalars(path: Path) -> dict:
+        data = read_json(path)
+        if isinstance(data, list):
+            data = data[-1] if data and isinstance(data[-1], dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and not is_secret(k, v)}
 
-def read_json(path: Path):
-    """The JSON content of ``path``, or ``None`` when there is no such file."""
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    evaluation = {}
+    for name in EVAL_METRICS_FILES:
+        evaluation.update(scalars(output_dir / name))
+    return scalars(output_dir / TRAIN_METRICS_FILE), evaluation
 
 
 def format_value(key: str, value) -> str:
-    """A setting or metric as the card and the commit message show it (wall time as a duration, ...)."""
+    """A setting or metric as the card and the commit message show it (``wall_time_s`` as a duration, ...)."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if key in CONFIG_ROWS["Parameters"] and isinstance(value, int):
+    if key == "num_parameters" and isinstance(value, int):
         return f"{value / 1e6:.2f} M ({value:,})" if value >= 1e5 else f"{value:,}"
-    if key in CONFIG_ROWS["Wall time"] and isinstance(value, (int, float)):
+    if key == "wall_time_s" and isinstance(value, (int, float)):
         minutes, seconds = divmod(round(value), 60)
         hours, minutes = divmod(minutes, 60)
         if hours:
@@ -265,17 +292,31 @@ def format_value(key: str, value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def is_secret(key: str, value) -> bool:
+    """Whether a setting looks like a credential (by its name, or a value shaped like a Hub token)."""
+    return bool(_SECRET_KEY.search(str(key))) or (isinstance(value, str) and bool(_TOKEN_LIKE.match(value)))
+
+
+def read_json(path: Path):
+    """The JSON content of ``path``, or ``None`` when there is no such file."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _config_rows(config: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The card's training table, then the remaining settings (shown folded), as (label, value) rows."""
-    rows, used = [], set()
-    for label, keys in CONFIG_ROWS.items():
-        key = next((k for k in keys if config.get(k) is not None), None)
-        if key is not None:
-            rows.append((label, format_value(key, config[key])))
-            used.update(keys)
+    rows = []
+    for label, key in CONFIG_ROWS.items():
+        value = config.get(key)
+        if value is not None:
+            if key == "device":
+                value = f"{config.get('num_processes') or 1} × {value}"
+            rows.append((label, format_value(key, value)))
+    shown = {*CONFIG_ROWS.values(), "num_processes"}
     extra = []
     for key, value in sorted(config.items()):
-        if key in used or key in _PRIVATE_KEYS or key.startswith("hub_") or value is None or value == []:
+        if key in shown or key in _PRIVATE_KEYS or key.startswith("hub_") or value is None or value == []:
             continue
         if not isinstance(value, (str, int, float, bool, list)) or _looks_like_local_path(value):
             continue
@@ -336,22 +377,3 @@ def _metrics_section(metrics: dict) -> str:
     if settings:
         lines += ["", "Computed with " + ", ".join(settings) + "."]
     return "\n".join(lines)
-
-
-def read_metrics(output_dir) -> tuple[dict, dict]:
-    """``(train_metrics, eval_metrics)`` found in ``output_dir`` (``train_metrics.json``; ``eval_metrics.json`` or
-    ``metrics.json``), scalars only; for a list of records the last record is used. Missing files give ``{}``."""
-    output_dir = Path(output_dir)
-
-    def scalars(path: Path) -> dict:
-        data = read_json(path)
-        if isinstance(data, list):
-            data = data[-1] if data and isinstance(data[-1], dict) else {}
-        if not isinstance(data, dict):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and not is_secret(k, v)}
-
-    evaluation = {}
-    for name in EVAL_METRICS_FILES:
-        evaluation.update(scalars(output_dir / name))
-    return scalars(output_dir / TRAIN_METRICS_FILE), evaluation

@@ -19,15 +19,7 @@ from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from hfddpm.evaluation.registry import METRIC_REGISTRY
 from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES
 
-from .card import (
-    REPO_MARKER,
-    SAMPLE_GRID,
-    TRAIN_METRICS_FILE,
-    format_value,
-    read_json,
-    read_metrics,
-    write_model_card,
-)
+from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_metrics, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -94,22 +86,18 @@ def pipeline_files(output_dir) -> list[str]:
 def default_commit_message(output_dir) -> tuple[str, str]:
     """Commit title and description carrying the training step and the metrics of ``output_dir``.
 
-    Metrics come from ``train_metrics.json``, ``eval_metrics.json``/``metrics.json`` and the model card's
-    model-index (where ``update_card_metrics`` puts evaluation results); the title names the scores of
-    ``METRIC_REGISTRY``.
+    Metrics come from ``train_metrics.json`` (``steps``, ``final_loss``), ``eval_metrics.json``/``metrics.json`` and
+    the model card's model-index (where ``update_card_metrics`` puts evaluation results); the title names the scores
+    of ``METRIC_REGISTRY``.
     """
     train, evaluation = read_metrics(output_dir)
     readme = Path(output_dir) / "README.md"
     if readme.is_file():
         card_results = ModelCard.load(readme, ignore_metadata_errors=True).data.eval_results or []
         evaluation = {**{r.metric_type: r.metric_value for r in card_results}, **evaluation}
-    step = next((train[k] for k in ("step", "steps", "global_step", "train_steps") if k in train), None)
+    step = train.get("steps")
     title = "Upload hfddpm pipeline" + (f" at step {step}" if step is not None else "")
-    headline = {}
-    for key in ("loss", "train_loss", "final_loss"):
-        if key in train:
-            headline[key] = train[key]
-            break
+    headline = {"final_loss": train["final_loss"]} if "final_loss" in train else {}
     for key, value in evaluation.items():
         metric = METRIC_REGISTRY.get(key)
         if metric is not None and metric.higher_is_better is not None:
@@ -130,8 +118,8 @@ def push_to_hub(output_dir, repo_id: str, *, token=None, private: bool = False, 
 
     Pushing again updates the repository in place: unchanged files are skipped and pipeline files that no longer
     exist locally (e.g. a component renamed since the last push) are deleted; other files in the repository stay.
-    A missing ``README.md`` is written with ``write_model_card`` from the folder's configs and metrics; the
-    repository id in the card's usage snippets is set to ``repo_id``.
+    A missing ``README.md`` is written with ``write_model_card`` from the folder's ``training_config.json``, configs
+    and metrics; the repository id in the card's usage snippets is set to ``repo_id``.
 
     Args:
         output_dir: a training output folder or a ``save_pretrained`` folder.
@@ -215,12 +203,7 @@ def _prepare_card(output_dir: Path, repo_id: str) -> None:
     readme = output_dir / "README.md"
     if not readme.is_file():
         _, evaluation = read_metrics(output_dir)
-        raw = read_json(output_dir / TRAIN_METRICS_FILE)
-        config = raw.get("training_config") if isinstance(raw, dict) else None
-        config = dict(config) if isinstance(config, dict) else {}
-        write_model_card(
-            output_dir, training_config=config, metrics=evaluation, dataset_name=config.get("dataset_name")
-        )
+        write_model_card(output_dir, metrics=evaluation)
     text = readme.read_text(encoding="utf-8")
     marker = REPO_MARKER.search(text)
     if marker is None or json.loads(marker.group(1)) == repo_id:
