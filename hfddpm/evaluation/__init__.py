@@ -1,7 +1,8 @@
 """Evaluation of hfddpm pipelines: offline digit metrics, FID / KID (torchmetrics), FD-DINOv2, sampling helpers.
 
 Every metric is described once, in ``METRIC_REGISTRY`` (``registry.py``); the model card and the Hub upload
-(``hfddpm.hub``) read it, and this package imports nothing from ``hfddpm.hub``.
+(``hfddpm.hub``) read it. This package does not use ``hfddpm.hub``: its old name ``update_model_card`` only resolves
+to ``hfddpm.hub.update_model_card`` on first use.
 
 Example:
     >>> from hfddpm.evaluation import digit_metrics, load_mnist_5k
