@@ -14,13 +14,12 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
 import torch
 
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES, is_repo_id
 
 
 def _integer(low: int, high: int | None = None):
@@ -83,7 +82,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int, min_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hfddpm.evaluation import FID_FALLBACKS, METRICS, SCHEDULERS
+    from hfddpm.evaluation import FID_FALLBACKS, METRIC_REGISTRY, METRICS, SCHEDULERS
 
     parser = argparse.ArgumentParser(
         prog="hfddpm",
@@ -109,8 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = subparsers.add_parser("evaluate", help="generate samples and compute metrics")
     # the metrics need a covariance: at least 2 samples
     _add_sampling_args(evaluate, num_images=1000, min_images=2)
+    computes = {choice: [m.name for m in METRIC_REGISTRY.values() if m.choice == choice] for choice in METRICS}
     evaluate.add_argument(
-        "--metrics", default="digits", help=f"comma-separated subset of {','.join(METRICS)} (default: digits)"
+        "--metrics",
+        default="digits",
+        help=f"comma-separated subset of {','.join(METRICS)} (default: digits); they compute "
+        + "; ".join(f"{choice}: {', '.join(names)}" for choice, names in computes.items()),
     )
     evaluate.add_argument(
         "--reference",
@@ -133,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
-    push = subparsers.add_parser("push", help="upload a trained pipeline folder to the Hugging Face Hub")
+    push = subparsers.add_parser(
+        "push",
+        help="upload a trained pipeline folder to the Hugging Face Hub",
+        description=f"Upload the pipeline files ({', '.join(PIPELINE_FILES)}), README.md and the sample grid of a"
+        " training output folder; checkpoints and logs stay local.",
+    )
     push.add_argument("output_dir", help="the training output_dir / saved pipeline folder")
     push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
     push.add_argument("--private", action="store_true", help="create the repository as private")
@@ -149,7 +157,7 @@ def load_pipeline(path: str, device: str | None = None):
     from hfddpm import HFDDPMPipeline
 
     if not os.path.isdir(path):
-        if os.path.exists(path) or not _REPO_ID.match(path):
+        if not is_repo_id(path):
             raise FileNotFoundError(
                 f"Pipeline folder {path!r} does not exist (expected a folder with model_index.json)."
             )
@@ -215,7 +223,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, evaluate_pipeline, parse_metrics, update_model_card
+    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, evaluate_pipeline, parse_metrics
+    from hfddpm.hub import update_model_card
 
     metrics = parse_metrics(args.metrics)
     pipe = load_pipeline(args.pipeline, args.device)

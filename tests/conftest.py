@@ -1,8 +1,10 @@
-"""Fixtures shared by the test files."""
+"""Fixtures shared by the test files. ``tests/`` is on the import path (setup.cfg), so tests import helpers such as
+``hub_server`` and ``train_helpers`` by name."""
 
 import importlib.util
 
 import pytest
+from hub_server import TEST_TOKENS, FakeHub, use_fake_hub
 
 
 @pytest.fixture
@@ -29,3 +31,13 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A fake Hub in a thread (``hub_server.FakeHub``) that knows ``hub_server.TEST_TOKENS``; huggingface_hub in this
+    process and child processes (environment) is pointed at it, with an empty cache and no saved login."""
+    with FakeHub(tmp_path / "hub", tokens=TEST_TOKENS) as server:
+        use_fake_hub(monkeypatch, server, tmp_path / "home")
+        yield server
+    assert server.unhandled == [], f"the client asked for routes the fake Hub does not serve: {server.unhandled}"

@@ -25,7 +25,8 @@ Authentication follows the Hub: a ``Bearer`` token from ``tokens`` maps to a use
 private repositories are invisible (401, RepoNotFound) without it. ``set_failure`` makes the server answer a fixed
 HTTP status for every request (or for some endpoints only), to test what clients do when the Hub fails.
 
-Use it as a context manager (a thread on 127.0.0.1, random free port)::
+Tests get one from the ``hub`` fixture of ``tests/conftest.py`` (``tests/`` is on the test path, see setup.cfg), or use
+it as a context manager (a thread on 127.0.0.1, random free port)::
 
     with FakeHub(tmp_path, tokens={"hf_test": "user"}) as hub:
         HfApi(endpoint=hub.url, token="hf_test").create_repo("user/x")
@@ -56,6 +57,9 @@ GITATTRIBUTES = (
     "*.pth filter=lfs diff=lfs merge=lfs -text\n"
     "*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 )
+# The tokens of the fake Hub that the `hub` fixture of tests/conftest.py starts: user "user" and user "other".
+TEST_TOKENS = {"hf_hfddpmtestwritetoken0123456789": "user", "hf_fakehubothertoken0123456789": "other"}
+USER_TOKEN, OTHER_TOKEN = TEST_TOKENS
 _COMMIT_OID = re.compile(r"^[0-9a-f]{40}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

@@ -3,12 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import ModelCard
 from scipy import linalg
 from torch import nn
 
 import hfddpm
 from hfddpm.evaluation import (
+    METRIC_REGISTRY,
+    METRICS,
     SCHEDULERS,
     MetricUnavailableError,
     classify_digits,
@@ -27,7 +28,6 @@ from hfddpm.evaluation import (
     load_reference,
     make_scheduler,
     parse_metrics,
-    update_model_card,
 )
 from hfddpm.evaluation.digits import DIGIT_CLASSIFIER_WEIGHTS
 
@@ -158,6 +158,7 @@ def test_compute_metrics_fid_fallbacks(heldout, hide_package):
 
 def test_parse_metrics():
     assert parse_metrics("digits, FID,digits") == ("digits", "fid")
+    assert METRICS == ("digits", "fid", "kid", "dinov2")  # the --metrics choices, read from the registry
     with pytest.raises(ValueError, match=r"\['digits', 'fid', 'kid', 'dinov2'\]"):
         parse_metrics("digits,is")
     with pytest.raises(FileNotFoundError, match="mnist_5k"):
@@ -290,20 +291,20 @@ def test_generate_samples_is_reproducible_and_in_range():
         generate_samples(pipe, 5, class_labels=[1, 2, 3], progress=False)
 
 
-def test_update_model_card_writes_model_index(tmp_path):
-    card_path = tmp_path / "README.md"
-    card_path.write_text("---\nlicense: apache-2.0\nlibrary_name: diffusers\n---\n\n# tiny\n")
-    results = {"fd_digits": 12.5, "confident_share": 0.75, "class_histogram": [1] * 10, "num_samples": 10}
-    update_model_card(card_path, results)
-    card = ModelCard.load(card_path)
-    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert values["fd_digits"] == pytest.approx(12.5) and values["confident_share"] == pytest.approx(0.75)
-    assert "class_histogram" not in values and "num_samples" not in values
-    # a second evaluation replaces the values
-    update_model_card(card_path, {"fd_digits": 3.0})
-    values = {r.metric_type: r.metric_value for r in ModelCard.load(card_path).data.eval_results}
-    assert values["fd_digits"] == pytest.approx(3.0) and values["confident_share"] == pytest.approx(0.75)
-    assert json.loads(json.dumps(ModelCard.load(card_path).data.to_dict()))["license"] == "apache-2.0"
+def test_metric_registry():
+    # every metric that compute_metrics returns is registered with a label and a direction
+    names = ["fd_digits", "confident_share", "classes_covered", "label_accuracy", "fid", "kid", "kid_std"]
+    names += ["fid_digits", "kid_digits", "kid_digits_std", "fd_dinov2", "inception_score"]
+    assert set(METRIC_REGISTRY) == set(names)
+    assert METRIC_REGISTRY["fd_digits"].direction == "lower is better" and METRIC_REGISTRY["kid_std"].direction == ""
+    assert METRIC_REGISTRY["label_accuracy"].higher_is_better and "labels" in METRIC_REGISTRY["label_accuracy"].needs
+    for metric in METRIC_REGISTRY.values():
+        assert (metric.choice is None) == (metric.compute is None), metric.name
+    # evaluation writes no cards itself: the old name is hfddpm.hub's function
+    import hfddpm.evaluation
+    import hfddpm.hub
+
+    assert hfddpm.evaluation.update_model_card is hfddpm.hub.update_model_card
 
 
 @pytest.mark.slow

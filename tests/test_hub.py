@@ -1,5 +1,6 @@
 """hfddpm.hub: model cards, push_to_hub against a local fake Hub, and loading by repo id in fresh processes."""
 
+import dataclasses
 import json
 import logging
 import re
@@ -13,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hub_server import USER_TOKEN as TOKEN
 from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 
 import hfddpm
 from hfddpm.hub import (
+    CONFIG_ROWS,
     PushToHubError,
     card_template_path,
     count_parameters,
@@ -26,20 +29,19 @@ from hfddpm.hub import (
     pipeline_files,
     push_to_hub,
     update_card_metrics,
+    update_model_card,
     write_model_card,
 )
+from hfddpm.training.config import TrainConfig, write_config
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import FakeHub, use_fake_hub  # noqa: E402
-
-TOKEN = "hf_hfddpmtestwritetoken0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAINING_CONFIG = {
     "preset": "tiny",
     "max_train_steps": 10,
     "train_batch_size": 8,
     "learning_rate": 1e-3,
-    "hardware": "1 × CPU",
+    "device": "CPU",
+    "num_processes": 1,
     "wall_time_s": 75.4,
     "validation_inference_steps": 3,
     "output_dir": "/home/someone/private/run",
@@ -87,14 +89,6 @@ def saved_output(tmp_path_factory):
 @pytest.fixture
 def output(saved_output, tmp_path):
     return Path(shutil.copytree(saved_output, tmp_path / "out"))
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with FakeHub(tmp_path / "hub", tokens={TOKEN: "user"}) as server:
-        use_fake_hub(monkeypatch, server, tmp_path / "home")
-        yield server
-    assert server.unhandled == [], f"the client asked for routes the fake Hub does not serve: {server.unhandled}"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -170,6 +164,38 @@ def test_card_variants(tmp_path):
         write_model_card(folder, training_config=["preset"])
 
 
+def test_card_reads_training_config_json_by_field_name(tmp_path):
+    folder = build_output(tmp_path / "out", card=False)
+    # without training_config.json: what the saved folder and train_metrics.json say
+    text = write_model_card(folder).read_text()
+    for row in (
+        "| Resolution | 28×28 |",
+        "| Noise schedule | cosine |",
+        "| Hardware | 1 × cpu |",
+        "| Wall time | 1 min 15 s |",
+    ):
+        assert row in text
+    assert "| UNet preset |" not in text and "| Batch size |" not in text
+
+    config = TrainConfig(preset="tiny", train_batch_size=4, learning_rate=2e-4, max_train_steps=10, snr_gamma=5.0)
+    resolved = {"max_train_steps": 12, "mixed_precision": "no", "device": "cuda", "num_processes": 2}
+    write_config(folder / "training_config.json", config, resolved)
+    text = write_model_card(folder).read_text()
+    rows = ["| UNet preset | tiny |", "| Batch size | 4 |", "| Learning rate | 0.0002 |", "| Training steps | 12 |"]
+    rows += [
+        "| Min-SNR-γ loss weight | 5 |",
+        "| EMA decay | 0.9999 |",
+        "| Mixed precision | no |",
+        "| Hardware | 2 × cuda |",
+    ]
+    rows += ["| Diffusion timesteps | 1000 |", "| Wall time | 1 min 15 s |"]
+    for row in rows:
+        assert row in text
+    # one name per row: a TrainConfig field, or a value the training run resolves or measures
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(CONFIG_ROWS.values()) - fields == {"num_parameters", "device", "wall_time_s"}
+
+
 def test_update_card_metrics(output):
     path = update_card_metrics(output, {"fd_digits": 3.5, "label_accuracy": 0.9, "num_inference_steps": 20})
     card = ModelCard.load(path)
@@ -183,6 +209,22 @@ def test_update_card_metrics(output):
         update_card_metrics(output / "unet", {"fd_digits": 1.0})
     with pytest.raises(ValueError, match="metrics must be a dict"):
         update_card_metrics(path, [1.0])
+
+
+def test_update_model_card_writes_model_index(tmp_path):
+    card_path = tmp_path / "README.md"
+    card_path.write_text("---\nlicense: apache-2.0\nlibrary_name: diffusers\n---\n\n# tiny\n")
+    results = {"fd_digits": 12.5, "confident_share": 0.75, "class_histogram": [1] * 10, "num_samples": 10}
+    update_model_card(card_path, results)
+    card = ModelCard.load(card_path)
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values["fd_digits"] == pytest.approx(12.5) and values["confident_share"] == pytest.approx(0.75)
+    assert "class_histogram" not in values and "num_samples" not in values
+    # a second evaluation replaces the values
+    update_model_card(card_path, {"fd_digits": 3.0})
+    values = {r.metric_type: r.metric_value for r in ModelCard.load(card_path).data.eval_results}
+    assert values["fd_digits"] == pytest.approx(3.0) and values["confident_share"] == pytest.approx(0.75)
+    assert json.loads(json.dumps(ModelCard.load(card_path).data.to_dict()))["license"] == "apache-2.0"
 
 
 def test_pipeline_files_and_commit_message(output, tmp_path):
@@ -294,9 +336,10 @@ def test_private_push_and_repo_name_without_namespace(output, hub):
 
 def test_push_writes_a_card_when_there_is_none(tmp_path, hub):
     folder = build_output(tmp_path / "out", card=False)
-    metrics = json.loads((folder / "train_metrics.json").read_text())
-    metrics["training_config"] = {"preset": "tiny", "train_batch_size": 4, "dataset_name": "mnist", "hub_token": TOKEN}
-    (folder / "train_metrics.json").write_text(json.dumps(metrics))
+    # training_config.json as hfddpm.training writes it; the hardware comes from train_metrics.json
+    config = {"preset": "tiny", "train_batch_size": 4, "dataset_name": "mnist", "hub_token": TOKEN}
+    payload = {"format_version": 1, "config": config, "resolved": {"num_parameters": 1}}
+    (folder / "training_config.json").write_text(json.dumps(payload))
     push_to_hub(folder, "user/carded", token=TOKEN)
     card = ModelCard(hub.files("user/carded")["README.md"].decode())
     assert "| Batch size | 4 |" in card.text and "| Hardware | 1 × cpu |" in card.text

@@ -7,23 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hub_server import OTHER_TOKEN, FakeHub, git_blob_sha1
+from hub_server import USER_TOKEN as TOKEN
 from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import FakeHub, git_blob_sha1, use_fake_hub  # noqa: E402
-
-TOKEN = "hf_fakehubtesttoken0123456789"
-OTHER_TOKEN = "hf_fakehubothertoken0123456789"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A fake Hub in a thread; the already imported huggingface_hub is pointed at it."""
-    with FakeHub(tmp_path / "hub", tokens={TOKEN: "user", OTHER_TOKEN: "other"}) as server:
-        use_fake_hub(monkeypatch, server, tmp_path / "home")
-        yield server
-    assert server.unhandled == [], f"the client asked for routes the fake Hub does not serve: {server.unhandled}"
 
 
 @pytest.fixture

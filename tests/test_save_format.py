@@ -12,6 +12,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
 
 SAMPLE = dict(batch_size=2, class_labels=[3, 7], guidance_scale=2.0, num_inference_steps=3, output_type="np")
 
@@ -130,6 +131,32 @@ def test_load_errors(tmp_path):
         HFDDPMPipeline.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a saved pipeline folder"):
         HFDDPMPipeline.from_pretrained(str(tmp_path / "missing" / "deeper" / "x"))
+    with pytest.raises(FileNotFoundError, match="nor a Hub repository id"):
+        HFDDPMPipeline.from_pretrained("./missing")
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("user/model", True),
+        ("user-1/model_v2.5", True),
+        ("model", False),
+        ("user/model/unet", False),
+        ("./model", False),
+        ("../model", False),
+        ("~/model", False),
+        ("/abs/model", False),
+        ("user/-model", False),
+        ("user/a..b", False),
+        ("user/a--b", False),
+    ],
+)
+def test_is_repo_id(path, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert is_repo_id(path) is expected
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "model").mkdir()
+    assert is_repo_id("user/model") is False  # an existing folder is a folder
     unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
     with pytest.raises(ValueError, match="safetensors only"):
         HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(tmp_path, safe_serialization=False)

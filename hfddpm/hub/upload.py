@@ -1,0 +1,246 @@
+# Copyright 2026 The hfddpm authors. Apache-2.0.
+"""Upload a saved pipeline folder to the Hub: only the pipeline files and its card, with a clear retry on failure.
+
+The files that make a pipeline are ``PIPELINE_FILES`` of ``hfddpm/pipelines/pipeline_hfddpm.py`` (what
+``HFDDPMPipeline.from_pretrained`` downloads), plus ``README.md``, the sample grid and the images the card links to.
+"""
+
+import json
+import logging
+import re
+import shlex
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, ModelCard, get_token
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
+
+from hfddpm.evaluation.registry import METRIC_REGISTRY
+from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES
+
+from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_metrics, write_model_card
+
+logger = logging.getLogger(__name__)
+
+# Never uploaded, even inside a pipeline folder: training state and pickled torch files (hfddpm saves safetensors).
+IGNORE_PATTERNS = [
+    "checkpoints/*",
+    "checkpoint-*",
+    "logs/*",
+    "*optimizer*",
+    "random_states*",
+    "*/random_states*",
+    "*.pkl",
+    "*.pt",
+    "*.pth",
+    "*.bin",
+    "*.ckpt",
+    "*__pycache__*",
+    "*.pyc",
+    ".*",
+    "*/.*",
+]
+
+
+class PushToHubError(RuntimeError):
+    """An upload to the Hub failed; the local folder is unchanged and ``retry_command`` pushes it again."""
+
+    def __init__(self, message: str, *, repo_id: str, retry_command: str, status_code: int | None = None):
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.retry_command = retry_command
+        self.status_code = status_code
+
+
+def pipeline_files(output_dir) -> list[str]:
+    """Files of ``output_dir`` that ``push_to_hub`` uploads (paths relative to it, sorted).
+
+    The files matching ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm.py``, ``unet/*``,
+    ``scheduler/*``), ``README.md``, ``samples/final.png`` and the images the card links to, minus
+    ``IGNORE_PATTERNS``.
+    """
+    root = Path(output_dir)
+    if not (root / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{root} has no model_index.json: it is not a saved pipeline. Point at a training output folder (or a"
+            " folder written by HFDDPMPipeline.save_pretrained)."
+        )
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    files = set(filter_repo_objects(files, allow_patterns=list(PIPELINE_FILES)))
+    readme = root / "README.md"
+    if readme.is_file():
+        files.add("README.md")
+        for link in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", readme.read_text(encoding="utf-8")):
+            if (
+                "://" not in link
+                and (root / link).is_file()
+                and (root / link).resolve().is_relative_to(root.resolve())
+            ):
+                files.add(Path(link).as_posix())
+    if (root / SAMPLE_GRID).is_file():
+        files.add(SAMPLE_GRID)
+    return sorted(filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS))
+
+
+def default_commit_message(output_dir) -> tuple[str, str]:
+    """Commit title and description carrying the training step and the metrics of ``output_dir``.
+
+    Metrics come from ``train_metrics.json`` (``steps``, ``final_loss``), ``eval_metrics.json``/``metrics.json`` and
+    the model card's model-index (where ``update_card_metrics`` puts evaluation results); the title names the scores
+    of ``METRIC_REGISTRY``.
+    """
+    train, evaluation = read_metrics(output_dir)
+    readme = Path(output_dir) / "README.md"
+    if readme.is_file():
+        card_results = ModelCard.load(readme, ignore_metadata_errors=True).data.eval_results or []
+        evaluation = {**{r.metric_type: r.metric_value for r in card_results}, **evaluation}
+    step = train.get("steps")
+    title = "Upload hfddpm pipeline" + (f" at step {step}" if step is not None else "")
+    headline = {"final_loss": train["final_loss"]} if "final_loss" in train else {}
+    for key, value in evaluation.items():
+        metric = METRIC_REGISTRY.get(key)
+        if metric is not None and metric.higher_is_better is not None:
+            headline[key] = value
+    numbers = [f"{k}={format_value(k, v)}" for k, v in headline.items() if isinstance(v, (int, float))]
+    if numbers:
+        title += ": " + ", ".join(numbers[:4])
+    lines = []
+    for name, values in (("Training", train), ("Evaluation", evaluation)):
+        if values:
+            lines.append(f"{name} metrics:")
+            lines += [f"- {k}: {format_value(k, v)}" for k, v in values.items()]
+    return title, "\n".join(lines)
+
+
+def push_to_hub(output_dir, repo_id: str, *, token=None, private: bool = False, commit_message=None) -> str:
+    """Upload the pipeline in ``output_dir`` to the Hub model repository ``repo_id`` (created when missing).
+
+    Pushing again updates the repository in place: unchanged files are skipped and pipeline files that no longer
+    exist locally (e.g. a component renamed since the last push) are deleted; other files in the repository stay.
+    A missing ``README.md`` is written with ``write_model_card`` from the folder's ``training_config.json``, configs
+    and metrics; the repository id in the card's usage snippets is set to ``repo_id``.
+
+    Args:
+        output_dir: a training output folder or a ``save_pretrained`` folder.
+        repo_id: ``"namespace/name"`` (or ``"name"`` for the token owner's namespace).
+        token: a Hub token with write access; defaults to ``HF_TOKEN`` or the login saved by ``hf auth login``.
+        private: create the repository as private (an existing repository keeps its visibility).
+        commit_message: defaults to the training step and metrics read from ``train_metrics.json``/``metrics.json``.
+
+    Returns:
+        The URL of the repository.
+
+    Raises:
+        PushToHubError: the Hub could not be reached or refused the upload (the message names the repository, the
+            HTTP status and the ``hfddpm push`` command that retries); the local folder is left as it was.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"output_dir {output_dir} does not exist; train or save a pipeline there first.")
+    files = pipeline_files(output_dir)
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as err:
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a Hub repository id ('namespace/name' or 'name'): {err}"
+        ) from None
+    retry = f"hfddpm push {shlex.quote(str(output_dir))} --repo-id {shlex.quote(repo_id)}"
+    retry += " --private" if private else ""
+    if token is None and get_token() is None:
+        raise PushToHubError(
+            f"No Hugging Face token to push {output_dir} to {repo_id!r}: set HF_TOKEN, run `hf auth login`, or pass"
+            f" a token (--hub_token in training). Then retry with:\n    {retry}",
+            repo_id=repo_id,
+            retry_command=retry,
+        )
+    if commit_message is None:
+        commit_message, commit_description = default_commit_message(output_dir)
+    else:
+        commit_description = None
+
+    api = HfApi(token=token)
+    readme = output_dir / "README.md"
+    readme_before = readme.read_bytes() if readme.is_file() else None
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        repo_id = repo_url.repo_id
+        _prepare_card(output_dir, repo_id)
+        files = pipeline_files(output_dir)
+        remote = api.list_repo_files(repo_id)
+        stale = [path for path in remote if _is_pipeline_path(path) and path not in files]
+        logger.info(f"Uploading {len(files)} files of {output_dir} to {repo_id} ({len(stale)} stale files to delete)")
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=output_dir,
+            allow_patterns=[_escape_pattern(p) for p in files],
+            ignore_patterns=list(IGNORE_PATTERNS),
+            delete_patterns=[_escape_pattern(p) for p in stale] or None,
+            commit_message=commit_message,
+            commit_description=commit_description,
+        )
+    except (httpx2.HTTPError, OfflineModeIsEnabled) as err:
+        _restore(readme, readme_before)
+        raise _push_error(err, output_dir, repo_id, retry, api.endpoint) from None
+    except BaseException:
+        _restore(readme, readme_before)
+        raise
+    return str(repo_url)
+
+
+def _is_pipeline_path(path: str) -> bool:
+    """Whether a file of the repository belongs to the pipeline that push_to_hub manages (else it is left alone)."""
+    return path == SAMPLE_GRID or bool(list(filter_repo_objects([path], allow_patterns=list(PIPELINE_FILES))))
+
+
+def _escape_pattern(path: str) -> str:
+    """An fnmatch pattern that matches exactly ``path``."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+def _prepare_card(output_dir: Path, repo_id: str) -> None:
+    """Write a card if there is none, and point the usage snippets of an hfddpm card at ``repo_id``."""
+    readme = output_dir / "README.md"
+    if not readme.is_file():
+        _, evaluation = read_metrics(output_dir)
+        write_model_card(output_dir, metrics=evaluation)
+    text = readme.read_text(encoding="utf-8")
+    marker = REPO_MARKER.search(text)
+    if marker is None or json.loads(marker.group(1)) == repo_id:
+        return
+    old, new = marker.group(1), json.dumps(repo_id)
+    card = ModelCard(text)
+    card.text = card.text.replace(marker.group(0), f"<!-- hfddpm:repo_id {new} -->")
+    card.text = card.text.replace(f"from_pretrained({old}", f"from_pretrained({new}")
+    if card.data.eval_results:
+        card.data.model_name = repo_id.split("/")[-1]
+    card.save(readme)
+
+
+def _restore(path: Path, content: bytes | None) -> None:
+    if content is None:
+        path.unlink(missing_ok=True)
+    elif not path.is_file() or path.read_bytes() != content:
+        path.write_bytes(content)
+
+
+def _push_error(err: Exception, output_dir: Path, repo_id: str, retry: str, endpoint: str) -> PushToHubError:
+    status = None
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        reason = err.server_message or err.response.reason_phrase
+        what = f"the Hub answered HTTP {status} {err.response.reason_phrase}: {reason.strip().rstrip('.')}"
+    elif isinstance(err, OfflineModeIsEnabled):
+        what = "HF_HUB_OFFLINE is set; unset it (or set HF_HUB_OFFLINE=0) to upload"
+    else:
+        what = f"could not reach {endpoint} ({type(err).__name__}: {err})"
+    hint = {
+        401: " Check that the token (--hub_token, HF_TOKEN or `hf auth login`) is valid and has write access.",
+        403: " The token has no write access to this namespace; use your own namespace or a token with access.",
+        404: " Check the repository id and namespace.",
+    }.get(status, "")
+    message = (
+        f"Pushing {output_dir} to the Hub repository {repo_id!r} failed: {what}.{hint}\n"
+        f"Nothing in {output_dir} was changed. Retry with:\n    {retry}"
+    )
+    return PushToHubError(message, repo_id=repo_id, retry_command=retry, status_code=status)
