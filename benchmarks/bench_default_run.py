@@ -62,6 +62,8 @@ def main(args):
         "command_wall_time_s": wall,
         "train_wall_time_s": train["wall_time_s"],
         "steps": train["steps"],
+        "max_train_minutes": train.get("max_train_minutes"),
+        "mixed_precision": train["training_config"].get("mixed_precision"),
         "images_seen": train["images_seen"],
         "train_images_per_second": train["train_images_per_second"],
         "final_loss": train["final_loss"],
