@@ -1,6 +1,7 @@
 """hfddpm.training.TrainingEngine on its own: the step compiled with torch.compile equals the eager one, and what
 it exports is a plain diffusers UNet."""
 
+import pytest
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
@@ -37,3 +38,26 @@ def test_the_compiled_step_equals_the_eager_step(tmp_path):
     keys = load_file(str(tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors")).keys()
     assert not [k for k in keys if "_orig_mod" in k]
     assert HFDDPMPipeline.from_pretrained(tmp_path / "pipe").unet.config.num_class_embeds == 11
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_and_resident_batches_on_the_gpu():
+    from hfddpm.data import ResidentImageBatches, load_mnist_5k, make_train_dataloader, resolve_columns
+
+    digits = load_mnist_5k().select(range(0, 5000, 50)).flatten_indices()
+    columns = resolve_columns(digits, "image", "label")
+    batches = make_train_dataloader(
+        digits, columns, resolution=28, channels=1, batch_size=16, seed=0, resident_device="cuda"
+    )
+    assert isinstance(batches, ResidentImageBatches) and batches.images.device.type == "cuda"
+    batch = next(iter(batches))
+    config = TrainConfig(compile=True, compile_mode="reduce-overhead", mixed_precision="bf16").validate()
+    torch.manual_seed(0)
+    unet = build_unet("mnist", num_class_embeds=11)
+    engine = TrainingEngine(
+        config, unet, build_scheduler(config), Accelerator(mixed_precision="bf16"), max_train_steps=5,
+        class_conditional=True,
+    )  # fmt: skip
+    losses = [engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=s) for s in range(5)]
+    assert all(torch.isfinite(loss) for loss in losses) and losses[0].device.type == "cuda"

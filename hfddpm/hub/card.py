@@ -38,6 +38,8 @@ CONFIG_ROWS = {
     "Mixed precision": "mixed_precision",
     "Hardware": "device",
     "Wall time": "wall_time_s",
+    "Time budget (minutes)": "time_budget_minutes",
+    "Training images/s": "train_images_per_second",
 }
 # The saved scheduler is the authority on the schedule: scheduler_config.json key -> setting name.
 _SCHEDULER_SETTINGS = {

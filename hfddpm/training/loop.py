@@ -389,7 +389,13 @@ def train(config: TrainConfig) -> Path:
         if eval_history:
             metrics["evaluations"] = eval_history
         (output_dir / TRAIN_METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-        _write_card(output_dir, config, {**metrics["training_config"], "wall_time_s": round(wall_time, 1)})
+        card_config = {
+            **metrics["training_config"],
+            "wall_time_s": round(wall_time, 1),
+            "time_budget_minutes": metrics["max_train_minutes"],
+            "train_images_per_second": None if train_images_per_second is None else round(train_images_per_second),
+        }
+        _write_card(output_dir, config, card_config)
         logger.info(f"Saved the pipeline to {output_dir}")
     accelerator.end_training()
     if config.push_to_hub and accelerator.is_main_process:
