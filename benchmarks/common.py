@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -28,7 +29,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 
 import hfddpm
 from hfddpm.evaluation import load_mnist_5k
-from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler, default_mixed_precision
+from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler, cpu_has_native_bf16, default_mixed_precision
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -235,10 +236,21 @@ def environment() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "emulated_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("ATEN_CPU_CAPABILITY"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
