@@ -210,7 +210,7 @@ def train(config: TrainConfig) -> Path:
         f" {run.num_classes or 'no'} classes, {engine.num_parameters:,} parameters;"
         f" {precision_reason(config.mixed_precision, accelerator.mixed_precision, device)}."
         + (
-            f" A {config.max_train_minutes:g}-minute budget sets the number of steps after the first ones."
+            f" A time budget of {config.max_train_minutes:g} minutes sets the number of steps after the first ones."
             if budget
             else ""
         )
