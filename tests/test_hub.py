@@ -193,7 +193,20 @@ def test_card_reads_training_config_json_by_field_name(tmp_path):
         assert row in text
     # one name per row: a TrainConfig field, or a value the training run resolves or measures
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(CONFIG_ROWS.values()) - fields == {"num_parameters", "device", "wall_time_s"}
+    resolved_or_measured = {
+        "num_parameters",
+        "device",
+        "wall_time_s",
+        "time_budget_minutes",
+        "train_images_per_second",
+    }
+    assert set(CONFIG_ROWS.values()) - fields == resolved_or_measured
+    # a run planned by the time budget says so, with its measured speed from train_metrics.json
+    write_config(folder / "training_config.json", config, {**resolved, "time_budget_minutes": 8.0})
+    metrics = json.loads((folder / "train_metrics.json").read_text())
+    (folder / "train_metrics.json").write_text(json.dumps({**metrics, "train_images_per_second": 176.2}))
+    text = write_model_card(folder).read_text()
+    assert "| Time budget (minutes) | 8 |" in text and "| Training images/s | 176.2 |" in text
 
 
 def test_update_card_metrics(output):

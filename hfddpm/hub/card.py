@@ -48,7 +48,7 @@ _SCHEDULER_SETTINGS = {
     "num_train_timesteps": "ddpm_num_steps",
 }
 # What the training run measured (train_metrics.json, same names), used when the settings do not say.
-_MEASURED = ("device", "num_processes", "wall_time_s")
+_MEASURED = ("device", "num_processes", "wall_time_s", "train_images_per_second")
 # Training arguments left out of the card: where files were on the training machine, and upload settings.
 _PRIVATE_KEYS = ("output_dir", "logging_dir", "cache_dir", "train_data_dir", "resume_from_checkpoint", "push_to_hub")
 _SECRET_KEY = re.compile(r"token|secret|password|api_?key|credential", re.IGNORECASE)

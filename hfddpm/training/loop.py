@@ -196,6 +196,7 @@ def train(config: TrainConfig) -> Path:
         "mixed_precision": accelerator.mixed_precision,
         "num_processes": accelerator.num_processes,
         "device": device.type,
+        "time_budget_minutes": config.max_train_minutes if config.uses_time_budget else None,
     }
     if accelerator.is_main_process:
         write_config(output_dir / CONFIG_FILE, config, resolved)
@@ -392,7 +393,6 @@ def train(config: TrainConfig) -> Path:
         card_config = {
             **metrics["training_config"],
             "wall_time_s": round(wall_time, 1),
-            "time_budget_minutes": metrics["max_train_minutes"],
             "train_images_per_second": None if train_images_per_second is None else round(train_images_per_second),
         }
         _write_card(output_dir, config, card_config)
