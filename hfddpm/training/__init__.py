@@ -15,7 +15,7 @@ Example:
 
 from hfddpm.training.checkpoint import list_checkpoints, save_checkpoint
 from hfddpm.training.config import TrainConfig
-from hfddpm.training.engine import RunSetup, TrainingEngine, build_scheduler, build_unet, setup
+from hfddpm.training.engine import RunSetup, TrainingEngine, build_scheduler, build_training_unet, setup
 from hfddpm.training.loop import TrainingError, train
 from hfddpm.training.loss import diffusion_loss, step_generator
 from hfddpm.training.precision import (
@@ -33,7 +33,7 @@ __all__ = [
     "TrainingEngine",
     "TrainingError",
     "build_scheduler",
-    "build_unet",
+    "build_training_unet",
     "check_trackers",
     "cpu_has_native_bf16",
     "default_mixed_precision",

@@ -82,7 +82,7 @@ def build_scheduler(config: TrainConfig, resolution: int | None = None) -> HFDDP
     return HFDDPMScheduler(**kwargs)
 
 
-def build_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
+def build_training_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
     """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data."""
     conditional = num_classes > 0
     if config.pretrained_model_name_or_path:
@@ -179,7 +179,7 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         )
     columns = resolve_columns(dataset, config.image_column, label_column)
 
-    unet = build_unet(config, columns.num_classes)
+    unet = build_training_unet(config, columns.num_classes)
     resolution = config.resolution
     if resolution is None:
         size = unet.config.sample_size
@@ -213,7 +213,7 @@ class TrainingEngine:
 
     Args:
         config: the run's settings (optimizer, EMA, min-SNR, label dropout, memory format, seed).
-        unet: the model to train (built by :func:`build_unet`).
+        unet: the model to train (built by :func:`build_training_unet`).
         noise_scheduler: the training schedule (:func:`build_scheduler`).
         accelerator: an ``accelerate.Accelerator``; its mixed precision applies to the forward pass.
         max_train_steps: length of the LR schedule.
