@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from train_helpers import TRAIN, run_train, train_env
 
 from hfddpm.training import TrainConfig
@@ -53,3 +54,69 @@ def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
         assert point["images_seen"] == point["step"] * 16 and point["fd_digits"] > 0
     assert (out / "eval_curve.png").stat().st_size > 1000
     assert json.loads((out / "train_metrics.json").read_text())["evaluations"] == history
+
+
+# train.py with the evaluation replaced by scripted FD values per step (test side only): the ranking logic is tested
+# on known numbers instead of on a tiny model's noise
+SCRIPTED_EVAL = """
+import sys
+import hfddpm.training.loop as loop
+
+values = {values!r}
+
+
+def scripted(engine, accelerator, config, *, num_classes, step):
+    return {{"step": step, "num_images": config.eval_num_images, "fd_digits": values[step]}}
+
+
+loop.evaluate_ema = scripted
+sys.path.insert(0, {train_dir!r})
+import train
+
+train.main(train.parse_args())
+"""
+
+
+def _scripted_run(tmp_path, values, args):
+    driver = tmp_path / "scripted_train.py"
+    driver.write_text(SCRIPTED_EVAL.format(values=values, train_dir=str(TRAIN.parent)))
+    result = subprocess.run(
+        [sys.executable, str(driver), *args], env=train_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_keep_best_early_stopping_and_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(GREY))
+    out = tmp_path / "out"
+    args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8", "--eval_steps", "2",
+            "--eval_num_images", "12", "--max_train_steps", "20", "--checkpointing_steps", "4",
+            "--validation_inference_steps", "1", "--validation_images_per_class", "1",
+            "--keep_best", "fd_digits", "--early_stopping_patience", "2"]  # fmt: skip
+    values = {2: 5.0, 4: 4.0, 6: 6.0, 8: 7.0, 10: 3.0, 12: 8.0, 14: 9.0, 16: 9.5}
+    result = _scripted_run(tmp_path, values, args)
+    assert "Early stopping at step 8" in result.stderr
+    best = json.loads((out / "checkpoints" / "checkpoint-best" / "training_state.json").read_text())
+    assert best == {"global_step": 4, "metric": "fd_digits", "value": 4.0}
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 8 and [e["step"] for e in metrics["evaluations"]] == [2, 4, 6, 8]
+    # best/ is the EMA pipeline of step 4: the same weights as the best checkpoint's EMA
+    best_weights = load_file(str(out / "best" / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema = load_file(str(out / "checkpoints" / "checkpoint-best" / "unet_ema" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(best_weights[k], ema[k]) for k in best_weights)
+
+    # resumed from step 8, the best so far (step 4) is remembered: step 10 improves on it, then 12 and 14 do not
+    result = _scripted_run(tmp_path, values, [*args, "--resume_from_checkpoint", "latest"])
+    assert "New best fd_digits 3 at step 10" in result.stderr and "Early stopping at step 14" in result.stderr
+    best = json.loads((out / "checkpoints" / "checkpoint-best" / "training_state.json").read_text())
+    assert best["global_step"] == 10
+    history = json.loads((out / "eval_history.json").read_text())
+    assert [h["step"] for h in history] == [2, 4, 6, 8, 10, 12, 14]
+    with pytest.raises(ValueError, match=r"--keep_best 'class_histogram' is not a metric to rank by"):
+        TrainConfig(eval_steps=2, keep_best="class_histogram").validate()
+    with pytest.raises(ValueError, match=r"need --eval_steps"):
+        TrainConfig(keep_best="fd_digits").validate()

@@ -85,13 +85,17 @@ def check_checkpoint(path: Path) -> None:
     raise ValueError(f"Checkpoint {path} is damaged: {', '.join(bad)} cannot be read (truncated?). {hint}")
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, training_state: dict, total_limit: int) -> Path:
-    """``accelerator.save_state`` into a temporary folder, renamed to ``checkpoint-<step>`` once complete (a kill
-    during the save never leaves a broken latest checkpoint); older ones beyond ``total_limit`` (0: keep all) are
-    removed."""
+def save_checkpoint(
+    accelerator, output_dir: Path, step: int, training_state: dict, total_limit: int, *, name: str | None = None
+) -> Path:
+    """``accelerator.save_state`` into a temporary folder, renamed to ``checkpoint-<step>`` (or ``checkpoint-<name>``,
+    e.g. ``checkpoint-best``) once complete (a kill during the save never leaves a broken checkpoint); older numbered
+    ones beyond ``total_limit`` (0: keep all) are removed. Named checkpoints are not listed by
+    :func:`list_checkpoints` and never pruned."""
     checkpoint_dir = Path(output_dir) / "checkpoints"
-    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = checkpoint_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    suffix = name if name is not None else str(step)
+    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{suffix}"
+    tmp = checkpoint_dir / f".tmp-{CHECKPOINT_PREFIX}{suffix}"
     if accelerator.is_main_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         for stale in checkpoint_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"):
@@ -104,7 +108,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, training_state: di
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        if total_limit:
+        if total_limit and name is None:
             for old in list_checkpoints(checkpoint_dir)[:-total_limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()

@@ -273,6 +273,18 @@ class TrainConfig:
     eval_inference_steps: int = _opt(
         20, "DPM-Solver++ steps of the evaluation samples.", group="output", check=_POSITIVE
     )
+    keep_best: str | None = _opt(
+        None,
+        "A metric of the evaluations during training (e.g. fd_digits; needs --eval_steps): when it improves, the"
+        " state is saved as checkpoints/checkpoint-best and its EMA pipeline as best/ in --output_dir.",
+        group="output",
+    )
+    early_stopping_patience: int = _opt(
+        0,
+        "With --keep_best: stop after this many evaluations without an improvement (0: never stop early).",
+        group="output",
+        check=_NON_NEGATIVE_INT,
+    )
     logging_steps: int = _opt(20, "Log metrics every this many steps.", group="output", check=_POSITIVE)
     report_to: str = _opt(
         "none",
@@ -350,6 +362,18 @@ class TrainConfig:
             from hfddpm.evaluation import parse_metrics
 
             parse_metrics(self.eval_metrics)  # a ValueError naming the valid metrics
+        if self.keep_best is not None or self.early_stopping_patience:
+            from hfddpm.evaluation.registry import METRIC_REGISTRY
+
+            if not self.eval_steps:
+                raise ValueError(
+                    "--keep_best and --early_stopping_patience need --eval_steps (evaluations to compare)."
+                )
+            rankable = sorted(k for k, m in METRIC_REGISTRY.items() if m.higher_is_better is not None)
+            if self.keep_best not in rankable:
+                raise ValueError(
+                    f"--keep_best {self.keep_best!r} is not a metric to rank by; choose one of {rankable}."
+                )
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ValueError("Give --dataset_name or --train_data_dir, not both.")
         if self.streaming and self.max_train_steps is None and self.num_epochs is not None:

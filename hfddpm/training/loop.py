@@ -37,7 +37,7 @@ from hfddpm.training.checkpoint import (
 )
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
-from hfddpm.training.periodic_eval import evaluate_ema, load_history, save_history
+from hfddpm.training.periodic_eval import best_so_far, evaluate_ema, load_history, save_history
 from hfddpm.training.precision import precision_reason, resolve_mixed_precision
 from hfddpm.training.trackers import check_trackers, log_grid
 
@@ -229,14 +229,34 @@ def train(config: TrainConfig) -> Path:
         )
     eval_history = load_history(output_dir, up_to_step=global_step) if config.eval_steps else []
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int) -> bool:
+        """Evaluate; with --keep_best save the best state; returns whether to stop early (the same on every
+        process)."""
         results = evaluate_ema(engine, accelerator, config, num_classes=run.num_classes, step=step)
+        verdict = torch.zeros(2, device=device)  # (improved, stop)
         if results is not None:
             eval_history.append(json_safe({**results, "images_seen": step * images_per_step}))
             save_history(output_dir, eval_history, images_per_step)
             shown = {k: v for k, v in results.items() if isinstance(v, float)}
             accelerator.log({f"eval/{k}": v for k, v in shown.items()}, step=step)
             logger.info(f"Evaluation at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+            if config.keep_best is not None:
+                best, since = best_so_far(eval_history, config.keep_best)
+                verdict[0] = float(best["step"] == step)
+                verdict[1] = float(bool(config.early_stopping_patience) and since >= config.early_stopping_patience)
+        improved, stop = broadcast(verdict, from_process=0).tolist()
+        if improved:
+            state = {"global_step": step, "metric": config.keep_best, "value": eval_history[-1][config.keep_best]}
+            save_checkpoint(accelerator, output_dir, step, state, 0, name="best")
+            if accelerator.is_main_process:
+                engine.pipeline().save_pretrained(output_dir / "best")
+                logger.info(f"New best {config.keep_best} {state['value']:.4g} at step {step}: saved best/")
+        if stop:
+            logger.info(
+                f"Early stopping at step {step}: {config.keep_best} did not improve in"
+                f" {config.early_stopping_patience} evaluations."
+            )
+        return bool(stop)
 
     # 5. the loop
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
@@ -338,8 +358,10 @@ def train(config: TrainConfig) -> Path:
 
         if config.eval_steps and global_step % config.eval_steps == 0 and global_step < max_train_steps:
             t = time.perf_counter()
-            evaluate(global_step)
+            stop = evaluate(global_step)
             paused += time.perf_counter() - t
+            if stop:
+                break
 
         if config.validation_steps and global_step % config.validation_steps == 0 and global_step < max_train_steps:
             t = time.perf_counter()

@@ -74,6 +74,25 @@ def _generate(pipe, mine, labels, config) -> torch.Tensor:
     return torch.cat(out)
 
 
+def best_so_far(history: list[dict], metric: str) -> tuple[dict, int]:
+    """The evaluation point with the best ``metric`` (the earliest of equal ones), and how many evaluations came
+    after it. Which way is better comes from the metric registry.
+
+    Example:
+        >>> best_so_far([{"step": 1, "fd_digits": 3.0}, {"step": 2, "fd_digits": 2.0}, {"step": 3, "fd_digits": 2.5}],
+        ...             "fd_digits")
+        ({'step': 2, 'fd_digits': 2.0}, 1)
+    """
+    from hfddpm.evaluation.registry import METRIC_REGISTRY
+
+    sign = 1.0 if METRIC_REGISTRY[metric].higher_is_better else -1.0
+    points = [h for h in history if h.get(metric) is not None]
+    if not points:
+        raise ValueError(f"No evaluation computed {metric!r}; add the metric that gives it to --eval_metrics.")
+    best_index = max(range(len(points)), key=lambda i: (sign * points[i][metric], -i))
+    return points[best_index], len(points) - 1 - best_index
+
+
 def load_history(output_dir: Path, up_to_step: int | None = None) -> list[dict]:
     """Earlier evaluation points of this run (those at or before ``up_to_step`` when a run resumes)."""
     path = Path(output_dir) / EVAL_HISTORY_FILE
