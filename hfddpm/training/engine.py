@@ -359,18 +359,21 @@ class TrainingEngine:
             unet.load_state_dict(self.unwrapped.state_dict())
         return unet.to(self.device).eval()
 
-    def pipeline(self, unet: UNet2DModel | None = None) -> HFDDPMPipeline:
-        """The sampling pipeline of the EMA weights, as the run saves it."""
-        return HFDDPMPipeline(unet=unet if unet is not None else self.ema_unet(), scheduler=self.noise_scheduler)
+    def pipeline(self, unet: UNet2DModel | None = None, *, sampler: str | None = None) -> HFDDPMPipeline:
+        """The pipeline of the EMA weights (or ``unet``): with the training schedule, as the run saves it, or with
+        the scheduler called ``sampler`` (``hfddpm.evaluation.SCHEDULERS``, no progress bar) for the run's own
+        sampling."""
+        unet = unet if unet is not None else self.ema_unet()
+        if sampler is None:
+            return HFDDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
+        pipe = HFDDPMPipeline(unet=unet, scheduler=make_scheduler(sampler, self.noise_scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def sample_grid(self, unet: UNet2DModel | None = None, *, num_classes: int = 0):
         """A sample grid with DPM-Solver++ (``validation_inference_steps``); one row per class, seeded by ``seed``."""
         config = self.config
-        pipe = HFDDPMPipeline(
-            unet=unet if unet is not None else self.ema_unet(),
-            scheduler=make_scheduler("dpmsolver++", self.noise_scheduler.config),
-        )
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self.pipeline(unet, sampler="dpmsolver++")
         if num_classes:
             rows, cols = min(num_classes, MAX_GRID_ROWS), config.validation_images_per_class
             labels = [c for c in range(rows) for _ in range(cols)]

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from hfddpm.evaluation import compute_metrics, make_scheduler
+from hfddpm.evaluation import compute_metrics
 from hfddpm.evaluation.sampling import balanced_labels
-from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline
 
 EVAL_HISTORY_FILE = "eval_history.json"
 EVAL_CURVE_FILE = "eval_curve.png"
@@ -40,10 +39,7 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
     n = config.eval_num_images
     labels = balanced_labels(n, num_classes) if num_classes else None
     mine = share(n, rank=rank, world_size=world_size)
-    pipe = HFDDPMPipeline(
-        unet=engine.ema_unet(), scheduler=make_scheduler("dpmsolver++", engine.noise_scheduler.config)
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = engine.pipeline(sampler="dpmsolver++")
     images = _generate(pipe, mine, labels, config)
     index = torch.tensor(mine, device=accelerator.device)
     all_images = accelerator.gather(images.to(accelerator.device))
