@@ -419,6 +419,8 @@ def train(config: TrainConfig) -> Path:
         }
         _write_card(output_dir, config, card_config)
         logger.info(f"Saved the pipeline to {output_dir}")
+    # end_training destroys the process group: no process may get there while process 0 still saves
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     if config.push_to_hub and accelerator.is_main_process:
         from hfddpm.hub import push_to_hub
