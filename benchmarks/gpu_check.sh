@@ -9,7 +9,9 @@
 #   1. benchmark 1, mnist preset (1 channel, 28 px, batch 64): the tutorial loop (fp16 + loss scaling: the baseline),
 #      hfddpm's step in bf16 and float32 (TF32), and compiled (CUDA graphs; max-autotune without graphs);
 #   2. benchmark 1, cifar10 preset (3 channels, 32 px, batch 128), eager and compiled, channels_last;
-#   3. the default run, `accelerate launch training/train.py` with no flags, wall time and digit metrics.
+#   3. the default run, `accelerate launch training/train.py` with no flags (the GPU recipe, the measured step
+#      format), wall time and digit metrics;
+#   4. the tests marked gpu.
 # Each prints its table; json files land in OUT (default: benchmarks/results/gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,11 @@ run)
     --rounds 3 --channels-last --data-on-device --compile-mode max-autotune-no-cudagraphs \
     --out "$out/train_throughput_cifar10"
   python3 benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist --out "$out/default_run"
+  # 4. the GPU-marked tests (CUDA-graph step, resident batches, the measured step format), where pytest exists
+  if python3 -c "import pytest" 2>/dev/null; then
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py tests/test_step_format.py \
+      tests/test_benchmarks.py 2>&1 | tee "$out/gpu_tests.txt" || true
+  fi
   ;;
 *)
   echo "usage: bash benchmarks/gpu_check.sh prepare | run [OUT]" >&2

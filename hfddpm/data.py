@@ -677,6 +677,19 @@ def _identity(batch):
 RESIDENT_MAX_BYTES = 1 << 30
 
 
+def fits_on_device(
+    num_examples: int, channels: int, resolution: int, random_flip: bool, max_bytes: int = RESIDENT_MAX_BYTES
+) -> bool:
+    """Whether :class:`ResidentImageBatches` may keep a map-style dataset of this size on the device: at most
+    ``max_bytes`` decoded (float32) and no random flips (which differ per example and epoch).
+
+    Example:
+        >>> fits_on_device(5000, 1, 28, random_flip=False), fits_on_device(5000, 1, 28, random_flip=True)
+        (True, False)
+    """
+    return not random_flip and num_examples * channels * resolution**2 * 4 <= max_bytes
+
+
 class ResidentImageBatches:
     """The batches of :func:`make_train_dataloader` for a map-style dataset whose transform draws nothing at random:
     every image is decoded and transformed once into one tensor on ``device``, and each batch is an index into it.
@@ -702,7 +715,7 @@ class ResidentImageBatches:
         max_bytes: int = RESIDENT_MAX_BYTES,
     ) -> "ResidentImageBatches | None":
         channels = len(transform.mode)
-        if transform.random_flip or len(dataset) * channels * transform.resolution**2 * 4 > max_bytes:
+        if not fits_on_device(len(dataset), channels, transform.resolution, transform.random_flip, max_bytes):
             return None
         table = _undecoded(dataset, columns.image_column)
         images = torch.empty(len(dataset), channels, transform.resolution, transform.resolution)

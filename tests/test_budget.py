@@ -69,7 +69,7 @@ def test_the_plan_is_made_once_after_the_calibration_steps():
 
 
 def test_set_total_steps_gives_the_schedule_of_that_length():
-    config = TrainConfig(preset="tiny", lr_warmup_steps=5, max_train_steps=None).validate()
+    config = TrainConfig(preset="tiny", lr_warmup_steps=5, max_train_steps=None).validate().with_recipe()
     unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
     engine = TrainingEngine(config, unet, build_scheduler(config), Accelerator(cpu=True), max_train_steps=1800)
     for _ in range(3):

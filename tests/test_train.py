@@ -357,7 +357,8 @@ def offline(tmp_path, monkeypatch):
 def test_defaults_are_the_recipe(train_module):
     args = train_module.parse_args([])
     assert TrainConfig.from_args(args) == TrainConfig()  # the flags' defaults are the dataclass's
-    assert (args.preset, args.snr_gamma, args.learning_rate, args.use_ema) == ("mnist", 5.0, 1e-3, True)
+    assert (args.preset, args.snr_gamma, args.use_ema) == ("mnist", 5.0, True)
+    assert args.learning_rate is None and TrainConfig().recipe()["learning_rate"] == 1e-3  # resolved per device
     assert args.class_conditional is None and args.report_to == "none"
     assert train_module.parse_args(["--no_use_ema"]).use_ema is False
     assert train_module.parse_args(["--no-use_ema"]).use_ema is False

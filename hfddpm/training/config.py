@@ -8,7 +8,7 @@ is resolved at run time (from a pretrained pipeline, the data or the device) by 
 Example:
     >>> from hfddpm.training import TrainConfig
     >>> config = TrainConfig(max_train_steps=20, preset="tiny")
-    >>> config.validate().learning_rate
+    >>> config.validate().with_recipe().learning_rate
     0.001
     >>> TrainConfig(logging_steps=0).validate()
     Traceback (most recent call last):
@@ -43,6 +43,13 @@ CONFIG_FILE = "training_config.json"
 # Fields that never go into files, logs or trackers.
 SECRET_FIELDS = ("hub_token",)
 LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
+# The recipe's settings that depend on the batch size: left unset (None), they take their field's fallback, or
+# GPU_RECIPE's value when that applies.
+RECIPE_FIELDS = ("train_batch_size", "learning_rate", "lr_warmup_steps", "max_train_steps")
+# The recipe on a GPU when --train_batch_size is not given and the dataset is kept on the device: the CPU recipe's
+# 115,200 images (1800 steps x 64) in batches of 512, which keep a GPU busy where batches of 64 leave it waiting for
+# kernel launches; the learning rate scaled by sqrt(512 / 64), the warm-up by 64 / 512.
+GPU_RECIPE = {"train_batch_size": 512, "learning_rate": 2.8e-3, "lr_warmup_steps": 13, "max_train_steps": 225}
 
 
 def _opt(default, help: str, *, group: str, choices=None, aliases=(), fallback=None, check=None):
@@ -174,7 +181,13 @@ class TrainConfig:
         check=_UNIT_OPEN,
     )
     # --- optimisation
-    train_batch_size: int = _opt(64, "Batch size per process.", group="optimisation", check=_POSITIVE)
+    train_batch_size: int | None = _opt(
+        None,
+        "Batch size per process (default 64; on a GPU with the data on the device, GPU_RECIPE's 512).",
+        group="optimisation",
+        fallback=64,
+        check=_POSITIVE,
+    )
     max_train_steps: int | None = _opt(
         None,
         "Optimizer steps (default 1800 unless --num_epochs is given).",
@@ -197,14 +210,26 @@ class TrainConfig:
     gradient_accumulation_steps: int = _opt(
         1, "Micro-batches per optimizer step.", group="optimisation", check=_POSITIVE
     )
-    learning_rate: float = _opt(1e-3, "Peak learning rate.", group="optimisation", check=_POSITIVE_FLOAT)
+    learning_rate: float | None = _opt(
+        None,
+        "Peak learning rate (default 1e-3; GPU_RECIPE's when its batch size applies).",
+        group="optimisation",
+        fallback=1e-3,
+        check=_POSITIVE_FLOAT,
+    )
     lr_scheduler: str = _opt(
         "cosine",
         "Learning-rate schedule (diffusers.optimization.get_scheduler).",
         group="optimisation",
         choices=LR_SCHEDULERS,
     )
-    lr_warmup_steps: int = _opt(100, "Linear warm-up steps.", group="optimisation", check=_NON_NEGATIVE_INT)
+    lr_warmup_steps: int | None = _opt(
+        None,
+        "Linear warm-up steps (default 100; GPU_RECIPE's when its batch size applies).",
+        group="optimisation",
+        fallback=100,
+        check=_NON_NEGATIVE_INT,
+    )
     adam_beta1: float = _opt(0.9, "AdamW beta1.", group="optimisation", check=_UNIT_OPEN)
     adam_beta2: float = _opt(0.999, "AdamW beta2.", group="optimisation", check=_UNIT_OPEN)
     adam_weight_decay: float = _opt(0.0, "AdamW weight decay.", group="optimisation", check=_NON_NEGATIVE)
@@ -217,9 +242,10 @@ class TrainConfig:
     )
     mixed_precision: str | None = _opt(
         None,
-        "Mixed precision. Default: accelerate's config if it sets one, else bf16 where the device computes it"
-        " natively (CUDA with bf16, CPUs with AVX512-BF16/AMX; there attention stays float32) and no (float32)"
-        " elsewhere. `--mixed_precision no` trains in float32.",
+        "Mixed precision. Default: accelerate's config if it sets one; on a GPU, the faster of float32 (TF32) and"
+        " bf16 measured on a few steps of this model and batch; on a CPU, bf16 where it computes bf16 natively"
+        " (AVX512-BF16/AMX; attention stays float32) and no (float32) elsewhere. `--mixed_precision no` trains in"
+        " float32.",
         group="optimisation",
         choices=MIXED_PRECISION_CHOICES,
     )
@@ -313,8 +339,11 @@ class TrainConfig:
     )
     hub_private_repo: bool = _opt(False, "Create a private repository.", group="output")
     # --- speed
-    channels_last: bool = _opt(
-        False, "Use the channels_last memory format (faster convolutions on GPUs).", group="speed"
+    channels_last: bool | None = _opt(
+        None,
+        "Train in the channels_last memory format (--no_channels_last: contiguous). Default: on a GPU, measured"
+        " together with the precision (hfddpm.training.step_format); off on CPUs.",
+        group="speed",
     )
     allow_tf32: bool = _opt(True, "Allow TF32 matmuls/convolutions on Ampere and newer GPUs.", group="speed")
     compile: bool = _opt(
@@ -387,6 +416,28 @@ class TrainConfig:
                 " log in with `hf auth login` or set HF_TOKEN instead of --hub_token."
             )
         return self
+
+    def recipe(self, *, gpu: bool = False) -> dict:
+        """The values of :data:`RECIPE_FIELDS` this run trains with: the flags given, else :data:`GPU_RECIPE`'s
+        (``gpu``: on a GPU with the data on the device, and no ``--train_batch_size``), else the fallbacks.
+        ``max_train_steps`` is the recipe's length (what a time budget plans up to when the flag is unset).
+
+        Example:
+            >>> TrainConfig(learning_rate=5e-4).recipe(gpu=True)
+            {'train_batch_size': 512, 'learning_rate': 0.0005, 'lr_warmup_steps': 13, 'max_train_steps': 225}
+        """
+        source = GPU_RECIPE if gpu and self.train_batch_size is None else {}
+        return {
+            name: getattr(self, name) if getattr(self, name) is not None else source.get(name, fallback(name))
+            for name in RECIPE_FIELDS
+        }
+
+    def with_recipe(self, *, gpu: bool = False) -> TrainConfig:
+        """A copy with the batch size, learning rate and warm-up of :meth:`recipe` filled in (``max_train_steps``
+        is left as given: unset means a time budget or ``--num_epochs`` decides)."""
+        values = self.recipe(gpu=gpu)
+        values.pop("max_train_steps")
+        return dataclasses.replace(self, **values)
 
     @property
     def uses_time_budget(self) -> bool:

@@ -194,12 +194,15 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
     return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column)
 
 
-def resolve_max_train_steps(config: TrainConfig, num_examples: int | None, world_size: int) -> int:
-    """``--max_train_steps``, else ``--num_epochs`` worth of steps, else the recipe's fallback."""
+def resolve_max_train_steps(
+    config: TrainConfig, num_examples: int | None, world_size: int, *, recipe_steps: int | None = None
+) -> int:
+    """``--max_train_steps``, else ``--num_epochs`` worth of steps, else the recipe's length (``recipe_steps``,
+    default the fallback)."""
     if config.max_train_steps is not None:
         return config.max_train_steps
     if config.num_epochs is None:
-        return fallback("max_train_steps")
+        return recipe_steps if recipe_steps is not None else fallback("max_train_steps")
     per_process = num_examples // world_size
     steps_per_epoch = math.ceil(per_process / (config.train_batch_size * config.gradient_accumulation_steps))
     return max(1, config.num_epochs * steps_per_epoch)
@@ -220,6 +223,8 @@ class TrainingEngine:
         class_conditional: whether batches carry labels to train on (else a conditional UNet sees the null class).
         forward_context: a context manager factory around the loss (e.g. ``torch.autocast``); benchmarks that
             compare precisions in one process use it, since accelerate keeps one precision per process.
+        mixed_precision: the precision of the forward pass when ``forward_context`` sets it (else accelerate's).
+        channels_last: train in the channels_last memory format (default: ``config.channels_last``, off if unset).
     """
 
     def __init__(
@@ -233,12 +238,15 @@ class TrainingEngine:
         class_conditional: bool = False,
         forward_context=contextlib.nullcontext,
         mixed_precision: str | None = None,
+        channels_last: bool | None = None,
     ):
+        config = config.with_recipe()  # batch size, learning rate and warm-up: the CPU recipe's where unset
         self.config, self.accelerator, self.noise_scheduler = config, accelerator, noise_scheduler
         self.class_conditional, self.forward_context = class_conditional, forward_context
         device = self.device = accelerator.device
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        if config.channels_last:
+        channels_last = bool(config.channels_last) if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
             unet = unet.to(memory_format=torch.channels_last)
         # float32 attention on CPU under mixed precision; convolutions keep bf16
         prepare_attention(unet, device, mixed_precision or accelerator.mixed_precision)

@@ -1,7 +1,8 @@
 """``train(config)``: a whole training run with 🤗 accelerate, on one process or many.
 
-Reads top to bottom: precision and accelerator -> data, model and schedule (:func:`~hfddpm.training.engine.setup`)
--> engine -> resume -> loop (log, checkpoint, validate) -> save the EMA pipeline, metrics and model card -> push.
+Reads top to bottom: processes -> data, model and schedule (:func:`~hfddpm.training.engine.setup`) -> the step's
+precision and memory format (measured on GPUs, :mod:`~hfddpm.training.step_format`) and the accelerator -> engine
+-> resume -> loop (log, checkpoint, validate) -> save the EMA pipeline, metrics and model card -> push.
 
 Example (a few steps of the tiny preset on the embedded digits)::
 
@@ -20,12 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
-from hfddpm.data import EMBEDDED_DATASET_NAME, ResidentImageBatches, make_train_dataloader
+from hfddpm.data import EMBEDDED_DATASET_NAME, ResidentImageBatches, fits_on_device, make_train_dataloader
 from hfddpm.training.budget import StepBudget
 from hfddpm.training.checkpoint import (
     check_checkpoint,
@@ -38,7 +39,8 @@ from hfddpm.training.checkpoint import (
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
 from hfddpm.training.periodic_eval import best_so_far, evaluate_ema, load_history, save_history
-from hfddpm.training.precision import precision_reason, resolve_mixed_precision
+from hfddpm.training.precision import resolve_mixed_precision
+from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
 
 logger = get_logger(__name__, log_level="INFO")
@@ -83,47 +85,60 @@ def train(config: TrainConfig) -> Path:
     Bad input raises ``ValueError``/``FileNotFoundError`` before any training step.
     """
     config.validate()
-    # 1. precision, trackers and the accelerator
-    mixed_precision = resolve_mixed_precision(config.mixed_precision)
+    # 1. processes, threads, trackers
     trackers = check_trackers(config.report_to)
+    resolve_mixed_precision(config.mixed_precision)  # fp16 on a CPU is refused here, before any file is written
     output_dir = config.check_output_dir()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=mixed_precision,
-        log_with=trackers or None,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
-        ),
-    )
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes == 1:
+    if launched > 1 and state.num_processes == 1:
         # every process would train alone and write the same files
         raise ValueError(
             f"{launched} processes were launched but accelerate set up no distributed training (no GPU?). On CPU"
             " run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`."
         )
-    if not accelerator.is_main_process:
+    if not state.is_main_process:
         for name in ("datasets", "diffusers", "accelerate"):
             logging.getLogger(name).setLevel(logging.ERROR)
     set_seed(config.seed)  # the same on every process: identical initial weights
-    device = accelerator.device
+    device = state.device
     if device.type == "cpu":
         # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise: share the cores between local processes
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
         torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
         torch.backends.cudnn.allow_tf32 = config.allow_tf32
         torch.backends.cudnn.benchmark = True
 
-    # 2. data, model and schedule; every bad input fails here
-    run = setup(config, main_process_first=accelerator.main_process_first)
+    # 2. data, model and schedule (every bad input fails here), then the step's precision and memory format
+    run = setup(config, main_process_first=state.main_process_first)
+    given = config
+    gpu_recipe = (
+        device.type == "cuda"
+        and config.data_on_device
+        and not config.streaming
+        and fits_on_device(len(run.dataset), run.unet.config.in_channels, run.resolution, config.random_flip)
+    )
+    recipe = config.recipe(gpu=gpu_recipe)
+    config = config.with_recipe(gpu=gpu_recipe)  # batch size, learning rate and warm-up filled in
+    step_format, precision_why = resolve_step_format(config, run, state)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=step_format.mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
+        ),
+    )
     resume_path = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
     if resume_path is not None:
         check_checkpoint(resume_path)
     num_examples = len(run.dataset) if not config.streaming else None
-    max_train_steps = resolve_max_train_steps(config, num_examples, accelerator.num_processes)
+    max_train_steps = resolve_max_train_steps(
+        config, num_examples, accelerator.num_processes, recipe_steps=recipe["max_train_steps"]
+    )
     budget = None
     if config.uses_time_budget:
         planned = read_training_state(resume_path).get("max_train_steps") if resume_path is not None else None
@@ -146,6 +161,7 @@ def train(config: TrainConfig) -> Path:
         accelerator,
         max_train_steps=max_train_steps,
         class_conditional=run.class_conditional,
+        channels_last=step_format.channels_last,
     )
 
     # 4. resume
@@ -197,9 +213,11 @@ def train(config: TrainConfig) -> Path:
         "num_processes": accelerator.num_processes,
         "device": device.type,
         "time_budget_minutes": config.max_train_minutes if config.uses_time_budget else None,
+        **{name: getattr(config, name) for name in ("train_batch_size", "learning_rate", "lr_warmup_steps")},
+        "channels_last": step_format.channels_last,
     }
     if accelerator.is_main_process:
-        write_config(output_dir / CONFIG_FILE, config, resolved)
+        write_config(output_dir / CONFIG_FILE, given, resolved)
         flat = {**config.to_dict(), **resolved}
         accelerator.init_trackers("hfddpm", config={k: v for k, v in flat.items() if isinstance(v, (int, float, str))})
 
@@ -209,13 +227,19 @@ def train(config: TrainConfig) -> Path:
         f" {accelerator.num_processes} process(es) x batch {config.train_batch_size} x accumulation"
         f" {config.gradient_accumulation_steps} = {images_per_step} images/step, resolution {run.resolution},"
         f" {run.num_classes or 'no'} classes, {engine.num_parameters:,} parameters;"
-        f" {precision_reason(config.mixed_precision, accelerator.mixed_precision, device)}."
+        f" {precision_why}."
         + (
             f" A time budget of {config.max_train_minutes:g} minutes sets the number of steps after the first ones."
             if budget
             else ""
         )
     )
+    if gpu_recipe and given.train_batch_size is None:
+        logger.info(
+            f"GPU recipe (the data is on the device): batch {config.train_batch_size}, learning rate"
+            f" {config.learning_rate:g}, warm-up {config.lr_warmup_steps} steps, {recipe['max_train_steps']} steps:"
+            " the CPU recipe's images in larger batches (--train_batch_size sets your own)."
+        )
     min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
     if config.eval_steps and config.eval_num_images % accelerator.num_processes:
         raise ValueError(
@@ -299,9 +323,9 @@ def train(config: TrainConfig) -> Path:
             progress.refresh()
             resolved["max_train_steps"] = max_train_steps
             if accelerator.is_main_process:
-                write_config(output_dir / CONFIG_FILE, config, resolved)
+                write_config(output_dir / CONFIG_FILE, given, resolved)
             logger.info(
-                f"{precision_reason(config.mixed_precision, accelerator.mixed_precision, device)};"
+                f"{precision_why};"
                 f" {budget.steps_per_second * images_per_step:.0f} images/s; {config.max_train_minutes:g}-minute"
                 f" budget -> {max_train_steps} steps"
                 + (" (the recipe's full length)" if max_train_steps == budget.cap else "")
