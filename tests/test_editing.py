@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -340,3 +341,96 @@ def test_plain_diffusers_runs_the_edit_pipelines_of_a_folder_and_a_hub_repo(pipe
     # hfddpm's own loader downloads them too (PIPELINE_FILES) and builds an edit pipeline by repo id
     loaded = HFDDPMInpaintPipeline.from_pretrained("user/hfddpm-edit")
     assert type(loaded) is HFDDPMInpaintPipeline
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_files(pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    pipe.save_pretrained(folder / "pipe")
+    for i, image in enumerate(digits(2)):
+        Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8), mode="L").save(folder / f"in{i}.png")
+    Image.fromarray((lower_half_mask()[0, 0].numpy() * 255).astype(np.uint8), mode="L").save(folder / "mask.png")
+    Image.fromarray(np.full((SIZE, SIZE), 128, dtype=np.uint8), mode="L").save(folder / "grey_mask.png")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(folder / "small.png")
+    return folder
+
+
+def test_cli_inpaint(cli_files, tmp_path, capsys):
+    from hfddpm.cli import main
+
+    d = cli_files
+    args = ["inpaint", str(d / "pipe"), "--num-inference-steps", "2", "--jump-length", "1", "--jump-n-sample", "2"]
+    assert (
+        main([*args, "--image", str(d / "in0.png"), "--mask", str(d / "mask.png"), "--out", str(tmp_path / "o.png")])
+        == 0
+    )
+    out, image = np.array(Image.open(tmp_path / "o.png")), np.array(Image.open(d / "in0.png"))
+    assert out.shape == (SIZE, SIZE) and np.array_equal(out[: SIZE // 2], image[: SIZE // 2])
+    assert "the result (HFDDPMScheduler)" in capsys.readouterr().out
+    # several images: inputs, masks and results in a grid, one column per image
+    images = ["--image", str(d / "in0.png"), str(d / "in1.png"), "--class-label", "3,7", "--guidance-scale", "2"]
+    assert main([*args, *images, "--mask", str(d / "mask.png"), "--out", str(tmp_path / "grid.png")]) == 0
+    grid = np.array(Image.open(tmp_path / "grid.png").convert("L"))
+    assert grid.shape == (3 * SIZE, 2 * SIZE)
+    assert np.array_equal(grid[:SIZE, SIZE:], np.array(Image.open(d / "in1.png")))
+    assert np.array_equal(grid[2 * SIZE : 2 * SIZE + SIZE // 2, SIZE:], grid[: SIZE // 2, SIZE:])  # kept top half
+
+
+def test_cli_img2img(cli_files, tmp_path):
+    from hfddpm.cli import main
+
+    d = cli_files
+    args = [
+        "img2img",
+        str(d / "pipe"),
+        "--image",
+        str(d / "in0.png"),
+        str(d / "in1.png"),
+        "--num-inference-steps",
+        "2",
+    ]
+    assert main([*args, "--strength", "0", "--out", str(tmp_path / "same.png")]) == 0
+    grid = np.array(Image.open(tmp_path / "same.png").convert("L"))
+    assert grid.shape == (2 * SIZE, 2 * SIZE) and np.array_equal(grid[:SIZE], grid[SIZE:])  # strength 0: unchanged
+    assert main([*args, "--strength", "0.5", "--class-label", "3", "--out", str(tmp_path / "edit.png")]) == 0
+    assert not np.array_equal(np.array(Image.open(tmp_path / "edit.png").convert("L"))[SIZE:], grid[SIZE:])
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["inpaint", "--mask", "small.png"], r"mask_image must have the image's size \(16, 16\)"),
+        (["inpaint", "--mask", "grey_mask.png"], r"mask_image must be binary"),
+        (["inpaint", "--mask", "mask.png", "--scheduler", "ddim"], r"RePaint is defined for .*not DDIMScheduler"),
+        (["inpaint", "--mask", "mask.png", "mask.png"], r"Got 2 --mask files for 1 --image files"),
+        (["inpaint", "--mask", "missing.png"], r"--mask .*missing.png: no such file"),
+        (["img2img", "--class-label", "10"], r"--class-labels must be in \[0, 9\]"),
+        (["img2img", "--image", "small.png"], r"image must be 1x16x16"),
+    ],
+)
+def test_cli_edit_bad_input(cli_files, tmp_path, capsys, monkeypatch, command, message):
+    from hfddpm.cli import main
+
+    monkeypatch.chdir(cli_files)
+    name, *extra = command
+    args = [name, "pipe", "--num-inference-steps", "1", "--out", str(tmp_path / "o.png")]
+    if "--image" not in extra:
+        args += ["--image", "in0.png"]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hfddpm {name}: error:") and re.search(message, err), err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_strength_out_of_range(cli_files, capsys):
+    from hfddpm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["img2img", str(cli_files / "pipe"), "--image", str(cli_files / "in0.png"), "--strength", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--strength: must be a finite number in [0, 1] (0 keeps the image, 1 ignores it), got 1.5" in (
+        capsys.readouterr().err
+    )
