@@ -11,9 +11,13 @@ __version__ = "0.1.0"
 
 from .models.unet_presets import UNET_PRESETS, build_unet, count_training_flops
 from .pipelines.pipeline_hfddpm import HFDDPMPipeline
+from .pipelines.pipeline_hfddpm_img2img import HFDDPMImg2ImgPipeline
+from .pipelines.pipeline_hfddpm_inpaint import HFDDPMInpaintPipeline
 from .schedulers.scheduling_hfddpm import HFDDPMScheduler, HFDDPMSchedulerOutput
 
 __all__ = [
+    "HFDDPMImg2ImgPipeline",
+    "HFDDPMInpaintPipeline",
     "HFDDPMPipeline",
     "HFDDPMScheduler",
     "HFDDPMSchedulerOutput",

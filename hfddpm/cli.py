@@ -1,10 +1,12 @@
-"""hfddpm command line: sample grids, evaluate pipelines, push them to the Hugging Face Hub.
+"""hfddpm command line: sample grids, edit images, evaluate pipelines, push them to the Hugging Face Hub.
 
 Examples:
     hfddpm sample outputs/mnist --num-images 64 --num-inference-steps 20 --scheduler dpmsolver++ --out grid.png
     hfddpm sample outputs/mnist-cond --class-labels 0,1,2,3,4,5,6,7,8,9 --guidance-scale 3 --out digits.png
     hfddpm evaluate outputs/mnist --num-images 1000 --num-inference-steps 50 --scheduler ddim --out metrics.json
     hfddpm evaluate outputs/mnist --metrics digits,fid,kid --fid-fallback digits
+    hfddpm inpaint outputs/mnist-cond --image in.png --mask mask.png --class-label 3 --out out.png
+    hfddpm img2img outputs/mnist-cond --image a.png b.png --strength 0.6 --class-label 8 --out grid.png
     hfddpm push outputs/mnist --repo-id user/hfddpm-mnist --private
 """
 
@@ -81,6 +83,36 @@ def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int, min_
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
 
+def _add_edit_args(parser: argparse.ArgumentParser, *, num_inference_steps: int):
+    parser.add_argument("pipeline", help="a saved pipeline folder (training output_dir) or a Hub repo id")
+    parser.add_argument(
+        "--image", nargs="+", required=True, type=Path, help="input image file(s), of the model's size"
+    )
+    parser.add_argument(
+        "--class-label",
+        "--class-labels",
+        dest="class_labels",
+        nargs="+",
+        default=None,
+        help="class-conditional models: one label for all images or one per image (e.g. 3, or 3,8)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=_number(0.0, meaning=" (1 = no guidance, 0 = unconditional)"),
+        default=1.0,
+        help="classifier-free guidance (1 = off)",
+    )
+    parser.add_argument("--num-inference-steps", type=_positive_int, default=num_inference_steps)
+    parser.add_argument(
+        "--scheduler", default=None, help="sampler short name (default: the pipeline's saved scheduler)"
+    )
+    parser.add_argument("--seed", type=_integer(0, 2**63 - 1), default=0)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("edited.png"), help="the result (PNG); a grid for several images"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hfddpm.evaluation import FID_FALLBACKS, METRIC_REGISTRY, METRICS, SCHEDULERS
 
@@ -135,6 +167,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-update-card", action="store_true", help="do not write the metrics into PIPELINE/README.md"
     )
     evaluate.set_defaults(func=cmd_evaluate)
+
+    inpaint = subparsers.add_parser(
+        "inpaint",
+        help="repaint the masked part of images (RePaint)",
+        description="Repaint where the mask is white (RePaint with resampling jumps, HFDDPMInpaintPipeline); black"
+        " pixels keep the input. Several images: a grid of inputs, masks and results.",
+    )
+    _add_edit_args(inpaint, num_inference_steps=50)
+    inpaint.add_argument(
+        "--mask", nargs="+", required=True, type=Path, help="binary mask image(s): one for all, or one per --image"
+    )
+    inpaint.add_argument("--jump-length", type=_positive_int, default=10, help="steps per resampling jump")
+    inpaint.add_argument(
+        "--jump-n-sample", type=_positive_int, default=10, help="resampling passes per jump (1 = no resampling)"
+    )
+    inpaint.set_defaults(func=cmd_inpaint)
+
+    img2img = subparsers.add_parser(
+        "img2img",
+        help="edit images (SDEdit), e.g. towards another class label",
+        description="Noise images to --strength, then denoise them (SDEdit, HFDDPMImg2ImgPipeline), towards"
+        " --class-label on a class-conditional model. Several images: a grid of inputs and results.",
+    )
+    _add_edit_args(img2img, num_inference_steps=50)
+    img2img.add_argument(
+        "--strength",
+        type=_number(0.0, 1.0, meaning=" (0 keeps the image, 1 ignores it)"),
+        default=0.6,
+        help="how far the images are noised (0 to 1)",
+    )
+    img2img.add_argument(
+        "--eta", type=_number(0.0, 1.0), default=0.0, help="DDIM noise for schedulers that take it (0 to 1)"
+    )
+    img2img.set_defaults(func=cmd_img2img)
 
     push = subparsers.add_parser(
         "push",
@@ -219,6 +285,92 @@ def cmd_sample(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_image_grid(pil_images, rows=rows, cols=cols).save(args.out)
     print(f"Wrote {args.num_images} samples ({rows}x{cols} grid, {type(pipe.scheduler).__name__}) to {args.out}")
+    return 0
+
+
+def _open_images(paths: list[Path], flag: str) -> list:
+    from PIL import Image
+
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file.")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                images.append(image.copy())
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"{flag} {path} is not an image file ({err}).") from None
+    return images
+
+
+def _edit_pipeline(args, pipeline_cls):
+    """``pipeline_cls`` on the weights of ``args.pipeline`` (``from_pipe``), with ``--scheduler`` swapped in."""
+    from hfddpm.evaluation import set_scheduler
+
+    pipe = pipeline_cls.from_pipe(set_scheduler(load_pipeline(args.pipeline, args.device), args.scheduler))
+    pipe.set_progress_bar_config(desc=args.command)
+    return pipe
+
+
+def _edit_labels(args, pipe, num_images: int):
+    if args.class_labels is None:
+        return None
+    return parse_class_labels(args.class_labels, num_images, pipe.num_classes)
+
+
+def _save_edit(args, rows: list[list], results: list) -> str:
+    """The result alone for one image; for several, a grid with one row per entry of ``rows`` and the results."""
+    from diffusers.utils import make_image_grid
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if len(results) == 1:
+        results[0].save(args.out)
+        return "the result"
+    size = results[0].size
+    cells = [image.convert(results[0].mode).resize(size) for row in rows for image in row] + list(results)
+    make_image_grid(cells, rows=len(rows) + 1, cols=len(results)).save(args.out)
+    return f"a grid of {len(results)} images: {' and '.join(['inputs', 'masks'][: len(rows)])} above the results"
+
+
+def cmd_inpaint(args) -> int:
+    from hfddpm import HFDDPMInpaintPipeline
+
+    images = _open_images(args.image, "--image")
+    masks = _open_images(args.mask, "--mask")
+    if len(masks) not in (1, len(images)):
+        raise ValueError(f"Got {len(masks)} --mask files for {len(images)} --image files; give one or one per image.")
+    pipe = _edit_pipeline(args, HFDDPMInpaintPipeline)
+    results = pipe(
+        images,
+        masks,
+        num_inference_steps=args.num_inference_steps,
+        jump_length=args.jump_length,
+        jump_n_sample=args.jump_n_sample,
+        generator=torch.Generator().manual_seed(args.seed),
+        class_labels=_edit_labels(args, pipe, len(images)),
+        guidance_scale=args.guidance_scale,
+    ).images
+    shown = [images, masks * len(images) if len(masks) == 1 else masks]
+    print(f"Wrote {_save_edit(args, shown, results)} ({type(pipe.scheduler).__name__}) to {args.out}")
+    return 0
+
+
+def cmd_img2img(args) -> int:
+    from hfddpm import HFDDPMImg2ImgPipeline
+
+    images = _open_images(args.image, "--image")
+    pipe = _edit_pipeline(args, HFDDPMImg2ImgPipeline)
+    results = pipe(
+        images,
+        strength=args.strength,
+        num_inference_steps=args.num_inference_steps,
+        generator=torch.Generator().manual_seed(args.seed),
+        class_labels=_edit_labels(args, pipe, len(images)),
+        guidance_scale=args.guidance_scale,
+        eta=args.eta,
+    ).images
+    print(f"Wrote {_save_edit(args, [images], results)} ({type(pipe.scheduler).__name__}) to {args.out}")
     return 0
 
 

@@ -122,3 +122,19 @@ def test_train_throughput_on_a_gpu_uses_the_tutorials_fp16_as_baseline(tmp_path)
     assert data["diffusers"]["mixed_precision"] == "fp16" and data["diffusers_fp32"]["mixed_precision"] == "no"
     assert data["hfddpm"]["mixed_precision"] == default_mixed_precision("cuda")
     assert data["device"].startswith("cuda")
+
+
+def test_editing_smoke_scores_against_the_baselines(tiny_pipeline, tmp_path):
+    _bench("bench_editing.py", str(tiny_pipeline), "--num-images", "10", "--num-inference-steps", "2",
+           "--jump-length", "1", "--img2img-images", "10", "--img2img-steps", "2", "--strengths", "0,1",
+           "--guidance-scales", "1", "--out", str(tmp_path / "ed"))  # fmt: skip
+    data = json.loads((tmp_path / "ed.json").read_text())
+    inpaint = data["inpaint"]
+    # 2 steps, jumps of 1 at position 2 (jump_n_sample 2): 3 model calls
+    assert inpaint["num_images"] == 10 and inpaint["model_calls_per_image"] == 3
+    assert inpaint["results"]["originals"]["fd_digits"] == pytest.approx(0.0, abs=1e-3)  # sqrtm of 10 samples
+    strength_0 = data["img2img"]["results"][0]
+    assert strength_0["strength"] == 0.0  # the input itself: the original label's share is the classifier's accuracy
+    assert strength_0["original_label_share"] == data["img2img"]["original_accuracy"]
+    for name in ("ed_inpaint.png", "ed_img2img.png", "ed_label_change.png"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -53,6 +53,8 @@ PIPELINE = [
     "README.md",
     "model_index.json",
     "pipeline_hfddpm.py",
+    "pipeline_hfddpm_img2img.py",
+    "pipeline_hfddpm_inpaint.py",
     "samples/final.png",
     "scheduler/scheduler_config.json",
     "scheduler/scheduling_hfddpm.py",

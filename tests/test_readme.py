@@ -41,3 +41,14 @@ def test_readme_training_from_python_runs(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "tiny-run" / "training_config.json").read_text())
     assert saved["format_version"] == 1 and saved["config"]["max_train_steps"] == 4
     assert saved["resolved"]["resolution"] == 32 and saved["resolved"]["num_classes"] == 10
+
+
+def test_readme_editing_example_runs(tmp_path, monkeypatch):
+    section = README.read_text().split("## Editing: inpainting and image-to-image", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("num_inference_steps=25", "num_inference_steps=3")  # the same calls, fewer steps
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["restored"].shape == (2, 1, 28, 28)
+    assert len(namespace["eights"]) == 2 and namespace["eights"][0].size == (28, 28)

@@ -10,7 +10,7 @@ Example:
     >>> push_to_hub("outputs/mnist", "user/hfddpm-mnist")                         # doctest: +SKIP
     'https://huggingface.co/user/hfddpm-mnist'
 
-Only the pipeline is uploaded: the files of ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm.py``,
+Only the pipeline is uploaded: the files of ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm*.py``,
 ``unet/``, ``scheduler/``), ``README.md`` and the sample grid. Checkpoints, logs, optimizer states and pickled torch
 files stay local. The token (argument, ``HF_TOKEN`` or the saved login) is handed to ``huggingface_hub`` and never
 printed, logged or written to a file.

@@ -56,7 +56,7 @@ class PushToHubError(RuntimeError):
 def pipeline_files(output_dir) -> list[str]:
     """Files of ``output_dir`` that ``push_to_hub`` uploads (paths relative to it, sorted).
 
-    The files matching ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm.py``, ``unet/*``,
+    The files matching ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm*.py``, ``unet/*``,
     ``scheduler/*``), ``README.md``, ``samples/final.png`` and the images the card links to, minus
     ``IGNORE_PATTERNS``.
     """

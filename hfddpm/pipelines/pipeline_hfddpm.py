@@ -3,12 +3,15 @@
 
 This file is copied verbatim into every saved pipeline folder (``pipeline_hfddpm.py``), so that
 ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` works with plain diffusers: it imports
-nothing from hfddpm.
+nothing from hfddpm. ``HFDDPMPipelineMixin`` holds what every hfddpm pipeline shares (class labels and guidance, image
+inputs, outputs, the save format and the loader); the editing pipelines (``pipeline_hfddpm_inpaint.py``,
+``pipeline_hfddpm_img2img.py``, saved next to this file) import it from here.
 """
 
 import importlib
 import inspect
 import json
+import logging
 import math
 import os
 import re
@@ -16,9 +19,13 @@ import sys
 from typing import Callable
 
 import diffusers
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # Component classes that live outside diffusers and ship as code next to the weights, by the file that holds them.
@@ -27,9 +34,13 @@ LOCAL_MODULES = {"scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm"}
 # The base class each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
 # an example of a valid class.
 COMPONENTS = {"unet": (ModelMixin, "UNet2DModel"), "scheduler": (SchedulerMixin, "DDPMScheduler")}
+# The pipeline code of a saved folder, one file per pipeline, by module name (file stem): sampling, and the editing
+# pipelines that run on the same weights. Every save writes all of them, so a folder or Hub repository runs any of
+# them with plain diffusers (``custom_pipeline="pipeline_hfddpm_inpaint"``). Module names are public API.
+PIPELINE_MODULES = ("pipeline_hfddpm", "pipeline_hfddpm_img2img", "pipeline_hfddpm_inpaint")
 # The files of a saved pipeline folder, as Hub allow-patterns: what from_pretrained downloads and push_to_hub uploads
 # (with the model card), and nothing else of an output folder (checkpoints, logs).
-PIPELINE_FILES = ("model_index.json", "pipeline_hfddpm.py", *(f"{name}/*" for name in COMPONENTS))
+PIPELINE_FILES = ("model_index.json", *(f"{m}.py" for m in PIPELINE_MODULES), *(f"{name}/*" for name in COMPONENTS))
 # A Hub repository id: namespace/name of letters, digits, "_", "-" and ".", each starting and ending with a letter or
 # digit (a path such as ./x, ../x or ~/x is not one).
 _REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?")
@@ -47,30 +58,14 @@ def is_repo_id(path: str | os.PathLike) -> bool:
     return not os.path.exists(path) and _REPO_ID.fullmatch(path) is not None and ".." not in path and "--" not in path
 
 
-class HFDDPMPipeline(DiffusionPipeline):
-    """Sample images from a ``UNet2DModel`` with any diffusers scheduler, with optional classifier-free guidance.
+class HFDDPMPipelineMixin:
+    """What every hfddpm pipeline shares: class labels and classifier-free guidance, image inputs and outputs, the
+    save format (safetensors plus the code of every pipeline) and the allowlist loader.
 
-    A class-conditional UNet has ``num_class_embeds = num_classes + 1``; its last class index is the null class
-    (trained by label dropout) that guidance pushes away from.
-
-    Example:
-        >>> import torch
-        >>> from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
-        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16, num_class_embeds=11)
-        >>> pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
-        >>> pipe.set_progress_bar_config(disable=True)
-        >>> out = pipe(batch_size=2, class_labels=[3, 7], guidance_scale=2.0, num_inference_steps=2,
-        ...            generator=torch.manual_seed(0), output_type="np")
-        >>> out.images.shape
-        (2, 16, 16, 1)
+    A pipeline is ``class XPipeline(HFDDPMPipelineMixin, DiffusionPipeline)`` with ``unet`` and ``scheduler``
+    components. The mixin is not itself a ``DiffusionPipeline``, so a pipeline file that imports it still holds exactly
+    one pipeline class, which diffusers needs to load it with ``custom_pipeline=``.
     """
-
-    model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
-
-    def __init__(self, unet: UNet2DModel, scheduler):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
 
     @property
     def num_classes(self) -> int:
@@ -78,17 +73,9 @@ class HFDDPMPipeline(DiffusionPipeline):
         n = self.unet.config.num_class_embeds
         return n - 1 if n else 0
 
-    def _check_inputs(self, batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not supported; choose one of {OUTPUT_TYPES}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs {bad} are not supported;"
-                f" choose from {self._callback_tensor_inputs}."
-            )
+    def _check_class_labels(self, batch_size, class_labels, guidance_scale) -> torch.Tensor | None:
+        """``class_labels`` as one label per image (the null class where none is given), or None for an
+        unconditional UNet; ``ValueError`` for labels or a guidance scale the UNet cannot take."""
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number (1.0 disables guidance), got {guidance_scale}.")
         if self.num_classes == 0:
@@ -123,83 +110,92 @@ class HFDDPMPipeline(DiffusionPipeline):
             )
         return labels
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        batch_size: int = 1,
-        num_inference_steps: int = 50,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        class_labels: int | list[int] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        eta: float = 0.0,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
-    ) -> ImagePipelineOutput | tuple:
-        """Generate ``batch_size`` images.
+    @staticmethod
+    def _check_output_type(output_type: str):
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not supported; choose one of {OUTPUT_TYPES}.")
 
-        Args:
-            batch_size: number of images.
-            num_inference_steps: denoising steps (model evaluations for first-order schedulers).
-            generator: a ``torch.Generator`` (or one per image) for reproducible sampling.
-            class_labels: one label per image or one for all (class-conditional UNets only).
-            guidance_scale: classifier-free guidance weight w of ``uncond + w * (cond - uncond)``, eq. (6) of Ho &
-                Salimans 2022 (https://arxiv.org/abs/2207.12598); 1.0 disables guidance.
-            eta: DDIM noise (0 deterministic, 1 ancestral DDPM), passed to schedulers that accept it.
-            output_type: ``"pil"``, ``"np"`` (NHWC floats in [0, 1]) or ``"pt"`` (NCHW floats in [0, 1]).
-            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
-            callback_on_step_end: called as ``fn(pipe, step_index, timestep, callback_kwargs)`` after each step;
-                it may return a dict with a replacement ``"latents"``.
-            callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
-        """
-        # 1. check inputs
-        labels = self._check_inputs(
-            batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs
-        )
-        device = self._execution_device
+    def _check_callback_inputs(self, names: list[str]):
+        bad = [k for k in names if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {bad} are not supported;"
+                f" choose from {self._callback_tensor_inputs}."
+            )
+
+    def _model_output(self, sample, t, labels, guidance_scale):
+        """The UNet's output at ``t`` for ``sample`` and ``labels``, with classifier-free guidance when
+        ``guidance_scale != 1``: eq. (6) of Ho & Salimans 2022 (https://arxiv.org/abs/2207.12598),
+        ``uncond + w * (cond - uncond)``, on the model's own parameterisation (linear in it)."""
         do_guidance = labels is not None and guidance_scale != 1.0
-        if labels is not None:
-            labels = labels.to(device)
-            if do_guidance:
-                # one batched forward pass: conditional half, then the null-class half
-                labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+        if do_guidance:
+            # one batched forward pass: conditional half, then the null-class half
+            sample = torch.cat([sample, sample])
+            labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+        model_input = self.scheduler.scale_model_input(sample, t)
+        model_output = self.unet(model_input, t, class_labels=labels).sample
+        if do_guidance:
+            cond, uncond = model_output.chunk(2)
+            model_output = uncond + guidance_scale * (cond - uncond)
+        return model_output
 
-        # 2. initial noise x_T ~ N(0, I), scaled for schedulers that work in sigma space
+    def _step_kwargs(self, generator, eta: float) -> dict:
+        """The ``scheduler.step`` keywords this scheduler understands among ``eta`` and ``generator``."""
+        step_params = inspect.signature(self.scheduler.step).parameters
+        kwargs = {"eta": eta, "generator": generator}
+        return {k: v for k, v in kwargs.items() if k in step_params}
+
+    def _sample_shape(self, batch_size: int) -> tuple[int, ...]:
+        """``(batch_size, channels, height, width)`` of the UNet's samples."""
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, self.unet.config.in_channels, *size)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
+        return (batch_size, self.unet.config.in_channels, *size)
 
-        # 3. timesteps, and the step() keywords this scheduler understands
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_params = inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {}
-        if "eta" in step_params:
-            step_kwargs["eta"] = eta
-        if "generator" in step_params:
-            step_kwargs["generator"] = generator
+    def _images_to_tensor(self, images, name: str = "image", mask: bool = False) -> torch.Tensor:
+        """PIL image(s), numpy (``HW``, ``HWC``, ``NHWC``) or torch (``HW``, ``CHW``, ``NCHW``) images with values in
+        [0, 1] -> float ``[N, C, H, W]`` in [0, 1] (diffusers' ``VaeImageProcessor``, no resizing). PIL images are
+        converted to the UNet's mode (grey ``L`` for one channel, ``RGB`` for three). Images must have the UNet's
+        channels and size; a mask has one channel, its size is the caller's to check."""
+        channels = 1 if mask else self.unet.config.in_channels
+        arrays = images if isinstance(images, (list, tuple)) else [images]
+        for array in arrays:
+            if isinstance(array, (torch.Tensor, np.ndarray)):
+                array = torch.as_tensor(array)
+                if array.is_floating_point() or array.dtype == torch.bool:
+                    lo, hi = float(array.min()), float(array.max())
+                    if not (0.0 <= lo and hi <= 1.0):
+                        raise ValueError(
+                            f"{name} values must be in [0, 1] (numpy and torch inputs), got [{lo:g}, {hi:g}]."
+                        )
+                else:
+                    raise ValueError(
+                        f"{name} as a numpy array or tensor must hold floats in [0, 1], got dtype {array.dtype}"
+                        " (divide 8-bit pixels by 255)."
+                    )
+        processor = VaeImageProcessor(
+            do_resize=False, do_normalize=False, do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3
+        )
+        try:
+            if isinstance(images, torch.Tensor):
+                images = images.float()
+            elif isinstance(images, (list, tuple)):
+                images = [a.float() if isinstance(a, torch.Tensor) else a for a in images]
+            tensor = processor.preprocess(images)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{name} must be PIL images, numpy arrays (HW, HWC or NHWC) or torch tensors (HW, CHW or NCHW): {err}"
+            ) from None
+        tensor = tensor.float()
+        expected = self._sample_shape(tensor.shape[0])[1:]
+        if not mask and tuple(tensor.shape[1:]) != (channels, *expected[1:]):
+            raise ValueError(
+                f"{name} must be {channels}x{expected[1]}x{expected[2]} (channels x height x width, as this UNet's"
+                f" samples); got images of shape {tuple(tensor.shape[1:])}. Resize or convert it first."
+            )
+        return tensor
 
-        # 4. denoising loop, Algorithm 2 of https://arxiv.org/abs/2006.11239
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = torch.cat([latents, latents]) if do_guidance else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            model_output = self.unet(model_input, t, class_labels=labels).sample
-            if do_guidance:
-                cond, uncond = model_output.chunk(2)
-                # eq. (6) of https://arxiv.org/abs/2207.12598, on the model's own parameterisation (linear in it)
-                model_output = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
-
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents}
-                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                latents = callback_outputs.get("latents", latents)
-
-        # 5. [-1, 1] -> [0, 1]
-        images = (latents / 2 + 0.5).clamp(0, 1).float()
+    def _output(self, images: torch.Tensor, output_type: str, return_dict: bool):
+        """``[N, C, H, W]`` images in [0, 1] as ``output_type`` (``pil``, ``np``: NHWC, ``pt``: NCHW)."""
         self.maybe_free_model_hooks()
         if output_type == "pt":
             out = images.cpu()
@@ -215,10 +211,11 @@ class HFDDPMPipeline(DiffusionPipeline):
     # A save format that loads everywhere
     # --------------------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
-        """Save weights (safetensors), configs and the code of every non-diffusers component.
+        """Save weights (safetensors), configs and the code of every pipeline and non-diffusers component.
 
-        The folder then loads with ``HFDDPMPipeline.from_pretrained(folder)`` and, without hfddpm, with
-        ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.
+        The folder then loads with ``HFDDPMPipeline.from_pretrained(folder)`` (or any hfddpm pipeline class) and,
+        without hfddpm, with ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` (the saved class;
+        ``custom_pipeline="pipeline_hfddpm_inpaint"`` for another one).
         """
         if not safe_serialization:
             raise ValueError("hfddpm saves safetensors only; use safe_serialization=True.")
@@ -231,14 +228,25 @@ class HFDDPMPipeline(DiffusionPipeline):
         self._write_remote_code(save_directory)
 
     def _write_remote_code(self, save_directory):
-        """Copy the source of the pipeline and of custom components next to their configs (generated each save)."""
+        """Copy the source of the pipelines and of custom components next to their configs (generated each save)."""
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
 
+        # every pipeline file found beside this pipeline's module: all of them in hfddpm; in a folder loaded by plain
+        # diffusers, those its modules cache holds
         pipeline_module = sys.modules[type(self).__module__]
-        _write_text(os.path.join(save_directory, "pipeline_hfddpm.py"), inspect.getsource(pipeline_module))
-        index["_class_name"] = ["pipeline_hfddpm", type(self).__name__]
+        code_dir = os.path.dirname(os.path.abspath(pipeline_module.__file__))
+        for stem in PIPELINE_MODULES:
+            path = os.path.join(code_dir, f"{stem}.py")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    _write_text(os.path.join(save_directory, f"{stem}.py"), f.read())
+            else:
+                logger.warning(
+                    f"{stem}.py is not beside {pipeline_module.__file__}; the saved folder goes without it."
+                )
+        index["_class_name"] = [pipeline_module.__name__.rsplit(".", 1)[-1], type(self).__name__]
 
         for name in ("unet", "scheduler"):
             component = getattr(self, name)
@@ -255,6 +263,9 @@ class HFDDPMPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """Load a saved pipeline folder or Hub repository; hfddpm's own classes are used for its components.
+
+        Any hfddpm pipeline class loads any saved hfddpm folder (``HFDDPMInpaintPipeline.from_pretrained(folder)``
+        on a folder of sampling weights), whatever pipeline saved it.
 
         Keyword arguments: ``unet``/``scheduler`` (use these instead of loading), ``torch_dtype``, and the Hub
         arguments ``revision``, ``cache_dir``, ``token``, ``local_files_only``.
@@ -291,8 +302,103 @@ class HFDDPMPipeline(DiffusionPipeline):
             load_kwargs = {"torch_dtype": torch_dtype} if name == "unet" and torch_dtype is not None else {}
             components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
         if kwargs:
-            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; HFDDPMPipeline takes unet and scheduler.")
+            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes unet and scheduler.")
         return cls(**components)
+
+
+class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
+    """Sample images from a ``UNet2DModel`` with any diffusers scheduler, with optional classifier-free guidance.
+
+    A class-conditional UNet has ``num_class_embeds = num_classes + 1``; its last class index is the null class
+    (trained by label dropout) that guidance pushes away from.
+
+    Example:
+        >>> import torch
+        >>> from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16, num_class_embeds=11)
+        >>> pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> out = pipe(batch_size=2, class_labels=[3, 7], guidance_scale=2.0, num_inference_steps=2,
+        ...            generator=torch.manual_seed(0), output_type="np")
+        >>> out.images.shape
+        (2, 16, 16, 1)
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: UNet2DModel, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def _check_inputs(self, batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
+        self._check_output_type(output_type)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self._check_callback_inputs(callback_on_step_end_tensor_inputs)
+        return self._check_class_labels(batch_size, class_labels, guidance_scale)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images.
+
+        Args:
+            batch_size: number of images.
+            num_inference_steps: denoising steps (model evaluations for first-order schedulers).
+            generator: a ``torch.Generator`` (or one per image) for reproducible sampling.
+            class_labels: one label per image or one for all (class-conditional UNets only).
+            guidance_scale: classifier-free guidance weight w of ``uncond + w * (cond - uncond)``, eq. (6) of Ho &
+                Salimans 2022 (https://arxiv.org/abs/2207.12598); 1.0 disables guidance.
+            eta: DDIM noise (0 deterministic, 1 ancestral DDPM), passed to schedulers that accept it.
+            output_type: ``"pil"``, ``"np"`` (NHWC floats in [0, 1]) or ``"pt"`` (NCHW floats in [0, 1]).
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            callback_on_step_end: called as ``fn(pipe, step_index, timestep, callback_kwargs)`` after each step;
+                it may return a dict with a replacement ``"latents"``.
+            callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
+        """
+        # 1. check inputs
+        labels = self._check_inputs(
+            batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs
+        )
+        device = self._execution_device
+        if labels is not None:
+            labels = labels.to(device)
+
+        # 2. initial noise x_T ~ N(0, I), scaled for schedulers that work in sigma space
+        latents = randn_tensor(
+            self._sample_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype
+        )
+        latents = latents * self.scheduler.init_noise_sigma
+
+        # 3. timesteps, and the step() keywords this scheduler understands
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = self._step_kwargs(generator, eta)
+
+        # 4. denoising loop, Algorithm 2 of https://arxiv.org/abs/2006.11239
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_output = self._model_output(latents, t, labels, guidance_scale)
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents}
+                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                latents = callback_outputs.get("latents", latents)
+
+        # 5. [-1, 1] -> [0, 1]
+        return self._output((latents / 2 + 0.5).clamp(0, 1).float(), output_type, return_dict)
 
 
 def _read_index(index_path: str) -> dict:
