@@ -66,7 +66,11 @@ values = {values!r}
 
 
 def scripted(engine, accelerator, config, *, num_classes, step):
-    return {{"step": step, "num_images": config.eval_num_images, "fd_digits": values[step]}}
+    value = values[step]
+    if isinstance(value, tuple):  # (value, low, high): with a 95% interval
+        details = {{"fd_digits": {{"ci95": list(value[1:]), "num_samples": config.eval_num_images}}}}
+        return {{"step": step, "num_images": config.eval_num_images, "fd_digits": value[0], "details": details}}
+    return {{"step": step, "num_images": config.eval_num_images, "fd_digits": value}}
 
 
 loop.evaluate_ema = scripted
@@ -120,3 +124,25 @@ def test_keep_best_early_stopping_and_resume(tmp_path):
         TrainConfig(eval_steps=2, keep_best="class_histogram").validate()
     with pytest.raises(ValueError, match=r"need --eval_steps"):
         TrainConfig(keep_best="fd_digits").validate()
+
+
+def test_keep_best_counts_only_improvements_beyond_the_noise(tmp_path):
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(GREY))
+    out = tmp_path / "out"
+    args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8", "--eval_steps", "2",
+            "--eval_num_images", "12", "--max_train_steps", "16", "--validation_inference_steps", "1",
+            "--validation_images_per_class", "1", "--keep_best", "fd_digits",
+            "--early_stopping_patience", "3"]  # fmt: skip
+    # half-widths 0.5: an improvement counts when it exceeds sqrt(0.5**2 + 0.5**2) = 0.71
+    values = {2: (5.0, 4.5, 5.5), 4: (4.6, 4.1, 5.1), 6: (4.4, 3.9, 4.9), 8: (4.2, 3.7, 4.7), 10: (3.6, 3.1, 4.1),
+              12: (3.5, 3.0, 4.0), 14: (3.6, 3.1, 4.1), 16: (1.0, 0.5, 1.5)}  # fmt: skip
+    result = _scripted_run(tmp_path, values, args)
+    # 4.6 and 4.4 are 0.4 and 0.6 better than 5.0: within the noise; 4.2 is 0.8 better: the new best. 3.6, 3.5, 3.6
+    # are 0.6, 0.7, 0.6 better than 4.2: within its noise, three evaluations without an improvement -> stop at 14
+    assert "New best fd_digits 5 at step 2" in result.stderr and "New best fd_digits 4.2 at step 8" in result.stderr
+    for value in ("4.6", "4.4", "3.6", "3.5"):
+        assert f"New best fd_digits {value} " not in result.stderr
+    assert "Early stopping at step 14" in result.stderr
+    best = json.loads((out / "checkpoints" / "checkpoint-best" / "training_state.json").read_text())
+    assert best == {"global_step": 8, "metric": "fd_digits", "value": 4.2}

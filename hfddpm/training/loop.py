@@ -253,8 +253,8 @@ def train(config: TrainConfig) -> Path:
                 logger.info(f"New best {config.keep_best} {state['value']:.4g} at step {step}: saved best/")
         if stop:
             logger.info(
-                f"Early stopping at step {step}: {config.keep_best} did not improve in"
-                f" {config.early_stopping_patience} evaluations."
+                f"Early stopping at step {step}: {config.keep_best} did not improve beyond the noise (its 95%"
+                f" intervals) in {config.early_stopping_patience} evaluations."
             )
         return bool(stop)
 
