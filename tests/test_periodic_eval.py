@@ -1,6 +1,7 @@
 """Evaluation during training: fixed samples scored every --eval_steps, gathered from every process, a curve."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 from train_helpers import TRAIN, run_train, train_env
 
 from hfddpm.training import TrainConfig
+from hfddpm.training.budget import CALIBRATION_STEPS, SKIPPED_STEPS
 from hfddpm.training.periodic_eval import share
 
 GREY = {"sample_size": 28, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
@@ -146,3 +148,31 @@ def test_keep_best_counts_only_improvements_beyond_the_noise(tmp_path):
     assert "Early stopping at step 14" in result.stderr
     best = json.loads((out / "checkpoints" / "checkpoint-best" / "training_state.json").read_text())
     assert best == {"global_step": 8, "metric": "fd_digits", "value": 4.2}
+
+
+def test_a_budgeted_run_evaluates_eval_count_times_on_top_of_its_budget(tmp_path):
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(GREY))
+    out = tmp_path / "out"
+    args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8",
+            "--max_train_minutes", "0.2", "--eval_count", "2", "--eval_num_images", "8",
+            "--eval_inference_steps", "1", "--checkpointing_steps", "0", "--validation_inference_steps", "1",
+            "--validation_images_per_class", "1"]  # fmt: skip
+    result = run_train(args, tmp_path)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    planned, every = metrics["planned_steps"], math.ceil(metrics["planned_steps"] / 2)
+    # evaluations every `every` steps once the plan is made (after 23 steps; a slow machine plans few steps), and at
+    # the end
+    plan_step = SKIPPED_STEPS + CALIBRATION_STEPS
+    expected = [s for s in range(every, planned, every) if s > plan_step] + [planned]
+    assert [e["step"] for e in metrics["evaluations"]] == expected
+    assert all(e["num_images"] == 8 and e["sampling_seconds"] > 0 for e in metrics["evaluations"])
+    assert metrics["eval_seconds"] >= sum(e["sampling_seconds"] for e in metrics["evaluations"])
+    assert f"evaluating digits every {math.ceil(planned / 2)} steps (8 samples), on top of the budget" in result.stderr
+    assert "Evaluation during training took" in result.stderr and (out / "eval_curve.png").is_file()
+    # an explicit length (the pinned runs) does not evaluate unless asked
+    explicit = tmp_path / "explicit"
+    run_train(
+        [*args[:4], "--output_dir", str(explicit), "--max_train_steps", "2", "--checkpointing_steps", "0"], tmp_path
+    )
+    assert "evaluations" not in json.loads((explicit / "train_metrics.json").read_text())

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -34,13 +35,16 @@ def share(num_images: int, *, rank: int, world_size: int) -> list[int]:
 def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) -> dict | None:
     """Sample ``config.eval_num_images`` images from ``engine``'s EMA weights (DPM-Solver++,
     ``config.eval_inference_steps``, guidance 1, balanced labels, seeds fixed per image index) and score them with
-    ``config.eval_metrics`` on process 0; returns the metrics there (``None`` on the other processes)."""
+    ``config.eval_metrics`` on process 0; returns the metrics there, with ``sampling_seconds`` (process 0's share)
+    and ``metrics_seconds`` (``None`` on the other processes)."""
     rank, world_size = accelerator.process_index, accelerator.num_processes
     n = config.eval_num_images
     labels = balanced_labels(n, num_classes) if num_classes else None
     mine = share(n, rank=rank, world_size=world_size)
+    start = time.perf_counter()
     pipe = engine.pipeline(sampler="dpmsolver++")
     images = _generate(pipe, mine, labels, config)
+    sampling_seconds = time.perf_counter() - start
     index = torch.tensor(mine, device=accelerator.device)
     all_images = accelerator.gather(images.to(accelerator.device))
     all_index = accelerator.gather(index)
@@ -48,9 +52,11 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
         return None
     order = torch.argsort(all_index)
     all_images = all_images[order].cpu()
+    start = time.perf_counter()
     results = compute_metrics(all_images, labels, metrics=config.eval_metrics, fid_fallback="digits", seed=config.seed)
     results.pop("notes", None)
-    return {"step": step, "num_images": n, **results}
+    timing = {"sampling_seconds": sampling_seconds, "metrics_seconds": time.perf_counter() - start}
+    return {"step": step, "num_images": n, **results, **timing}
 
 
 def _generate(pipe, mine, labels, config) -> torch.Tensor:
