@@ -7,6 +7,8 @@ Examples:
     hfddpm evaluate outputs/mnist --metrics digits,fid,kid --fid-fallback digits
     hfddpm inpaint outputs/mnist-cond --image in.png --mask mask.png --class-label 3 --out out.png
     hfddpm img2img outputs/mnist-cond --image a.png b.png --strength 0.6 --class-label 8 --out grid.png
+    hfddpm evaluate outputs/mnist --metrics digits,pr_digits,memorization
+    hfddpm evaluate --compare outputs/run-a outputs/run-b
     hfddpm push outputs/mnist --repo-id user/hfddpm-mnist --private
 """
 
@@ -59,8 +61,14 @@ def _number(low: float, high: float | None = None, meaning: str = ""):
 _positive_int = _integer(1)
 
 
-def _add_sampling_args(parser: argparse.ArgumentParser, *, num_images: int, min_images: int = 1):
-    parser.add_argument("pipeline", help="a saved pipeline folder (training output_dir) or a Hub repo id")
+def _add_sampling_args(
+    parser: argparse.ArgumentParser, *, num_images: int, min_images: int = 1, pipeline_optional: bool = False
+):
+    parser.add_argument(
+        "pipeline",
+        nargs="?" if pipeline_optional else None,
+        help="a saved pipeline folder (training output_dir) or a Hub repo id",
+    )
     parser.add_argument("--num-images", type=_integer(min_images), default=num_images)
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per pipeline call")
     parser.add_argument("--num-inference-steps", type=_positive_int, default=50)
@@ -115,6 +123,7 @@ def _add_edit_args(parser: argparse.ArgumentParser, *, num_inference_steps: int)
 
 def build_parser() -> argparse.ArgumentParser:
     from hfddpm.evaluation import FID_FALLBACKS, METRIC_REGISTRY, METRICS, SCHEDULERS
+    from hfddpm.evaluation.features import FEATURE_EXTRACTORS
 
     parser = argparse.ArgumentParser(
         prog="hfddpm",
@@ -139,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = subparsers.add_parser("evaluate", help="generate samples and compute metrics")
     # the metrics need a covariance: at least 2 samples
-    _add_sampling_args(evaluate, num_images=1000, min_images=2)
+    _add_sampling_args(evaluate, num_images=1000, min_images=2, pipeline_optional=True)
     computes = {choice: [m.name for m in METRIC_REGISTRY.values() if m.choice == choice] for choice in METRICS}
     evaluate.add_argument(
         "--metrics",
@@ -165,6 +174,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: PIPELINE/metrics.json)")
     evaluate.add_argument(
         "--no-update-card", action="store_true", help="do not write the metrics into PIPELINE/README.md"
+    )
+    evaluate.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="instead of evaluating: compare two results (metrics.json files, or pipeline folders holding one) and"
+        " say per metric whether they differ beyond the noise of their 95%% intervals",
+    )
+    memorization = evaluate.add_argument_group(
+        "memorization", "the training images the memorization metric searches (default: the training source in"
+        " PIPELINE/training_config.json, else the embedded MNIST-5k)"
+    )  # fmt: skip
+    memorization.add_argument("--dataset-name", default=None, help="a Hub dataset id or local dataset folder")
+    memorization.add_argument("--dataset-config-name", default=None)
+    memorization.add_argument("--dataset-split", default=None, help="default: the run's, else train")
+    memorization.add_argument("--train-data-dir", default=None, help="a folder of training images (imagefolder)")
+    memorization.add_argument("--image-column", default=None, help="default: the run's, else image")
+    memorization.add_argument(
+        "--heldout-dir",
+        default=None,
+        help="real images not trained on, for the threshold (default: training images held out one at a time)",
+    )
+    memorization.add_argument(
+        "--max-train-images", type=_positive_int, default=None, help="search at most this many training images"
+    )
+    memorization.add_argument(
+        "--feature-extractor",
+        choices=FEATURE_EXTRACTORS,
+        default="digits",
+        help="the feature space of the memorization check (besides pixels)",
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -374,12 +414,61 @@ def cmd_img2img(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from hfddpm.evaluation.compare import compare_results, format_comparison, read_results
+
+    name_a, name_b = args.compare
+    rows = compare_results(read_results(name_a), read_results(name_b))
+    print(format_comparison(rows, name_a, name_b))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"a": name_a, "b": name_b, "metrics": rows}, indent=2) + "\n")
+        print(f"Wrote {args.out}")
+    return 0
+
+
+def memorization_inputs(args, pipe) -> dict:
+    """The training images (and held-out images) of ``hfddpm evaluate --metrics memorization``: the run's training
+    source from ``PIPELINE/training_config.json``, overridden by the command's flags."""
+    from hfddpm.evaluation import load_reference
+    from hfddpm.evaluation.memorization import MAX_TRAIN_IMAGES, training_images
+    from hfddpm.hub.card import read_training_settings
+
+    settings = read_training_settings(args.pipeline) if os.path.isdir(args.pipeline) else {}
+    overrides = {
+        "dataset_name": args.dataset_name,
+        "dataset_config_name": args.dataset_config_name,
+        "dataset_split": args.dataset_split,
+        "train_data_dir": args.train_data_dir,
+        "image_column": args.image_column,
+    }
+    if args.dataset_name is not None or args.train_data_dir is not None:  # another source: none of the run's
+        settings = {k: v for k, v in settings.items() if k not in ("dataset_name", "train_data_dir")}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    config = pipe.unet.config
+    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    train = training_images(
+        settings, size, config.in_channels, max_images=args.max_train_images or MAX_TRAIN_IMAGES, seed=args.seed
+    )
+    heldout = load_reference(args.heldout_dir, size, config.in_channels) if args.heldout_dir else None
+    return {"train_images": train, "heldout_images": heldout, "feature_extractor": args.feature_extractor}
+
+
 def cmd_evaluate(args) -> int:
     from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, evaluate_pipeline, parse_metrics
     from hfddpm.hub import update_model_card
 
+    if args.compare is not None:
+        return cmd_compare(args)
+    if args.pipeline is None:
+        raise ValueError("hfddpm evaluate needs a PIPELINE folder or Hub repo id (or --compare A B).")
     metrics = parse_metrics(args.metrics)
     pipe = load_pipeline(args.pipeline, args.device)
+    local = os.path.isdir(args.pipeline)
+    out = args.out
+    if out is None:
+        out = Path(args.pipeline) / "metrics.json" if local else Path("metrics.json")
+    extra = memorization_inputs(args, pipe) if "memorization" in metrics else {}
     results = evaluate_pipeline(
         pipe,
         num_images=args.num_images,
@@ -395,12 +484,10 @@ def cmd_evaluate(args) -> int:
         inception_weights=args.inception_weights,
         dinov2_model=args.dinov2_model or DEFAULT_DINOV2_MODEL,
         cache_dir=args.cache_dir,
+        output_dir=out.parent,
+        **extra,
     )
     results = {"pipeline": str(args.pipeline), **results}
-    local = os.path.isdir(args.pipeline)
-    out = args.out
-    if out is None:
-        out = Path(args.pipeline) / "metrics.json" if local else Path("metrics.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -138,3 +138,21 @@ def test_editing_smoke_scores_against_the_baselines(tiny_pipeline, tmp_path):
     assert strength_0["original_label_share"] == data["img2img"]["original_accuracy"]
     for name in ("ed_inpaint.png", "ed_img2img.png", "ed_label_change.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_eval_overhead_smoke_compares_runs_without_and_with_evaluations(tmp_path):
+    grey = {"sample_size": 28, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+            "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+            "layers_per_block": 1, "norm_num_groups": 4}  # fmt: skip
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(grey))
+    out = tmp_path / "overhead.json"
+    _bench("bench_eval_overhead.py", "--max-train-steps", "4", "--evaluations", "2", "--eval-num-images", "4",
+           "--eval-inference-steps", "1", "--out", str(out), "--unet_config", str(config), "--train_batch_size", "8",
+           "--validation_inference_steps", "1", "--validation_images_per_class", "1")  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    assert results["evaluations"] == 2 and results["sampling_seconds_total"] > 0
+    assert results["eval_seconds_in_loop"] <= results["eval_seconds_total"]
+    assert results["excess_s"] == pytest.approx(
+        results["wall_time_with_s"] - results["eval_seconds_in_loop"] - results["wall_time_without_s"]
+    )

@@ -158,8 +158,9 @@ def test_compute_metrics_fid_fallbacks(heldout, hide_package):
 
 def test_parse_metrics():
     assert parse_metrics("digits, FID,digits") == ("digits", "fid")
-    assert METRICS == ("digits", "fid", "kid", "dinov2")  # the --metrics choices, read from the registry
-    with pytest.raises(ValueError, match=r"\['digits', 'fid', 'kid', 'dinov2'\]"):
+    # the --metrics choices, read from the registry
+    assert METRICS == ("digits", "fid", "kid", "dinov2", "pr_digits", "pr", "pr_dinov2", "memorization")
+    with pytest.raises(ValueError, match=r"\['digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2',"):
         parse_metrics("digits,is")
     with pytest.raises(FileNotFoundError, match="mnist_5k"):
         load_reference("/nonexistent/folder", 28, 1)
@@ -295,6 +296,8 @@ def test_metric_registry():
     # every metric that compute_metrics returns is registered with a label and a direction
     names = ["fd_digits", "confident_share", "classes_covered", "label_accuracy", "fid", "kid", "kid_std"]
     names += ["fid_digits", "kid_digits", "kid_digits_std", "fd_dinov2", "inception_score"]
+    names += ["precision_digits", "recall_digits", "precision", "recall", "precision_dinov2", "recall_dinov2"]
+    names += ["memorization_share", "memorization_share_pixels", "memorization_share_features"]
     assert set(METRIC_REGISTRY) == set(names)
     assert METRIC_REGISTRY["fd_digits"].direction == "lower is better" and METRIC_REGISTRY["kid_std"].direction == ""
     assert METRIC_REGISTRY["label_accuracy"].higher_is_better and "labels" in METRIC_REGISTRY["label_accuracy"].needs

@@ -131,7 +131,7 @@ def test_card_metadata_and_sections(output):
         "| Batch size | 8 |",
         "| Hardware | 1 × CPU |",
         "| Wall time | 1 min 15 s |",
-        "| Fréchet distance of digit-classifier features (`fd_digits`) | 4.25 | lower is better |",
+        "| Fréchet distance of digit-classifier features (`fd_digits`) | 4.25 |  |  | lower is better |",
     ):
         assert row in text
     assert "Computed with num_samples = 64." in text
@@ -216,7 +216,7 @@ def test_update_card_metrics(output):
     card = ModelCard.load(path)
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values == {"confident_share": 0.75, "fd_digits": 3.5, "label_accuracy": 0.9}
-    assert "| Fréchet distance of digit-classifier features (`fd_digits`) | 3.5 | lower is better |" in card.text
+    assert "| Fréchet distance of digit-classifier features (`fd_digits`) | 3.5 |  |  | lower is better |" in card.text
     assert "4.25" not in card.text and "Computed with num_inference_steps = 20." in card.text
     assert card.text.count("## Evaluation") == 1 and "## Limitations" in card.text
 

@@ -1,6 +1,7 @@
 """Evaluation during training: fixed samples scored every --eval_steps, gathered from every process, a curve."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 from train_helpers import TRAIN, run_train, train_env
 
 from hfddpm.training import TrainConfig
+from hfddpm.training.budget import CALIBRATION_STEPS, SKIPPED_STEPS
 from hfddpm.training.periodic_eval import share
 
 GREY = {"sample_size": 28, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
@@ -66,7 +68,11 @@ values = {values!r}
 
 
 def scripted(engine, accelerator, config, *, num_classes, step):
-    return {{"step": step, "num_images": config.eval_num_images, "fd_digits": values[step]}}
+    value = values[step]
+    if isinstance(value, tuple):  # (value, low, high): with a 95% interval
+        details = {{"fd_digits": {{"ci95": list(value[1:]), "num_samples": config.eval_num_images}}}}
+        return {{"step": step, "num_images": config.eval_num_images, "fd_digits": value[0], "details": details}}
+    return {{"step": step, "num_images": config.eval_num_images, "fd_digits": value}}
 
 
 loop.evaluate_ema = scripted
@@ -120,3 +126,53 @@ def test_keep_best_early_stopping_and_resume(tmp_path):
         TrainConfig(eval_steps=2, keep_best="class_histogram").validate()
     with pytest.raises(ValueError, match=r"need --eval_steps"):
         TrainConfig(keep_best="fd_digits").validate()
+
+
+def test_keep_best_counts_only_improvements_beyond_the_noise(tmp_path):
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(GREY))
+    out = tmp_path / "out"
+    args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8", "--eval_steps", "2",
+            "--eval_num_images", "12", "--max_train_steps", "16", "--validation_inference_steps", "1",
+            "--validation_images_per_class", "1", "--keep_best", "fd_digits",
+            "--early_stopping_patience", "3"]  # fmt: skip
+    # half-widths 0.5: an improvement counts when it exceeds sqrt(0.5**2 + 0.5**2) = 0.71
+    values = {2: (5.0, 4.5, 5.5), 4: (4.6, 4.1, 5.1), 6: (4.4, 3.9, 4.9), 8: (4.2, 3.7, 4.7), 10: (3.6, 3.1, 4.1),
+              12: (3.5, 3.0, 4.0), 14: (3.6, 3.1, 4.1), 16: (1.0, 0.5, 1.5)}  # fmt: skip
+    result = _scripted_run(tmp_path, values, args)
+    # 4.6 and 4.4 are 0.4 and 0.6 better than 5.0: within the noise; 4.2 is 0.8 better: the new best. 3.6, 3.5, 3.6
+    # are 0.6, 0.7, 0.6 better than 4.2: within its noise, three evaluations without an improvement -> stop at 14
+    assert "New best fd_digits 5 at step 2" in result.stderr and "New best fd_digits 4.2 at step 8" in result.stderr
+    for value in ("4.6", "4.4", "3.6", "3.5"):
+        assert f"New best fd_digits {value} " not in result.stderr
+    assert "Early stopping at step 14" in result.stderr
+    best = json.loads((out / "checkpoints" / "checkpoint-best" / "training_state.json").read_text())
+    assert best == {"global_step": 8, "metric": "fd_digits", "value": 4.2}
+
+
+def test_a_budgeted_run_evaluates_eval_count_times_on_top_of_its_budget(tmp_path):
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(GREY))
+    out = tmp_path / "out"
+    args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8",
+            "--max_train_minutes", "0.2", "--eval_count", "2", "--eval_num_images", "8",
+            "--eval_inference_steps", "1", "--checkpointing_steps", "0", "--validation_inference_steps", "1",
+            "--validation_images_per_class", "1"]  # fmt: skip
+    result = run_train(args, tmp_path)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    planned, every = metrics["planned_steps"], math.ceil(metrics["planned_steps"] / 2)
+    # evaluations every `every` steps once the plan is made (after 23 steps; a slow machine plans few steps), and at
+    # the end
+    plan_step = SKIPPED_STEPS + CALIBRATION_STEPS
+    expected = [s for s in range(every, planned, every) if s > plan_step] + [planned]
+    assert [e["step"] for e in metrics["evaluations"]] == expected
+    assert all(e["num_images"] == 8 and e["sampling_seconds"] > 0 for e in metrics["evaluations"])
+    assert metrics["eval_seconds"] >= sum(e["sampling_seconds"] for e in metrics["evaluations"])
+    assert f"evaluating digits every {math.ceil(planned / 2)} steps (8 samples), on top of the budget" in result.stderr
+    assert "Evaluation during training took" in result.stderr and (out / "eval_curve.png").is_file()
+    # an explicit length (the pinned runs) does not evaluate unless asked
+    explicit = tmp_path / "explicit"
+    run_train(
+        [*args[:4], "--output_dir", str(explicit), "--max_train_steps", "2", "--checkpointing_steps", "0"], tmp_path
+    )
+    assert "evaluations" not in json.loads((explicit / "train_metrics.json").read_text())

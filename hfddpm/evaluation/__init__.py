@@ -1,4 +1,5 @@
-"""Evaluation of hfddpm pipelines: offline digit metrics, FID / KID (torchmetrics), FD-DINOv2, sampling helpers.
+"""Evaluation of hfddpm pipelines: offline digit metrics, FID / KID (torchmetrics), FD-DINOv2, precision / recall, a
+memorisation check, bootstrap intervals and comparisons, sampling helpers.
 
 Every metric is described once, in ``METRIC_REGISTRY`` (``registry.py``); the model card and the Hub upload
 (``hfddpm.hub``) read it. This package does not use ``hfddpm.hub``: its old name ``update_model_card`` only resolves
@@ -12,6 +13,7 @@ Example:
     ['class_histogram', 'classes_covered', 'confident_share', 'fd_digits', 'label_accuracy', 'num_images']
 """
 
+from .compare import compare_results, read_results
 from .digits import (
     DigitClassifier,
     DigitFeatureExtractor,
@@ -32,39 +34,50 @@ from .evaluate import (
     load_reference,
     parse_metrics,
 )
-from .frechet import feature_statistics, frechet_distance
+from .features import FEATURE_EXTRACTORS, extract_features
+from .frechet import FrechetToReference, feature_statistics, frechet_distance
 from .inception import InceptionFeatures, MetricUnavailableError, fid_kid, find_inception_weights
+from .memorization import memorization_check, training_images
+from .precision_recall import precision_recall
 from .registry import EVAL_SETTINGS, METRIC_REGISTRY, METRICS, Metric, MetricInputs, card_metrics
 from .sampling import SCHEDULERS, balanced_labels, generate_samples, grid_shape, make_scheduler, set_scheduler
+from .uncertainty import bootstrap_interval, differs_beyond_noise, fingerprint
 
 __all__ = [
     "DEFAULT_DINOV2_MODEL",
     "EVAL_SETTINGS",
+    "FEATURE_EXTRACTORS",
     "FID_FALLBACKS",
     "METRICS",
     "METRIC_REGISTRY",
     "SCHEDULERS",
     "DigitClassifier",
     "DigitFeatureExtractor",
+    "FrechetToReference",
     "InceptionFeatures",
     "Metric",
     "MetricInputs",
     "MetricUnavailableError",
     "balanced_labels",
+    "bootstrap_interval",
     "card_metrics",
     "check_metrics_available",
     "classify_digits",
+    "compare_results",
     "compute_metrics",
     "default_cache_dir",
     "digit_classifier_info",
     "digit_metrics",
+    "differs_beyond_noise",
     "digit_reference_statistics",
     "dinov2_features",
     "evaluate_pipeline",
+    "extract_features",
     "fd_dinov2",
     "feature_statistics",
     "fid_kid",
     "find_inception_weights",
+    "fingerprint",
     "frechet_distance",
     "generate_samples",
     "grid_shape",
@@ -73,8 +86,12 @@ __all__ = [
     "load_mnist_5k",
     "load_reference",
     "make_scheduler",
+    "memorization_check",
     "parse_metrics",
+    "precision_recall",
+    "read_results",
     "set_scheduler",
+    "training_images",
 ]
 
 

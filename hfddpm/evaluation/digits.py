@@ -14,8 +14,10 @@ Metrics (``digit_metrics``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..data import mnist_5k_arrays
-from .frechet import feature_statistics, frechet_distance
+from .frechet import FrechetToReference, feature_statistics, frechet_distance
+from .uncertainty import bootstrap_interval, details, fingerprint
 
 DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("digit_classifier.safetensors")
 DIGIT_CLASSIFIER_INFO = Path(__file__).with_name("digit_classifier.json")
@@ -76,11 +79,25 @@ class DigitFeatureExtractor(nn.Module):
         super().__init__()
         self.classifier = classifier if classifier is not None else load_digit_classifier()
         self.num_features = self.classifier.num_features
+        self.name = digit_features_name() if classifier is None else "digit-classifier (custom weights)"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 3:
             images = images.mean(dim=1, keepdim=True)
         return self.classifier.features(resize_to_digits(images.float()))
+
+
+@functools.lru_cache(maxsize=4)
+def digit_features_name(path: str | os.PathLike | None = None) -> str:
+    """How results name the digit classifier's features: ``digit-classifier sha256:<first 12 hex digits>``."""
+    weights = Path(path) if path is not None else DIGIT_CLASSIFIER_WEIGHTS
+    return f"digit-classifier sha256:{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
+
+
+@functools.lru_cache(maxsize=8)
+def reference_fingerprint(dataset: str = "mnist_5k", split: str = "heldout", resolution: int = DIGIT_RESOLUTION):
+    """``uncertainty.fingerprint`` of ``reference_images(dataset, split, resolution)``, with a ``name``."""
+    return {"name": f"{dataset} {split}", **fingerprint(reference_images(dataset, split, resolution)[0])}
 
 
 def load_digit_classifier(path: str | os.PathLike | None = None) -> DigitClassifier:
@@ -213,6 +230,7 @@ def digit_metrics(
     classifier: DigitClassifier | None = None,
     cache_dir: str | os.PathLike | None = None,
     confidence_threshold: float = CONFIDENCE_THRESHOLD,
+    seed: int = 0,
 ) -> dict:
     """Digit metrics of ``images`` (``[N, 1, H, W]`` in [0, 1], any H = W, resized to 28 for the classifier).
 
@@ -224,10 +242,12 @@ def digit_metrics(
             the shipped weights, so a custom classifier recomputes them).
         cache_dir: where reference statistics are cached (default ``default_cache_dir()``).
         confidence_threshold: top-class probability above which a sample counts as confidently a digit.
+        seed: seeds the bootstrap of the intervals.
 
     Returns:
         dict with ``fd_digits``, ``confident_share``, ``class_histogram`` (10 counts), ``classes_covered``,
-        ``num_images`` and, with ``labels``, ``label_accuracy``.
+        ``num_images``, with ``labels`` ``label_accuracy``, and ``details``: per metric its 95% interval, sample
+        count, feature extractor and reference (``uncertainty.details``).
     """
     images = _check_digit_images(images)
     if images.shape[0] < 2:
@@ -249,9 +269,36 @@ def digit_metrics(
         "classes_covered": int((histogram > 0).sum()),
         "num_images": int(images.shape[0]),
     }
+    # per-sample values, so a resample's metric is a mean or a count over picked rows
+    per_sample = {
+        "fd_digits": FrechetToReference(features.double().numpy(), mu_ref, sigma_ref),
+        "confident_share": (confidence >= confidence_threshold).double().numpy(),
+        "classes_covered": predicted.numpy(),
+    }
     if labels is not None:
         labels = torch.as_tensor(labels).long().view(-1)
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"got {labels.shape[0]} labels for {images.shape[0]} images.")
         metrics["label_accuracy"] = float((predicted == labels).double().mean())
+        per_sample["label_accuracy"] = (predicted == labels).double().numpy()
+    n = images.shape[0]
+    statistics = {
+        "fd_digits": (per_sample["fd_digits"], (0.0, math.inf)),
+        "confident_share": (lambda idx: per_sample["confident_share"][idx].mean(), (0.0, 1.0)),
+        "classes_covered": (lambda idx: len(np.unique(per_sample["classes_covered"][idx])), (0, NUM_DIGIT_CLASSES)),
+    }
+    if labels is not None:
+        statistics["label_accuracy"] = (lambda idx: per_sample["label_accuracy"][idx].mean(), (0.0, 1.0))
+    extractor = digit_features_name() if classifier is None else "digit-classifier (custom weights)"
+    reference_info = reference_fingerprint(reference, "heldout", images.shape[-1])
+    metrics["details"] = {
+        key: details(
+            bootstrap_interval(statistic, n, metrics[key], seed=seed, bounds=bounds),
+            n,
+            extractor,
+            reference_info,
+            seed,
+        )
+        for key, (statistic, bounds) in statistics.items()
+    }
     return metrics

@@ -11,8 +11,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .frechet import feature_statistics, frechet_distance
+from .frechet import FrechetToReference, feature_statistics, frechet_distance
 from .inception import MetricUnavailableError
+from .uncertainty import bootstrap_interval, details, fingerprint
 
 DEFAULT_DINOV2_MODEL = "facebook/dinov2-base"
 DINOV2_RESOLUTION = 224
@@ -66,7 +67,30 @@ def dinov2_features(images: torch.Tensor, model, batch_size: int = 50) -> torch.
 
 def fd_dinov2(fake: torch.Tensor, real: torch.Tensor, model=None, batch_size: int = 50) -> float:
     """Fréchet distance between the DINOv2 features of ``fake`` and ``real`` images (float, [0, 1])."""
+    return fd_dinov2_with_details(fake, real, model, batch_size)[0]
+
+
+def dinov2_name(model) -> str:
+    """How results name a DINOv2 model's features: its Hub id or folder name, and ``pooler_output``."""
+    return f"dinov2 {getattr(model.config, '_name_or_path', '') or type(model).__name__} pooler_output"
+
+
+def fd_dinov2_with_details(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    model=None,
+    batch_size: int = 50,
+    *,
+    seed: int = 0,
+    reference_name: str = "reference",
+) -> tuple[float, dict]:
+    """``fd_dinov2`` and its ``uncertainty.details`` (95% bootstrap interval, count, features, reference)."""
     model = model if model is not None else load_dinov2()
-    mu_fake, sigma_fake = feature_statistics(dinov2_features(fake, model, batch_size).double().numpy())
+    fake_features = dinov2_features(fake, model, batch_size).double().numpy()
+    mu_fake, sigma_fake = feature_statistics(fake_features)
     mu_real, sigma_real = feature_statistics(dinov2_features(real, model, batch_size).double().numpy())
-    return frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real)
+    value = frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real)
+    n = len(fake_features)
+    interval = bootstrap_interval(FrechetToReference(fake_features, mu_real, sigma_real), n, value, seed=seed)
+    reference = {"name": reference_name, **fingerprint(real)}
+    return value, details(interval, n, dinov2_name(model), reference, seed)

@@ -16,6 +16,7 @@ from .dinov2 import DEFAULT_DINOV2_MODEL, load_dinov2
 from .inception import MetricUnavailableError, find_inception_weights
 from .registry import METRICS, MetricInputs, metrics_of
 from .sampling import balanced_labels, generate_samples, num_classes, set_scheduler
+from .uncertainty import DETAILS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ def compute_metrics(
     dinov2_model: str | os.PathLike = DEFAULT_DINOV2_MODEL,
     cache_dir=None,
     seed: int = 0,
+    train_images: torch.Tensor | None = None,
+    heldout_images: torch.Tensor | None = None,
+    feature_extractor: str = "digits",
+    output_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the ``metrics`` choices (see ``METRIC_REGISTRY``).
 
@@ -97,7 +102,15 @@ def compute_metrics(
       on the digit classifier's features (keys ``fid_digits``, ``kid_digits``), ``"skip"`` leaves them out.
     - ``dinov2``: ``fd_dinov2`` against ``reference`` (transformers and local weights).
 
-    Returns a flat dict of metrics plus ``notes`` (a list of strings) when a fallback was taken.
+    - ``pr_digits`` / ``pr`` / ``pr_dinov2``: precision and recall (``precision_recall``) against ``reference`` on
+      digit-classifier / Inception-v3 / DINOv2 features.
+    - ``memorization``: ``memorization.memorization_check`` against ``train_images`` (threshold from
+      ``heldout_images``, else leave-one-out) in pixels and ``feature_extractor`` features; the picture of the
+      closest pairs goes to ``output_dir`` when given.
+
+    Returns a flat dict of metrics, ``details`` (per metric: its 95% bootstrap interval ``ci95``, ``num_samples``,
+    ``feature_extractor`` and ``reference`` fingerprint; see ``uncertainty``) and ``notes`` (a list of strings) when
+    a fallback was taken.
     """
     choices = parse_metrics(metrics)
     notes = check_metrics_available(
@@ -107,6 +120,11 @@ def compute_metrics(
         skipped = {m.choice for m in metrics_of(choices) if "inception" in m.needs}
         choices = tuple(c for c in choices if c not in skipped)
     chosen = metrics_of(choices)
+    if any("train" in m.needs for m in chosen) and train_images is None:
+        raise ValueError(
+            "The memorization metric needs the training images (train_images=...; `hfddpm evaluate` reads them from"
+            " the run's training_config.json or --train_data_dir / --dataset_name)."
+        )
     real = None
     if any("reference" in m.needs for m in chosen):
         real = load_reference(reference, images.shape[-1], images.shape[1])
@@ -120,10 +138,19 @@ def compute_metrics(
         dinov2_model=dinov2_model,
         cache_dir=cache_dir,
         seed=seed,
+        reference_name=str(reference) + (" heldout" if str(reference) == "mnist_5k" else ""),
+        train_images=train_images,
+        heldout_images=heldout_images,
+        feature_extractor=feature_extractor,
+        output_dir=output_dir,
     )
-    results = {}
+    results, info = {}, {}
     for compute in dict.fromkeys(m.compute for m in chosen):  # once each, in registry order
-        results.update(compute(inputs))
+        scores = compute(inputs)
+        info.update(scores.pop(DETAILS_KEY, {}))
+        results.update(scores)
+    if info:
+        results[DETAILS_KEY] = info
     if notes:
         for note in notes:
             logger.warning(note)
@@ -148,11 +175,15 @@ def evaluate_pipeline(
     dinov2_model: str | os.PathLike = DEFAULT_DINOV2_MODEL,
     cache_dir=None,
     progress: bool = True,
+    **metric_inputs,
 ) -> dict:
     """Sample ``num_images`` images with ``pipe`` and score them with ``compute_metrics``.
 
     Class-conditional pipelines get balanced labels (``i % num_classes``) and the result has ``label_accuracy``
     when digit metrics are requested. ``scheduler`` swaps the sampler by short name (``sampling.SCHEDULERS``).
+
+    ``metric_inputs`` go to ``compute_metrics`` (``train_images``, ``heldout_images``, ``feature_extractor``,
+    ``output_dir`` for the memorisation check).
 
     Returns a flat dict: the metrics, then the settings (``num_samples``, ``num_inference_steps``, ``scheduler``,
     ``guidance_scale``, ``eta``, ``seed``, ``batch_size``, ``reference``, ``class_conditional``) and timings.
@@ -191,6 +222,7 @@ def evaluate_pipeline(
         dinov2_model=dinov2_model,
         cache_dir=cache_dir,
         seed=seed,
+        **metric_inputs,
     )
     notes = results.pop("notes", None)
     results.update(

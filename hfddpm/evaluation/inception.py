@@ -11,11 +11,16 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from .frechet import FrechetToReference, feature_statistics
+from .uncertainty import bootstrap_interval, details, fingerprint
+
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
+INCEPTION_FEATURES_NAME = "inception-v3-compat pool3 (torch-fidelity pt_inception-2015-12-05)"
 
 
 class MetricUnavailableError(RuntimeError):
@@ -53,6 +58,7 @@ class InceptionFeatures(nn.Module):
     """torchmetrics' Inception-v3 (2048-d pool features) taking float images in [0, 1], grey or RGB."""
 
     num_features = 2048
+    name = INCEPTION_FEATURES_NAME
 
     def __init__(self, weights_path: str | os.PathLike | None = None):
         super().__init__()
@@ -86,6 +92,7 @@ def fid_kid(
     kid_subset_size: int = 1000,
     batch_size: int = 100,
     seed: int = 0,
+    reference_name: str = "reference",
 ) -> dict:
     """FID and/or KID between ``fake`` and ``real`` images (float ``[N, C, H, W]`` in [0, 1]) with torchmetrics.
 
@@ -95,10 +102,13 @@ def fid_kid(
         inception_weights: the Inception-v3 weights file, when not in torch hub's cache.
         metrics: which of ``"fid"``, ``"kid"`` to compute.
         kid_subsets, kid_subset_size: KID's random subsets (the size is capped at the smaller set's size).
-        seed: seeds KID's subset sampling (the global RNG state is restored afterwards).
+        seed: seeds KID's subset sampling (the global RNG state is restored afterwards) and the bootstrap.
+        reference_name: what ``details`` calls the reference set.
 
     Returns:
-        ``{"fid": float, "kid": float (mean over subsets), "kid_std": float}`` for the requested metrics.
+        ``{"fid": float, "kid": float (mean over subsets), "kid_std": float}`` for the requested metrics, and
+        ``details``: each one's 95% bootstrap interval, sample count, feature extractor (the network's ``name``) and
+        reference fingerprint (``uncertainty.details``).
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
@@ -130,7 +140,41 @@ def fid_kid(
             torch.manual_seed(seed)
             mean, std = kid.compute()
         results["kid"], results["kid_std"] = float(mean), float(std)
+
+    # 95% intervals: FID and KID recomputed on resamples of the generated features
+    fake_np, real_np = features["fake"].numpy(), features["real"].numpy()
+    statistics = {"fid": FrechetToReference(fake_np, *feature_statistics(real_np)), "kid": KernelMMD(fake_np, real_np)}
+    extractor = getattr(network, "name", type(network).__name__)
+    reference = {"name": reference_name, **fingerprint(real)}
+    n = len(fake_np)
+    results["details"] = {
+        key: details(bootstrap_interval(statistics[key], n, results[key], seed=seed), n, extractor, reference, seed)
+        for key in ("fid", "kid")
+        if key in results
+    }
     return results
+
+
+class KernelMMD:
+    """KID's unbiased squared MMD with the cubic polynomial kernel ``(x.y / d + 1)^3`` (Bińkowski et al. 2018,
+    https://arxiv.org/abs/1801.01401, eq. (3)) between any subset of ``fake`` (rows picked by index, repeats allowed)
+    and all of ``real``, from kernel matrices computed once: a bootstrap resample costs an index, not a kernel.
+    """
+
+    def __init__(self, fake: np.ndarray, real: np.ndarray):
+        d = fake.shape[1]
+        self.k_ff = (fake @ fake.T / d + 1) ** 3
+        self.k_fr_mean = ((fake @ real.T / d + 1) ** 3).mean(axis=1)
+        k_rr = (real @ real.T / d + 1) ** 3
+        m = len(real)
+        self.real_term = (k_rr.sum() - np.trace(k_rr)) / (m * (m - 1))
+
+    def __call__(self, index: np.ndarray | None = None) -> float:
+        index = np.arange(len(self.k_ff)) if index is None else index
+        n = len(index)
+        k_ff = self.k_ff[np.ix_(index, index)]
+        fake_term = (k_ff.sum() - np.trace(k_ff)) / (n * (n - 1))
+        return float(fake_term + self.real_term - 2 * self.k_fr_mean[index].mean())
 
 
 class _Identity(nn.Module):

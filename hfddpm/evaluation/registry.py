@@ -7,7 +7,7 @@ and the function that computes it.
 Example:
     >>> from hfddpm.evaluation import METRIC_REGISTRY, METRICS
     >>> METRICS  # the --metrics choices, in registry order
-    ('digits', 'fid', 'kid', 'dinov2')
+    ('digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2', 'memorization')
     >>> METRIC_REGISTRY["fd_digits"].direction
     'lower is better'
     >>> [m.name for m in METRIC_REGISTRY.values() if m.choice == "kid"]
@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .digits import DigitFeatureExtractor, digit_metrics
-from .dinov2 import DEFAULT_DINOV2_MODEL, fd_dinov2, load_dinov2
+from .dinov2 import DEFAULT_DINOV2_MODEL, fd_dinov2_with_details, load_dinov2
+from .features import extract_features
 from .inception import fid_kid
+from .memorization import PAIRS_FILE, memorization_check, pairs_picture
+from .precision_recall import NEAREST_NEIGHBOURS, precision_recall
+from .uncertainty import DETAILS_KEY, details, fingerprint
 
 # Keys of an evaluation result that say how the metrics were computed: shown under the card's table, never scores.
 EVAL_SETTINGS = ("num_samples", "num_images", "num_inference_steps", "guidance_scale", "eta", "seed", "step")
@@ -43,11 +48,18 @@ class MetricInputs:
     dinov2_model: str | os.PathLike = DEFAULT_DINOV2_MODEL
     cache_dir: str | os.PathLike | None = None
     seed: int = 0
+    reference_name: str = "mnist_5k heldout"  # what the details call the reference set
+    train_images: torch.Tensor | None = None  # the training images, loaded when a chosen metric needs "train"
+    heldout_images: torch.Tensor | None = None  # real images not trained on, for the memorisation threshold
+    feature_extractor: str = "digits"  # the feature space of the memorisation check
+    output_dir: str | os.PathLike | None = None  # where a metric writes its picture (memorization_pairs.png)
 
 
 def digit_scores(inputs: MetricInputs) -> dict:
     """``digit_metrics`` against MNIST-5k's held-out digits (``label_accuracy`` when the samples have labels)."""
-    scores = digit_metrics(inputs.images, inputs.labels, reference="mnist_5k", cache_dir=inputs.cache_dir)
+    scores = digit_metrics(
+        inputs.images, inputs.labels, reference="mnist_5k", cache_dir=inputs.cache_dir, seed=inputs.seed
+    )
     scores.pop("num_images")
     return scores
 
@@ -56,18 +68,76 @@ def inception_scores(inputs: MetricInputs) -> dict:
     """FID and/or KID (torchmetrics) against the reference on Inception-v3 features, or, when Inception is
     unavailable (``fid_fallback="digits"``), on the digit classifier's features as ``fid_digits`` / ``kid_digits``."""
     wanted = tuple(choice for choice in ("fid", "kid") if choice in inputs.choices)
+    settings = {"metrics": wanted, "seed": inputs.seed, "reference_name": inputs.reference_name}
     if inputs.inception_available:
-        weights = inputs.inception_weights
-        return fid_kid(inputs.images, inputs.reference, metrics=wanted, inception_weights=weights, seed=inputs.seed)
-    scores = fid_kid(
-        inputs.images, inputs.reference, feature=DigitFeatureExtractor(), metrics=wanted, seed=inputs.seed
-    )
-    return {name.replace("fid", "fid_digits").replace("kid", "kid_digits"): v for name, v in scores.items()}
+        return fid_kid(inputs.images, inputs.reference, inception_weights=inputs.inception_weights, **settings)
+    scores = fid_kid(inputs.images, inputs.reference, feature=DigitFeatureExtractor(), **settings)
+
+    def renamed(name: str) -> str:
+        return name.replace("fid", "fid_digits").replace("kid", "kid_digits")
+
+    scores[DETAILS_KEY] = {renamed(k): v for k, v in scores[DETAILS_KEY].items()}
+    return {renamed(name) if name != DETAILS_KEY else name: v for name, v in scores.items()}
 
 
 def dinov2_scores(inputs: MetricInputs) -> dict:
     """``fd_dinov2`` against the reference."""
-    return {"fd_dinov2": fd_dinov2(inputs.images, inputs.reference, load_dinov2(inputs.dinov2_model))}
+    model = load_dinov2(inputs.dinov2_model)
+    value, info = fd_dinov2_with_details(
+        inputs.images, inputs.reference, model, seed=inputs.seed, reference_name=inputs.reference_name
+    )
+    return {"fd_dinov2": value, DETAILS_KEY: {"fd_dinov2": info}}
+
+
+# --metrics choice of precision / recall -> (feature extractor, suffix of the metric names)
+PRECISION_RECALL_CHOICES = {
+    "pr_digits": ("digits", "_digits"),
+    "pr": ("inception", ""),
+    "pr_dinov2": ("dinov2", "_dinov2"),
+}
+
+
+def precision_recall_scores(inputs: MetricInputs) -> dict:
+    """Precision and recall (k-NN manifolds, k = ``NEAREST_NEIGHBOURS``) against the reference, on the features of
+    each chosen extractor (``pr`` falls back to digit features when Inception is unavailable, as FID does)."""
+    scores, info = {}, {}
+    reference = {"name": inputs.reference_name, **fingerprint(inputs.reference)}
+    for choice, (extractor, suffix) in PRECISION_RECALL_CHOICES.items():
+        if choice not in inputs.choices:
+            continue
+        if extractor == "inception" and not inputs.inception_available:
+            extractor, suffix = "digits", "_digits"
+        options = {"inception_weights": inputs.inception_weights, "dinov2_model": inputs.dinov2_model}
+        fake, name = extract_features(extractor, inputs.images, **options)
+        real, _ = extract_features(extractor, inputs.reference, **options)
+        precision, recall, intervals = precision_recall(fake, real, seed=inputs.seed)
+        for key, value in (("precision", precision), ("recall", recall)):
+            scores[key + suffix] = value
+            info[key + suffix] = {
+                **details(intervals[key], len(fake), name, reference, inputs.seed),
+                "k": NEAREST_NEIGHBOURS,
+            }
+    return {**scores, DETAILS_KEY: info}
+
+
+def memorization_scores(inputs: MetricInputs) -> dict:
+    """``memorization_check`` of the samples against the training images; writes ``memorization_pairs.png`` into
+    ``inputs.output_dir`` (its name goes to the details of ``memorization_share``)."""
+    options = {"inception_weights": inputs.inception_weights, "dinov2_model": inputs.dinov2_model}
+    scores = memorization_check(
+        inputs.images,
+        inputs.train_images,
+        heldout=inputs.heldout_images,
+        extractor=inputs.feature_extractor,
+        seed=inputs.seed,
+        extractor_options=options,
+    )
+    if inputs.output_dir is not None:
+        info = scores[DETAILS_KEY]["memorization_share"]
+        path = Path(inputs.output_dir) / PAIRS_FILE
+        pairs_picture(inputs.images, inputs.train_images, scores["memorization_pairs"], path, info["threshold_pixels"])
+        info["picture"] = PAIRS_FILE
+    return scores
 
 
 @dataclass(frozen=True)
@@ -82,7 +152,8 @@ class Metric:
         choice: the ``--metrics`` choice that computes it; ``None`` when hfddpm does not compute it (the card still
             labels it, e.g. a number from another tool).
         needs: what it needs besides the samples: ``"grey"`` (1-channel images), ``"labels"`` (a class-conditional
-            model), ``"reference"`` (real images), ``"inception"`` / ``"dinov2"`` (a network available offline).
+            model), ``"reference"`` (real images), ``"inception"`` / ``"dinov2"`` (a network available
+            offline), ``"train"`` (the training images).
         compute: ``compute(inputs: MetricInputs) -> dict``; the metrics one call returns share it and
             ``compute_metrics`` calls it once.
     """
@@ -139,6 +210,46 @@ METRIC_REGISTRY: dict[str, Metric] = {
         Metric(
             "fd_dinov2", "Fréchet distance of DINOv2 features", False, "dinov2", ("reference", "dinov2"), dinov2_scores
         ),
+        *(
+            Metric(
+                f"{kind}{suffix}",
+                f"{kind.capitalize()} (k-NN manifolds, {label} features)",
+                True,
+                choice,
+                needs,
+                precision_recall_scores,
+            )
+            for choice, suffix, label, needs in (
+                ("pr_digits", "_digits", "digit-classifier", ("reference",)),
+                ("pr", "", "Inception-v3", ("reference", "inception")),
+                ("pr_dinov2", "_dinov2", "DINOv2", ("reference", "dinov2")),
+            )
+            for kind in ("precision", "recall")
+        ),
+        Metric(
+            "memorization_share",
+            "Share of samples closer to a training image than held-out real images are (pixels and features)",
+            False,
+            "memorization",
+            ("train",),
+            memorization_scores,
+        ),
+        Metric(
+            "memorization_share_pixels",
+            "Share of samples that close to a training image in pixels",
+            False,
+            "memorization",
+            ("train",),
+            memorization_scores,
+        ),
+        Metric(
+            "memorization_share_features",
+            "Share of samples that close to a training image in features",
+            False,
+            "memorization",
+            ("train",),
+            memorization_scores,
+        ),
         Metric("inception_score", "Inception score", True),
     )
 }
@@ -153,4 +264,4 @@ def metrics_of(choices) -> list[Metric]:
 
 def card_metrics(results: dict) -> dict:
     """The part of an evaluation result that goes to a model card: the registered metrics, then the settings."""
-    return {k: results[k] for k in (*METRIC_REGISTRY, *EVAL_SETTINGS) if k in results}
+    return {k: results[k] for k in (*METRIC_REGISTRY, DETAILS_KEY, *EVAL_SETTINGS) if k in results}

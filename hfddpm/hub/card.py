@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hfddpm.evaluation.registry import EVAL_SETTINGS, METRIC_REGISTRY, card_metrics
+from hfddpm.evaluation.uncertainty import DETAILS_KEY
 from hfddpm.training.config import CONFIG_FILE, read_config
 
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
@@ -364,18 +365,58 @@ def _eval_results(metrics: dict[str, float], dataset: str | None, dataset_type: 
 
 
 def _metrics_section(metrics: dict) -> str:
-    shown = {k: v for k, v in metrics.items() if k not in EVAL_SETTINGS and not is_secret(k, v)}
+    info = metrics.get(DETAILS_KEY) or {}
+    shown = {
+        k: v
+        for k, v in metrics.items()
+        if k not in (*EVAL_SETTINGS, DETAILS_KEY, "memorization_pairs") and not is_secret(k, v)
+    }
     if not shown:
         return (
             "Not evaluated yet. `hfddpm evaluate` computes the metrics and adds them here and to the model-index"
             " metadata."
         )
-    lines = ["| Metric | Value | |", "|---|---|---|"]
+    lines = ["| Metric | Value | 95% interval | Samples | |", "|---|---|---|---|---|"]
     for key, value in shown.items():
         metric = METRIC_REGISTRY.get(key)
         label, direction = (metric.label, metric.direction) if metric else (key, "")
-        lines.append(f"| {label} (`{key}`) | {format_value(key, value)} | {direction} |")
+        detail = info.get(key) or {}
+        interval = detail.get("ci95")
+        interval = f"{format_value(key, interval[0])} – {format_value(key, interval[1])}" if interval else ""
+        count = detail.get("num_samples", "")
+        lines.append(f"| {label} (`{key}`) | {format_value(key, value)} | {interval} | {count} | {direction} |")
     settings = [f"{k} = {format_value(k, metrics[k])}" for k in EVAL_SETTINGS if k in metrics]
     if settings:
         lines += ["", "Computed with " + ", ".join(settings) + "."]
+    lines += _provenance_lines(info)
+    memorization = info.get("memorization_share") or {}
+    if memorization.get("picture"):
+        lines += [
+            "",
+            f"Memorisation check: {format_value('', metrics.get('memorization_share'))} of the samples are closer to"
+            f" a training image (in pixels and in {memorization.get('feature_extractor')} features) than"
+            f" {1 - memorization.get('quantile', 0):.0%} of held-out real images are"
+            f" ({memorization.get('calibration')}; {memorization.get('train_images')} training images searched)."
+            " The closest samples, each above its nearest training image:",
+            "",
+            f"![closest samples and training images]({memorization['picture']})",
+        ]
     return "\n".join(lines)
+
+
+def _provenance_lines(info: dict) -> list[str]:
+    """One line per feature extractor and reference set the intervals of ``info`` were computed with."""
+    groups = {}
+    for key, detail in info.items():
+        reference = detail.get("reference")
+        where = (
+            f"reference {reference.get('name')} ({reference.get('count')} images, sha256 {reference.get('sha256')})"
+            if isinstance(reference, dict)
+            else "the training images"
+        )
+        groups.setdefault((detail.get("feature_extractor"), where), []).append(f"`{key}`")
+    if not groups:
+        return []
+    lines = ["", "Intervals: basic bootstrap over the generated samples (`hfddpm evaluate --compare` uses them)."]
+    lines += [f"- {', '.join(keys)}: {extractor} features, {where}." for (extractor, where), keys in groups.items()]
+    return lines

@@ -64,10 +64,29 @@ class StepBudget:
         self.clock = clock
         self.t0 = self.start_step = self.timed_from = None
         self.steps_per_second = self.planned = None
+        self.paused_s = 0.0
+
+    def now(self) -> float:
+        """The budget's clock: ``clock`` without the time spent in :meth:`pause`."""
+        return self.clock() - self.paused_s
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` out of the budget (evaluation during training: the budget is the training's, and the
+        evaluation's cost is logged on top of it).
+
+        Example (10 s of evaluation between the timed steps do not slow the measured speed):
+            >>> budget = StepBudget(60, cap=1000, skip=1, calibration_steps=10, clock=iter([0.0, 1.0, 16.0]).__next__)
+            >>> budget.start(step=0)
+            >>> budget.observe(1)
+            >>> budget.pause(10.0)
+            >>> budget.observe(11), budget.steps_per_second  # 10 steps in 16 - 1 - 10 s; 11 + (56.4 - 6) s * 2
+            (111, 2.0)
+        """
+        self.paused_s += seconds
 
     def start(self, step: int) -> None:
         """Call when the loop starts, at ``step`` (0, or the step a run resumes from)."""
-        self.t0, self.start_step = self.clock(), step
+        self.t0, self.start_step = self.now(), step
 
     @property
     def plan_step(self) -> int:
@@ -79,9 +98,9 @@ class StepBudget:
         if self.planned is not None:
             return None
         if step == self.start_step + self.skip:
-            self.timed_from = self.clock()
+            self.timed_from = self.now()
         elif step == self.plan_step:
-            now = self.clock()
+            now = self.now()
             self.steps_per_second = self.calibration_steps / max(now - self.timed_from, 1e-9)
             self.planned = plan_steps(self.budget_s, now - self.t0, step, self.steps_per_second, self.cap)
             return self.planned

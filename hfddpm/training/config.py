@@ -287,6 +287,14 @@ class TrainConfig:
         group="output",
         check=_NON_NEGATIVE_INT,
     )
+    eval_count: int = _opt(
+        4,
+        "Without --eval_steps, a run whose length the time budget plans (the default run) evaluates this many times,"
+        " spread over the planned steps (the last at the end); the evaluations are paid on top of the budget and"
+        " logged (0: no evaluation).",
+        group="output",
+        check=_NON_NEGATIVE_INT,
+    )
     eval_metrics: str = _opt(
         "digits", "Comma-separated metrics of hfddpm.evaluation (digits, fid, kid, dinov2).", group="output"
     )

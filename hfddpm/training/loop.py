@@ -241,34 +241,61 @@ def train(config: TrainConfig) -> Path:
             " the CPU recipe's images in larger batches (--train_batch_size sets your own)."
         )
     min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
-    if config.eval_steps and config.eval_num_images % accelerator.num_processes:
+    # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
+    eval_steps = config.eval_steps
+    auto_eval = not eval_steps and config.eval_count > 0 and config.uses_time_budget
+    if auto_eval and (
+        config.eval_num_images % accelerator.num_processes
+        or ("digits" in config.eval_metrics and run.unet.config.in_channels != 1)
+    ):
+        auto_eval = False  # the default --eval_metrics do not fit this run: only an explicit --eval_steps insists
+        logger.info(f"No evaluation during training: --eval_metrics {config.eval_metrics} do not fit this run.")
+    if eval_steps and config.eval_num_images % accelerator.num_processes:
         raise ValueError(
             f"--eval_num_images {config.eval_num_images} must be a multiple of the {accelerator.num_processes}"
             " processes (each generates an equal share)."
         )
-    if config.eval_steps and "digits" in config.eval_metrics and run.unet.config.in_channels != 1:
+    if eval_steps and "digits" in config.eval_metrics and run.unet.config.in_channels != 1:
         raise ValueError(
             f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this UNet makes"
             f" {run.unet.config.in_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
         )
-    eval_history = load_history(output_dir, up_to_step=global_step) if config.eval_steps else []
+
+    def plan_evaluations(total_steps: int) -> int:
+        """--eval_count evaluations spread over ``total_steps`` (the last one at the end)."""
+        return max(1, math.ceil(total_steps / config.eval_count))
+
+    if auto_eval and budget is None:  # a resumed run knows its length already
+        eval_steps = plan_evaluations(max_train_steps)
+    eval_history = load_history(output_dir, up_to_step=global_step) if eval_steps or auto_eval else []
+    eval_seconds = 0.0  # evaluation time, left out of the time budget and of the images/s
 
     def evaluate(step: int) -> bool:
         """Evaluate; with --keep_best save the best state; returns whether to stop early (the same on every
         process)."""
+        nonlocal eval_seconds
+        start_time = time.perf_counter()
         results = evaluate_ema(engine, accelerator, config, num_classes=run.num_classes, step=step)
         verdict = torch.zeros(2, device=device)  # (improved, stop)
         if results is not None:
-            eval_history.append(json_safe({**results, "images_seen": step * images_per_step}))
+            cost = time.perf_counter() - start_time
+            eval_history.append(json_safe({**results, "images_seen": step * images_per_step, "eval_seconds": cost}))
             save_history(output_dir, eval_history, images_per_step)
-            shown = {k: v for k, v in results.items() if isinstance(v, float)}
+            shown = {k: v for k, v in results.items() if isinstance(v, float) and not k.endswith("_seconds")}
             accelerator.log({f"eval/{k}": v for k, v in shown.items()}, step=step)
-            logger.info(f"Evaluation at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+            accelerator.log({"eval/seconds": cost}, step=step)
+            logger.info(
+                f"Evaluation at step {step}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+                + f" ({cost:.1f} s: sampling {results.get('sampling_seconds', 0):.1f} s, metrics"
+                f" {results.get('metrics_seconds', 0):.1f} s; not counted in the time budget or the images/s)"
+            )
             if config.keep_best is not None:
                 best, since = best_so_far(eval_history, config.keep_best)
                 verdict[0] = float(best["step"] == step)
                 verdict[1] = float(bool(config.early_stopping_patience) and since >= config.early_stopping_patience)
         improved, stop = broadcast(verdict, from_process=0).tolist()
+        eval_seconds += time.perf_counter() - start_time
         if improved:
             state = {"global_step": step, "metric": config.keep_best, "value": eval_history[-1][config.keep_best]}
             save_checkpoint(accelerator, output_dir, step, state, 0, name="best")
@@ -277,8 +304,8 @@ def train(config: TrainConfig) -> Path:
                 logger.info(f"New best {config.keep_best} {state['value']:.4g} at step {step}: saved best/")
         if stop:
             logger.info(
-                f"Early stopping at step {step}: {config.keep_best} did not improve in"
-                f" {config.early_stopping_patience} evaluations."
+                f"Early stopping at step {step}: {config.keep_best} did not improve beyond the noise (its 95%"
+                f" intervals) in {config.early_stopping_patience} evaluations."
             )
         return bool(stop)
 
@@ -319,6 +346,8 @@ def train(config: TrainConfig) -> Path:
             # every process trains the length process 0 planned
             max_train_steps = int(broadcast(torch.tensor([planned], device=device), from_process=0).item())
             engine.set_total_steps(max_train_steps)
+            if auto_eval:
+                eval_steps = plan_evaluations(max_train_steps)
             progress.total = max_train_steps
             progress.refresh()
             resolved["max_train_steps"] = max_train_steps
@@ -329,6 +358,12 @@ def train(config: TrainConfig) -> Path:
                 f" {budget.steps_per_second * images_per_step:.0f} images/s; {config.max_train_minutes:g}-minute"
                 f" budget -> {max_train_steps} steps"
                 + (" (the recipe's full length)" if max_train_steps == budget.cap else "")
+                + (
+                    f"; evaluating {config.eval_metrics} every {eval_steps} steps ({config.eval_num_images} samples),"
+                    " on top of the budget"
+                    if auto_eval
+                    else ""
+                )
             )
         if global_step == first_step + warmup_steps:
             measure = (time.perf_counter(), paused, global_step)
@@ -380,10 +415,12 @@ def train(config: TrainConfig) -> Path:
             logger.info(f"Saved {path}")
             paused += time.perf_counter() - t
 
-        if config.eval_steps and global_step % config.eval_steps == 0 and global_step < max_train_steps:
+        if eval_steps and global_step % eval_steps == 0 and global_step < max_train_steps:
             t = time.perf_counter()
             stop = evaluate(global_step)
             paused += time.perf_counter() - t
+            if budget is not None:
+                budget.pause(time.perf_counter() - t)
             if stop:
                 break
 
@@ -400,6 +437,7 @@ def train(config: TrainConfig) -> Path:
     # 6. save the EMA pipeline, the final grid, metrics and card
     accelerator.wait_for_everyone()
     wall_time = time.perf_counter() - wall_start
+    eval_in_loop = eval_seconds
     if measure is not None and global_step > measure[2]:
         t_measure = time.perf_counter() - measure[0] - (paused - measure[1])
         train_images_per_second = (global_step - measure[2]) * images_per_step / max(t_measure, 1e-9)
@@ -410,8 +448,13 @@ def train(config: TrainConfig) -> Path:
         checksum = sum(p.double().sum().item() for p in engine.ema.shadow_params)
         logger.info(f"EMA checksum of process {accelerator.process_index}: {checksum:.10e}", main_process_only=False)
 
-    if config.eval_steps and not (eval_history and eval_history[-1]["step"] == global_step):
+    if eval_steps and not (eval_history and eval_history[-1]["step"] == global_step):
         evaluate(global_step)  # every process takes part; the final point of the curve
+    if eval_history:
+        logger.info(
+            f"Evaluation during training took {eval_seconds:.1f} s in this run ({eval_in_loop:.1f} s of it inside the"
+            f" {wall_time:.1f} s training loop, the rest at the end), left out of the time budget and the images/s."
+        )
     if accelerator.is_main_process:
         final_unet = engine.ema_unet()
         engine.pipeline(final_unet).save_pretrained(output_dir)
@@ -435,6 +478,7 @@ def train(config: TrainConfig) -> Path:
         }
         if eval_history:
             metrics["evaluations"] = eval_history
+            metrics["eval_seconds"] = eval_seconds
         (output_dir / TRAIN_METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         card_config = {
             **metrics["training_config"],

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -34,13 +35,16 @@ def share(num_images: int, *, rank: int, world_size: int) -> list[int]:
 def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) -> dict | None:
     """Sample ``config.eval_num_images`` images from ``engine``'s EMA weights (DPM-Solver++,
     ``config.eval_inference_steps``, guidance 1, balanced labels, seeds fixed per image index) and score them with
-    ``config.eval_metrics`` on process 0; returns the metrics there (``None`` on the other processes)."""
+    ``config.eval_metrics`` on process 0; returns the metrics there, with ``sampling_seconds`` (process 0's share)
+    and ``metrics_seconds`` (``None`` on the other processes)."""
     rank, world_size = accelerator.process_index, accelerator.num_processes
     n = config.eval_num_images
     labels = balanced_labels(n, num_classes) if num_classes else None
     mine = share(n, rank=rank, world_size=world_size)
+    start = time.perf_counter()
     pipe = engine.pipeline(sampler="dpmsolver++")
     images = _generate(pipe, mine, labels, config)
+    sampling_seconds = time.perf_counter() - start
     index = torch.tensor(mine, device=accelerator.device)
     all_images = accelerator.gather(images.to(accelerator.device))
     all_index = accelerator.gather(index)
@@ -48,9 +52,11 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
         return None
     order = torch.argsort(all_index)
     all_images = all_images[order].cpu()
+    start = time.perf_counter()
     results = compute_metrics(all_images, labels, metrics=config.eval_metrics, fid_fallback="digits", seed=config.seed)
     results.pop("notes", None)
-    return {"step": step, "num_images": n, **results}
+    timing = {"sampling_seconds": sampling_seconds, "metrics_seconds": time.perf_counter() - start}
+    return {"step": step, "num_images": n, **results, **timing}
 
 
 def _generate(pipe, mine, labels, config) -> torch.Tensor:
@@ -71,21 +77,39 @@ def _generate(pipe, mine, labels, config) -> torch.Tensor:
 
 
 def best_so_far(history: list[dict], metric: str) -> tuple[dict, int]:
-    """The evaluation point with the best ``metric`` (the earliest of equal ones), and how many evaluations came
-    after it. Which way is better comes from the metric registry.
+    """The best evaluation point of ``metric`` so far, and how many evaluations came after it.
+
+    The points are taken in order and a point replaces the best one only when it is better by more than the noise of
+    both (``hfddpm.evaluation.uncertainty.improves``: the difference exceeds ``sqrt(u_new**2 + u_best**2)``, the
+    half-widths of their 95% intervals on the facing sides); points without an interval count any strict
+    improvement. Which way is better comes from the metric registry.
 
     Example:
         >>> best_so_far([{"step": 1, "fd_digits": 3.0}, {"step": 2, "fd_digits": 2.0}, {"step": 3, "fd_digits": 2.5}],
         ...             "fd_digits")
         ({'step': 2, 'fd_digits': 2.0}, 1)
+        >>> def point(step, fd, low, high):
+        ...     return {"step": step, "fd_digits": fd, "details": {"fd_digits": {"ci95": [low, high]}}}
+        >>> best, since = best_so_far([point(1, 3.0, 2.8, 3.2), point(2, 2.9, 2.7, 3.1)], "fd_digits")  # in the noise
+        >>> best["step"], since
+        (1, 1)
     """
     from hfddpm.evaluation.registry import METRIC_REGISTRY
+    from hfddpm.evaluation.uncertainty import DETAILS_KEY, improves
 
-    sign = 1.0 if METRIC_REGISTRY[metric].higher_is_better else -1.0
+    higher = bool(METRIC_REGISTRY[metric].higher_is_better)
     points = [h for h in history if h.get(metric) is not None]
     if not points:
         raise ValueError(f"No evaluation computed {metric!r}; add the metric that gives it to --eval_metrics.")
-    best_index = max(range(len(points)), key=lambda i: (sign * points[i][metric], -i))
+
+    def interval(point: dict):
+        return (point.get(DETAILS_KEY) or {}).get(metric, {}).get("ci95")
+
+    best_index = 0
+    for i, point in enumerate(points[1:], start=1):
+        best = points[best_index]
+        if improves(point[metric], interval(point), best[metric], interval(best), higher):
+            best_index = i
     return points[best_index], len(points) - 1 - best_index
 
 
@@ -112,15 +136,18 @@ def save_history(output_dir: Path, history: list[dict], images_per_step: int) ->
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        points = [(h["step"], h[key]) for h in history if key in h]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        points = [(h["step"], h[key], (h.get("details") or {}).get(key, {}).get("ci95")) for h in history if key in h]
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(steps, values, marker="o")
+        if all(p[2] for p in points):  # the 95% intervals as a band
+            ax.fill_between(steps, [p[2][0] for p in points], [p[2][1] for p in points], alpha=0.25, label="95%")
         ax.set_xlabel("training step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
         top = ax.secondary_xaxis("top", functions=(lambda s: s * images_per_step, lambda i: i / images_per_step))
         top.set_xlabel("images seen")
     n = history[-1]["num_images"]
-    fig.suptitle(f"Evaluation during training ({n} samples per point)", fontsize=10)
+    fig.suptitle(f"Evaluation during training ({n} samples per point; band: bootstrap 95% interval)", fontsize=10)
     fig.tight_layout()
     fig.savefig(output_dir / EVAL_CURVE_FILE, dpi=100)
     plt.close(fig)
