@@ -52,11 +52,13 @@ from hfddpm.data import (
     _undecoded,
     to_pil,
 )
+from hfddpm.pipelines.pipeline_hfddpm import COMPONENTS
 
 logger = logging.getLogger(__name__)
 
-# The autoencoder classes --vae loads (diffusers' own; nothing from the folder is imported).
-VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
+# The autoencoder classes --vae loads: the pipeline loader's allowlist (diffusers' own; nothing from the folder is
+# imported).
+VAE_CLASSES = {cls.__name__: cls for cls in COMPONENTS["vae"][0]}
 # Bump when the cache file's layout or meaning changes: old files are then ignored (another key).
 LATENT_CACHE_VERSION = 1
 LATENT_CACHE_DIR = "hfddpm-latents"

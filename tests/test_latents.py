@@ -262,7 +262,7 @@ def test_class_conditional_latent_training_reuses_the_cache_and_samples(trained_
     args = ["evaluate", str(out), "--num-images", "10", "--num-inference-steps", "2", "--out", str(metrics)]
     assert cli_main(args) == 0
     results = json.loads(metrics.read_text())
-    assert results["num_images"] == 10 and results["fd_digits"] > 0
+    assert results["num_samples"] == 10 and results["fd_digits"] > 0 and sum(results["class_histogram"]) == 10
 
 
 @pytest.fixture(scope="module")
