@@ -247,6 +247,13 @@ def test_class_conditional_latent_training_reuses_the_cache_and_samples(trained_
     second = run_train([*_latent_args(trained_vae, tmp_path, tmp_path / "run2")], tmp_path)
     assert "Read the cached latents from" in second.stderr and "Encoded the dataset" not in second.stderr
 
+    # continuing the latent pipeline uses its own autoencoder (same identity: the same cache)
+    args = ["--pretrained_model_name_or_path", str(out), "--output_dir", str(tmp_path / "run3"), "--max_train_steps",
+            "1", "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    third = run_train(args, tmp_path)
+    assert "Read the cached latents from" in third.stderr
+    assert json.loads((tmp_path / "run3" / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+
     # the saved pipeline decodes to 16 px grey images, class-conditionally
     pipe = HFDDPMPipeline.from_pretrained(out)
     assert type(pipe.vae) is AutoencoderKL
@@ -342,3 +349,19 @@ def test_latent_presets_take_four_channel_latents():
     unet = build_unet("latent8", num_class_embeds=11)
     out = unet(torch.randn(2, 4, 8, 8), torch.tensor([1, 900]), class_labels=torch.tensor([0, 10])).sample
     assert out.shape == (2, 4, 8, 8)
+
+
+def test_latent_benchmark_smoke_configuration(tmp_path):
+    out = tmp_path / "latent_smoke.json"
+    args = ["--batch-size", "8", "--rounds", "1", "--steps-per-round", "1", "--warmup-steps", "1",
+            "--encode-images", "64", "--out", str(out)]  # fmt: skip
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_latent.py"), *args], capture_output=True,
+                            text=True, env=train_env(tmp_path), timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    payload = json.loads(out.read_text())
+    assert payload["encode"]["images"] == 64 and payload["encode"]["seconds"] > 0
+    assert payload["results"]["latent"]["row"] == "`latent8` on 4x8x8 latents"
+    assert payload["results"]["pixel"]["row"] == "`mnist` on 32x32x1 pixels"
+    assert payload["latent_speedup"] == pytest.approx(
+        payload["results"]["latent"]["images_per_second"] / payload["results"]["pixel"]["images_per_second"]
+    )

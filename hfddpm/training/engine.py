@@ -184,10 +184,18 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         )
     columns = resolve_columns(dataset, config.image_column, label_column)
 
-    vae = None
-    if config.vae is not None:
+    vae, vae_source = None, (config.vae, config.vae_subfolder, config.vae_revision)
+    if config.vae is None and config.pretrained_model_name_or_path and _has_vae(config):
+        # continuing a latent pipeline: its own autoencoder, so the UNet keeps seeing the latents it was trained on
+        vae_source = (config.pretrained_model_name_or_path, "vae", None)
+    if vae_source[0] is not None:
         # a latent run: the UNet works on the autoencoder's latents, --resolution is the image size
-        vae = load_vae(config.vae, config.vae_subfolder, config.vae_revision, config.cache_dir)
+        vae = load_vae(*vae_source, cache_dir=config.cache_dir)
+        if config.streaming:
+            raise ValueError(
+                f"The autoencoder of {vae_source[0]!r} makes this a latent run, whose latents are encoded once into a"
+                " cache; that needs a map-style dataset: drop --streaming."
+            )
         latent_size = check_vae_resolution(config.resolution, vae) if config.resolution is not None else None
         unet = build_training_unet(config, columns.num_classes, sample_size=latent_size)
         resolution = check_latent_unet(unet, vae, config.resolution, source=config.unet_config or config.preset)
@@ -206,6 +214,12 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         )
     noise_scheduler = build_scheduler(config, resolution)
     return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column)
+
+
+def _has_vae(config: TrainConfig) -> bool:
+    """Whether --pretrained_model_name_or_path is a latent pipeline (its model_index.json names a vae)."""
+    index = HFDDPMPipeline.load_config(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+    return bool(index.get("vae")) and index["vae"][0] is not None
 
 
 def resolve_max_train_steps(config: TrainConfig, num_examples: int | None, world_size: int) -> int:
