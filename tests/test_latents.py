@@ -296,7 +296,7 @@ def test_latent_pipeline_saves_and_loads_three_ways_with_equal_images(saved_late
         import numpy as np, torch
         from diffusers import DiffusionPipeline
         pipe = DiffusionPipeline.from_pretrained({folder!r}, trust_remote_code=True)
-        assert type(pipe.vae).__name__ == "AutoencoderKL" and "hfddpm" not in sys.modules
+        assert type(pipe.vae).__name__ == "AutoencoderKL" and sys.modules.get("hfddpm") is None
         pipe.set_progress_bar_config(disable=True)
         np.save({{out!r}}, pipe(generator=torch.Generator().manual_seed(0), **{{sample}}).images)
         """
@@ -311,6 +311,14 @@ def test_pixel_pipeline_has_no_vae_and_tiny_autoencoder_loads(tmp_path):
                            scheduler=HFDDPMScheduler())  # fmt: skip
     pixel.save_pretrained(tmp_path / "pixel")
     assert HFDDPMPipeline.from_pretrained(tmp_path / "pixel").vae is None
+    assert json.loads((tmp_path / "pixel" / "model_index.json").read_text())["vae"] == [None, None]
+    # the loader's allowlist: the vae entry must name an AutoencoderKL or AutoencoderTiny
+    index = json.loads((tmp_path / "pixel" / "model_index.json").read_text())
+    (tmp_path / "pixel" / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers", "UNet2DModel"]}))
+    with pytest.raises(
+        ValueError, match=r"'vae' is .* has no AutoencoderKL or AutoencoderTiny subclass 'UNet2DModel'"
+    ):
+        HFDDPMPipeline.from_pretrained(tmp_path / "pixel")
     taesd = AutoencoderTiny(in_channels=1, out_channels=1, encoder_block_out_channels=[8, 8],
                             decoder_block_out_channels=[8, 8], num_encoder_blocks=[1, 1], num_decoder_blocks=[1, 1],
                             latent_channels=4)  # fmt: skip
