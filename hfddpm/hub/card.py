@@ -146,6 +146,23 @@ def write_model_card(
                 config[key] = train[key]
 
     channels = unet_config.get("in_channels", 3)
+    # a latent model: the UNet's shape is the latents', the autoencoder in vae/ makes the images
+    vae_config = read_json(output_dir / "vae" / "config.json")
+    latent = None
+    if isinstance(vae_config, dict) and size is not None:
+        from hfddpm.latents import downsample_factor
+
+        factor = downsample_factor(vae_config)
+        config["resolution"] = f"{height * factor}×{width * factor}"
+        channels = vae_config.get("out_channels", 3)
+        source = config.get("vae")
+        named = f"`{source}`" if isinstance(source, str) and not _looks_like_local_path(source) else "in `vae/`"
+        latent = {
+            "vae_class": vae_config.get("_class_name", "autoencoder"),
+            "vae": named,
+            "shape": f"{unet_config.get('in_channels')}×{height}×{width}",
+            "factor": factor,
+        }
     num_class_embeds = unet_config.get("num_class_embeds")
     num_classes = num_class_embeds - 1 if num_class_embeds else 0
     steps = int(config.get("validation_inference_steps") or 50)
@@ -174,7 +191,8 @@ def write_model_card(
     card = ModelCard.from_template(
         card_data,
         template_path=str(card_template_path()),
-        title=f"Pixel-space DDPM for {dataset}" if dataset else "Pixel-space DDPM",
+        title=f"{'Latent' if latent else 'Pixel-space'} DDPM" + (f" for {dataset}" if dataset else ""),
+        latent=latent,
         repo_id=repo_id,
         repo_id_literal=json.dumps(repo_id),
         dataset=dataset,

@@ -92,6 +92,32 @@ UNET_PRESETS: dict[str, dict] = {
         "flip_sin_to_cos": False,
         "freq_shift": 1,
     },
+    # Latent presets: the UNet of latent diffusion (hfddpm.latents, --vae), on 4-channel autoencoder latents.
+    # 8x8x4 latents (32 px images through an 8x-downsampling autoencoder such as training/train_vae.py's digit
+    # autoencoder, or 64 px through stabilityai/sd-vae-ft-mse): 8 -> 4, self-attention at 4x4.
+    "latent8": {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 2,
+        "block_out_channels": [64, 128],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 16,
+        "attention_head_dim": 32,
+    },
+    # 32x32x4 latents of 256 px images (stabilityai/sd-vae-ft-mse, madebyollin/taesd): 32 -> 16 -> 8 -> 4,
+    # self-attention at 16x16, 8x8 and 4x4, as in the LDM-8 models of Rombach et al. 2022 (Table 13).
+    "latent32": {
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 2,
+        "block_out_channels": [128, 256, 256, 512],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+        "attention_head_dim": 64,
+    },
 }
 
 

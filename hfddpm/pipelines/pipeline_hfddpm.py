@@ -1,5 +1,6 @@
 # Copyright 2026 The hfddpm authors. Apache-2.0.
-"""Unconditional and class-conditional pixel-space diffusion sampling with classifier-free guidance.
+"""Unconditional and class-conditional diffusion sampling with classifier-free guidance, in pixel space or in the
+latent space of a diffusers autoencoder.
 
 This file is copied verbatim into every saved pipeline folder (``pipeline_hfddpm.py``), so that
 ``DiffusionPipeline.from_pretrained(folder_or_repo, trust_remote_code=True)`` works with plain diffusers: it imports
@@ -21,7 +22,15 @@ from typing import Callable
 import diffusers
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderTiny,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    ModelMixin,
+    SchedulerMixin,
+    UNet2DModel,
+)
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -31,9 +40,14 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 # Component classes that live outside diffusers and ship as code next to the weights, by the file that holds them.
 # The module paths are public API: saved folders record the file names, hfddpm maps them back to its classes.
 LOCAL_MODULES = {"scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm"}
-# The base class each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
-# an example of a valid class.
-COMPONENTS = {"unet": (ModelMixin, "UNet2DModel"), "scheduler": (SchedulerMixin, "DDPMScheduler")}
+# The base classes each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
+# an example of a valid class. The autoencoder of a latent model is optional ([null, null] or absent: pixel space).
+COMPONENTS = {
+    "unet": ((ModelMixin,), "UNet2DModel"),
+    "scheduler": ((SchedulerMixin,), "DDPMScheduler"),
+    "vae": ((AutoencoderKL, AutoencoderTiny), "AutoencoderKL"),
+}
+OPTIONAL_COMPONENTS = ("vae",)
 # The pipeline code of a saved folder, one file per pipeline, by module name (file stem): sampling, and the editing
 # pipelines that run on the same weights. Every save writes all of them, so a folder or Hub repository runs any of
 # them with plain diffusers (``custom_pipeline="pipeline_hfddpm_inpaint"``). Module names are public API.
@@ -194,6 +208,17 @@ class HFDDPMPipelineMixin:
             )
         return tensor
 
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The UNet's final samples as images in [-1, 1]: themselves in pixel space; for a latent model decoded,
+        x = D(z / scaling_factor + shift_factor), sec. 3 of https://arxiv.org/abs/2112.10752 (AutoencoderTiny has
+        scaling_factor 1 and no shift)."""
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return latents
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        latents = latents + (getattr(vae.config, "shift_factor", None) or 0.0)
+        return vae.decode(latents).sample
+
     def _output(self, images: torch.Tensor, output_type: str, return_dict: bool):
         """``[N, C, H, W]`` images in [0, 1] as ``output_type`` (``pil``, ``np``: NHWC, ``pt``: NCHW)."""
         self.maybe_free_model_hooks()
@@ -248,8 +273,10 @@ class HFDDPMPipelineMixin:
                 )
         index["_class_name"] = [pipeline_module.__name__.rsplit(".", 1)[-1], type(self).__name__]
 
-        for name in ("unet", "scheduler"):
-            component = getattr(self, name)
+        for name in COMPONENTS:
+            component = getattr(self, name, None)
+            if component is None:
+                continue
             module_name = type(component).__module__
             if module_name.split(".")[0] in ("diffusers", "transformers"):
                 continue
@@ -267,7 +294,7 @@ class HFDDPMPipelineMixin:
         Any hfddpm pipeline class loads any saved hfddpm folder (``HFDDPMInpaintPipeline.from_pretrained(folder)``
         on a folder of sampling weights), whatever pipeline saved it.
 
-        Keyword arguments: ``unet``/``scheduler`` (use these instead of loading), ``torch_dtype``, and the Hub
+        Keyword arguments: ``unet``/``scheduler``/``vae`` (use these instead of loading), ``torch_dtype``, and the Hub
         arguments ``revision``, ``cache_dir``, ``token``, ``local_files_only``.
 
         Runs no code from the folder: ``model_index.json`` may name diffusers classes and hfddpm's own, nothing else
@@ -298,11 +325,14 @@ class HFDDPMPipelineMixin:
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
+            if name in OPTIONAL_COMPONENTS and index.get(name, [None, None]) == [None, None]:
+                continue  # a pixel-space model
             component_cls = _component_class(index_path, index, name)
-            load_kwargs = {"torch_dtype": torch_dtype} if name == "unet" and torch_dtype is not None else {}
+            is_model = name in ("unet", "vae")
+            load_kwargs = {"torch_dtype": torch_dtype} if is_model and torch_dtype is not None else {}
             components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
         if kwargs:
-            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes unet and scheduler.")
+            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes {', '.join(COMPONENTS)}.")
         return cls(**components)
 
 
@@ -310,7 +340,9 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
     """Sample images from a ``UNet2DModel`` with any diffusers scheduler, with optional classifier-free guidance.
 
     A class-conditional UNet has ``num_class_embeds = num_classes + 1``; its last class index is the null class
-    (trained by label dropout) that guidance pushes away from.
+    (trained by label dropout) that guidance pushes away from. With a ``vae`` (``AutoencoderKL`` or
+    ``AutoencoderTiny``) the UNet works on latents ``(z - shift_factor) * scaling_factor`` and the final latents are
+    decoded, as in latent diffusion (Rombach et al. 2022, https://arxiv.org/abs/2112.10752).
 
     Example:
         >>> import torch
@@ -324,12 +356,13 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         (2, 16, 16, 1)
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = list(OPTIONAL_COMPONENTS)
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: UNet2DModel, scheduler):
+    def __init__(self, unet: UNet2DModel, scheduler, vae: AutoencoderKL | AutoencoderTiny | None = None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     def _check_inputs(self, batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
         self._check_output_type(output_type)
@@ -397,8 +430,9 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.get("latents", latents)
 
-        # 5. [-1, 1] -> [0, 1]
-        return self._output((latents / 2 + 0.5).clamp(0, 1).float(), output_type, return_dict)
+        # 5. a latent model decodes (HFDDPMPipelineMixin._decode); then [-1, 1] -> [0, 1]
+        images = self._decode(latents)
+        return self._output((images / 2 + 0.5).clamp(0, 1).float(), output_type, return_dict)
 
 
 def _read_index(index_path: str) -> dict:
@@ -419,10 +453,11 @@ def _component_class(index_path: str, index: dict, name: str) -> type:
     "HFDDPMScheduler"]`` or the full module path) load: importing any other module named by the file would run code
     from wherever Python finds it, e.g. the folder itself when it is the working directory.
     """
-    base, example = COMPONENTS[name]
+    bases, example = COMPONENTS[name]
     if name not in index:
+        required = [n for n in COMPONENTS if n not in OPTIONAL_COMPONENTS]
         raise ValueError(
-            f"{index_path} has no {name!r} entry; a pipeline needs {list(COMPONENTS)}, each given as"
+            f"{index_path} has no {name!r} entry; a pipeline needs {required}, each given as"
             f' [library, class name], e.g. "{name}": ["diffusers", "{example}"].'
         )
     entry = index[name]
@@ -443,10 +478,11 @@ def _component_class(index_path: str, index: dict, name: str) -> type:
             " not import it, because importing runs its code. To load custom code, review it first, then use"
             " DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)."
         )
-    if not (isinstance(component_cls, type) and issubclass(component_cls, base)):
+    if not (isinstance(component_cls, type) and issubclass(component_cls, bases)):
+        kinds = " or ".join(base.__name__ for base in bases)
         raise ValueError(
-            f"{index_path}: {name!r} is {json.dumps(entry)}, but {library} has no {base.__name__} subclass"
-            f" {class_name!r}; the {name} must be a {base.__name__} such as {example}."
+            f"{index_path}: {name!r} is {json.dumps(entry)}, but {library} has no {kinds} subclass"
+            f" {class_name!r}; the {name} must be a {kinds}, e.g. {example}."
         )
     return component_cls
 

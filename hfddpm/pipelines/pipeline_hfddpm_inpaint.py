@@ -80,8 +80,13 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: UNet2DModel, scheduler):
+    def __init__(self, unet: UNet2DModel, scheduler, vae=None):
         super().__init__()
+        if vae is not None:
+            raise ValueError(
+                f"{type(self).__name__} edits pixel-space models; this one is a latent model (it has a"
+                f" {type(vae).__name__} vae), which RePaint here does not support yet. Sample it with HFDDPMPipeline."
+            )
         self.register_modules(unet=unet, scheduler=scheduler)
 
     def _check_scheduler(self):

@@ -128,6 +128,17 @@ class TrainConfig:
         group="data",
         check=_UNIT,
     )
+    # --- latent diffusion (hfddpm.latents)
+    vae: str | None = _opt(
+        None,
+        "Train in the latent space of this diffusers AutoencoderKL or AutoencoderTiny (folder or Hub id, e.g."
+        " stabilityai/sd-vae-ft-mse, madebyollin/taesd, or a folder from training/train_vae.py). The dataset is"
+        " encoded once into a cache next to the dataset cache; --resolution is the image size; the UNet's in_channels"
+        " must be the latent channels (--preset latent8, latent32).",
+        group="latent",
+    )
+    vae_subfolder: str | None = _opt(None, "Subfolder of --vae holding the autoencoder (e.g. vae).", group="latent")
+    vae_revision: str | None = _opt(None, "Revision (branch, tag or commit) of a Hub --vae.", group="latent")
     # --- model and diffusion
     preset: str = _opt("mnist", "UNet preset (hfddpm.UNET_PRESETS).", group="model", choices=tuple(UNET_PRESETS))
     unet_config: str | None = _opt(
@@ -411,6 +422,13 @@ class TrainConfig:
                 raise ValueError(
                     f"--keep_best {self.keep_best!r} is not a metric to rank by; choose one of {rankable}."
                 )
+        if self.vae is not None and self.streaming:
+            raise ValueError(
+                f"--vae {self.vae!r} with --streaming: latents are encoded once into a cache, which needs a map-style"
+                " dataset; drop --streaming."
+            )
+        if self.vae is None and (self.vae_subfolder is not None or self.vae_revision is not None):
+            raise ValueError("--vae_subfolder and --vae_revision need --vae (the autoencoder to load).")
         if self.dataset_name is not None and self.train_data_dir is not None:
             raise ValueError("Give --dataset_name or --train_data_dir, not both.")
         if self.streaming and self.max_train_steps is None and self.num_epochs is not None:

@@ -32,6 +32,7 @@ from diffusers.utils import make_image_grid
 
 from hfddpm.data import check_resolution, load_train_dataset, resolve_columns
 from hfddpm.evaluation.sampling import make_scheduler
+from hfddpm.latents import check_latent_unet, check_vae_resolution, latent_settings, load_vae
 from hfddpm.models.unet_presets import UNET_PRESETS
 from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
@@ -82,15 +83,17 @@ def build_scheduler(config: TrainConfig, resolution: int | None = None) -> HFDDP
     return HFDDPMScheduler(**kwargs)
 
 
-def build_training_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
-    """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data."""
+def build_training_unet(config: TrainConfig, num_classes: int, sample_size: int | None = None) -> UNet2DModel:
+    """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data (``sample_size``:
+    the latent size of a latent run, else --resolution)."""
     conditional = num_classes > 0
+    sample_size = sample_size if sample_size is not None else config.resolution
     if config.pretrained_model_name_or_path:
         unet = UNet2DModel.from_pretrained(
             config.pretrained_model_name_or_path, subfolder="unet", cache_dir=config.cache_dir
         )
-        if config.resolution is not None:
-            unet.register_to_config(sample_size=config.resolution)
+        if sample_size is not None:
+            unet.register_to_config(sample_size=sample_size)
         source = f"the pretrained UNet of {config.pretrained_model_name_or_path!r}"
     else:
         if config.unet_config:
@@ -105,8 +108,8 @@ def build_training_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
             unet_config = dict(UNET_PRESETS[config.preset])
             unet_config["num_class_embeds"] = None
             source = f"--preset {config.preset!r}"
-        if config.resolution is not None:
-            unet_config["sample_size"] = config.resolution
+        if sample_size is not None:
+            unet_config["sample_size"] = sample_size
         if conditional and not unet_config.get("num_class_embeds"):
             unet_config["num_class_embeds"] = num_classes + 1  # the last index is the null class
         unet = UNet2DModel.from_config(unet_config)
@@ -137,6 +140,7 @@ class RunSetup:
     resolution: int
     class_conditional: bool
     label_column: str | None
+    vae: object = None  # the autoencoder of a latent run (hfddpm.latents.load_vae)
 
     @property
     def num_classes(self) -> int:
@@ -155,6 +159,7 @@ class RunSetup:
             "prediction_type": self.noise_scheduler.config.prediction_type,
             "in_channels": self.unet.config.in_channels,
             "num_parameters": sum(p.numel() for p in self.unet.parameters()),
+            **(latent_settings(self.vae, self.resolution) if self.vae is not None else {}),
         }
 
 
@@ -179,6 +184,23 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         )
     columns = resolve_columns(dataset, config.image_column, label_column)
 
+    vae, vae_source = None, (config.vae, config.vae_subfolder, config.vae_revision)
+    if config.vae is None and config.pretrained_model_name_or_path and _has_vae(config):
+        # continuing a latent pipeline: its own autoencoder, so the UNet keeps seeing the latents it was trained on
+        vae_source = (config.pretrained_model_name_or_path, "vae", None)
+    if vae_source[0] is not None:
+        # a latent run: the UNet works on the autoencoder's latents, --resolution is the image size
+        vae = load_vae(*vae_source, cache_dir=config.cache_dir)
+        if config.streaming:
+            raise ValueError(
+                f"The autoencoder of {vae_source[0]!r} makes this a latent run, whose latents are encoded once into a"
+                " cache; that needs a map-style dataset: drop --streaming."
+            )
+        latent_size = check_vae_resolution(config.resolution, vae) if config.resolution is not None else None
+        unet = build_training_unet(config, columns.num_classes, sample_size=latent_size)
+        resolution = check_latent_unet(unet, vae, config.resolution, source=config.unet_config or config.preset)
+        noise_scheduler = build_scheduler(config, unet.config.sample_size)  # a shifted schedule sees the latent size
+        return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, vae)
     unet = build_training_unet(config, columns.num_classes)
     resolution = config.resolution
     if resolution is None:
@@ -192,6 +214,12 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         )
     noise_scheduler = build_scheduler(config, resolution)
     return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column)
+
+
+def _has_vae(config: TrainConfig) -> bool:
+    """Whether --pretrained_model_name_or_path is a latent pipeline (its model_index.json names a vae)."""
+    index = HFDDPMPipeline.load_config(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+    return bool(index.get("vae")) and index["vae"][0] is not None
 
 
 def resolve_max_train_steps(
@@ -225,6 +253,7 @@ class TrainingEngine:
             compare precisions in one process use it, since accelerate keeps one precision per process.
         mixed_precision: the precision of the forward pass when ``forward_context`` sets it (else accelerate's).
         channels_last: train in the channels_last memory format (default: ``config.channels_last``, off if unset).
+        vae: the autoencoder of a latent run (batches are then scaled latents); it goes into the pipelines.
     """
 
     def __init__(
@@ -239,9 +268,11 @@ class TrainingEngine:
         forward_context=contextlib.nullcontext,
         mixed_precision: str | None = None,
         channels_last: bool | None = None,
+        vae=None,
     ):
         config = config.with_recipe()  # batch size, learning rate and warm-up: the CPU recipe's where unset
         self.config, self.accelerator, self.noise_scheduler = config, accelerator, noise_scheduler
+        self.vae = vae  # a latent run's autoencoder: its pipelines decode the samples
         self.class_conditional, self.forward_context = class_conditional, forward_context
         device = self.device = accelerator.device
         channels_last = bool(config.channels_last) if channels_last is None else channels_last
@@ -373,8 +404,8 @@ class TrainingEngine:
         sampling."""
         unet = unet if unet is not None else self.ema_unet()
         if sampler is None:
-            return HFDDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
-        pipe = HFDDPMPipeline(unet=unet, scheduler=make_scheduler(sampler, self.noise_scheduler.config))
+            return HFDDPMPipeline(unet=unet, scheduler=self.noise_scheduler, vae=self.vae)
+        pipe = HFDDPMPipeline(unet=unet, scheduler=make_scheduler(sampler, self.noise_scheduler.config), vae=self.vae)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -162,6 +162,7 @@ def train(config: TrainConfig) -> Path:
         max_train_steps=max_train_steps,
         class_conditional=run.class_conditional,
         channels_last=step_format.channels_last,
+        vae=run.vae,
     )
 
     # 4. resume
@@ -189,23 +190,26 @@ def train(config: TrainConfig) -> Path:
             )
     start = tuple(positions[accelerator.process_index]) if positions else (0, 0)
 
-    dataloader = make_train_dataloader(
-        run.dataset,
-        run.columns,
-        resolution=run.resolution,
-        channels=engine.unwrapped.config.in_channels,
-        batch_size=config.train_batch_size,
-        seed=config.seed,
-        center_crop=config.center_crop,
-        random_flip=config.random_flip,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        num_workers=config.dataloader_num_workers,
-        start=start,
-        shuffle_buffer_size=config.shuffle_buffer_size,
-        pin_memory=device.type == "cuda",
-        resident_device=device if config.data_on_device else None,
-    )
+    if run.vae is not None:
+        dataloader = _latent_batches(run, config, accelerator, start)
+    else:
+        dataloader = make_train_dataloader(
+            run.dataset,
+            run.columns,
+            resolution=run.resolution,
+            channels=engine.unwrapped.config.in_channels,
+            batch_size=config.train_batch_size,
+            seed=config.seed,
+            center_crop=config.center_crop,
+            random_flip=config.random_flip,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            num_workers=config.dataloader_num_workers,
+            start=start,
+            shuffle_buffer_size=config.shuffle_buffer_size,
+            pin_memory=device.type == "cuda",
+            resident_device=device if config.data_on_device else None,
+        )
     resolved = {
         **run.resolved(),
         "max_train_steps": max_train_steps,
@@ -255,10 +259,11 @@ def train(config: TrainConfig) -> Path:
             f"--eval_num_images {config.eval_num_images} must be a multiple of the {accelerator.num_processes}"
             " processes (each generates an equal share)."
         )
-    if eval_steps and "digits" in config.eval_metrics and run.unet.config.in_channels != 1:
+    image_channels = (run.vae or run.unet).config.out_channels
+    if eval_steps and "digits" in config.eval_metrics and image_channels != 1:
         raise ValueError(
-            f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this UNet makes"
-            f" {run.unet.config.in_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
+            f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this model makes"
+            f" {image_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
         )
 
     def plan_evaluations(total_steps: int) -> int:
@@ -499,6 +504,49 @@ def train(config: TrainConfig) -> Path:
     # the fraction of broken images is final now; the finished run is saved before this is reported
     check_bad_images(bad_total, read_total, config.max_bad_image_fraction, min_read=min(min_read, read_total or 1))
     return output_dir
+
+
+def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: tuple[int, int]):
+    """A latent run's batches: the dataset encoded once (process 0 encodes and caches, the others then read the
+    cache), scaled latents on the device."""
+    from hfddpm.latents import encode_dataset, has_configured_scaling_factor, make_latent_batches
+
+    device = accelerator.device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    with accelerator.main_process_first():
+        encoded = encode_dataset(
+            run.dataset,
+            run.columns,
+            run.vae,
+            resolution=run.resolution,
+            random_flip=config.random_flip,
+            cache_dir=config.cache_dir,
+            device=device,
+            dtype=dtype,
+            show_progress=accelerator.is_main_process,
+        )
+    verb = "Encoded the dataset into" if encoded.encoded else "Read the cached latents from"
+    logger.info(
+        f"{verb} {encoded.path}: {tuple(encoded.latents.shape)} (examples, views, channels, height, width), process"
+        f" {accelerator.process_index}.",
+        main_process_only=False,
+    )
+    check_bad_images(encoded.num_bad_images, len(run.dataset), config.max_bad_image_fraction, min_read=1)
+    if not has_configured_scaling_factor(run.vae):
+        # no scaling factor in the autoencoder's config: 1 / std of the latents, recorded in the saved vae/config.json
+        run.vae.register_to_config(scaling_factor=1.0 / encoded.latent_std)
+        logger.info(f"The autoencoder's config has no scaling_factor; measured 1/std = {1 / encoded.latent_std:.5f}.")
+    run.vae.to(device).eval().requires_grad_(False)
+    return make_latent_batches(
+        encoded,
+        run.vae,
+        batch_size=config.train_batch_size,
+        seed=config.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        start=start,
+        device=device,
+    )
 
 
 def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:

@@ -1,0 +1,376 @@
+"""Latent diffusion: the autoencoder, the encode-once cache, latent training, and the pipeline that decodes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny
+from test_save_format import run_child
+from train_helpers import ROOT, TRAIN, run_train, train_env
+
+from hfddpm import UNET_PRESETS, HFDDPMPipeline, HFDDPMScheduler, build_unet
+from hfddpm.cli import main as cli_main
+from hfddpm.data import load_mnist_5k, make_train_dataloader, resolve_columns
+from hfddpm.latents import encode_dataset, load_vae, make_latent_batches, vae_encode
+from hfddpm.training import TrainConfig
+from hfddpm.training.engine import setup
+from hfddpm.training.vae import VAETrainConfig, build_vae, measure_scaling, train_vae
+
+# A tiny autoencoder: 16 px grey digits -> 4x8x8 latents (2 levels, downsampling by 2).
+TINY_VAE = dict(block_out_channels="8,16", norm_num_groups=4, resolution=16, channels=1)
+# A tiny UNet on those latents.
+LATENT_UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16],
+               "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+               "layers_per_block": 1, "norm_num_groups": 4}  # fmt: skip
+SAMPLE = dict(batch_size=2, class_labels=[3, 7], guidance_scale=2.0, num_inference_steps=3, output_type="np")
+
+
+def digits(n: int, resolution: int = 16, start: int = 0) -> torch.Tensor:
+    """``n`` embedded digits (every 50th of the label-sorted set, so all classes) in [-1, 1]."""
+    ds = load_mnist_5k().select(range(start, 5000, 50))
+    loader = make_train_dataloader(ds, resolve_columns(ds), resolution=resolution, channels=1, batch_size=n, seed=0,
+                                   center_crop=True, shuffle=False)  # fmt: skip
+    return next(iter(loader))["pixel_values"]
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tmp_path_factory):
+    """A tiny AutoencoderKL trained by hfddpm.training.vae for 150 steps on the embedded digits (a minute or two;
+    held-out reconstruction MSE about 0.017)."""
+    out = tmp_path_factory.mktemp("vae")
+    train_vae(VAETrainConfig(**TINY_VAE, max_train_steps=150, train_batch_size=16, learning_rate=2e-3,
+                             logging_steps=50, mixed_precision="no", output_dir=str(out)))  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def small_digits():
+    ds = load_mnist_5k().select(range(0, 5000, 100))  # 50 images, all classes
+    return ds, resolve_columns(ds, "image", "label")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The autoencoder
+# ---------------------------------------------------------------------------------------------------------------------
+def test_trained_vae_round_trip_and_scaling_factor(trained_vae):
+    vae = load_vae(str(trained_vae))
+    assert type(vae) is AutoencoderKL
+    metrics = json.loads((trained_vae / "vae_metrics.json").read_text())
+    assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
+    assert (trained_vae / "samples" / "reconstructions.png").is_file()
+    # held-out digits (offset 25 from the every-50th set the metrics were not measured on) come back
+    x = digits(64, start=25)
+    scale, mse, _ = measure_scaling(vae, x)
+    untrained = build_vae(VAETrainConfig(**TINY_VAE))
+    _, mse_untrained, _ = measure_scaling(untrained, x)
+    assert mse < 0.05 < mse_untrained
+    # the scaling factor is 1 / std of the latents: the scaled latents have unit variance
+    with torch.no_grad():
+        z = vae_encode(vae, x) * vae.config.scaling_factor
+    assert float(z.std()) == pytest.approx(1.0, abs=0.15)
+
+    # the pipeline undoes the scaling: scaled latents handed in at the last step decode to the images
+    unet = UNet_from(LATENT_UNET)
+    pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(), vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+
+    def last_step(pipe, i, t, kwargs):
+        return {"latents": z[:4]} if i == 1 else {}
+
+    images = pipe(batch_size=4, num_inference_steps=2, output_type="pt", callback_on_step_end=last_step).images
+    with torch.no_grad():
+        expected = (vae.decode(z[:4] / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
+    assert float(((images * 2 - 1) - x[:4]).pow(2).mean()) < 0.05
+
+
+def UNet_from(config):
+    torch.manual_seed(0)
+    from diffusers import UNet2DModel
+
+    return UNet2DModel.from_config({**config, "num_class_embeds": 11})
+
+
+def test_vae_that_is_not_an_autoencoder_is_named(tmp_path):
+    build_unet("tiny").save_pretrained(tmp_path / "unet")
+    with pytest.raises(ValueError, match=r"holds a 'UNet2DModel', not an autoencoder; --vae takes a diffusers"):
+        load_vae(str(tmp_path / "unet"))
+    with pytest.raises(FileNotFoundError, match=r"no config.json could be read"):
+        load_vae(str(tmp_path / "missing"))
+    (tmp_path / "pipe" / "vae").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"It is a pipeline folder: pass --vae_subfolder vae"):
+        load_vae(str(tmp_path / "pipe"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The encode-once cache
+# ---------------------------------------------------------------------------------------------------------------------
+def test_cache_is_written_once_and_reused(small_digits, tmp_path):
+    ds, columns = small_digits
+    torch.manual_seed(0)
+    vae = build_vae(VAETrainConfig(**TINY_VAE))
+    kwargs = dict(resolution=16, cache_dir=str(tmp_path), show_progress=False)
+    first = encode_dataset(ds, columns, vae, **kwargs)
+    assert first.encoded and first.latents.shape == (50, 1, 4, 8, 8)
+    assert os.path.dirname(first.path) == str(tmp_path / "hfddpm-latents")
+    second = encode_dataset(ds, columns, vae, **kwargs)
+    assert not second.encoded and second.path == first.path  # read, not encoded
+    assert torch.equal(second.latents, first.latents) and torch.equal(second.labels, torch.tensor(ds["label"]))
+    # the latents are the encoder's posterior means of the centre-cropped images
+    x = digits(1, start=0)
+    with torch.no_grad():
+        torch.testing.assert_close(first.latents[0, 0], vae_encode(vae, x)[0], atol=1e-5, rtol=0)
+    # with flips the cache holds the image and its mirror, encoded separately (a VAE is not mirror-equivariant)
+    flipped = encode_dataset(ds, columns, vae, random_flip=True, **kwargs)
+    assert flipped.encoded and flipped.path != first.path and flipped.latents.shape == (50, 2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(flipped.latents[0, 1], vae_encode(vae, x.flip(-1))[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(flipped.latents[0, 1], flipped.latents[0, 0].flip(-1), atol=1e-3)
+    # another autoencoder (other weights) gets its own cache
+    torch.nn.init.normal_(vae.encoder.conv_in.weight)
+    assert encode_dataset(ds, columns, vae, **kwargs).encoded
+
+
+def test_killed_or_broken_cache_is_never_used(small_digits, tmp_path, caplog):
+    ds, columns = small_digits
+    vae = build_vae(VAETrainConfig(**TINY_VAE))
+    kwargs = dict(resolution=16, cache_dir=str(tmp_path), show_progress=False)
+    good = encode_dataset(ds, columns, vae, **kwargs)
+    # an encode killed half-way leaves only its temporary file: the next run ignores it and encodes
+    os.remove(good.path)
+    with open(f"{good.path}.999.tmp", "wb") as f:
+        f.write(b"\x00" * 100)
+    again = encode_dataset(ds, columns, vae, **kwargs)
+    assert again.encoded and torch.equal(again.latents, good.latents)
+    # a damaged final file is encoded again (with a warning), never read as latents
+    with open(good.path, "r+b") as f:
+        f.truncate(200)
+    repaired = encode_dataset(ds, columns, vae, **kwargs)
+    assert repaired.encoded and torch.equal(repaired.latents, good.latents)
+    assert "cannot be read" in caplog.text
+
+
+def test_cache_built_with_another_vae_is_an_error(small_digits, tmp_path):
+    ds, columns = small_digits
+    kwargs = dict(resolution=16, cache_dir=str(tmp_path), show_progress=False)
+    torch.manual_seed(0)
+    vae_a = build_vae(VAETrainConfig(**TINY_VAE))
+    vae_b = build_vae(VAETrainConfig(**TINY_VAE))
+    path_a = encode_dataset(ds, columns, vae_a, **kwargs).path
+    path_b = encode_dataset(ds, columns, vae_b, **kwargs).path
+    shutil.copy(path_a, path_b)  # e.g. a cache folder copied between machines by hand
+    with pytest.raises(ValueError, match=r"was built with vae='AutoencoderKL-\w+', but this run has vae="):
+        encode_dataset(ds, columns, vae_b, **kwargs)
+
+
+def test_latent_batches_pick_a_view_per_example_and_resume(small_digits, tmp_path):
+    ds, columns = small_digits
+    vae = build_vae(VAETrainConfig(**TINY_VAE))
+    vae.register_to_config(scaling_factor=0.5)
+    encoded = encode_dataset(ds, columns, vae, resolution=16, random_flip=True, cache_dir=str(tmp_path),
+                             show_progress=False)  # fmt: skip
+    batches = iter(make_latent_batches(encoded, vae, batch_size=8, seed=0))
+    first, second = next(batches), next(batches)
+    views = {0: 0, 1: 0}
+    for row, label in zip(first["pixel_values"], first["class_labels"], strict=True):
+        matches = [v for v in (0, 1) if any(torch.equal(row, encoded.latents[i, v] * 0.5) for i in range(50))]
+        views[matches[0]] += 1
+        assert label in range(10)
+    assert views[0] and views[1]  # both the image and its mirror are drawn
+    resumed = next(iter(make_latent_batches(encoded, vae, batch_size=8, seed=0, start=tuple(first["position"]))))
+    assert torch.equal(resumed["pixel_values"], second["pixel_values"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input of a latent run
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"resolution": 15}, ValueError, r"resolution=15 cannot be encoded by this autoencoder: it downsamples by 2,"
+         r" so the resolution must be divisible by 2. Use e.g. --resolution 14 or 16"),
+        ({"preset": "mnist", "unet_config": None}, ValueError, r"The UNet \(mnist\) has in_channels=1, out_channels=1,"
+         r" but the autoencoder makes 4-channel latents; use a latent preset"),
+        ({"resolution": 18}, ValueError, r"The latents of 18 px images are 4x9x9 \(the autoencoder downsamples by 2\),"
+         r" but the UNet .* needs a latent size divisible by 2. Use e.g. --resolution 16 or 20"),
+        ({"streaming": True, "max_train_steps": 1}, ValueError, r"--vae .* with --streaming: latents are"),
+        ({"vae": None, "vae_subfolder": "vae"}, ValueError, r"--vae_subfolder and --vae_revision need --vae"),
+    ],
+)  # fmt: skip
+def test_bad_latent_settings_are_named(trained_vae, tmp_path, overrides, error, message):
+    config_file = tmp_path / "unet.json"
+    config_file.write_text(json.dumps(LATENT_UNET))
+    values = {"vae": str(trained_vae), "unet_config": str(config_file), "resolution": 16, **overrides}
+    with pytest.raises(error, match=message):
+        setup(TrainConfig(**values))
+
+
+def test_unet_size_follows_the_autoencoder(trained_vae):
+    run = setup(TrainConfig(vae=str(trained_vae), preset="latent8"))  # no --resolution: 8x8 latents -> 16 px
+    assert run.resolution == 16 and run.unet.config.sample_size == 8 and run.unet.config.in_channels == 4
+    assert run.resolved()["latent_size"] == 8 and run.resolved()["vae_downsample_factor"] == 2
+    run = setup(TrainConfig(vae=str(trained_vae), preset="latent8", resolution=32))
+    assert run.unet.config.sample_size == 16
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training, saving, loading, sampling
+# ---------------------------------------------------------------------------------------------------------------------
+def _latent_args(trained_vae, tmp_path, out):
+    config_file = tmp_path / "latent_unet.json"
+    config_file.write_text(json.dumps(LATENT_UNET))
+    return ["--vae", str(trained_vae), "--unet_config", str(config_file), "--resolution", "16", "--output_dir",
+            str(out), "--max_train_steps", "2", "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+
+
+def test_class_conditional_latent_training_reuses_the_cache_and_samples(trained_vae, tmp_path):
+    out = tmp_path / "run"
+    first = run_train(_latent_args(trained_vae, tmp_path, out), tmp_path)
+    assert "Encoded the dataset into" in first.stderr
+    assert len(os.listdir(tmp_path / "cache" / "hfddpm-latents")) == 1
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert json.loads((out / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(
+        AutoencoderKL.from_pretrained(trained_vae).config.scaling_factor
+    )
+    resolved = json.loads((out / "training_config.json").read_text())["resolved"]
+    assert resolved["class_conditional"] and resolved["num_classes"] == 10 and resolved["latent_size"] == 8
+    card = (out / "README.md").read_text()
+    assert "# Latent DDPM for mnist_5k" in card and "latent diffusion model" in card and "4×8×8 latents" in card
+    assert "16×16 grayscale images" in card
+
+    # a second run reads the cache (does not encode)
+    second = run_train([*_latent_args(trained_vae, tmp_path, tmp_path / "run2")], tmp_path)
+    assert "Read the cached latents from" in second.stderr and "Encoded the dataset" not in second.stderr
+
+    # continuing the latent pipeline uses its own autoencoder (same identity: the same cache)
+    args = ["--pretrained_model_name_or_path", str(out), "--output_dir", str(tmp_path / "run3"), "--max_train_steps",
+            "1", "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    third = run_train(args, tmp_path)
+    assert "Read the cached latents from" in third.stderr
+    assert json.loads((tmp_path / "run3" / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+
+    # the saved pipeline decodes to 16 px grey images, class-conditionally
+    pipe = HFDDPMPipeline.from_pretrained(out)
+    assert type(pipe.vae) is AutoencoderKL
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(generator=torch.Generator().manual_seed(0), **SAMPLE).images
+    assert images.shape == (2, 16, 16, 1)
+
+    # hfddpm sample / evaluate work on it unchanged
+    assert cli_main(["sample", str(out), "--num-images", "4", "--num-inference-steps", "2", "--out",
+                     str(tmp_path / "grid.png")]) == 0  # fmt: skip
+    assert (tmp_path / "grid.png").is_file()
+    metrics = tmp_path / "metrics.json"
+    args = ["evaluate", str(out), "--num-images", "10", "--num-inference-steps", "2", "--out", str(metrics)]
+    assert cli_main(args) == 0
+    results = json.loads(metrics.read_text())
+    assert results["num_samples"] == 10 and results["fd_digits"] > 0 and sum(results["class_histogram"]) == 10
+
+
+@pytest.fixture(scope="module")
+def saved_latent(trained_vae, tmp_path_factory):
+    pipe = HFDDPMPipeline(unet=UNet_from(LATENT_UNET), scheduler=HFDDPMScheduler(noise_schedule="sigmoid"),
+                          vae=AutoencoderKL.from_pretrained(trained_vae))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    folder = tmp_path_factory.mktemp("latent_pipe")
+    pipe.save_pretrained(folder)
+    return folder, pipe(generator=torch.Generator().manual_seed(0), **SAMPLE).images
+
+
+def test_latent_pipeline_saves_and_loads_three_ways_with_equal_images(saved_latent, tmp_path):
+    folder, expected = saved_latent
+    assert expected.shape == (2, 16, 16, 1)
+    assert sorted(os.listdir(folder / "vae")) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    # 1. hfddpm's class
+    pipe = HFDDPMPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(pipe(generator=torch.Generator().manual_seed(0), **SAMPLE).images, expected, atol=1e-5)
+    code = """
+        import sys
+        {hide}
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({folder!r}, trust_remote_code=True)
+        assert type(pipe.vae).__name__ == "AutoencoderKL" and sys.modules.get("hfddpm") is None
+        pipe.set_progress_bar_config(disable=True)
+        np.save({{out!r}}, pipe(generator=torch.Generator().manual_seed(0), **{{sample}}).images)
+        """
+    for hide in ("", 'sys.modules["hfddpm"] = None  # as if hfddpm were not installed'):
+        # 2. DiffusionPipeline with trust_remote_code; 3. the same without hfddpm
+        images = run_child(code.format(hide=hide, folder=str(folder)), tmp_path)
+        np.testing.assert_allclose(images, expected, atol=1e-5)
+
+
+def test_pixel_pipeline_has_no_vae_and_tiny_autoencoder_loads(tmp_path):
+    pixel = HFDDPMPipeline(unet=build_unet("tiny", in_channels=1, out_channels=1, sample_size=8),
+                           scheduler=HFDDPMScheduler())  # fmt: skip
+    pixel.save_pretrained(tmp_path / "pixel")
+    assert HFDDPMPipeline.from_pretrained(tmp_path / "pixel").vae is None
+    assert json.loads((tmp_path / "pixel" / "model_index.json").read_text())["vae"] == [None, None]
+    # the loader's allowlist: the vae entry must name an AutoencoderKL or AutoencoderTiny
+    index = json.loads((tmp_path / "pixel" / "model_index.json").read_text())
+    (tmp_path / "pixel" / "model_index.json").write_text(json.dumps({**index, "vae": ["diffusers", "UNet2DModel"]}))
+    with pytest.raises(
+        ValueError, match=r"'vae' is .* has no AutoencoderKL or AutoencoderTiny subclass 'UNet2DModel'"
+    ):
+        HFDDPMPipeline.from_pretrained(tmp_path / "pixel")
+    taesd = AutoencoderTiny(in_channels=1, out_channels=1, encoder_block_out_channels=[8, 8],
+                            decoder_block_out_channels=[8, 8], num_encoder_blocks=[1, 1], num_decoder_blocks=[1, 1],
+                            latent_channels=4)  # fmt: skip
+    taesd.save_pretrained(tmp_path / "taesd")
+    vae = load_vae(str(tmp_path / "taesd"))
+    assert type(vae) is AutoencoderTiny
+    latent = HFDDPMPipeline(unet=UNet_from(LATENT_UNET), scheduler=HFDDPMScheduler(), vae=vae)
+    latent.save_pretrained(tmp_path / "tiny")
+    loaded = HFDDPMPipeline.from_pretrained(tmp_path / "tiny")
+    assert type(loaded.vae) is AutoencoderTiny
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded(num_inference_steps=1, output_type="np").images.shape == (1, 16, 16, 1)
+
+
+def test_two_process_latent_run(trained_vae, tmp_path):
+    out = tmp_path / "out"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    args = [*_latent_args(trained_vae, tmp_path, out), "--train_batch_size", "4", "--validation_inference_steps", "1",
+            "--validation_images_per_class", "1", "--random_flip"]  # fmt: skip
+    result = subprocess.run([*launcher, str(TRAIN), *args], env=train_env(tmp_path, ACCELERATE_USE_CPU="1"),
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    # process 0 encoded, process 1 read its file; one cache with both flips
+    assert result.stderr.count("Encoded the dataset into") == 1
+    assert result.stderr.count("Read the cached latents from") == 1
+    assert len(os.listdir(tmp_path / "cache" / "hfddpm-latents")) == 1
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["images_seen"] == 2 * 2 * 4
+    assert json.loads((out / "model_index.json").read_text())["vae"] == ["diffusers", "AutoencoderKL"]
+
+
+def test_latent_presets_take_four_channel_latents():
+    for name, size in (("latent8", 8), ("latent32", 32)):
+        assert UNET_PRESETS[name]["in_channels"] == 4 and UNET_PRESETS[name]["sample_size"] == size
+    unet = build_unet("latent8", num_class_embeds=11)
+    out = unet(torch.randn(2, 4, 8, 8), torch.tensor([1, 900]), class_labels=torch.tensor([0, 10])).sample
+    assert out.shape == (2, 4, 8, 8)
+
+
+def test_latent_benchmark_smoke_configuration(tmp_path):
+    out = tmp_path / "latent_smoke.json"
+    args = ["--batch-size", "8", "--rounds", "1", "--steps-per-round", "1", "--warmup-steps", "1",
+            "--encode-images", "64", "--out", str(out)]  # fmt: skip
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_latent.py"), *args], capture_output=True,
+                            text=True, env=train_env(tmp_path), timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    payload = json.loads(out.read_text())
+    assert payload["encode"]["images"] == 64 and payload["encode"]["seconds"] > 0
+    assert payload["results"]["latent"]["row"] == "`latent8` on 4x8x8 latents"
+    assert payload["results"]["pixel"]["row"] == "`mnist` on 32x32x1 pixels"
+    assert payload["latent_speedup"] == pytest.approx(
+        payload["results"]["latent"]["images_per_second"] / payload["results"]["pixel"]["images_per_second"]
+    )
