@@ -10,10 +10,15 @@ Example:
 __version__ = "0.1.0"
 
 from .models.unet_presets import UNET_PRESETS, build_unet, count_training_flops
+from .pipelines.mel_hfddpm import HFDDPMMel
 from .pipelines.pipeline_hfddpm import HFDDPMPipeline
+from .pipelines.pipeline_hfddpm_audio import HFDDPMAudioPipeline, HFDDPMAudioPipelineOutput
 from .schedulers.scheduling_hfddpm import HFDDPMScheduler, HFDDPMSchedulerOutput
 
 __all__ = [
+    "HFDDPMAudioPipeline",
+    "HFDDPMAudioPipelineOutput",
+    "HFDDPMMel",
     "HFDDPMPipeline",
     "HFDDPMScheduler",
     "HFDDPMSchedulerOutput",

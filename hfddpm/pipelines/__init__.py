@@ -1,3 +1,5 @@
+from .mel_hfddpm import HFDDPMMel
 from .pipeline_hfddpm import HFDDPMPipeline
+from .pipeline_hfddpm_audio import HFDDPMAudioPipeline, HFDDPMAudioPipelineOutput
 
-__all__ = ["HFDDPMPipeline"]
+__all__ = ["HFDDPMAudioPipeline", "HFDDPMAudioPipelineOutput", "HFDDPMMel", "HFDDPMPipeline"]

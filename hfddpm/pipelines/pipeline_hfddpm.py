@@ -23,13 +23,26 @@ from diffusers.utils.torch_utils import randn_tensor
 OUTPUT_TYPES = ("pil", "np", "pt")
 # Component classes that live outside diffusers and ship as code next to the weights, by the file that holds them.
 # The module paths are public API: saved folders record the file names, hfddpm maps them back to its classes.
-LOCAL_MODULES = {"scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm"}
+LOCAL_MODULES = {
+    "scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm",
+    "mel_hfddpm": "hfddpm.pipelines.mel_hfddpm",
+}
+# hfddpm's pipeline classes by the file that holds them: from_pretrained gives the one model_index.json names.
+LOCAL_PIPELINES = {
+    "pipeline_hfddpm": "hfddpm.pipelines.pipeline_hfddpm",
+    "pipeline_hfddpm_audio": "hfddpm.pipelines.pipeline_hfddpm_audio",
+}
 # The base class each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
 # an example of a valid class.
 COMPONENTS = {"unet": (ModelMixin, "UNet2DModel"), "scheduler": (SchedulerMixin, "DDPMScheduler")}
 # The files of a saved pipeline folder, as Hub allow-patterns: what from_pretrained downloads and push_to_hub uploads
 # (with the model card), and nothing else of an output folder (checkpoints, logs).
-PIPELINE_FILES = ("model_index.json", "pipeline_hfddpm.py", *(f"{name}/*" for name in COMPONENTS))
+# The audio pipeline adds its file and its spectrogram converter ("mel").
+PIPELINE_FILES = (
+    "model_index.json",
+    *(f"{stem}.py" for stem in LOCAL_PIPELINES),
+    *(f"{name}/*" for name in (*COMPONENTS, "mel")),
+)
 # A Hub repository id: namespace/name of letters, digits, "_", "-" and ".", each starting and ending with a letter or
 # digit (a path such as ./x, ../x or ~/x is not one).
 _REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?")
@@ -67,6 +80,8 @@ class HFDDPMPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
+    # The components from_pretrained loads, with the base class each must have (subclasses add theirs).
+    _components = COMPONENTS
 
     def __init__(self, unet: UNet2DModel, scheduler):
         super().__init__()
@@ -236,11 +251,15 @@ class HFDDPMPipeline(DiffusionPipeline):
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
 
-        pipeline_module = sys.modules[type(self).__module__]
-        _write_text(os.path.join(save_directory, "pipeline_hfddpm.py"), inspect.getsource(pipeline_module))
-        index["_class_name"] = ["pipeline_hfddpm", type(self).__name__]
+        # this pipeline's file and those of its hfddpm base classes (a subclass imports its base relatively)
+        for klass in type(self).__mro__:
+            if issubclass(klass, DiffusionPipeline) and klass.__module__.split(".")[0] != "diffusers":
+                module = sys.modules[klass.__module__]
+                stem = klass.__module__.rsplit(".", 1)[-1]
+                _write_text(os.path.join(save_directory, f"{stem}.py"), inspect.getsource(module))
+        index["_class_name"] = [type(self).__module__.rsplit(".", 1)[-1], type(self).__name__]
 
-        for name in ("unet", "scheduler"):
+        for name in self._components:
             component = getattr(self, name)
             module_name = type(component).__module__
             if module_name.split(".")[0] in ("diffusers", "transformers"):
@@ -280,18 +299,19 @@ class HFDDPMPipeline(DiffusionPipeline):
         if not os.path.isfile(index_path):
             raise FileNotFoundError(f"No model_index.json in {folder}: not a saved pipeline.")
         index = _read_index(index_path)
+        cls = _pipeline_class(index_path, index, cls)
 
         torch_dtype = kwargs.pop("torch_dtype", None)
         components = {}
-        for name in COMPONENTS:
+        for name in cls._components:
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
-            component_cls = _component_class(index_path, index, name)
+            component_cls = _component_class(index_path, index, name, cls._components[name])
             load_kwargs = {"torch_dtype": torch_dtype} if name == "unet" and torch_dtype is not None else {}
             components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
         if kwargs:
-            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; HFDDPMPipeline takes unet and scheduler.")
+            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes {list(cls._components)}.")
         return cls(**components)
 
 
@@ -306,17 +326,27 @@ def _read_index(index_path: str) -> dict:
     return index
 
 
-def _component_class(index_path: str, index: dict, name: str) -> type:
+def _pipeline_class(index_path: str, index: dict, cls: type) -> type:
+    """The hfddpm pipeline class that ``model_index.json`` names (``LOCAL_PIPELINES``) when it is ``cls`` or a
+    subclass of it (an audio folder loaded with ``HFDDPMPipeline`` gives ``HFDDPMAudioPipeline``); else ``cls``."""
+    entry = index.get("_class_name")
+    if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in LOCAL_PIPELINES):
+        return cls
+    found = getattr(importlib.import_module(LOCAL_PIPELINES[entry[0]]), str(entry[1]), None)
+    return found if isinstance(found, type) and issubclass(found, cls) else cls
+
+
+def _component_class(index_path: str, index: dict, name: str, base_and_example: tuple) -> type:
     """The class that ``model_index.json`` names for component ``name``, resolved without importing the folder's code.
 
     Only diffusers classes (``["diffusers", "UNet2DModel"]``) and hfddpm's own (``["scheduling_hfddpm",
     "HFDDPMScheduler"]`` or the full module path) load: importing any other module named by the file would run code
     from wherever Python finds it, e.g. the folder itself when it is the working directory.
     """
-    base, example = COMPONENTS[name]
+    base, example = base_and_example
     if name not in index:
         raise ValueError(
-            f"{index_path} has no {name!r} entry; a pipeline needs {list(COMPONENTS)}, each given as"
+            f"{index_path} has no {name!r} entry; this pipeline needs {name!r} given as"
             f' [library, class name], e.g. "{name}": ["diffusers", "{example}"].'
         )
     entry = index[name]

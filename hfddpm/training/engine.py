@@ -30,10 +30,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 
+from hfddpm.audio import SPECTROGRAM_COLUMN, resolve_audio_column, spectrogram_dataset
 from hfddpm.data import check_resolution, load_train_dataset, resolve_columns
 from hfddpm.evaluation.sampling import make_scheduler
 from hfddpm.models.unet_presets import UNET_PRESETS
+from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
 from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline
+from hfddpm.pipelines.pipeline_hfddpm_audio import HFDDPMAudioPipeline
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
 from hfddpm.training.checkpoint import register_checkpoint_hooks
 from hfddpm.training.config import TrainConfig, fallback
@@ -82,8 +85,9 @@ def build_scheduler(config: TrainConfig, resolution: int | None = None) -> HFDDP
     return HFDDPMScheduler(**kwargs)
 
 
-def build_training_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
-    """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data."""
+def build_training_unet(config: TrainConfig, num_classes: int, channels: int | None = None) -> UNet2DModel:
+    """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data (a preset takes
+    ``channels`` input and output channels when given: 1 for spectrograms)."""
     conditional = num_classes > 0
     if config.pretrained_model_name_or_path:
         unet = UNet2DModel.from_pretrained(
@@ -104,6 +108,8 @@ def build_training_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
         else:
             unet_config = dict(UNET_PRESETS[config.preset])
             unet_config["num_class_embeds"] = None
+            if channels is not None:
+                unet_config["in_channels"] = unet_config["out_channels"] = channels
             source = f"--preset {config.preset!r}"
         if config.resolution is not None:
             unet_config["sample_size"] = config.resolution
@@ -126,6 +132,63 @@ def build_training_unet(config: TrainConfig, num_classes: int) -> UNet2DModel:
     return unet
 
 
+def configured_resolution(config: TrainConfig) -> int:
+    """The training resolution before the UNet is built: --resolution, else the sample_size of the pretrained UNet,
+    of --unet_config or of --preset."""
+    if config.resolution is not None:
+        return config.resolution
+    if config.pretrained_model_name_or_path:
+        size = UNet2DModel.load_config(
+            config.pretrained_model_name_or_path, subfolder="unet", cache_dir=config.cache_dir
+        )["sample_size"]
+    elif config.unet_config and os.path.exists(config.unet_config):
+        size = UNet2DModel.load_config(config.unet_config)["sample_size"]
+    else:
+        size = UNET_PRESETS[config.preset]["sample_size"]
+    return size if isinstance(size, int) else int(size[0])
+
+
+def build_mel(config: TrainConfig, resolution: int) -> HFDDPMMel:
+    """The spectrogram conversion of an audio run: square ``resolution x resolution`` log-mel images (``n_mels`` bands
+    by ``resolution`` frames) from --sample_rate, --hop_length or --audio_seconds, --n_fft; a pretrained audio
+    pipeline's ``mel`` gives the defaults. ``ValueError`` for sizes the UNet cannot take, naming the fix."""
+    base = {}
+    path = config.pretrained_model_name_or_path
+    if path and os.path.isfile(os.path.join(path, "mel", HFDDPMMel.config_name)):
+        base = dict(HFDDPMMel.load_config(path, subfolder="mel"))
+    sample_rate = config.sample_rate or base.get("sample_rate") or fallback("sample_rate")
+    n_fft = config.n_fft or base.get("n_fft") or fallback("n_fft")
+    n_mels = config.n_mels or resolution
+    if n_mels != resolution:
+        raise ValueError(
+            f"--n_mels {n_mels} makes spectrograms {n_mels} bands high, but the UNet takes {resolution} x {resolution}"
+            f" images; use --n_mels {resolution}, or a UNet of that size (--resolution {n_mels}, or --preset mel64 /"
+            " mel256)."
+        )
+    if resolution < 2:
+        raise ValueError(f"A spectrogram needs at least 2 frames; the resolution is {resolution}.")
+    if config.hop_length is not None:
+        hop_length = config.hop_length
+        if config.audio_seconds is not None:
+            frames = round(config.audio_seconds * sample_rate / hop_length) + 1
+            if frames != resolution:
+                fit = round(config.audio_seconds * sample_rate / (resolution - 1))
+                raise ValueError(
+                    f"--audio_seconds {config.audio_seconds} at {sample_rate} Hz with --hop_length {hop_length} gives"
+                    f" {frames} spectrogram frames, but the UNet takes {resolution}; use --hop_length {fit}, or"
+                    f" --audio_seconds {(resolution - 1) * hop_length / sample_rate:g}, or give only one of them."
+                )
+    elif config.audio_seconds is not None:
+        hop_length = round(config.audio_seconds * sample_rate / (resolution - 1))
+        if hop_length < 1:
+            raise ValueError(
+                f"--audio_seconds {config.audio_seconds} at {sample_rate} Hz is too short for {resolution} frames."
+            )
+    else:
+        hop_length = base.get("hop_length") or fallback("hop_length")
+    return HFDDPMMel(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, num_frames=resolution)
+
+
 @dataclass
 class RunSetup:
     """What :func:`setup` resolves before training: the data, the model, the schedule and the derived settings."""
@@ -137,6 +200,7 @@ class RunSetup:
     resolution: int
     class_conditional: bool
     label_column: str | None
+    mel: HFDDPMMel | None = None  # audio runs: the spectrogram conversion, saved as the pipeline's mel component
 
     @property
     def num_classes(self) -> int:
@@ -155,6 +219,7 @@ class RunSetup:
             "prediction_type": self.noise_scheduler.config.prediction_type,
             "in_channels": self.unet.config.in_channels,
             "num_parameters": sum(p.numel() for p in self.unet.parameters()),
+            "mel": None if self.mel is None else {k: v for k, v in self.mel.config.items() if not k.startswith("_")},
         }
 
 
@@ -177,9 +242,20 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
             streaming=config.streaming,
             cache_dir=config.cache_dir,
         )
-    columns = resolve_columns(dataset, config.image_column, label_column)
+    # audio: every clip becomes a log-mel spectrogram image once (hfddpm.audio); the image path trains on those
+    image_column, mel = config.image_column, None
+    audio_column = resolve_audio_column(dataset, config.audio_column)
+    if audio_column is not None:
+        if config.random_flip:
+            raise ValueError("--random_flip would play spectrograms backwards in time; leave it off for audio.")
+        mel = build_mel(config, configured_resolution(config))
+        dataset = spectrogram_dataset(
+            dataset, audio_column, mel, label_column, max_bad_fraction=config.max_bad_image_fraction
+        )
+        image_column = SPECTROGRAM_COLUMN
+    columns = resolve_columns(dataset, image_column, label_column)
 
-    unet = build_training_unet(config, columns.num_classes)
+    unet = build_training_unet(config, columns.num_classes, channels=1 if mel is not None else None)
     resolution = config.resolution
     if resolution is None:
         size = unet.config.sample_size
@@ -190,8 +266,14 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
             f"The UNet has in_channels={unet.config.in_channels}; images can be trained with 1 (L), 3"
             " (RGB) or 4 (RGBA) channels."
         )
+    if mel is not None and (unet.config.in_channels, resolution) != (1, mel.config.n_mels):
+        raise ValueError(
+            f"Spectrograms are 1 x {mel.config.n_mels} x {mel.config.num_frames} (channels x n_mels x frames), but"
+            f" the UNet takes {unet.config.in_channels} x {resolution} x {resolution} images; use a UNet with"
+            " in_channels=1 and that sample_size (e.g. --preset mel64 or mel256)."
+        )
     noise_scheduler = build_scheduler(config, resolution)
-    return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column)
+    return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, mel)
 
 
 def resolve_max_train_steps(config: TrainConfig, num_examples: int | None, world_size: int) -> int:
@@ -220,6 +302,7 @@ class TrainingEngine:
         class_conditional: whether batches carry labels to train on (else a conditional UNet sees the null class).
         forward_context: a context manager factory around the loss (e.g. ``torch.autocast``); benchmarks that
             compare precisions in one process use it, since accelerate keeps one precision per process.
+        mel: an audio run's spectrogram conversion: the exported pipeline is then an ``HFDDPMAudioPipeline``.
     """
 
     def __init__(
@@ -233,8 +316,10 @@ class TrainingEngine:
         class_conditional: bool = False,
         forward_context=contextlib.nullcontext,
         mixed_precision: str | None = None,
+        mel: HFDDPMMel | None = None,
     ):
         self.config, self.accelerator, self.noise_scheduler = config, accelerator, noise_scheduler
+        self.mel = mel
         self.class_conditional, self.forward_context = class_conditional, forward_context
         device = self.device = accelerator.device
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -364,9 +449,13 @@ class TrainingEngine:
         the scheduler called ``sampler`` (``hfddpm.evaluation.SCHEDULERS``, no progress bar) for the run's own
         sampling."""
         unet = unet if unet is not None else self.ema_unet()
+        scheduler = self.noise_scheduler if sampler is None else make_scheduler(sampler, self.noise_scheduler.config)
+        if self.mel is not None:  # an audio run: spectrograms and the conversion back to sound
+            pipe = HFDDPMAudioPipeline(unet=unet, scheduler=scheduler, mel=self.mel)
+        else:
+            pipe = HFDDPMPipeline(unet=unet, scheduler=scheduler)
         if sampler is None:
-            return HFDDPMPipeline(unet=unet, scheduler=self.noise_scheduler)
-        pipe = HFDDPMPipeline(unet=unet, scheduler=make_scheduler(sampler, self.noise_scheduler.config))
+            return pipe
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -146,6 +146,7 @@ def train(config: TrainConfig) -> Path:
         accelerator,
         max_train_steps=max_train_steps,
         class_conditional=run.class_conditional,
+        mel=run.mel,
     )
 
     # 4. resume
