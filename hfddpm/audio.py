@@ -159,6 +159,11 @@ def decode_audio(value, sample_rate: int) -> tuple[np.ndarray, dict]:
     return waveform.astype(np.float32), info
 
 
+def write_wav(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int) -> None:
+    """A mono waveform in [-1, 1] as a 16-bit PCM WAV file (clipped to [-1, 1])."""
+    _soundfile().write(str(path), np.clip(np.asarray(waveform, dtype=np.float32), -1, 1), sample_rate, "PCM_16")
+
+
 def spectrogram_image(spectrogram: np.ndarray) -> Image.Image:
     """A ``[n_mels, num_frames]`` spectrogram in [0, 1] as a 16-bit grey PIL image (``I;16``)."""
     return Image.fromarray(np.round(np.clip(spectrogram, 0, 1) * 65535).astype(np.uint16))
@@ -183,6 +188,11 @@ def spectrogram_dataset(
         raise ValueError(
             "Audio training converts every clip to a spectrogram before training, which needs a map-style dataset;"
             " drop --streaming."
+        )
+    if label_column is not None and label_column not in dataset.column_names:
+        raise ValueError(
+            f"Label column {label_column!r} not found; the dataset has columns {dataset.column_names}. Pass the right"
+            " one with --label_column, or train unconditionally with --no_class_conditional."
         )
     feature = dataset.features.get(audio_column)
     if isinstance(feature, datasets.Audio) and feature.decode:
