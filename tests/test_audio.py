@@ -328,3 +328,48 @@ def test_spoken_digit_script_writes_a_labelled_audio_folder(tmp_path):
     for row in dataset.select(range(0, 20, 7)):
         info = soundfile.info(row["audio"]["path"])
         assert info.samplerate == 22050 and info.channels == 1 and 0.15 < info.duration < 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation: the spoken-digit classifier shipped in the package
+# ---------------------------------------------------------------------------------------------------------------------
+def test_shipped_spoken_digit_classifier_and_its_settings():
+    from hfddpm.evaluation import METRIC_REGISTRY, SPOKEN_DIGIT_MEL, spoken_digit_classifier_info
+
+    info = spoken_digit_classifier_info()
+    assert info["spectrogram"] == SPOKEN_DIGIT_MEL and info["heldout_accent"] == "en-029"
+    assert info["heldout_accuracy"] >= 0.9 and info["num_heldout"] == 90
+    # the mel64 defaults of train.py make exactly the spectrograms it was trained on
+    assert {k: build_mel(TrainConfig(preset="mel64"), 64).config[k] for k in SPOKEN_DIGIT_MEL} == SPOKEN_DIGIT_MEL
+    assert METRIC_REGISTRY["spoken_digit_accuracy"].needs == ("spectrogram", "labels")
+
+
+def test_spoken_digit_metrics_refuse_other_spectrograms(trained):
+    from hfddpm.evaluation import evaluate_pipeline, spoken_digit_metrics
+
+    with pytest.raises(ValueError, match=r"need spectrograms shaped \[N, 1, 64, 64\]"):
+        spoken_digit_metrics(torch.rand(4, 1, 16, 16))
+    out, _ = trained
+    with pytest.raises(ValueError, match=r"but this pipeline's mel component has \{'sample_rate': 8000"):
+        evaluate_pipeline(HFDDPMPipeline.from_pretrained(out), num_images=2, metrics="spoken_digits")
+    image_pipe = HFDDPMPipeline(
+        unet=build_unet("tiny", sample_size=16), scheduler=HFDDPMAudioPipeline.from_pretrained(out).scheduler
+    )
+    with pytest.raises(ValueError, match="score an audio pipeline's spectrograms; this pipeline makes images"):
+        evaluate_pipeline(image_pipe, num_images=2, metrics="spoken_digits")
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_spoken_digit_classifier_hears_a_held_out_accent(tmp_path):
+    from hfddpm.evaluation import SPOKEN_DIGIT_MEL, spoken_digit_metrics
+
+    script = ROOT / "training" / "make_spoken_digits.py"
+    args = ["--output_dir", str(tmp_path / "d"), "--accents", "en-029", "--voices", "m3", "f2", "--settings", "2"]
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
+    dataset = load_audio_folder(tmp_path / "d")
+    images = spectrogram_dataset(dataset, "audio", HFDDPMMel(**SPOKEN_DIGIT_MEL), "label")
+    spectrograms = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 65535) for im in images["image"]])
+    real = spoken_digit_metrics(spectrograms[:, None], torch.tensor(images["label"]))
+    assert real["spoken_digit_accuracy"] >= 0.8 and real["spoken_classes_covered"] == 10
+    noise = spoken_digit_metrics(torch.rand(40, 1, 64, 64), torch.tensor(images["label"]))
+    assert real["fd_spoken_digits"] < noise["fd_spoken_digits"] / 2

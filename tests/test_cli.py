@@ -129,7 +129,10 @@ def test_evaluate_fid_without_inception_stops_or_falls_back(tiny_pipeline, tmp_p
 
 def test_evaluate_bad_metric_name(tiny_pipeline, capsys):
     assert main(["evaluate", tiny_pipeline, "--metrics", "digits,inception_score"]) == 2
-    assert "choose a comma-separated subset of ['digits', 'fid', 'kid', 'dinov2']" in capsys.readouterr().err
+    assert (
+        "choose a comma-separated subset of ['digits', 'fid', 'kid', 'dinov2', 'spoken_digits']"
+        in capsys.readouterr().err
+    )
 
 
 def test_push_calls_hub(monkeypatch, tmp_path, capsys):

@@ -158,8 +158,14 @@ def test_compute_metrics_fid_fallbacks(heldout, hide_package):
 
 def test_parse_metrics():
     assert parse_metrics("digits, FID,digits") == ("digits", "fid")
-    assert METRICS == ("digits", "fid", "kid", "dinov2")  # the --metrics choices, read from the registry
-    with pytest.raises(ValueError, match=r"\['digits', 'fid', 'kid', 'dinov2'\]"):
+    assert METRICS == (
+        "digits",
+        "fid",
+        "kid",
+        "dinov2",
+        "spoken_digits",
+    )  # the --metrics choices, read from the registry
+    with pytest.raises(ValueError, match=r"\['digits', 'fid', 'kid', 'dinov2', 'spoken_digits'\]"):
         parse_metrics("digits,is")
     with pytest.raises(FileNotFoundError, match="mnist_5k"):
         load_reference("/nonexistent/folder", 28, 1)

@@ -36,6 +36,13 @@ from .frechet import feature_statistics, frechet_distance
 from .inception import InceptionFeatures, MetricUnavailableError, fid_kid, find_inception_weights
 from .registry import EVAL_SETTINGS, METRIC_REGISTRY, METRICS, Metric, MetricInputs, card_metrics
 from .sampling import SCHEDULERS, balanced_labels, generate_samples, grid_shape, make_scheduler, set_scheduler
+from .spoken_digits import (
+    SPOKEN_DIGIT_MEL,
+    SpokenDigitClassifier,
+    load_spoken_digit_classifier,
+    spoken_digit_classifier_info,
+    spoken_digit_metrics,
+)
 
 __all__ = [
     "DEFAULT_DINOV2_MODEL",
@@ -44,6 +51,8 @@ __all__ = [
     "METRICS",
     "METRIC_REGISTRY",
     "SCHEDULERS",
+    "SPOKEN_DIGIT_MEL",
+    "SpokenDigitClassifier",
     "DigitClassifier",
     "DigitFeatureExtractor",
     "InceptionFeatures",
@@ -58,6 +67,9 @@ __all__ = [
     "default_cache_dir",
     "digit_classifier_info",
     "digit_metrics",
+    "load_spoken_digit_classifier",
+    "spoken_digit_classifier_info",
+    "spoken_digit_metrics",
     "digit_reference_statistics",
     "dinov2_features",
     "evaluate_pipeline",

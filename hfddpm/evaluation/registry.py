@@ -7,7 +7,7 @@ and the function that computes it.
 Example:
     >>> from hfddpm.evaluation import METRIC_REGISTRY, METRICS
     >>> METRICS  # the --metrics choices, in registry order
-    ('digits', 'fid', 'kid', 'dinov2')
+    ('digits', 'fid', 'kid', 'dinov2', 'spoken_digits')
     >>> METRIC_REGISTRY["fd_digits"].direction
     'lower is better'
     >>> [m.name for m in METRIC_REGISTRY.values() if m.choice == "kid"]
@@ -25,6 +25,7 @@ import torch
 from .digits import DigitFeatureExtractor, digit_metrics
 from .dinov2 import DEFAULT_DINOV2_MODEL, fd_dinov2, load_dinov2
 from .inception import fid_kid
+from .spoken_digits import spoken_digit_metrics
 
 # Keys of an evaluation result that say how the metrics were computed: shown under the card's table, never scores.
 EVAL_SETTINGS = ("num_samples", "num_images", "num_inference_steps", "guidance_scale", "eta", "seed", "step")
@@ -63,6 +64,13 @@ def inception_scores(inputs: MetricInputs) -> dict:
         inputs.images, inputs.reference, feature=DigitFeatureExtractor(), metrics=wanted, seed=inputs.seed
     )
     return {name.replace("fid", "fid_digits").replace("kid", "kid_digits"): v for name, v in scores.items()}
+
+
+def spoken_digit_scores(inputs: MetricInputs) -> dict:
+    """``spoken_digit_metrics`` of generated spectrograms (``spoken_digit_accuracy`` when they have labels)."""
+    scores = spoken_digit_metrics(inputs.images, inputs.labels)
+    scores.pop("num_images")
+    return scores
 
 
 def dinov2_scores(inputs: MetricInputs) -> dict:
@@ -138,6 +146,30 @@ METRIC_REGISTRY: dict[str, Metric] = {
         ),
         Metric(
             "fd_dinov2", "Fréchet distance of DINOv2 features", False, "dinov2", ("reference", "dinov2"), dinov2_scores
+        ),
+        Metric(
+            "fd_spoken_digits",
+            "Fréchet distance of spoken-digit-classifier features (spectrograms)",
+            False,
+            "spoken_digits",
+            ("spectrogram",),
+            spoken_digit_scores,
+        ),
+        Metric(
+            "spoken_classes_covered",
+            "Spoken digits the classifier hears among the samples",
+            True,
+            "spoken_digits",
+            ("spectrogram",),
+            spoken_digit_scores,
+        ),
+        Metric(
+            "spoken_digit_accuracy",
+            "Spoken-digit-classifier accuracy on class-conditional samples",
+            True,
+            "spoken_digits",
+            ("spectrogram", "labels"),
+            spoken_digit_scores,
         ),
         Metric("inception_score", "Inception score", True),
     )
