@@ -4,7 +4,7 @@ Example:
     >>> import hfddpm
     >>> pipe = hfddpm.HFDDPMPipeline(unet=hfddpm.build_unet("mnist"), scheduler=hfddpm.HFDDPMScheduler())
     >>> sorted(hfddpm.UNET_PRESETS)
-    ['celebahq256', 'cifar10', 'flowers64', 'mnist', 'tiny']
+    ['celebahq256', 'cifar10', 'flowers64', 'mel256', 'mel64', 'mnist', 'tiny']
 """
 
 __version__ = "0.1.0"

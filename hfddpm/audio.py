@@ -14,7 +14,8 @@ Example:
     >>> from hfddpm import HFDDPMMel
     >>> mel = HFDDPMMel(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
     >>> clips = [{"array": np.sin(np.arange(4000) * f / 8000 * 2 * np.pi), "sampling_rate": 8000} for f in (300, 900)]
-    >>> images = spectrogram_dataset(datasets.Dataset.from_dict({"clip": clips, "label": [0, 1]}), "clip", mel)
+    >>> clips = datasets.Dataset.from_dict({"clip": clips, "label": [0, 1]})
+    >>> images = spectrogram_dataset(clips, "clip", mel, "label")
     >>> images.column_names, images[0]["image"].size, images[0]["image"].mode
     (['image', 'label'], (16, 16), 'I;16')
 """

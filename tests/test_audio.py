@@ -272,7 +272,7 @@ def test_the_allowlist_refuses_a_foreign_mel_component(trained, tmp_path):
         HFDDPMPipeline.from_pretrained(folder)
     del index["mel"]
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ValueError, match=r"has no 'mel' entry; this pipeline needs 'mel'"):
+    with pytest.raises(ValueError, match=r"has no 'mel' entry; a pipeline needs \['unet', 'scheduler', 'mel'\]"):
         HFDDPMPipeline.from_pretrained(folder)
 
 

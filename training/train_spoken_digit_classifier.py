@@ -91,7 +91,9 @@ def main(args):
             optimizer.step()
             scheduler.step()
         if (epoch + 1) % 10 == 0:
-            print(f"epoch {epoch + 1}: loss {loss.item():.4f}, held-out accuracy {accuracy(model, test_x, test_y):.3f}")
+            print(
+                f"epoch {epoch + 1}: loss {loss.item():.4f}, held-out accuracy {accuracy(model, test_x, test_y):.3f}"
+            )
     seconds = time.perf_counter() - start
 
     model.eval()

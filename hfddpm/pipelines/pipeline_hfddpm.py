@@ -307,7 +307,7 @@ class HFDDPMPipeline(DiffusionPipeline):
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
-            component_cls = _component_class(index_path, index, name, cls._components[name])
+            component_cls = _component_class(index_path, index, name, cls._components)
             load_kwargs = {"torch_dtype": torch_dtype} if name == "unet" and torch_dtype is not None else {}
             components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
         if kwargs:
@@ -336,17 +336,17 @@ def _pipeline_class(index_path: str, index: dict, cls: type) -> type:
     return found if isinstance(found, type) and issubclass(found, cls) else cls
 
 
-def _component_class(index_path: str, index: dict, name: str, base_and_example: tuple) -> type:
+def _component_class(index_path: str, index: dict, name: str, components: dict = COMPONENTS) -> type:
     """The class that ``model_index.json`` names for component ``name``, resolved without importing the folder's code.
 
     Only diffusers classes (``["diffusers", "UNet2DModel"]``) and hfddpm's own (``["scheduling_hfddpm",
     "HFDDPMScheduler"]`` or the full module path) load: importing any other module named by the file would run code
     from wherever Python finds it, e.g. the folder itself when it is the working directory.
     """
-    base, example = base_and_example
+    base, example = components[name]
     if name not in index:
         raise ValueError(
-            f"{index_path} has no {name!r} entry; this pipeline needs {name!r} given as"
+            f"{index_path} has no {name!r} entry; a pipeline needs {list(components)}, each given as"
             f' [library, class name], e.g. "{name}": ["diffusers", "{example}"].'
         )
     entry = index[name]
