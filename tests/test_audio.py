@@ -373,3 +373,18 @@ def test_spoken_digit_classifier_hears_a_held_out_accent(tmp_path):
     assert real["spoken_digit_accuracy"] >= 0.8 and real["spoken_classes_covered"] == 10
     noise = spoken_digit_metrics(torch.rand(40, 1, 64, 64), torch.tensor(images["label"]))
     assert real["fd_spoken_digits"] < noise["fd_spoken_digits"] / 2
+
+
+def test_evaluation_during_training_takes_the_metrics_of_its_data():
+    from hfddpm.evaluation import SPOKEN_DIGIT_MEL
+    from hfddpm.training.loop import _check_audio_metrics
+
+    config = TrainConfig(eval_steps=10, eval_metrics="digits")
+    with pytest.raises(ValueError, match="--eval_metrics digits scores MNIST-like images, not spectrograms"):
+        _check_audio_metrics(config, HFDDPMMel(**SPOKEN_DIGIT_MEL))
+    config = TrainConfig(eval_steps=10, eval_metrics="spoken_digits")
+    with pytest.raises(ValueError, match=r"this pipeline's mel component has \{'sample_rate': 8000"):
+        _check_audio_metrics(config, HFDDPMMel(**SMALL))
+    with pytest.raises(ValueError, match="this run trains on images"):
+        _check_audio_metrics(config, None)
+    _check_audio_metrics(config, HFDDPMMel(**SPOKEN_DIGIT_MEL))  # the demo's settings: accepted

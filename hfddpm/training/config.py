@@ -300,7 +300,9 @@ class TrainConfig:
         check=_NON_NEGATIVE_INT,
     )
     eval_metrics: str = _opt(
-        "digits", "Comma-separated metrics of hfddpm.evaluation (digits, fid, kid, dinov2).", group="output"
+        "digits",
+        "Comma-separated metrics of hfddpm.evaluation (digits, fid, kid, dinov2; spoken_digits for audio runs).",
+        group="output",
     )
     eval_num_images: int = _opt(
         200,

@@ -228,6 +228,8 @@ def train(config: TrainConfig) -> Path:
             f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this UNet makes"
             f" {run.unet.config.in_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
         )
+    if config.eval_steps:
+        _check_audio_metrics(config, run.mel)
     eval_history = load_history(output_dir, up_to_step=global_step) if config.eval_steps else []
 
     def evaluate(step: int) -> bool:
@@ -432,6 +434,24 @@ def train(config: TrainConfig) -> Path:
     # the fraction of broken images is final now; the finished run is saved before this is reported
     check_bad_images(bad_total, read_total, config.max_bad_image_fraction, min_read=min(min_read, read_total or 1))
     return output_dir
+
+
+def _check_audio_metrics(config: TrainConfig, mel) -> None:
+    """Spectrograms are scored by the spoken_digits metrics (made with their settings), images by the others."""
+    from hfddpm.evaluation import parse_metrics
+    from hfddpm.evaluation.spoken_digits import check_spectrogram_settings
+
+    chosen = parse_metrics(config.eval_metrics)
+    if mel is None and "spoken_digits" in chosen:
+        raise ValueError("--eval_metrics spoken_digits scores an audio run's spectrograms; this run trains on images.")
+    if mel is not None:
+        if "digits" in chosen:
+            raise ValueError(
+                "--eval_metrics digits scores MNIST-like images, not spectrograms; use --eval_metrics spoken_digits"
+                " for an audio run."
+            )
+        if "spoken_digits" in chosen:
+            check_spectrogram_settings(mel.config)
 
 
 def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:
