@@ -52,11 +52,12 @@ class AudioDecodeError(ValueError):
 
 def _soundfile():
     try:
+        import librosa  # noqa: F401 (resampling; checked here so one message names both)
         import soundfile
     except ImportError as err:
         raise ImportError(
-            "Audio datasets need soundfile and librosa: `pip install 'hfddpm[audio]'` or `pip install librosa"
-            " soundfile`."
+            f"Audio datasets need soundfile and librosa ({err}): `pip install 'hfddpm[audio]'` or `pip install"
+            " librosa soundfile`."
         ) from err
     return soundfile
 
@@ -127,9 +128,9 @@ def decode_audio(value, sample_rate: int) -> tuple[np.ndarray, dict]:
     sample rate is resampled (``info["resampled_from"]``). Raises :class:`AudioDecodeError` for an unreadable or empty
     clip.
     """
+    soundfile = _soundfile()
     import librosa
 
-    soundfile = _soundfile()
     info = {}
     if isinstance(value, dict) and value.get("array") is not None:
         data = np.asarray(value["array"], dtype=np.float32)

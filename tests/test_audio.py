@@ -388,3 +388,11 @@ def test_evaluation_during_training_takes_the_metrics_of_its_data():
     with pytest.raises(ValueError, match="this run trains on images"):
         _check_audio_metrics(config, None)
     _check_audio_metrics(config, HFDDPMMel(**SPOKEN_DIGIT_MEL))  # the demo's settings: accepted
+
+
+def test_without_the_audio_extra_the_message_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "librosa", None)  # as if librosa were not installed
+    with pytest.raises(ImportError, match=r"pip install 'hfddpm\[audio\]'"):
+        decode_audio({"array": tone(440, 0.1), "sampling_rate": SR}, SR)
+    with pytest.raises(ImportError, match=r"pip install 'hfddpm\[audio\]'"):
+        HFDDPMMel(**SMALL).audio_to_spectrogram(tone(440, 0.1))
