@@ -396,3 +396,30 @@ def test_without_the_audio_extra_the_message_says_what_to_install(monkeypatch):
         decode_audio({"array": tone(440, 0.1), "sampling_rate": SR}, SR)
     with pytest.raises(ImportError, match=r"pip install 'hfddpm\[audio\]'"):
         HFDDPMMel(**SMALL).audio_to_spectrogram(tone(440, 0.1))
+
+
+def test_a_dataset_with_an_audio_column_is_detected(tmp_path, monkeypatch):
+    """A parquet dataset (as on the Hub) whose datasets.Audio column holds WAV bytes: audio mode without flags."""
+    import io
+
+    import pyarrow as pa
+
+    from hfddpm.training.engine import setup
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    clips = []
+    for freq in (300, 1800, 300, 1800):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, tone(freq, 0.2, 8000), 8000, format="WAV")
+        clips.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"speech": datasets.Audio(), "label": datasets.ClassLabel(names=["low", "high"])})
+    table = pa.table({"speech": pa.array(clips, type=datasets.Audio().pa_type), "label": [0, 1, 0, 1]})
+    dataset = datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
+    (tmp_path / "data").mkdir()
+    dataset.to_parquet(tmp_path / "data" / "train.parquet")
+    flags = dict(preset="tiny", resolution=16, sample_rate=8000, n_fft=256, hop_length=64, label_column="label")
+    run = setup(TrainConfig(dataset_name=str(tmp_path / "data"), **flags))
+    assert run.mel is not None and run.mel.config.num_frames == 16 and run.columns.class_names == ["low", "high"]
+    assert run.columns.image_column == "image" and run.unet.config.in_channels == 1 and len(run.dataset) == 4
+    with pytest.raises(ValueError, match=r"Audio column 'audio' not found.*Audio columns: \['speech'\]"):
+        setup(TrainConfig(dataset_name=str(tmp_path / "data"), audio_column="audio", **flags))
