@@ -122,3 +122,11 @@ def test_train_throughput_on_a_gpu_uses_the_tutorials_fp16_as_baseline(tmp_path)
     assert data["diffusers"]["mixed_precision"] == "fp16" and data["diffusers_fp32"]["mixed_precision"] == "no"
     assert data["hfddpm"]["mixed_precision"] == default_mixed_precision("cuda")
     assert data["device"].startswith("cuda")
+
+
+def test_bench_audio_smoke(tmp_path):
+    out = tmp_path / "audio.json"
+    result = _bench("bench_audio.py", "--clips", "2", "--n-iter", "2", "--sizes", "64", "--out", str(out))
+    rows = json.loads(out.read_text())
+    assert [r["size"] for r in rows] == ["64x64"] and rows[0]["griffin_lim_ms"] > 0
+    assert "| 64x64 | 1.008 s at 16000 Hz |" in result.stdout
