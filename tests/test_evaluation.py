@@ -159,7 +159,9 @@ def test_compute_metrics_fid_fallbacks(heldout, hide_package):
 def test_parse_metrics():
     assert parse_metrics("digits, FID,digits") == ("digits", "fid")
     # the --metrics choices, read from the registry
-    assert METRICS == ("digits", "fid", "kid", "dinov2", "pr_digits", "pr", "pr_dinov2", "memorization")
+    assert METRICS == (
+        *("digits", "fid", "kid", "dinov2", "pr_digits", "pr", "pr_dinov2", "memorization", "spoken_digits"),
+    )
     with pytest.raises(ValueError, match=r"\['digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2',"):
         parse_metrics("digits,is")
     with pytest.raises(FileNotFoundError, match="mnist_5k"):

@@ -41,6 +41,13 @@ from .memorization import memorization_check, training_images
 from .precision_recall import precision_recall
 from .registry import EVAL_SETTINGS, METRIC_REGISTRY, METRICS, Metric, MetricInputs, card_metrics
 from .sampling import SCHEDULERS, balanced_labels, generate_samples, grid_shape, make_scheduler, set_scheduler
+from .spoken_digits import (
+    SPOKEN_DIGIT_MEL,
+    SpokenDigitClassifier,
+    load_spoken_digit_classifier,
+    spoken_digit_classifier_info,
+    spoken_digit_metrics,
+)
 from .uncertainty import bootstrap_interval, differs_beyond_noise, fingerprint
 
 __all__ = [
@@ -51,6 +58,8 @@ __all__ = [
     "METRICS",
     "METRIC_REGISTRY",
     "SCHEDULERS",
+    "SPOKEN_DIGIT_MEL",
+    "SpokenDigitClassifier",
     "DigitClassifier",
     "DigitFeatureExtractor",
     "FrechetToReference",
@@ -69,6 +78,9 @@ __all__ = [
     "digit_classifier_info",
     "digit_metrics",
     "differs_beyond_noise",
+    "load_spoken_digit_classifier",
+    "spoken_digit_classifier_info",
+    "spoken_digit_metrics",
     "digit_reference_statistics",
     "dinov2_features",
     "evaluate_pipeline",

@@ -16,6 +16,7 @@ from .dinov2 import DEFAULT_DINOV2_MODEL, load_dinov2
 from .inception import MetricUnavailableError, find_inception_weights
 from .registry import METRICS, MetricInputs, metrics_of
 from .sampling import balanced_labels, generate_samples, num_classes, set_scheduler
+from .spoken_digits import check_spectrogram_settings
 from .uncertainty import DETAILS_KEY
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,12 @@ def evaluate_pipeline(
     check_metrics_available(
         metrics, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
     )
+    if any("spectrogram" in m.needs for m in metrics_of(metrics)):
+        if not hasattr(pipe, "mel"):
+            raise ValueError(
+                "The spoken_digits metrics score an audio pipeline's spectrograms; this pipeline makes images."
+            )
+        check_spectrogram_settings(pipe.mel.config)
     set_scheduler(pipe, scheduler)
     classes = num_classes(pipe)
     labels = balanced_labels(num_images, classes) if classes else None

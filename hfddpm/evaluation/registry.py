@@ -7,7 +7,7 @@ and the function that computes it.
 Example:
     >>> from hfddpm.evaluation import METRIC_REGISTRY, METRICS
     >>> METRICS  # the --metrics choices, in registry order
-    ('digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2', 'memorization')
+    ('digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2', 'memorization', 'spoken_digits')
     >>> METRIC_REGISTRY["fd_digits"].direction
     'lower is better'
     >>> [m.name for m in METRIC_REGISTRY.values() if m.choice == "kid"]
@@ -29,6 +29,7 @@ from .features import extract_features
 from .inception import fid_kid
 from .memorization import PAIRS_FILE, memorization_check, pairs_picture
 from .precision_recall import NEAREST_NEIGHBOURS, precision_recall
+from .spoken_digits import spoken_digit_metrics
 from .uncertainty import DETAILS_KEY, details, fingerprint
 
 # Keys of an evaluation result that say how the metrics were computed: shown under the card's table, never scores.
@@ -78,6 +79,13 @@ def inception_scores(inputs: MetricInputs) -> dict:
 
     scores[DETAILS_KEY] = {renamed(k): v for k, v in scores[DETAILS_KEY].items()}
     return {renamed(name) if name != DETAILS_KEY else name: v for name, v in scores.items()}
+
+
+def spoken_digit_scores(inputs: MetricInputs) -> dict:
+    """``spoken_digit_metrics`` of generated spectrograms (``spoken_digit_accuracy`` when they have labels)."""
+    scores = spoken_digit_metrics(inputs.images, inputs.labels)
+    scores.pop("num_images")
+    return scores
 
 
 def dinov2_scores(inputs: MetricInputs) -> dict:
@@ -249,6 +257,30 @@ METRIC_REGISTRY: dict[str, Metric] = {
             "memorization",
             ("train",),
             memorization_scores,
+        ),
+        Metric(
+            "fd_spoken_digits",
+            "Fréchet distance of spoken-digit-classifier features (spectrograms)",
+            False,
+            "spoken_digits",
+            ("spectrogram",),
+            spoken_digit_scores,
+        ),
+        Metric(
+            "spoken_classes_covered",
+            "Spoken digits the classifier hears among the samples",
+            True,
+            "spoken_digits",
+            ("spectrogram",),
+            spoken_digit_scores,
+        ),
+        Metric(
+            "spoken_digit_accuracy",
+            "Spoken-digit-classifier accuracy on class-conditional samples",
+            True,
+            "spoken_digits",
+            ("spectrogram", "labels"),
+            spoken_digit_scores,
         ),
         Metric("inception_score", "Inception score", True),
     )

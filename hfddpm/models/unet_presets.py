@@ -118,6 +118,37 @@ UNET_PRESETS: dict[str, dict] = {
         "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
         "attention_head_dim": 64,
     },
+    # 64x64 log-mel spectrograms (64 mel bands x 64 frames, e.g. ~1 s of 16 kHz audio at hop 256): 64 -> 32 -> 16
+    # -> 8, self-attention at 8x8 only; sized for a few minutes of CPU training on the spoken-digit demo.
+    "mel64": {
+        "sample_size": 64,
+        "in_channels": 1,
+        "out_channels": 1,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64, 64, 128],
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 16,
+        "attention_head_dim": 32,
+    },
+    # 256x256 log-mel spectrograms, the size of the former diffusers audio-diffusion models (e.g. 5 s at 22.05 kHz,
+    # hop 512): the 6-level layout of celebahq256 with one channel, attention at 16x16.
+    "mel256": {
+        "sample_size": 256,
+        "in_channels": 1,
+        "out_channels": 1,
+        "layers_per_block": 2,
+        "block_out_channels": [128, 128, 256, 256, 512, 512],
+        "down_block_types": [
+            "DownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "DownBlock2D",
+        ],
+        "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
+    },
 }
 
 

@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt")
 # Component classes that live outside diffusers and ship as code next to the weights, by the file that holds them.
 # The module paths are public API: saved folders record the file names, hfddpm maps them back to its classes.
-LOCAL_MODULES = {"scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm"}
+LOCAL_MODULES = {
+    "scheduling_hfddpm": "hfddpm.schedulers.scheduling_hfddpm",
+    "mel_hfddpm": "hfddpm.pipelines.mel_hfddpm",
+}
 # The base classes each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
 # an example of a valid class. The autoencoder of a latent model is optional ([null, null] or absent: pixel space).
 COMPONENTS = {
@@ -51,10 +54,19 @@ OPTIONAL_COMPONENTS = ("vae",)
 # The pipeline code of a saved folder, one file per pipeline, by module name (file stem): sampling, and the editing
 # pipelines that run on the same weights. Every save writes all of them, so a folder or Hub repository runs any of
 # them with plain diffusers (``custom_pipeline="pipeline_hfddpm_inpaint"``). Module names are public API.
-PIPELINE_MODULES = ("pipeline_hfddpm", "pipeline_hfddpm_img2img", "pipeline_hfddpm_inpaint")
+PIPELINE_MODULES = ("pipeline_hfddpm", "pipeline_hfddpm_audio", "pipeline_hfddpm_img2img", "pipeline_hfddpm_inpaint")
+# hfddpm's pipeline classes by the file that holds them: from_pretrained gives the one model_index.json names when it
+# is a subclass of the class it was called on (an audio folder loaded with HFDDPMPipeline gives HFDDPMAudioPipeline).
+LOCAL_PIPELINES = {stem: f"hfddpm.pipelines.{stem}" for stem in PIPELINE_MODULES}
+# Components of some pipelines only: the spectrogram converter of the audio pipeline.
+EXTRA_COMPONENTS = ("mel",)
 # The files of a saved pipeline folder, as Hub allow-patterns: what from_pretrained downloads and push_to_hub uploads
 # (with the model card), and nothing else of an output folder (checkpoints, logs).
-PIPELINE_FILES = ("model_index.json", *(f"{m}.py" for m in PIPELINE_MODULES), *(f"{name}/*" for name in COMPONENTS))
+PIPELINE_FILES = (
+    "model_index.json",
+    *(f"{m}.py" for m in PIPELINE_MODULES),
+    *(f"{name}/*" for name in (*COMPONENTS, *EXTRA_COMPONENTS)),
+)
 # A Hub repository id: namespace/name of letters, digits, "_", "-" and ".", each starting and ending with a letter or
 # digit (a path such as ./x, ../x or ~/x is not one).
 _REPO_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?")
@@ -80,6 +92,9 @@ class HFDDPMPipelineMixin:
     components. The mixin is not itself a ``DiffusionPipeline``, so a pipeline file that imports it still holds exactly
     one pipeline class, which diffusers needs to load it with ``custom_pipeline=``.
     """
+
+    # The components from_pretrained loads, with the base classes each must have (subclasses add theirs).
+    _components = COMPONENTS
 
     @property
     def num_classes(self) -> int:
@@ -273,7 +288,7 @@ class HFDDPMPipelineMixin:
                 )
         index["_class_name"] = [pipeline_module.__name__.rsplit(".", 1)[-1], type(self).__name__]
 
-        for name in COMPONENTS:
+        for name in self._components:
             component = getattr(self, name, None)
             if component is None:
                 continue
@@ -318,21 +333,24 @@ class HFDDPMPipelineMixin:
         if not os.path.isfile(index_path):
             raise FileNotFoundError(f"No model_index.json in {folder}: not a saved pipeline.")
         index = _read_index(index_path)
+        cls = _pipeline_class(index, cls)
 
         torch_dtype = kwargs.pop("torch_dtype", None)
         components = {}
-        for name in COMPONENTS:
+        for name in cls._components:
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
             if name in OPTIONAL_COMPONENTS and index.get(name, [None, None]) == [None, None]:
                 continue  # a pixel-space model
-            component_cls = _component_class(index_path, index, name)
+            component_cls = _component_class(index_path, index, name, cls._components)
             is_model = name in ("unet", "vae")
             load_kwargs = {"torch_dtype": torch_dtype} if is_model and torch_dtype is not None else {}
             components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
         if kwargs:
-            raise ValueError(f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes {', '.join(COMPONENTS)}.")
+            raise ValueError(
+                f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes {', '.join(cls._components)}."
+            )
         return cls(**components)
 
 
@@ -446,16 +464,26 @@ def _read_index(index_path: str) -> dict:
     return index
 
 
-def _component_class(index_path: str, index: dict, name: str) -> type:
+def _pipeline_class(index: dict, cls: type) -> type:
+    """The hfddpm pipeline class that ``model_index.json`` names (:data:`LOCAL_PIPELINES`) when it is ``cls`` or a
+    subclass of it; else ``cls``."""
+    entry = index.get("_class_name")
+    if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in LOCAL_PIPELINES):
+        return cls
+    found = getattr(importlib.import_module(LOCAL_PIPELINES[entry[0]]), str(entry[1]), None)
+    return found if isinstance(found, type) and issubclass(found, cls) else cls
+
+
+def _component_class(index_path: str, index: dict, name: str, components: dict = COMPONENTS) -> type:
     """The class that ``model_index.json`` names for component ``name``, resolved without importing the folder's code.
 
     Only diffusers classes (``["diffusers", "UNet2DModel"]``) and hfddpm's own (``["scheduling_hfddpm",
     "HFDDPMScheduler"]`` or the full module path) load: importing any other module named by the file would run code
     from wherever Python finds it, e.g. the folder itself when it is the working directory.
     """
-    bases, example = COMPONENTS[name]
+    bases, example = components[name]
     if name not in index:
-        required = [n for n in COMPONENTS if n not in OPTIONAL_COMPONENTS]
+        required = [n for n in components if n not in OPTIONAL_COMPONENTS]
         raise ValueError(
             f"{index_path} has no {name!r} entry; a pipeline needs {required}, each given as"
             f' [library, class name], e.g. "{name}": ["diffusers", "{example}"].'

@@ -123,8 +123,8 @@ class TrainConfig:
     )
     max_bad_image_fraction: float = _opt(
         0.01,
-        "Undecodable images are skipped; the run stops when more than this fraction of the images read could not be"
-        " decoded.",
+        "Undecodable images (and unreadable or empty audio clips) are skipped; the run stops when more than this"
+        " fraction of the images read could not be decoded.",
         group="data",
         check=_UNIT,
     )
@@ -139,6 +139,44 @@ class TrainConfig:
     )
     vae_subfolder: str | None = _opt(None, "Subfolder of --vae holding the autoencoder (e.g. vae).", group="latent")
     vae_revision: str | None = _opt(None, "Revision (branch, tag or commit) of a Hub --vae.", group="latent")
+    # --- audio (spectrogram diffusion; on when the dataset has a datasets.Audio column or --audio_column is given)
+    audio_column: str | None = _opt(
+        None,
+        "Column with audio clips: each is turned into a log-mel spectrogram image before training and the run saves"
+        " an HFDDPMAudioPipeline (default: the dataset's datasets.Audio column, if it has one; a --train_data_dir of"
+        " audio files has one named audio).",
+        group="audio",
+    )
+    sample_rate: int | None = _opt(
+        None,
+        "Sample rate in Hz; clips at other rates are resampled (default 16000, or the pretrained pipeline's).",
+        group="audio",
+        fallback=16000,
+        check=_POSITIVE,
+    )
+    audio_seconds: float | None = _opt(
+        None,
+        "Clip length in seconds (clips are cut or zero-padded): the spectrogram is --resolution frames wide, so"
+        " this sets --hop_length = audio_seconds * sample_rate / (resolution - 1). Default: from --hop_length.",
+        group="audio",
+        check=_POSITIVE_FLOAT,
+    )
+    n_mels: int | None = _opt(
+        None,
+        "Mel bands, the spectrogram's height; it must equal the resolution (default: the resolution).",
+        group="audio",
+        check=_POSITIVE,
+    )
+    hop_length: int | None = _opt(
+        None,
+        "Samples between spectrogram frames (default 256, or from --audio_seconds).",
+        group="audio",
+        fallback=256,
+        check=_POSITIVE,
+    )
+    n_fft: int | None = _opt(
+        None, "STFT window length in samples (default 1024).", group="audio", fallback=1024, check=_POSITIVE
+    )
     # --- model and diffusion
     preset: str = _opt("mnist", "UNet preset (hfddpm.UNET_PRESETS).", group="model", choices=tuple(UNET_PRESETS))
     unet_config: str | None = _opt(
@@ -307,7 +345,9 @@ class TrainConfig:
         check=_NON_NEGATIVE_INT,
     )
     eval_metrics: str = _opt(
-        "digits", "Comma-separated metrics of hfddpm.evaluation (digits, fid, kid, dinov2).", group="output"
+        "digits",
+        "Comma-separated metrics of hfddpm.evaluation (digits, fid, kid, dinov2; spoken_digits for audio runs).",
+        group="output",
     )
     eval_num_images: int = _opt(
         200,

@@ -30,11 +30,14 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 
+from hfddpm.audio import SPECTROGRAM_COLUMN, resolve_audio_column, spectrogram_dataset
 from hfddpm.data import check_resolution, load_train_dataset, resolve_columns
 from hfddpm.evaluation.sampling import make_scheduler
 from hfddpm.latents import check_latent_unet, check_vae_resolution, latent_settings, load_vae
 from hfddpm.models.unet_presets import UNET_PRESETS
+from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
 from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline
+from hfddpm.pipelines.pipeline_hfddpm_audio import HFDDPMAudioPipeline
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
 from hfddpm.training.checkpoint import register_checkpoint_hooks
 from hfddpm.training.config import TrainConfig, fallback
@@ -83,9 +86,12 @@ def build_scheduler(config: TrainConfig, resolution: int | None = None) -> HFDDP
     return HFDDPMScheduler(**kwargs)
 
 
-def build_training_unet(config: TrainConfig, num_classes: int, sample_size: int | None = None) -> UNet2DModel:
+def build_training_unet(
+    config: TrainConfig, num_classes: int, sample_size: int | None = None, channels: int | None = None
+) -> UNet2DModel:
     """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data (``sample_size``:
-    the latent size of a latent run, else --resolution)."""
+    the latent size of a latent run, else --resolution; a preset takes ``channels`` input and output channels when
+    given: 1 for spectrograms)."""
     conditional = num_classes > 0
     sample_size = sample_size if sample_size is not None else config.resolution
     if config.pretrained_model_name_or_path:
@@ -107,6 +113,8 @@ def build_training_unet(config: TrainConfig, num_classes: int, sample_size: int 
         else:
             unet_config = dict(UNET_PRESETS[config.preset])
             unet_config["num_class_embeds"] = None
+            if channels is not None:
+                unet_config["in_channels"] = unet_config["out_channels"] = channels
             source = f"--preset {config.preset!r}"
         if sample_size is not None:
             unet_config["sample_size"] = sample_size
@@ -129,6 +137,63 @@ def build_training_unet(config: TrainConfig, num_classes: int, sample_size: int 
     return unet
 
 
+def configured_resolution(config: TrainConfig) -> int:
+    """The training resolution before the UNet is built: --resolution, else the sample_size of the pretrained UNet,
+    of --unet_config or of --preset."""
+    if config.resolution is not None:
+        return config.resolution
+    if config.pretrained_model_name_or_path:
+        size = UNet2DModel.load_config(
+            config.pretrained_model_name_or_path, subfolder="unet", cache_dir=config.cache_dir
+        )["sample_size"]
+    elif config.unet_config and os.path.exists(config.unet_config):
+        size = UNet2DModel.load_config(config.unet_config)["sample_size"]
+    else:
+        size = UNET_PRESETS[config.preset]["sample_size"]
+    return size if isinstance(size, int) else int(size[0])
+
+
+def build_mel(config: TrainConfig, resolution: int) -> HFDDPMMel:
+    """The spectrogram conversion of an audio run: square ``resolution x resolution`` log-mel images (``n_mels`` bands
+    by ``resolution`` frames) from --sample_rate, --hop_length or --audio_seconds, --n_fft; a pretrained audio
+    pipeline's ``mel`` gives the defaults. ``ValueError`` for sizes the UNet cannot take, naming the fix."""
+    base = {}
+    path = config.pretrained_model_name_or_path
+    if path and os.path.isfile(os.path.join(path, "mel", HFDDPMMel.config_name)):
+        base = dict(HFDDPMMel.load_config(path, subfolder="mel"))
+    sample_rate = config.sample_rate or base.get("sample_rate") or fallback("sample_rate")
+    n_fft = config.n_fft or base.get("n_fft") or fallback("n_fft")
+    n_mels = config.n_mels or resolution
+    if n_mels != resolution:
+        raise ValueError(
+            f"--n_mels {n_mels} makes spectrograms {n_mels} bands high, but the UNet takes {resolution} x {resolution}"
+            f" images; use --n_mels {resolution}, or a UNet of that size (--resolution {n_mels}, or --preset mel64 /"
+            " mel256)."
+        )
+    if resolution < 2:
+        raise ValueError(f"A spectrogram needs at least 2 frames; the resolution is {resolution}.")
+    if config.hop_length is not None:
+        hop_length = config.hop_length
+        if config.audio_seconds is not None:
+            frames = round(config.audio_seconds * sample_rate / hop_length) + 1
+            if frames != resolution:
+                fit = round(config.audio_seconds * sample_rate / (resolution - 1))
+                raise ValueError(
+                    f"--audio_seconds {config.audio_seconds} at {sample_rate} Hz with --hop_length {hop_length} gives"
+                    f" {frames} spectrogram frames, but the UNet takes {resolution}; use --hop_length {fit}, or"
+                    f" --audio_seconds {(resolution - 1) * hop_length / sample_rate:g}, or give only one of them."
+                )
+    elif config.audio_seconds is not None:
+        hop_length = round(config.audio_seconds * sample_rate / (resolution - 1))
+        if hop_length < 1:
+            raise ValueError(
+                f"--audio_seconds {config.audio_seconds} at {sample_rate} Hz is too short for {resolution} frames."
+            )
+    else:
+        hop_length = base.get("hop_length") or fallback("hop_length")
+    return HFDDPMMel(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, num_frames=resolution)
+
+
 @dataclass
 class RunSetup:
     """What :func:`setup` resolves before training: the data, the model, the schedule and the derived settings."""
@@ -141,6 +206,7 @@ class RunSetup:
     class_conditional: bool
     label_column: str | None
     vae: object = None  # the autoencoder of a latent run (hfddpm.latents.load_vae)
+    mel: HFDDPMMel | None = None  # audio runs: the spectrogram conversion, saved as the pipeline's mel component
 
     @property
     def num_classes(self) -> int:
@@ -160,6 +226,7 @@ class RunSetup:
             "in_channels": self.unet.config.in_channels,
             "num_parameters": sum(p.numel() for p in self.unet.parameters()),
             **(latent_settings(self.vae, self.resolution) if self.vae is not None else {}),
+            "mel": None if self.mel is None else {k: v for k, v in self.mel.config.items() if not k.startswith("_")},
         }
 
 
@@ -182,9 +249,25 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
             streaming=config.streaming,
             cache_dir=config.cache_dir,
         )
-    columns = resolve_columns(dataset, config.image_column, label_column)
+    # audio: every clip becomes a log-mel spectrogram image once (hfddpm.audio); the image path trains on those
+    image_column, mel = config.image_column, None
+    audio_column = resolve_audio_column(dataset, config.audio_column)
+    if audio_column is not None:
+        if config.random_flip:
+            raise ValueError("--random_flip would play spectrograms backwards in time; leave it off for audio.")
+        mel = build_mel(config, configured_resolution(config))
+        dataset = spectrogram_dataset(
+            dataset, audio_column, mel, label_column, max_bad_fraction=config.max_bad_image_fraction
+        )
+        image_column = SPECTROGRAM_COLUMN
+    columns = resolve_columns(dataset, image_column, label_column)
 
     vae, vae_source = None, (config.vae, config.vae_subfolder, config.vae_revision)
+    if mel is not None and vae_source[0] is not None:
+        raise ValueError(
+            f"--vae {vae_source[0]!r} with audio data: latent spectrogram diffusion is not supported; train audio in"
+            " pixel (spectrogram) space without --vae."
+        )
     if config.vae is None and config.pretrained_model_name_or_path and _has_vae(config):
         # continuing a latent pipeline: its own autoencoder, so the UNet keeps seeing the latents it was trained on
         vae_source = (config.pretrained_model_name_or_path, "vae", None)
@@ -200,8 +283,8 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         unet = build_training_unet(config, columns.num_classes, sample_size=latent_size)
         resolution = check_latent_unet(unet, vae, config.resolution, source=config.unet_config or config.preset)
         noise_scheduler = build_scheduler(config, unet.config.sample_size)  # a shifted schedule sees the latent size
-        return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, vae)
-    unet = build_training_unet(config, columns.num_classes)
+        return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, vae=vae)
+    unet = build_training_unet(config, columns.num_classes, channels=1 if mel is not None else None)
     resolution = config.resolution
     if resolution is None:
         size = unet.config.sample_size
@@ -212,8 +295,14 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
             f"The UNet has in_channels={unet.config.in_channels}; images can be trained with 1 (L), 3"
             " (RGB) or 4 (RGBA) channels."
         )
+    if mel is not None and (unet.config.in_channels, resolution) != (1, mel.config.n_mels):
+        raise ValueError(
+            f"Spectrograms are 1 x {mel.config.n_mels} x {mel.config.num_frames} (channels x n_mels x frames), but"
+            f" the UNet takes {unet.config.in_channels} x {resolution} x {resolution} images; use a UNet with"
+            " in_channels=1 and that sample_size (e.g. --preset mel64 or mel256)."
+        )
     noise_scheduler = build_scheduler(config, resolution)
-    return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column)
+    return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, mel=mel)
 
 
 def _has_vae(config: TrainConfig) -> bool:
@@ -254,6 +343,7 @@ class TrainingEngine:
         mixed_precision: the precision of the forward pass when ``forward_context`` sets it (else accelerate's).
         channels_last: train in the channels_last memory format (default: ``config.channels_last``, off if unset).
         vae: the autoencoder of a latent run (batches are then scaled latents); it goes into the pipelines.
+        mel: an audio run's spectrogram conversion: the exported pipeline is then an ``HFDDPMAudioPipeline``.
     """
 
     def __init__(
@@ -269,10 +359,12 @@ class TrainingEngine:
         mixed_precision: str | None = None,
         channels_last: bool | None = None,
         vae=None,
+        mel: HFDDPMMel | None = None,
     ):
         config = config.with_recipe()  # batch size, learning rate and warm-up: the CPU recipe's where unset
         self.config, self.accelerator, self.noise_scheduler = config, accelerator, noise_scheduler
         self.vae = vae  # a latent run's autoencoder: its pipelines decode the samples
+        self.mel = mel
         self.class_conditional, self.forward_context = class_conditional, forward_context
         device = self.device = accelerator.device
         channels_last = bool(config.channels_last) if channels_last is None else channels_last
@@ -403,9 +495,13 @@ class TrainingEngine:
         the scheduler called ``sampler`` (``hfddpm.evaluation.SCHEDULERS``, no progress bar) for the run's own
         sampling."""
         unet = unet if unet is not None else self.ema_unet()
+        scheduler = self.noise_scheduler if sampler is None else make_scheduler(sampler, self.noise_scheduler.config)
+        if self.mel is not None:  # an audio run: spectrograms and the conversion back to sound
+            pipe = HFDDPMAudioPipeline(unet=unet, scheduler=scheduler, mel=self.mel)
+        else:
+            pipe = HFDDPMPipeline(unet=unet, scheduler=scheduler, vae=self.vae)
         if sampler is None:
-            return HFDDPMPipeline(unet=unet, scheduler=self.noise_scheduler, vae=self.vae)
-        pipe = HFDDPMPipeline(unet=unet, scheduler=make_scheduler(sampler, self.noise_scheduler.config), vae=self.vae)
+            return pipe
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -27,6 +27,7 @@ from accelerate.utils import ProjectConfiguration, broadcast, parse_flag_from_en
 from tqdm.auto import tqdm
 
 from hfddpm.data import EMBEDDED_DATASET_NAME, ResidentImageBatches, fits_on_device, make_train_dataloader
+from hfddpm.evaluation import parse_metrics
 from hfddpm.training.budget import StepBudget
 from hfddpm.training.checkpoint import (
     check_checkpoint,
@@ -163,6 +164,7 @@ def train(config: TrainConfig) -> Path:
         class_conditional=run.class_conditional,
         channels_last=step_format.channels_last,
         vae=run.vae,
+        mel=run.mel,
     )
 
     # 4. resume
@@ -247,10 +249,12 @@ def train(config: TrainConfig) -> Path:
     min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
     # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
     eval_steps = config.eval_steps
+    image_channels = (run.vae or run.unet).config.out_channels
+    digits_chosen = "digits" in parse_metrics(config.eval_metrics)
     auto_eval = not eval_steps and config.eval_count > 0 and config.uses_time_budget
     if auto_eval and (
         config.eval_num_images % accelerator.num_processes
-        or ("digits" in config.eval_metrics and run.unet.config.in_channels != 1)
+        or (digits_chosen and (image_channels != 1 or run.mel is not None))
     ):
         auto_eval = False  # the default --eval_metrics do not fit this run: only an explicit --eval_steps insists
         logger.info(f"No evaluation during training: --eval_metrics {config.eval_metrics} do not fit this run.")
@@ -259,12 +263,13 @@ def train(config: TrainConfig) -> Path:
             f"--eval_num_images {config.eval_num_images} must be a multiple of the {accelerator.num_processes}"
             " processes (each generates an equal share)."
         )
-    image_channels = (run.vae or run.unet).config.out_channels
-    if eval_steps and "digits" in config.eval_metrics and image_channels != 1:
+    if eval_steps and digits_chosen and image_channels != 1:
         raise ValueError(
             f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this model makes"
             f" {image_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
         )
+    if eval_steps:
+        _check_audio_metrics(config, run.mel)
 
     def plan_evaluations(total_steps: int) -> int:
         """--eval_count evaluations spread over ``total_steps`` (the last one at the end)."""
@@ -547,6 +552,24 @@ def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: t
         start=start,
         device=device,
     )
+
+
+def _check_audio_metrics(config: TrainConfig, mel) -> None:
+    """Spectrograms are scored by the spoken_digits metrics (made with their settings), images by the others."""
+
+    from hfddpm.evaluation.spoken_digits import check_spectrogram_settings
+
+    chosen = parse_metrics(config.eval_metrics)
+    if mel is None and "spoken_digits" in chosen:
+        raise ValueError("--eval_metrics spoken_digits scores an audio run's spectrograms; this run trains on images.")
+    if mel is not None:
+        if "digits" in chosen:
+            raise ValueError(
+                "--eval_metrics digits scores MNIST-like images, not spectrograms; use --eval_metrics spoken_digits"
+                " for an audio run."
+            )
+        if "spoken_digits" in chosen:
+            check_spectrogram_settings(mel.config)
 
 
 def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:

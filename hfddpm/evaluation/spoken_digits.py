@@ -1,0 +1,155 @@
+"""Offline metrics for spoken-digit audio models, computed on their spectrograms with a small classifier shipped in
+the package (the audio counterpart of :mod:`hfddpm.evaluation.digits`).
+
+The classifier is trained by ``training/train_spoken_digit_classifier.py`` on the espeak-ng demo data of
+``training/make_spoken_digits.py`` (log-mel spectrograms made with ``SPOKEN_DIGIT_MEL``), holding out the ``en-029``
+accent. Its weights, held-out accuracy and the feature statistics of all 360 real clips ship next to this file
+(``spoken_digit_classifier.safetensors``, ``spoken_digit_classifier.json``, ``spoken_digit_reference.safetensors``).
+
+Metrics (``spoken_digit_metrics``):
+- ``fd_spoken_digits``: Fréchet distance between the classifier's penultimate-layer features of the generated
+  spectrograms and of the real clips.
+- ``spoken_classes_covered``: how many digits the classifier hears among the samples (mode coverage).
+- ``spoken_digit_accuracy``: for class-conditional samples, how often the classifier hears the requested digit.
+
+Example:
+    >>> import torch
+    >>> scores = spoken_digit_metrics(torch.rand(8, 1, 64, 64), torch.arange(8))
+    >>> sorted(scores)
+    ['fd_spoken_digits', 'num_images', 'spoken_class_histogram', 'spoken_classes_covered', 'spoken_digit_accuracy']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from .frechet import feature_statistics, frechet_distance
+
+SPOKEN_DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("spoken_digit_classifier.safetensors")
+SPOKEN_DIGIT_CLASSIFIER_INFO = Path(__file__).with_name("spoken_digit_classifier.json")
+SPOKEN_DIGIT_REFERENCE = Path(__file__).with_name("spoken_digit_reference.safetensors")
+NUM_SPOKEN_DIGITS = 10
+# The spectrogram conversion the classifier was trained on (HFDDPMMel settings: the mel64 defaults of train.py).
+SPOKEN_DIGIT_MEL = {"sample_rate": 16000, "n_fft": 1024, "hop_length": 256, "n_mels": 64, "num_frames": 64}
+# The accent of the demo data held out from the classifier's training (its held-out accuracy is measured on it).
+HELDOUT_ACCENT = "en-029"
+
+
+class SpokenDigitClassifier(nn.Module):
+    """A small CNN for ``[N, 1, 64, 64]`` log-mel spectrograms in [0, 1]; ``features`` returns the 64-d penultimate
+    layer."""
+
+    num_features = 64
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.conv3 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(64)
+        self.fc1 = nn.Linear(64, self.num_features)
+        self.fc2 = nn.Linear(self.num_features, NUM_SPOKEN_DIGITS)
+
+    def features(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        x = spectrograms * 2 - 1
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # 32x32
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # 16x16
+        x = F.relu(self.bn3(self.conv3(x))).mean(dim=(2, 3))  # global average pool -> 64
+        return F.relu(self.fc1(x))
+
+    def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.features(spectrograms))
+
+
+def load_spoken_digit_classifier(path=None) -> SpokenDigitClassifier:
+    """The shipped classifier (or weights at ``path``), in eval mode."""
+    path = Path(path) if path is not None else SPOKEN_DIGIT_CLASSIFIER_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Spoken-digit classifier weights not found at {path}; train them with"
+            " `python training/train_spoken_digit_classifier.py --data_dir spoken_digits`."
+        )
+    model = SpokenDigitClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False)
+
+
+def spoken_digit_classifier_info() -> dict:
+    """The json written beside the weights: held-out accuracy, split, spectrogram settings, training settings."""
+    return json.loads(SPOKEN_DIGIT_CLASSIFIER_INFO.read_text())
+
+
+def check_spectrogram_settings(mel_config) -> None:
+    """``ValueError`` unless a pipeline's ``mel`` config makes the spectrograms the classifier was trained on."""
+    differing = {k: mel_config.get(k) for k, v in SPOKEN_DIGIT_MEL.items() if mel_config.get(k) != v}
+    if differing:
+        raise ValueError(
+            f"The spoken_digits metrics score spectrograms made with {SPOKEN_DIGIT_MEL}, but this pipeline's mel"
+            f" component has {differing}; train with those settings (the mel64 preset's defaults) or leave"
+            " spoken_digits out of --metrics."
+        )
+
+
+def _check_spectrograms(images: torch.Tensor) -> torch.Tensor:
+    shape = (1, SPOKEN_DIGIT_MEL["n_mels"], SPOKEN_DIGIT_MEL["num_frames"])
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+        raise ValueError(
+            f"spoken-digit metrics need spectrograms shaped [N, {', '.join(map(str, shape))}] (made with"
+            f" {SPOKEN_DIGIT_MEL}), got {tuple(images.shape)}."
+        )
+    return images.float().clamp(0, 1)
+
+
+@torch.no_grad()
+def classify_spoken_digits(images: torch.Tensor, classifier=None, batch_size: int = 500):
+    """Features ``[N, 64]`` and class probabilities ``[N, 10]`` of ``[N, 1, 64, 64]`` spectrograms in [0, 1]."""
+    images = _check_spectrograms(images)
+    classifier = classifier if classifier is not None else load_spoken_digit_classifier()
+    features, probs = [], []
+    for batch in images.split(batch_size):
+        h = classifier.features(batch)
+        features.append(h)
+        probs.append(classifier.fc2(h).softmax(dim=-1))
+    return torch.cat(features), torch.cat(probs)
+
+
+def spoken_digit_reference_statistics():
+    """Mean and covariance (float64 numpy) of the shipped classifier's features of the 360 real demo clips."""
+    stats = load_file(str(SPOKEN_DIGIT_REFERENCE))
+    return stats["mu"].double().numpy(), stats["sigma"].double().numpy()
+
+
+def spoken_digit_metrics(images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+    """Spoken-digit metrics of generated spectrograms (``[N, 1, 64, 64]`` in [0, 1], at least 2).
+
+    Returns ``fd_spoken_digits``, ``spoken_class_histogram`` (10 counts), ``spoken_classes_covered``, ``num_images``
+    and, with ``labels`` (the digit each sample was asked to be), ``spoken_digit_accuracy``.
+    """
+    images = _check_spectrograms(images)
+    if images.shape[0] < 2:
+        raise ValueError(f"spoken-digit metrics need at least 2 spectrograms for a covariance, got {images.shape[0]}.")
+    features, probs = classify_spoken_digits(images)
+    mu, sigma = feature_statistics(features.double().numpy())
+    mu_ref, sigma_ref = spoken_digit_reference_statistics()
+    predicted = probs.argmax(dim=-1)
+    histogram = torch.bincount(predicted, minlength=NUM_SPOKEN_DIGITS)
+    metrics = {
+        "fd_spoken_digits": frechet_distance(mu, sigma, mu_ref, sigma_ref),
+        "spoken_class_histogram": histogram.tolist(),
+        "spoken_classes_covered": int((histogram > 0).sum()),
+        "num_images": int(images.shape[0]),
+    }
+    if labels is not None:
+        labels = torch.as_tensor(labels).long().view(-1)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"got {labels.shape[0]} labels for {images.shape[0]} spectrograms.")
+        metrics["spoken_digit_accuracy"] = float((predicted == labels).double().mean())
+    return metrics
