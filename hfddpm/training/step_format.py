@@ -147,7 +147,7 @@ def resolve_step_format(config, run, state) -> tuple[StepFormat, str]:
 
     Args:
         config: the run's :class:`~hfddpm.training.TrainConfig`.
-        run: its :class:`~hfddpm.training.RunSetup` (the UNet, schedule and resolution; nothing is changed).
+        run: its :class:`~hfddpm.training.RunSetup` (the UNet and schedule; nothing is changed).
         state: accelerate's ``PartialState`` (its device and processes).
     """
     from hfddpm.training.precision import precision_reason, resolve_mixed_precision
@@ -164,7 +164,9 @@ def resolve_step_format(config, run, state) -> tuple[StepFormat, str]:
         channels_last=config.channels_last,
     )
     unet = run.unet
-    batch_shape = (config.train_batch_size, unet.config.in_channels, run.resolution, run.resolution)
+    size = unet.config.sample_size  # the resolution of the run (of its latents, for a latent model)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    batch_shape = (config.train_batch_size, unet.config.in_channels, *size)
     timings = time_step_formats(
         unet, run.noise_scheduler, batch_shape, device, formats, num_class_embeds=unet.config.num_class_embeds
     )
