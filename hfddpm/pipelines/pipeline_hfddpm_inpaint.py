@@ -78,16 +78,17 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: UNet2DModel, scheduler, vae=None):
         super().__init__()
-        if vae is not None:
+        if isinstance(vae, torch.nn.Module):  # (from_pipe hands a pixel model's empty entry over as is)
             raise ValueError(
                 f"{type(self).__name__} edits pixel-space models; this one is a latent model (it has a"
                 f" {type(vae).__name__} vae), which RePaint here does not support yet. Sample it with HFDDPMPipeline."
             )
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=None)
 
     def _check_scheduler(self):
         name = type(self.scheduler).__name__
