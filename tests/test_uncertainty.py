@@ -204,6 +204,8 @@ def test_a_model_that_returns_training_images_is_flagged_and_heldout_images_are_
     assert "200 held-out images" in explicit["details"]["memorization_share"]["calibration"]
     with pytest.raises(ValueError, match="differ in shape"):
         memorization_check(heldout[:4, :, :20], pool)
+    with pytest.raises(ValueError, match="The memorization metric needs the training images"):
+        compute_metrics(heldout[:4], metrics="memorization")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -78,6 +78,14 @@ def check_metrics_available(
     return notes
 
 
+def _check_training_images(chosen, train_images) -> None:
+    if any("train" in m.needs for m in chosen) and train_images is None:
+        raise ValueError(
+            "The memorization metric needs the training images (train_images=...; `hfddpm evaluate` reads them from"
+            " the run's training_config.json, or from --train-data-dir / --dataset-name)."
+        )
+
+
 def compute_metrics(
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -120,11 +128,7 @@ def compute_metrics(
         skipped = {m.choice for m in metrics_of(choices) if "inception" in m.needs}
         choices = tuple(c for c in choices if c not in skipped)
     chosen = metrics_of(choices)
-    if any("train" in m.needs for m in chosen) and train_images is None:
-        raise ValueError(
-            "The memorization metric needs the training images (train_images=...; `hfddpm evaluate` reads them from"
-            " the run's training_config.json or --train_data_dir / --dataset_name)."
-        )
+    _check_training_images(chosen, train_images)
     real = None
     if any("reference" in m.needs for m in chosen):
         real = load_reference(reference, images.shape[-1], images.shape[1])
@@ -194,6 +198,7 @@ def evaluate_pipeline(
     check_metrics_available(
         metrics, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
     )
+    _check_training_images(metrics_of(metrics), metric_inputs.get("train_images"))  # before any sampling
     set_scheduler(pipe, scheduler)
     classes = num_classes(pipe)
     labels = balanced_labels(num_images, classes) if classes else None
