@@ -5,7 +5,8 @@ digit metrics of the resulting pipeline (FD-digits, confident share, label accur
     python benchmarks/bench_default_run.py --skip-training --output-dir hfddpm-mnist   # only evaluate a finished run
     python benchmarks/bench_default_run.py --out default_run_fp32 --mixed_precision no  # other flags go to train.py
 
-Writes benchmarks/results/default_run.json and copies the final sample grid to benchmarks/results/default_run.png.
+Writes benchmarks/results/default_run.json and copies the final sample grid to benchmarks/results/default_run.png and
+the curve of the evaluations during training to benchmarks/results/default_run_eval_curve.png.
 """
 
 import argparse
@@ -67,6 +68,12 @@ def main(args):
         "images_seen": train["images_seen"],
         "train_images_per_second": train["train_images_per_second"],
         "final_loss": train["final_loss"],
+        "eval_seconds": train.get("eval_seconds"),  # evaluation during training, on top of the budget
+        "eval_points": [
+            {k: e.get(k) for k in ("step", "fd_digits", "eval_seconds", "sampling_seconds", "metrics_seconds")}
+            | {"fd_digits_ci95": (e.get("details") or {}).get("fd_digits", {}).get("ci95")}
+            for e in train.get("evaluations", [])
+        ],
         **{k: metrics[k] for k in DIGIT_KEYS if k in metrics},
         "sampler": f"{args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}",
         "num_samples": args.num_images,
@@ -76,6 +83,8 @@ def main(args):
     print(markdown_table(["measure", "value"], rows))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copy(output_dir / "samples" / "final.png", RESULTS_DIR / f"{args.out}.png")
+    if (output_dir / "eval_curve.png").is_file():
+        shutil.copy(output_dir / "eval_curve.png", RESULTS_DIR / f"{args.out}_eval_curve.png")
     path = write_json(f"{args.out}.json", {"args": vars(args), "environment": environment(), "results": results})
     print(f"\nwrote {path}")
 

@@ -204,6 +204,8 @@ def test_a_model_that_returns_training_images_is_flagged_and_heldout_images_are_
     assert "200 held-out images" in explicit["details"]["memorization_share"]["calibration"]
     with pytest.raises(ValueError, match="differ in shape"):
         memorization_check(heldout[:4, :, :20], pool)
+    with pytest.raises(ValueError, match="The memorization metric needs the training images"):
+        compute_metrics(heldout[:4], metrics="memorization")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -271,3 +273,16 @@ def test_evaluate_memorization_card_and_compare(tiny_pipeline, tmp_path, capsys)
     assert "does not exist" in capsys.readouterr().err
     assert main(["evaluate"]) == 2
     assert "needs a PIPELINE" in capsys.readouterr().err
+
+
+def test_training_images_of_the_embedded_default_are_its_digits(digits):
+    from hfddpm.data import mnist_5k_arrays
+    from hfddpm.evaluation.memorization import training_images
+
+    images = training_images({}, 28, 1, max_images=40, seed=3)  # no dataset, no folder: the embedded MNIST-5k
+    picked = np.sort(np.random.default_rng(3).choice(5000, 40, replace=False))
+    expected = torch.from_numpy(mnist_5k_arrays()[0][picked]).float().div(255).unsqueeze(1)
+    torch.testing.assert_close(images, expected, atol=1e-6, rtol=0)
+    assert training_images({}, 32, 3, max_images=2).shape == (2, 3, 32, 32)  # as a 32 px RGB run reads them
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        training_images({"train_data_dir": "/nonexistent"}, 28, 1)

@@ -79,6 +79,14 @@ def check_metrics_available(
     return notes
 
 
+def _check_training_images(chosen, train_images) -> None:
+    if any("train" in m.needs for m in chosen) and train_images is None:
+        raise ValueError(
+            "The memorization metric needs the training images (train_images=...; `hfddpm evaluate` reads them from"
+            " the run's training_config.json, or from --train-data-dir / --dataset-name)."
+        )
+
+
 def compute_metrics(
     images: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -121,11 +129,7 @@ def compute_metrics(
         skipped = {m.choice for m in metrics_of(choices) if "inception" in m.needs}
         choices = tuple(c for c in choices if c not in skipped)
     chosen = metrics_of(choices)
-    if any("train" in m.needs for m in chosen) and train_images is None:
-        raise ValueError(
-            "The memorization metric needs the training images (train_images=...; `hfddpm evaluate` reads them from"
-            " the run's training_config.json or --train_data_dir / --dataset_name)."
-        )
+    _check_training_images(chosen, train_images)
     real = None
     if any("reference" in m.needs for m in chosen):
         real = load_reference(reference, images.shape[-1], images.shape[1])
@@ -201,6 +205,7 @@ def evaluate_pipeline(
                 "The spoken_digits metrics score an audio pipeline's spectrograms; this pipeline makes images."
             )
         check_spectrogram_settings(pipe.mel.config)
+    _check_training_images(metrics_of(metrics), metric_inputs.get("train_images"))  # before any sampling
     set_scheduler(pipe, scheduler)
     classes = num_classes(pipe)
     labels = balanced_labels(num_images, classes) if classes else None

@@ -134,7 +134,7 @@ def save_history(output_dir: Path, history: list[dict], images_per_step: int) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         points = [(h["step"], h[key], (h.get("details") or {}).get(key, {}).get("ci95")) for h in history if key in h]
         steps, values = [p[0] for p in points], [p[1] for p in points]
@@ -147,7 +147,7 @@ def save_history(output_dir: Path, history: list[dict], images_per_step: int) ->
         top = ax.secondary_xaxis("top", functions=(lambda s: s * images_per_step, lambda i: i / images_per_step))
         top.set_xlabel("images seen")
     n = history[-1]["num_images"]
-    fig.suptitle(f"Evaluation during training ({n} samples per point; band: bootstrap 95% interval)", fontsize=10)
+    fig.suptitle(f"Evaluation during training\n{n} samples per point; band: bootstrap 95% interval", fontsize=9)
     fig.tight_layout()
     fig.savefig(output_dir / EVAL_CURVE_FILE, dpi=100)
     plt.close(fig)
