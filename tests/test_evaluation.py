@@ -301,6 +301,7 @@ def test_metric_registry():
     # every metric that compute_metrics returns is registered with a label and a direction
     names = ["fd_digits", "confident_share", "classes_covered", "label_accuracy", "fid", "kid", "kid_std"]
     names += ["fid_digits", "kid_digits", "kid_digits_std", "fd_dinov2", "inception_score"]
+    names += ["fd_spoken_digits", "spoken_classes_covered", "spoken_digit_accuracy"]
     assert set(METRIC_REGISTRY) == set(names)
     assert METRIC_REGISTRY["fd_digits"].direction == "lower is better" and METRIC_REGISTRY["kid_std"].direction == ""
     assert METRIC_REGISTRY["label_accuracy"].higher_is_better and "labels" in METRIC_REGISTRY["label_accuracy"].needs
