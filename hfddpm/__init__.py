@@ -1,10 +1,10 @@
-"""hfddpm: pixel-space diffusion models on the Hugging Face stack.
+"""hfddpm: pixel-space and latent diffusion models on the Hugging Face stack.
 
 Example:
     >>> import hfddpm
     >>> pipe = hfddpm.HFDDPMPipeline(unet=hfddpm.build_unet("mnist"), scheduler=hfddpm.HFDDPMScheduler())
     >>> sorted(hfddpm.UNET_PRESETS)
-    ['celebahq256', 'cifar10', 'flowers64', 'mel256', 'mel64', 'mnist', 'tiny']
+    ['celebahq256', 'cifar10', 'flowers64', 'latent32', 'latent8', 'mel256', 'mel64', 'mnist', 'tiny']
 """
 
 __version__ = "0.1.0"

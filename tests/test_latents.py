@@ -374,3 +374,32 @@ def test_latent_benchmark_smoke_configuration(tmp_path):
     assert payload["latent_speedup"] == pytest.approx(
         payload["results"]["latent"]["images_per_second"] / payload["results"]["pixel"]["images_per_second"]
     )
+
+
+def test_train_vae_script_saves_a_folder_that_vae_takes(tmp_path):
+    out = tmp_path / "vae"
+    args = ["--block_out_channels", "8,16", "--norm_num_groups", "4", "--resolution", "16", "--train_batch_size", "4",
+            "--max_train_steps", "2", "--logging_steps", "1", "--output_dir", str(out)]  # fmt: skip
+    script = ROOT / "training" / "train_vae.py"
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                            env=train_env(tmp_path), timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    vae = load_vae(str(out))
+    metrics = json.loads((out / "vae_metrics.json").read_text())
+    assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"]) and metrics["steps"] == 2
+    assert [h["step"] for h in metrics["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"block_out_channels": "8,12", "norm_num_groups": 8}, r"--norm_num_groups 8 does not divide"
+         r" --block_out_channels \[12\]; choose a common divisor of \[8, 12\]"),
+        ({"block_out_channels": "8,x"}, r"--block_out_channels '8,x' is invalid: give positive integers"),
+        ({"resolution": 0}, r"--resolution 0 is invalid: it must be an integer >= 1"),
+        ({"kl_weight": float("nan")}, r"--kl_weight nan is invalid"),
+    ],
+)  # fmt: skip
+def test_bad_vae_settings_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        VAETrainConfig(**overrides).validate()

@@ -44,6 +44,7 @@ def test_folder_holds_safetensors_configs_and_generated_code(saved):
     assert files == [
         "model_index.json",
         "pipeline_hfddpm.py",
+        "pipeline_hfddpm_audio.py",
         "pipeline_hfddpm_img2img.py",
         "pipeline_hfddpm_inpaint.py",
         "scheduler/scheduler_config.json",
