@@ -286,3 +286,22 @@ def test_training_images_of_the_embedded_default_are_its_digits(digits):
     assert training_images({}, 32, 3, max_images=2).shape == (2, 3, 32, 32)  # as a 32 px RGB run reads them
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         training_images({"train_data_dir": "/nonexistent"}, 28, 1)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_memorization_reads_a_dataset_by_name_as_training_does(tmp_path, streaming):
+    # --dataset_name goes through datasets.load_dataset, the route of a Hub id (offline: its cache); local parquet here
+    from hfddpm.data import load_mnist_5k as embedded_digits
+    from hfddpm.evaluation.memorization import training_images
+
+    digits = embedded_digits().select(range(0, 5000, 100)).flatten_indices()  # 50 digits, 5 of each class
+    data = tmp_path / "parquet"
+    data.mkdir()
+    digits.to_parquet(str(data / "train-00000.parquet"))
+    settings = {"dataset_name": str(data), "streaming": streaming}
+    images = training_images(settings, 28, 1, max_images=50)
+    assert images.shape == (50, 1, 28, 28)
+    expected = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 255)[None] for im in digits["image"]])
+    # the same images (in any order): compare them sorted by their pixel sums
+    key = lambda x: x.flatten(1).sum(1)  # noqa: E731
+    torch.testing.assert_close(images[key(images).argsort()], expected[key(expected).argsort()])
