@@ -76,6 +76,16 @@ def test_from_pipe_shares_the_weights(pipe, inpaint, img2img):
     assert inpaint.scheduler is pipe.scheduler
 
 
+@pytest.mark.parametrize("edit_cls", [HFDDPMInpaintPipeline, HFDDPMImg2ImgPipeline])
+def test_a_latent_model_is_refused_with_a_clear_error(edit_cls):
+    vae = diffusers.AutoencoderKL(block_out_channels=[8], norm_num_groups=4, latent_channels=4, in_channels=1,
+                                  out_channels=1, layers_per_block=1)  # fmt: skip
+    latent = HFDDPMPipeline(unet=tiny_unet(), scheduler=HFDDPMScheduler(), vae=vae)
+    algorithm = "RePaint" if edit_cls is HFDDPMInpaintPipeline else "SDEdit"
+    with pytest.raises(ValueError, match=rf"edits pixel-space models; .*AutoencoderKL vae.*{algorithm}.*not support"):
+        edit_cls.from_pipe(latent)
+
+
 @pytest.mark.parametrize("output_type", ["pt", "np", "pil"])
 def test_pixels_outside_the_mask_equal_the_input_exactly(inpaint, output_type):
     images, mask = digits(2), lower_half_mask()

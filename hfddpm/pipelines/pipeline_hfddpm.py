@@ -223,6 +223,17 @@ class HFDDPMPipelineMixin:
             )
         return tensor
 
+    def _register_pixel_components(self, unet, scheduler, vae, algorithm: str):
+        """Register ``unet`` and ``scheduler`` of a pipeline that edits pixel-space models only; a latent model's
+        autoencoder is a ``ValueError`` (``from_pipe`` of a pixel pipeline hands over its empty ``vae`` entry)."""
+        if isinstance(vae, torch.nn.Module):
+            raise ValueError(
+                f"{type(self).__name__} edits pixel-space models; this one is a latent model (it has a"
+                f" {type(vae).__name__} vae), which {algorithm} here does not support yet. Sample it with"
+                " HFDDPMPipeline."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler, vae=None)
+
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The UNet's final samples as images in [-1, 1]: themselves in pixel space; for a latent model decoded,
         x = D(z / scaling_factor + shift_factor), sec. 3 of https://arxiv.org/abs/2112.10752 (AutoencoderTiny has

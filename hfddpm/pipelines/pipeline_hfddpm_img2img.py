@@ -11,7 +11,7 @@ trust_remote_code=True)`` runs it with plain diffusers: it imports nothing from 
 from typing import Callable
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_hfddpm import HFDDPMPipelineMixin
@@ -50,14 +50,9 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
     _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: UNet2DModel, scheduler, vae=None):
+    def __init__(self, unet: UNet2DModel, scheduler, vae: AutoencoderKL | AutoencoderTiny | None = None):
         super().__init__()
-        if isinstance(vae, torch.nn.Module):  # (from_pipe hands a pixel model's empty entry over as is)
-            raise ValueError(
-                f"{type(self).__name__} edits pixel-space models; this one is a latent model (it has a"
-                f" {type(vae).__name__} vae), which SDEdit here does not support yet. Sample it with HFDDPMPipeline."
-            )
-        self.register_modules(unet=unet, scheduler=scheduler, vae=None)
+        self._register_pixel_components(unet, scheduler, vae, "SDEdit")
 
     def _check_scheduler(self):
         missing = [
