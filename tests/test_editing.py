@@ -76,14 +76,41 @@ def test_from_pipe_shares_the_weights(pipe, inpaint, img2img):
     assert inpaint.scheduler is pipe.scheduler
 
 
-@pytest.mark.parametrize("edit_cls", [HFDDPMInpaintPipeline, HFDDPMImg2ImgPipeline])
-def test_a_latent_model_is_refused_with_a_clear_error(edit_cls):
-    vae = diffusers.AutoencoderKL(block_out_channels=[8], norm_num_groups=4, latent_channels=4, in_channels=1,
-                                  out_channels=1, layers_per_block=1)  # fmt: skip
-    latent = HFDDPMPipeline(unet=tiny_unet(), scheduler=HFDDPMScheduler(), vae=vae)
-    algorithm = "RePaint" if edit_cls is HFDDPMInpaintPipeline else "SDEdit"
-    with pytest.raises(ValueError, match=rf"edits pixel-space models; .*AutoencoderKL vae.*{algorithm}.*not support"):
-        edit_cls.from_pipe(latent)
+@pytest.fixture(scope="module")
+def latent_pipe():
+    """A latent model: a 2x-downsampling AutoencoderKL (16 px grey -> 4x8x8) and a UNet on its latents."""
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=4, block_out_channels=[8, 8], layers_per_block=1,
+        norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )  # fmt: skip
+    unet = build_unet("tiny", in_channels=4, out_channels=4, sample_size=SIZE // 2, num_class_embeds=11)
+    pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler(), vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_latent_models_edit_in_latent_space_and_keep_the_unmasked_pixels(latent_pipe):
+    inpaint, img2img = (cls.from_pipe(latent_pipe) for cls in (HFDDPMInpaintPipeline, HFDDPMImg2ImgPipeline))
+    assert inpaint.vae is latent_pipe.vae and img2img.vae is latent_pipe.vae and inpaint._vae_scale_factor() == 2
+    for edit in (inpaint, img2img):
+        edit.set_progress_bar_config(disable=True)
+    images, mask = digits(2), lower_half_mask()
+    out = inpaint(images, mask, num_inference_steps=3, jump_length=1, jump_n_sample=2, class_labels=[1, 2],
+                  generator=torch.manual_seed(0), output_type="pt").images  # fmt: skip
+    assert out.shape == (2, 1, SIZE, SIZE)
+    assert torch.equal(out[..., : SIZE // 2, :], images[..., : SIZE // 2, :])  # kept pixels: the input's own
+    assert not torch.equal(out[..., SIZE // 2 :, :], images[..., SIZE // 2 :, :])
+    # img2img: strength 0 is the input, strength 1 is the latent model's own sampling (decoded), seed for seed
+    assert torch.equal(img2img(images, strength=0.0, output_type="pt").images, images)
+    kwargs = dict(num_inference_steps=3, class_labels=[1, 2], output_type="pt")
+    edited = img2img(images, strength=1.0, generator=torch.manual_seed(5), **kwargs).images
+    sampled = latent_pipe(batch_size=2, generator=torch.manual_seed(5), **kwargs).images
+    torch.testing.assert_close(edited, sampled)
+    partial = img2img(images, strength=0.5, generator=torch.manual_seed(5), **kwargs).images
+    assert partial.shape == (2, 1, SIZE, SIZE) and not torch.allclose(partial, sampled)
+    with pytest.raises(ValueError, match=r"image must be 1x16x16"):
+        img2img(torch.rand(1, 1, SIZE // 2, SIZE // 2), strength=0.5)  # the latent size is not the image size
 
 
 @pytest.mark.parametrize("output_type", ["pt", "np", "pil"])

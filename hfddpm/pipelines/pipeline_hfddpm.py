@@ -185,7 +185,7 @@ class HFDDPMPipelineMixin:
         [0, 1] -> float ``[N, C, H, W]`` in [0, 1] (diffusers' ``VaeImageProcessor``, no resizing). PIL images are
         converted to the UNet's mode (grey ``L`` for one channel, ``RGB`` for three). Images must have the UNet's
         channels and size; a mask has one channel, its size is the caller's to check."""
-        channels = 1 if mask else self.unet.config.in_channels
+        channels = 1 if mask else self._image_shape()[0]
         arrays = images if isinstance(images, (list, tuple)) else [images]
         for array in arrays:
             if isinstance(array, (torch.Tensor, np.ndarray)):
@@ -215,7 +215,7 @@ class HFDDPMPipelineMixin:
                 f"{name} must be PIL images, numpy arrays (HW, HWC or NHWC) or torch tensors (HW, CHW or NCHW): {err}"
             ) from None
         tensor = tensor.float()
-        expected = self._sample_shape(tensor.shape[0])[1:]
+        expected = self._image_shape()
         if not mask and tuple(tensor.shape[1:]) != (channels, *expected[1:]):
             raise ValueError(
                 f"{name} must be {channels}x{expected[1]}x{expected[2]} (channels x height x width, as this UNet's"
@@ -223,16 +223,40 @@ class HFDDPMPipelineMixin:
             )
         return tensor
 
-    def _register_pixel_components(self, unet, scheduler, vae, algorithm: str):
-        """Register ``unet`` and ``scheduler`` of a pipeline that edits pixel-space models only; a latent model's
-        autoencoder is a ``ValueError`` (``from_pipe`` of a pixel pipeline hands over its empty ``vae`` entry)."""
-        if isinstance(vae, torch.nn.Module):
-            raise ValueError(
-                f"{type(self).__name__} edits pixel-space models; this one is a latent model (it has a"
-                f" {type(vae).__name__} vae), which {algorithm} here does not support yet. Sample it with"
-                " HFDDPMPipeline."
-            )
-        self.register_modules(unet=unet, scheduler=scheduler, vae=None)
+    def _register_edit_components(self, unet, scheduler, vae):
+        """Register an editing pipeline's ``unet``, ``scheduler`` and ``vae`` (``None`` for a pixel-space model;
+        ``from_pipe`` of a pixel pipeline hands over its empty ``vae`` entry, which counts as none)."""
+        vae = vae if isinstance(vae, torch.nn.Module) else None
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+
+    def _vae_scale_factor(self) -> int:
+        """How many pixels one latent is wide: 2 ** (levels - 1) of the autoencoder (1 in pixel space)."""
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return 1
+        levels = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
+        return 2 ** (len(levels) - 1)
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the images: the UNet's samples, or what the autoencoder of a latent
+        model decodes them to."""
+        _, channels, height, width = self._sample_shape(1)
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return (channels, height, width)
+        factor = self._vae_scale_factor()
+        return (vae.config.in_channels, height * factor, width * factor)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] as the UNet's clean samples: themselves in pixel space; for a latent model the scaled
+        posterior mean z = (E(x) - shift_factor) * scaling_factor (the inverse of :meth:`_decode`)."""
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return images
+        encoded = vae.encode(images.to(vae.dtype))
+        latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+        latents = latents - (getattr(vae.config, "shift_factor", None) or 0.0)
+        return (latents * vae.config.scaling_factor).to(self.unet.dtype)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The UNet's final samples as images in [-1, 1]: themselves in pixel space; for a latent model decoded,

@@ -1,5 +1,5 @@
 # Copyright 2026 The hfddpm authors. Apache-2.0.
-"""Image-to-image editing with a trained pixel-space diffusion model: SDEdit (Meng et al. 2022,
+"""Image-to-image editing with a trained diffusion model (pixel-space or latent): SDEdit (Meng et al. 2022,
 https://arxiv.org/abs/2108.01073), optionally towards a class label with classifier-free guidance.
 
 This file is copied verbatim into every saved pipeline folder (``pipeline_hfddpm_img2img.py``), so that
@@ -29,6 +29,9 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
     image-to-image pipelines: 0 returns the input unchanged, 1 ignores it and starts from pure noise, which is plain
     sampling (the same images as ``HFDDPMPipeline`` with the same seed and scheduler).
 
+    A latent model (one with a ``vae``) edits its latents: the image is encoded (the scaled posterior mean), noised
+    and denoised there, then decoded; images have the autoencoder's size, not the UNet's.
+
     Built from a loaded pipeline without copying weights: ``HFDDPMImg2ImgPipeline.from_pipe(pipe)``, or
     ``HFDDPMImg2ImgPipeline.from_pretrained(folder)`` on any saved hfddpm folder.
 
@@ -46,13 +49,13 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         (2, 1, 16, 16)
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
     _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: UNet2DModel, scheduler, vae: AutoencoderKL | AutoencoderTiny | None = None):
         super().__init__()
-        self._register_pixel_components(unet, scheduler, vae, "SDEdit")
+        self._register_edit_components(unet, scheduler, vae)
 
     def _check_scheduler(self):
         missing = [
@@ -130,7 +133,7 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         if num_steps == num_inference_steps:
             latents = noise * self.scheduler.init_noise_sigma
         else:
-            original = (images * 2 - 1).to(device=device, dtype=self.unet.dtype)
+            original = self._encode((images * 2 - 1).to(device=device))  # a latent model's latents
             latents = self.scheduler.add_noise(original, noise, timesteps[:1].repeat(batch_size))
 
         # 4. reverse process from t0 (Algorithm 1 of SDEdit with the scheduler's solver)
@@ -144,5 +147,6 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.get("latents", latents)
 
-        # 5. [-1, 1] -> [0, 1]
-        return self._output((latents / 2 + 0.5).clamp(0, 1).float(), output_type, return_dict)
+        # 5. a latent model decodes; then [-1, 1] -> [0, 1]
+        result = self._decode(latents)
+        return self._output((result / 2 + 0.5).clamp(0, 1).float(), output_type, return_dict)

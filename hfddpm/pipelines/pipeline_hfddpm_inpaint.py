@@ -1,5 +1,5 @@
 # Copyright 2026 The hfddpm authors. Apache-2.0.
-"""Inpainting with a trained pixel-space diffusion model: RePaint (Lugmayr et al. 2022,
+"""Inpainting with a trained diffusion model (pixel-space or latent): RePaint (Lugmayr et al. 2022,
 https://arxiv.org/abs/2201.09865) with resampling jumps, optionally class-conditional with classifier-free guidance.
 
 This file is copied verbatim into every saved pipeline folder (``pipeline_hfddpm_inpaint.py``), so that
@@ -59,6 +59,10 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
     ``mask_image`` follows diffusers' inpainting convention: white (1) pixels are repainted, black (0) pixels are
     kept, and equal the input exactly in the output.
 
+    A latent model (one with a ``vae``) inpaints its latents: the image is encoded, every latent that sees a masked
+    pixel is repainted (the mask max-pooled to the latent grid), the result is decoded, and the kept pixels are
+    pasted back from the input, so they still equal it exactly.
+
     Built from a loaded pipeline without copying weights: ``HFDDPMInpaintPipeline.from_pipe(pipe)``, or
     ``HFDDPMInpaintPipeline.from_pretrained(folder)`` on any saved hfddpm folder.
 
@@ -77,13 +81,13 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         True
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
     _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: UNet2DModel, scheduler, vae: AutoencoderKL | AutoencoderTiny | None = None):
         super().__init__()
-        self._register_pixel_components(unet, scheduler, vae, "RePaint")
+        self._register_edit_components(unet, scheduler, vae)
 
     def _check_scheduler(self):
         name = type(self.scheduler).__name__
@@ -169,8 +173,12 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         if labels is not None:
             labels = labels.to(device)
-        original = (images * 2 - 1).to(device=device, dtype=dtype)
-        keep = (1 - mask).to(device=device, dtype=dtype)
+        original = self._encode((images * 2 - 1).to(device=device, dtype=dtype))  # a latent model's latents
+        keep_pixels = 1 - mask
+        # a latent model repaints every latent that sees a masked pixel: the mask max-pooled to the latent grid
+        factor = self._vae_scale_factor()
+        keep = 1 - torch.nn.functional.max_pool2d(mask, factor) if factor > 1 else keep_pixels
+        keep = keep.to(device=device, dtype=dtype)
 
         # 2. timesteps, the resampling schedule, and alpha_bar at each position (1 for the finished image)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -211,7 +219,8 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                     latents = ratio**0.5 * latents + (1 - ratio) ** 0.5 * noise
                 progress_bar.update()
 
-        # 8. [-1, 1] -> [0, 1]; the kept pixels are the input's own values (step 6 made them x_0, up to rounding)
-        result = (latents / 2 + 0.5).clamp(0, 1).float().cpu()
-        result = torch.where(keep.cpu().bool(), images, result)
+        # 8. a latent model decodes; [-1, 1] -> [0, 1]; the kept pixels are the input's own values (step 6 made them
+        #    x_0, up to rounding and the autoencoder's reconstruction)
+        result = (self._decode(latents) / 2 + 0.5).clamp(0, 1).float().cpu()
+        result = torch.where(keep_pixels.bool().expand_as(result), images, result)
         return self._output(result, output_type, return_dict)
