@@ -217,6 +217,14 @@ def test_tiny_audio_model_trains_from_an_audio_folder(trained):
     assert resolved["in_channels"] == 1  # the tiny preset (3 channels) takes spectrograms with 1
 
 
+def test_the_model_card_of_an_audio_run_says_it_makes_sound(trained):
+    out, _ = trained
+    card = (out / "README.md").read_text()
+    # 16 frames of hop 64 at 8000 Hz: (16 - 1) * 64 / 8000 = 0.12 s
+    assert "# Spectrogram DDPM" in card and "It generates sound: the images are 16×16 log-mel spectrograms" in card
+    assert "into 0.12 s clips at\n8000 Hz" in card and "`.audios`" in card
+
+
 def test_audio_pipeline_loads_three_ways_and_samples_the_same_sound(trained, tmp_path):
     out, _ = trained
     pipe = HFDDPMPipeline.from_pretrained(out)  # the class model_index.json names, from the allowlist

@@ -163,6 +163,16 @@ def write_model_card(
             "shape": f"{unet_config.get('in_channels')}×{height}×{width}",
             "factor": factor,
         }
+    # an audio model: the UNet makes log-mel spectrograms, the mel component in mel/ turns them into sound
+    mel_config = read_json(output_dir / "mel" / "mel_config.json")
+    audio = None
+    if isinstance(mel_config, dict) and mel_config.get("sample_rate"):
+        samples = (mel_config["num_frames"] - 1) * mel_config["hop_length"]
+        audio = {
+            "sample_rate": mel_config["sample_rate"],
+            "seconds": f"{samples / mel_config['sample_rate']:.2f}",
+            "shape": f"{mel_config['n_mels']}×{mel_config['num_frames']}",
+        }
     num_class_embeds = unet_config.get("num_class_embeds")
     num_classes = num_class_embeds - 1 if num_class_embeds else 0
     steps = int(config.get("validation_inference_steps") or 50)
@@ -191,8 +201,10 @@ def write_model_card(
     card = ModelCard.from_template(
         card_data,
         template_path=str(card_template_path()),
-        title=f"{'Latent' if latent else 'Pixel-space'} DDPM" + (f" for {dataset}" if dataset else ""),
+        title=f"{'Latent' if latent else 'Spectrogram' if audio else 'Pixel-space'} DDPM"
+        + (f" for {dataset}" if dataset else ""),
         latent=latent,
+        audio=audio,
         repo_id=repo_id,
         repo_id_literal=json.dumps(repo_id),
         dataset=dataset,
