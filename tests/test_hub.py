@@ -53,6 +53,7 @@ PIPELINE = [
     "README.md",
     "model_index.json",
     "pipeline_hfddpm.py",
+    "pipeline_hfddpm_audio.py",
     "pipeline_hfddpm_img2img.py",
     "pipeline_hfddpm_inpaint.py",
     "samples/final.png",
