@@ -152,6 +152,14 @@ class HFDDPMPipelineMixin:
                 f" choose from {self._callback_tensor_inputs}."
             )
 
+    def _step_end(self, callback: Callable | None, i: int, t, latents: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """Call diffusers' ``callback_on_step_end(pipe, i, t, callback_kwargs)`` after a step with the tensors named
+        in ``names`` (checked by ``_check_callback_inputs``); returns its replacement ``"latents"``, if any."""
+        if callback is None:
+            return latents
+        outputs = callback(self, i, t, {name: latents for name in names}) or {}
+        return outputs.get("latents", latents)
+
     def _model_output(self, sample, t, labels, guidance_scale):
         """The UNet's output at ``t`` for ``sample`` and ``labels``, with classifier-free guidance when
         ``guidance_scale != 1``: eq. (6) of Ho & Salimans 2022 (https://arxiv.org/abs/2207.12598),
@@ -477,11 +485,7 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             model_output = self._model_output(latents, t, labels, guidance_scale)
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents}
-                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                latents = callback_outputs.get("latents", latents)
+            latents = self._step_end(callback_on_step_end, i, t, latents, callback_on_step_end_tensor_inputs)
 
         # 5. a latent model decodes (HFDDPMPipelineMixin._decode); then [-1, 1] -> [0, 1]
         images = self._decode(latents)

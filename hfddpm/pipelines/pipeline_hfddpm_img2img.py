@@ -88,7 +88,7 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
 
         Args:
             image: PIL image(s), numpy (``HW``, ``HWC``, ``NHWC``) or torch (``HW``, ``CHW``, ``NCHW``) in [0, 1], of
-                the UNet's size and channels (no resizing).
+                the model's image size and channels (the autoencoder's for a latent model; no resizing).
             strength: how far the image is noised, in [0, 1]: ``int(num_inference_steps * strength)`` steps run.
             num_inference_steps: steps of the full schedule (strength=1).
             generator: a ``torch.Generator`` (or one per image).
@@ -142,10 +142,7 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             model_output = self._model_output(latents, t, labels, guidance_scale)
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
-            if callback_on_step_end is not None:
-                callback_kwargs = {k: latents for k in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                latents = callback_outputs.get("latents", latents)
+            latents = self._step_end(callback_on_step_end, i, t, latents, callback_on_step_end_tensor_inputs)
 
         # 5. a latent model decodes; then [-1, 1] -> [0, 1]
         result = self._decode(latents)

@@ -139,7 +139,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
 
         Args:
             image: PIL image(s), numpy (``HW``, ``HWC``, ``NHWC``) or torch (``HW``, ``CHW``, ``NCHW``) in [0, 1], of
-                the UNet's size and channels (no resizing).
+                the model's image size and channels (the autoencoder's for a latent model; no resizing).
             mask_image: the same formats with one channel and the image's size, binary: 1 (white) = repaint,
                 0 (black) = keep. One mask for all images or one per image.
             num_inference_steps: denoising steps of the schedule.
@@ -207,10 +207,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
                         known = self.scheduler.add_noise(original, noise, timesteps[target : target + 1])
                     # 6. x_{t-1} = m * known + (1 - m) * unknown, eq. (10) of RePaint
                     latents = keep * known + (1 - keep) * unknown
-                    if callback_on_step_end is not None:
-                        callback_kwargs = {k: latents for k in callback_on_step_end_tensor_inputs}
-                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                        latents = callback_outputs.get("latents", latents)
+                    latents = self._step_end(callback_on_step_end, i, t, latents, callback_on_step_end_tensor_inputs)
                 else:
                     # 7. resampling jump back: x_s ~ q(x_s | x_t) = N(sqrt(a_s / a_t) x_t, (1 - a_s / a_t) I) for the
                     #    noisier s, eq. (4) of https://arxiv.org/abs/2006.11239 between two noise levels

@@ -31,6 +31,7 @@ import torch
 
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
 from hfddpm.training.loss import diffusion_loss
+from hfddpm.training.precision import cpu_has_native_bf16, precision_reason, resolve_mixed_precision
 
 # Steps run before timing a format (first-call costs: cuDNN autotuning, allocator) and steps timed.
 WARMUP_STEPS = 3
@@ -64,10 +65,8 @@ def candidate_formats(
     precisions = ["no"]
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         precisions.append("bf16")
-    if device.type == "cpu":
-        from hfddpm.training.precision import cpu_has_native_bf16
-
-        precisions += ["bf16"] if cpu_has_native_bf16() else []
+    if device.type == "cpu" and cpu_has_native_bf16():
+        precisions.append("bf16")
     if mixed_precision is not None:
         precisions = [mixed_precision]
     layouts = [False, True] if channels_last is None else [channels_last]
@@ -150,8 +149,6 @@ def resolve_step_format(config, run, state) -> tuple[StepFormat, str]:
         run: its :class:`~hfddpm.training.RunSetup` (the UNet and schedule; nothing is changed).
         state: accelerate's ``PartialState`` (its device and processes).
     """
-    from hfddpm.training.precision import precision_reason, resolve_mixed_precision
-
     device = state.device
     precision_free = config.mixed_precision is None and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no"
     if device.type != "cuda" or not (precision_free or config.channels_last is None):
