@@ -330,3 +330,27 @@ def test_train_digit_classifier_script_writes_weights_and_json(tmp_path):
     assert info["num_heldout"] == 1000 and 0.1 < info["heldout_accuracy"] <= 1.0
     model = load_digit_classifier(tmp_path / "digit_classifier.safetensors")
     assert set(load_file(str(tmp_path / "digit_classifier.safetensors"))) == set(model.state_dict())
+
+
+def test_small_cnn_fit_learns_a_separable_task_and_keeps_the_shipped_layouts():
+    from hfddpm.evaluation import DigitClassifier, SpokenDigitClassifier
+    from hfddpm.evaluation.small_cnn import SmallCNN, accuracy, fit
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 16, 16, generator=generator) * 0.2
+    labels = torch.arange(64) % 2
+    images[labels == 1, :, 4:12, 4:12] += 0.8  # class 1: a bright square
+    torch.manual_seed(0)
+    model = fit(
+        SmallCNN(4, 2, mean=0.5, std=0.5),
+        images,
+        labels,
+        epochs=8,
+        batch_size=16,
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        generator=generator,
+    )
+    assert not model.training and accuracy(model, images, labels) == 1.0
+    # the shipped weights load into the shared network (same parameter names and shapes)
+    assert DigitClassifier().num_features == 128 and SpokenDigitClassifier().num_features == 64

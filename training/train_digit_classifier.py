@@ -23,6 +23,7 @@ from hfddpm.evaluation.digits import (
     DigitClassifier,
     load_mnist_5k,
 )
+from hfddpm.evaluation.small_cnn import accuracy, fit
 
 
 def parse_args(argv=None):
@@ -52,13 +53,6 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return cropped.gather(3, cols)
 
 
-@torch.no_grad()
-def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    model.eval()
-    predicted = torch.cat([model(batch).argmax(dim=-1) for batch in images.split(500)])
-    return float((predicted == labels).double().mean())
-
-
 def main(args):
     torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
@@ -68,30 +62,27 @@ def main(args):
     heldout_images, heldout_labels = load_mnist_5k("heldout")
 
     model = DigitClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = -(-len(train_images) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.learning_rate, total_steps=args.epochs * steps_per_epoch
-    )
-
     start = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(train_images), generator=generator)
-        total_loss = torch.zeros(())
-        for idx in order.split(args.batch_size):
-            images = random_shift(train_images[idx], args.max_shift, generator)
-            loss = F.cross_entropy(model(images), train_labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.detach() * len(idx)
-        heldout_accuracy = accuracy(model, heldout_images, heldout_labels)
+
+    def report(epoch, mean_loss):
         print(
-            f"epoch {epoch + 1:3d}/{args.epochs}  train loss {float(total_loss) / len(train_images):.4f}"
-            f"  held-out accuracy {heldout_accuracy:.4f}  ({time.perf_counter() - start:.0f} s)"
+            f"epoch {epoch + 1:3d}/{args.epochs}  train loss {mean_loss:.4f}"
+            f"  held-out accuracy {accuracy(model, heldout_images, heldout_labels):.4f}"
+            f"  ({time.perf_counter() - start:.0f} s)"
         )
+
+    fit(
+        model,
+        train_images,
+        train_labels,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        generator=generator,
+        augment=lambda images, gen: random_shift(images, args.max_shift, gen),
+        on_epoch=report,
+    )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     weights_path = args.output_dir / "digit_classifier.safetensors"

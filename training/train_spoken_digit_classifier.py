@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from hfddpm import HFDDPMMel
 from hfddpm.audio import decode_audio, load_audio_folder
 from hfddpm.evaluation.frechet import feature_statistics
+from hfddpm.evaluation.small_cnn import accuracy, fit
 from hfddpm.evaluation.spoken_digits import (
     HELDOUT_ACCENT,
     SPOKEN_DIGIT_CLASSIFIER_WEIGHTS,
@@ -55,10 +55,10 @@ def load_spectrograms(data_dir: Path):
     return torch.stack(images)[:, None], torch.tensor(dataset["label"]), torch.tensor(held_out)
 
 
-@torch.no_grad()
-def accuracy(model, images, labels) -> float:
-    model.eval()
-    return float((model(images).argmax(dim=-1) == labels).double().mean())
+def random_time_shift(spectrograms: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Roll the batch by up to ``max_shift`` frames: the word moves in time; the padding is silence either way."""
+    shift = torch.randint(-max_shift, max_shift + 1, (1,), generator=generator).item()
+    return torch.roll(spectrograms, shifts=shift, dims=-1)
 
 
 def main(args):
@@ -72,28 +72,24 @@ def main(args):
         raise ValueError(f"No clips of the held-out accent {HELDOUT_ACCENT!r} in {args.data_dir}.")
 
     model = SpokenDigitClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = -(-len(train_x) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.learning_rate, total_steps=args.epochs * steps_per_epoch
-    )
     start = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(train_x), generator=generator)
-        for batch in order.split(args.batch_size):
-            x = train_x[batch]
-            shifts = torch.randint(-args.max_shift, args.max_shift + 1, (1,), generator=generator).item()
-            x = torch.roll(x, shifts=shifts, dims=-1)  # the word moves in time; padding is silence either way
-            loss = F.cross_entropy(model(x), train_y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+
+    def report(epoch, mean_loss):
         if (epoch + 1) % 10 == 0:
-            print(
-                f"epoch {epoch + 1}: loss {loss.item():.4f}, held-out accuracy {accuracy(model, test_x, test_y):.3f}"
-            )
+            print(f"epoch {epoch + 1}: loss {mean_loss:.4f}, held-out accuracy {accuracy(model, test_x, test_y):.3f}")
+
+    fit(
+        model,
+        train_x,
+        train_y,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        generator=generator,
+        augment=lambda x, gen: random_time_shift(x, args.max_shift, gen),
+        on_epoch=report,
+    )
     seconds = time.perf_counter() - start
 
     model.eval()

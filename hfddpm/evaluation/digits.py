@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data import mnist_5k_arrays
 from .frechet import FrechetToReference, feature_statistics, frechet_distance
+from .small_cnn import SmallCNN
 from .uncertainty import bootstrap_interval, details, fingerprint
 
 DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("digit_classifier.safetensors")
@@ -41,32 +42,12 @@ REFERENCE_DATASETS = ("mnist_5k",)
 SPLITS = ("train", "heldout")
 
 
-class DigitClassifier(nn.Module):
-    """A small CNN for 28x28 grey digits in [0, 1]; ``features`` returns the 128-d penultimate layer."""
-
-    num_features = 128
+class DigitClassifier(SmallCNN):
+    """A small CNN for 28x28 grey digits in [0, 1] (MNIST mean/std normalisation inside, so callers pass plain
+    pixels); ``features`` returns the 128-d penultimate layer."""
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(128)
-        self.fc1 = nn.Linear(128, self.num_features)
-        self.fc2 = nn.Linear(self.num_features, NUM_DIGIT_CLASSES)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        # MNIST mean / std normalisation, so callers pass plain [0, 1] pixels.
-        x = (images - 0.1307) / 0.3081
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # 14x14
-        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # 7x7
-        x = F.relu(self.bn3(self.conv3(x))).mean(dim=(2, 3))  # global average pool -> 128
-        return F.relu(self.fc1(x))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.features(images))
+        super().__init__(width=32, num_classes=NUM_DIGIT_CLASSES, mean=0.1307, std=0.3081)
 
 
 class DigitFeatureExtractor(nn.Module):
@@ -167,14 +148,8 @@ def classify_digits(
     images: torch.Tensor, classifier: DigitClassifier | None = None, batch_size: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features ``[N, 128]`` and class probabilities ``[N, 10]`` of ``[N, 1, H, W]`` images in [0, 1]."""
-    images = _check_digit_images(images)
     classifier = classifier if classifier is not None else load_digit_classifier()
-    features, probs = [], []
-    for batch in images.split(batch_size):
-        h = classifier.features(resize_to_digits(batch))
-        features.append(h)
-        probs.append(classifier.fc2(h).softmax(dim=-1))
-    return torch.cat(features), torch.cat(probs)
+    return classifier.classify(_check_digit_images(images), batch_size, resize=resize_to_digits)
 
 
 def default_cache_dir() -> Path:

@@ -25,11 +25,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch import nn
 
 from .frechet import feature_statistics, frechet_distance
+from .small_cnn import SmallCNN
 
 SPOKEN_DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("spoken_digit_classifier.safetensors")
 SPOKEN_DIGIT_CLASSIFIER_INFO = Path(__file__).with_name("spoken_digit_classifier.json")
@@ -41,32 +40,12 @@ SPOKEN_DIGIT_MEL = {"sample_rate": 16000, "n_fft": 1024, "hop_length": 256, "n_m
 HELDOUT_ACCENT = "en-029"
 
 
-class SpokenDigitClassifier(nn.Module):
+class SpokenDigitClassifier(SmallCNN):
     """A small CNN for ``[N, 1, 64, 64]`` log-mel spectrograms in [0, 1]; ``features`` returns the 64-d penultimate
     layer."""
 
-    num_features = 64
-
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.conv3 = nn.Conv2d(32, 64, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(64)
-        self.fc1 = nn.Linear(64, self.num_features)
-        self.fc2 = nn.Linear(self.num_features, NUM_SPOKEN_DIGITS)
-
-    def features(self, spectrograms: torch.Tensor) -> torch.Tensor:
-        x = spectrograms * 2 - 1
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # 32x32
-        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # 16x16
-        x = F.relu(self.bn3(self.conv3(x))).mean(dim=(2, 3))  # global average pool -> 64
-        return F.relu(self.fc1(x))
-
-    def forward(self, spectrograms: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.features(spectrograms))
+        super().__init__(width=16, num_classes=NUM_SPOKEN_DIGITS, mean=0.5, std=0.5)
 
 
 def load_spoken_digit_classifier(path=None) -> SpokenDigitClassifier:
@@ -111,14 +90,8 @@ def _check_spectrograms(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def classify_spoken_digits(images: torch.Tensor, classifier=None, batch_size: int = 500):
     """Features ``[N, 64]`` and class probabilities ``[N, 10]`` of ``[N, 1, 64, 64]`` spectrograms in [0, 1]."""
-    images = _check_spectrograms(images)
     classifier = classifier if classifier is not None else load_spoken_digit_classifier()
-    features, probs = [], []
-    for batch in images.split(batch_size):
-        h = classifier.features(batch)
-        features.append(h)
-        probs.append(classifier.fc2(h).softmax(dim=-1))
-    return torch.cat(features), torch.cat(probs)
+    return classifier.classify(_check_spectrograms(images), batch_size)
 
 
 def spoken_digit_reference_statistics():
