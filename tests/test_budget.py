@@ -1,6 +1,7 @@
 """The time budget: planning with a fake clock, the LR schedule rebuilt for the plan, and a run that records it."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from train_helpers import run_train
 
 from hfddpm import build_unet
 from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler
-from hfddpm.training.budget import RESERVE_FRACTION, StepBudget, plan_steps
+from hfddpm.training.budget import FINAL_RESERVE_FRACTION, REPLAN_AT, RESERVE_FRACTION, StepBudget, plan_steps
+from hfddpm.training.checkpoint import read_training_state
 
 
 class FakeClock:
@@ -96,3 +98,92 @@ def test_a_budget_run_records_its_plan_and_explicit_steps_turn_it_off(tmp_path):
     run_train(["--output_dir", str(explicit), "--max_train_steps", "3", "--max_train_minutes", "0.05"], tmp_path)
     metrics = json.loads((explicit / "train_metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["max_train_minutes"] is None
+
+
+def _run_to_end(budget_s, step_s_of, *, cap=1800):
+    """Simulate a whole run: ``step_s_of(step)`` is the duration of each step; returns the budget, the final
+    planned length and the time the last step ended."""
+    clock = FakeClock()
+    budget = StepBudget(budget_s, cap=cap, clock=clock)
+    budget.start(0)
+    step, planned = 0, cap
+    while step < planned:
+        clock.now += step_s_of(step)
+        step += 1
+        budget.observe(step)
+        planned = budget.planned or cap
+    return budget, planned, clock.now
+
+
+def test_a_slowdown_after_the_plan_is_caught_and_the_run_still_ends_on_time():
+    # 0.25 s per step while calibrating, then a throttling laptop at 0.4 s: the first plan alone would overrun by 50%
+    budget, planned, end = _run_to_end(480, lambda step: 0.25 if step < 40 else 0.4)
+    assert budget.replans and planned < budget.replans[0][1] * 2
+    assert 480 * (1 - FINAL_RESERVE_FRACTION) - 0.4 * 2 < end <= 480 * (1 - FINAL_RESERVE_FRACTION)
+
+
+def test_a_slow_calibration_no_longer_costs_the_end_of_the_budget():
+    # another job slows steps 3-23 (the ones timed) to 0.45 s; the run itself trains at 0.35 s per step
+    budget, planned, end = _run_to_end(480, lambda step: 0.45 if 3 <= step < 23 else 0.35)
+    first_plan = plan_steps(480, 3 * 0.35 + 20 * 0.45, 23, 1 / 0.45, cap=1800)
+    assert planned > first_plan * 1.2  # the first plan stopped ~130 s early; the checks give those seconds back
+    assert 480 * (1 - FINAL_RESERVE_FRACTION) - 0.35 < end <= 480 * (1 - FINAL_RESERVE_FRACTION)
+
+
+def test_the_plan_is_checked_at_most_three_times_and_only_corrected_beyond_the_tolerance():
+    budget, planned, _ = _run_to_end(480, lambda step: 0.3)
+    # steady speed: the only correction gives back the first plan's reserve for grids and checkpoints that never came
+    assert len(budget.replans) == 1 and budget._checks_done == len(REPLAN_AT)
+    fast, planned, end = _run_to_end(480, lambda step: 0.01)  # a fast machine trains the recipe's length, no more
+    assert planned == 1800 and not fast.replans and end < 480
+
+
+def test_a_corrected_lr_schedule_is_continuous_ends_at_zero_and_is_rebuilt_from_the_saved_plan():
+    config = TrainConfig(preset="tiny", lr_warmup_steps=5, max_train_steps=None).validate().with_recipe()
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    engine = TrainingEngine(config, unet, build_scheduler(config), Accelerator(cpu=True), max_train_steps=1800)
+    engine.set_total_steps(100)
+    before = engine.lr_scheduler.scheduler.lr_lambdas[0]
+    engine.replan(40, 160)
+    engine.replan(100, 130)
+    after = engine.lr_scheduler.scheduler.lr_lambdas[0]
+    assert [after(k) for k in range(41)] == [before(k) for k in range(41)]  # the steps taken keep their LR
+    values = [after(k) for k in range(131)]
+    assert all(
+        b <= a + 1e-12 for a, b in zip(values[5:], values[6:], strict=False)
+    )  # still decaying after the warm-up
+    assert max(abs(b - a) for a, b in zip(values, values[1:], strict=False)) < 0.05  # no jump at the corrections
+    assert values[-1] == pytest.approx(0.0, abs=1e-12) and values[100] == pytest.approx(before(40 + 60 * 60 / 120))
+    rebuilt = TrainingEngine(config, unet, build_scheduler(config), Accelerator(cpu=True), max_train_steps=1800)
+    rebuilt.set_lr_plan(json.loads(json.dumps(engine.lr_plan)))  # as read back from a checkpoint
+    assert [rebuilt.lr_scheduler.scheduler.lr_lambdas[0](k) for k in range(131)] == values
+
+
+def test_a_resumed_budget_run_keeps_its_plan_and_its_corrected_lr_schedule(tmp_path):
+    out = tmp_path / "out"
+    flags = ["--max_train_minutes", "0.05", "--checkpointing_steps", "8", "--checkpoints_total_limit", "0"]
+    run_train(["--output_dir", str(out), *flags, "--eval_count", "0"], tmp_path)
+    for checkpoint in (out / "checkpoints").iterdir():  # every checkpoint after the plan records it
+        state = read_training_state(checkpoint)
+        assert state["lr_plan"][-1][1] == (state["max_train_steps"] or 1800)
+    # the plan (made at step 23, so checkpoint-24 has it) as if corrected at step 24: 40 steps, then 60
+    checkpoint = out / "checkpoints" / "checkpoint-24"
+    for later in (out / "checkpoints").iterdir():
+        if later != checkpoint:
+            shutil.rmtree(later)
+    state = read_training_state(checkpoint) | {"max_train_steps": 60, "lr_plan": [[0, 40], [24, 60]]}
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    result = run_train(
+        ["--output_dir", str(out), *flags, "--eval_count", "0", "--resume_from_checkpoint", "latest"], tmp_path
+    )
+    assert "budget ->" not in result.stderr + result.stdout  # no new plan
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == 60
+    config = TrainConfig(preset="tiny", lr_warmup_steps=1, max_train_steps=None).validate().with_recipe()
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    expected = TrainingEngine(config, unet, build_scheduler(config), Accelerator(cpu=True), max_train_steps=60)
+    expected.set_lr_plan([(0, 40), (24, 60)])
+    for step in (32, 48, 56):
+        saved = torch.load(out / "checkpoints" / f"checkpoint-{step}" / "scheduler.bin", weights_only=False)
+        assert saved["last_epoch"] == step
+        lr = config.learning_rate * expected.lr_scheduler.scheduler.lr_lambdas[0](step)
+        assert saved["_last_lr"][0] == pytest.approx(lr, rel=1e-9)

@@ -1,9 +1,13 @@
 """A time budget for a run: the speed of the first steps sets how many steps fit, so a run ends on time on any
 machine (a CPU without native bf16 trains the default recipe at a third of the speed of one with it).
 
-The plan is made once, early (during the LR warm-up, where the learning rate does not depend on the total), and the
-LR schedule is then rebuilt for the planned number of steps. The planned number is saved with every checkpoint, so a
-resumed run keeps it.
+The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
+schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on
+the CPU, a laptop that throttles, the validation grids and checkpoints it did not include), so the plan is checked
+again at a quarter, half and three quarters of the run against the speed of the steps since the last check (grids
+and checkpoints included), and corrected when it is more than 1% off; the rest of the LR schedule is then stretched or
+squeezed to the new length (:meth:`hfddpm.training.TrainingEngine.replan`), so the learning rate stays continuous.
+The planned number and its corrections are saved with every checkpoint, so a resumed run keeps them.
 
 Example (a fake clock: 3 steps to warm up in 2 s, then 10 steps in 5 s, of a 60 s budget):
     >>> budget = StepBudget(60, cap=1000, skip=3, calibration_steps=10, clock=iter([0.0, 2.0, 7.0]).__next__)
@@ -20,20 +24,32 @@ from collections.abc import Callable
 
 # Share of the budget kept for what is not a training step: validation grids, checkpoints, the final save and grid.
 RESERVE_FRACTION = 0.06
+# What a re-plan keeps: the grids and checkpoints so far are in the measured speed; the final save and grid are not.
+FINAL_RESERVE_FRACTION = 0.02
+# Where the plan is checked again (shares of the planned steps), and by how much it must be off to be corrected.
+REPLAN_AT = (0.25, 0.5, 0.75)
+REPLAN_TOLERANCE = 0.01
 # Steps timed to measure the speed (after the first ones, which include one-off start-up costs).
 CALIBRATION_STEPS = 20
 SKIPPED_STEPS = 3
 
 
-def plan_steps(budget_s: float, elapsed_s: float, steps_done: int, steps_per_second: float, cap: int) -> int:
+def plan_steps(
+    budget_s: float,
+    elapsed_s: float,
+    steps_done: int,
+    steps_per_second: float,
+    cap: int,
+    reserve: float = RESERVE_FRACTION,
+) -> int:
     """How many steps in all fit into ``budget_s`` seconds, ``elapsed_s`` of which are spent and ``steps_done``
-    taken, at ``steps_per_second``, keeping :data:`RESERVE_FRACTION` in hand; at most ``cap``, at least one more.
+    taken, at ``steps_per_second``, keeping the share ``reserve`` in hand; at most ``cap``, at least one more.
 
     Example:
         >>> plan_steps(480, 20, 20, 2.0, cap=1800)  # 20 + (480 * 0.94 - 20) s * 2 steps/s
         882
     """
-    left = budget_s * (1 - RESERVE_FRACTION) - elapsed_s
+    left = budget_s * (1 - reserve) - elapsed_s
     planned = steps_done + max(1, math.floor(left * steps_per_second))
     return min(cap, planned)
 
@@ -65,6 +81,9 @@ class StepBudget:
         self.t0 = self.start_step = self.timed_from = None
         self.steps_per_second = self.planned = None
         self.paused_s = 0.0
+        self.replans: list[tuple[int, int]] = []  # (step, new planned length) of every correction
+        self._checks_done = 0
+        self._last_check = None  # (step, time) of the last check: each check times the steps since the one before
 
     def now(self) -> float:
         """The budget's clock: ``clock`` without the time spent in :meth:`pause`."""
@@ -94,14 +113,56 @@ class StepBudget:
         return self.start_step + self.skip + self.calibration_steps
 
     def observe(self, step: int) -> int | None:
-        """Call after each step; returns the planned number of steps once, after :attr:`plan_step`, else ``None``."""
-        if self.planned is not None:
+        """Call after each step; returns the planned number of steps after :attr:`plan_step` and a corrected one
+        when a check finds the plan more than :data:`REPLAN_TOLERANCE` off (see :meth:`check`), else ``None``."""
+        if self.planned is None:
+            if step == self.start_step + self.skip:
+                self.timed_from = self.now()
+            elif step == self.plan_step:
+                now = self.now()
+                self.steps_per_second = self.calibration_steps / max(now - self.timed_from, 1e-9)
+                self.planned = plan_steps(self.budget_s, now - self.t0, step, self.steps_per_second, self.cap)
+                return self.planned
             return None
-        if step == self.start_step + self.skip:
-            self.timed_from = self.now()
-        elif step == self.plan_step:
-            now = self.now()
-            self.steps_per_second = self.calibration_steps / max(now - self.timed_from, 1e-9)
-            self.planned = plan_steps(self.budget_s, now - self.t0, step, self.steps_per_second, self.cap)
-            return self.planned
-        return None
+        return self.check(step)
+
+    def decides(self, step: int) -> bool:
+        """Whether :meth:`observe` at ``step`` makes or checks the plan (the steps where several processes must
+        agree on it: the same on every process that holds the same plan; call it before :meth:`observe`)."""
+        if self.planned is None:
+            return step == self.plan_step
+        if self._checks_done >= len(REPLAN_AT) or step >= self.planned:
+            return False
+        return step >= self.start_step + REPLAN_AT[self._checks_done] * (self.planned - self.start_step)
+
+    def check(self, step: int) -> int | None:
+        """At the :data:`REPLAN_AT` shares of the plan: the plan again from the speed of the steps since the last
+        check (the first check: since the timing began), validation grids and checkpoints included and time passed to
+        :meth:`pause` not, keeping
+        :data:`FINAL_RESERVE_FRACTION`; returns it if it differs from the current plan by more than
+        :data:`REPLAN_TOLERANCE`, else ``None``.
+
+        Example (planned 111 steps at 2 steps/s; then the machine slows to 1 step/s):
+            >>> budget = StepBudget(60, cap=1000, skip=3, calibration_steps=10, clock=iter([0.0, 2.0, 7.0]).__next__)
+            >>> budget.start(step=0)
+            >>> [budget.observe(step) for step in range(1, 14)][-1]
+            111
+            >>> budget.clock = iter([7.0 + 15 * 1.0]).__next__  # steps 14-28 took 1 s each
+            >>> [budget.observe(step) for step in range(14, 29)][-1]  # 28 + (60 * 0.98 - 22) s * 25 / 20 s
+            74
+            >>> budget.replans
+            [(28, 74)]
+        """
+        if not self.decides(step):
+            return None
+        self._checks_done += 1
+        now = self.now()
+        since_step, since = self._last_check or (self.start_step + self.skip, self.timed_from)
+        self._last_check = (step, now)
+        speed = (step - since_step) / max(now - since, 1e-9)
+        corrected = plan_steps(self.budget_s, now - self.t0, step, speed, self.cap, FINAL_RESERVE_FRACTION)
+        if abs(corrected - self.planned) <= REPLAN_TOLERANCE * self.planned:
+            return None
+        self.steps_per_second, self.planned = speed, corrected
+        self.replans.append((step, corrected))
+        return corrected

@@ -311,6 +311,12 @@ def _has_vae(config: TrainConfig) -> bool:
     return bool(index.get("vae")) and index["vae"][0] is not None
 
 
+def _stretched(fn, at: int, old_total: int, new_total: int):
+    """``fn`` up to ``at``, then the rest of it (``at`` to ``old_total``) spread over ``at`` to ``new_total``."""
+    scale = (old_total - at) / max(new_total - at, 1)
+    return lambda k: fn(k) if k <= at else fn(at + (k - at) * scale)
+
+
 def resolve_max_train_steps(
     config: TrainConfig, num_examples: int | None, world_size: int, *, recipe_steps: int | None = None
 ) -> int:
@@ -393,6 +399,7 @@ class TrainingEngine:
             # compiled lazily, at the first step (whose time the loop logs); EMA, saving and sampling use the original
             unet = torch.compile(unet, mode=config.compile_mode)
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+        self.lr_plan = [(0, max_train_steps)]  # the LR schedule's length and its corrections (set_lr_plan)
         self.unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)
         self.ema = None
         if config.use_ema:
@@ -420,15 +427,45 @@ class TrainingEngine:
     def set_total_steps(self, max_train_steps: int) -> None:
         """Rebuild the LR schedule for ``max_train_steps`` in all, keeping the steps already taken (a time budget
         plans the length of a run after its first steps)."""
+        self.set_lr_plan([(0, max_train_steps)])
+
+    def replan(self, step: int, max_train_steps: int) -> None:
+        """Give the run ``max_train_steps`` in all from ``step`` on, the LR schedule continuous: the rest of the
+        current schedule is stretched (or squeezed) onto the new length (a time budget corrects its plan)."""
+        self.set_lr_plan(self.lr_plan + [(step, max_train_steps)])
+
+    def set_lr_plan(self, plan: list) -> None:
+        """The LR schedule of ``plan``, ``[(0, planned length), (step, corrected length), ...]`` (saved with every
+        checkpoint, so a resumed run rebuilds the same schedule).
+
+        Example (a 100-step cosine schedule corrected to 200 steps at step 50: half of the decay is left, now over
+        150 steps):
+            >>> from accelerate import Accelerator
+            >>> from hfddpm import build_unet
+            >>> from hfddpm.training import TrainConfig, build_scheduler
+            >>> config = TrainConfig(preset="tiny", lr_warmup_steps=0, mixed_precision="no").validate()
+            >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+            >>> accelerator = Accelerator(cpu=True)
+            >>> engine = TrainingEngine(config, unet, build_scheduler(config), accelerator, max_train_steps=100)
+            >>> engine.set_lr_plan([(0, 100), (50, 200)])
+            >>> [round(engine.lr_scheduler.scheduler.lr_lambdas[0](k), 4) for k in (50, 125, 200)]
+            [0.5, 0.1464, 0.0]
+        """
         config, n = self.config, self.accelerator.num_processes
+        (_, first), *corrections = [(int(step), int(total)) for step, total in plan]
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        fresh = get_scheduler(
+        lambdas = get_scheduler(
             config.lr_scheduler,
             optimizer=probe,
             num_warmup_steps=config.lr_warmup_steps * n,
-            num_training_steps=max_train_steps * n,
-        )
-        self.lr_scheduler.scheduler.lr_lambdas = fresh.lr_lambdas
+            num_training_steps=first * n,
+        ).lr_lambdas
+        total = first
+        for step, new_total in corrections:
+            lambdas = [_stretched(fn, step * n, total * n, new_total * n) for fn in lambdas]
+            total = new_total
+        self.lr_scheduler.scheduler.lr_lambdas = lambdas
+        self.lr_plan = [(0, first)] + corrections
 
     @property
     def num_parameters(self) -> int:

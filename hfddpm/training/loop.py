@@ -182,6 +182,8 @@ def train(config: TrainConfig) -> Path:
         state = read_training_state(resume_path)
         global_step = state["global_step"]
         positions = state["data_positions"]
+        if config.uses_time_budget and state.get("lr_plan") and state.get("max_train_steps"):
+            engine.set_lr_plan(state["lr_plan"])  # the planned length and its corrections, as before the pause
         if accelerator.is_main_process:
             bad_total, read_total = state["num_bad_images"], state["num_read_images"]
         if state["num_processes"] != accelerator.num_processes:
@@ -351,18 +353,32 @@ def train(config: TrainConfig) -> Path:
             logger.info(
                 f"torch.compile ({config.compile_mode}): the first step took {time.perf_counter() - wall_start:.1f} s"
             )
-        planned = budget.observe(global_step) if budget is not None else None
-        if planned is not None:
-            # every process trains the length process 0 planned
-            max_train_steps = int(broadcast(torch.tensor([planned], device=device), from_process=0).item())
-            engine.set_total_steps(max_train_steps)
-            if auto_eval:
-                eval_steps = plan_evaluations(max_train_steps)
+        decides = budget is not None and budget.decides(global_step)
+        if budget is not None:
+            budget.observe(global_step)
+        planned = budget.planned if decides else None
+        if decides and accelerator.num_processes > 1:  # every process trains the length process 0 planned
+            planned = budget.planned = int(broadcast(torch.tensor([planned], device=device), from_process=0).item())
+        if planned is not None and (global_step == budget.plan_step or planned != max_train_steps):
+            if global_step == budget.plan_step:
+                engine.set_total_steps(planned)
+                if auto_eval:
+                    eval_steps = plan_evaluations(planned)
+            else:  # a correction: the speed of all steps so far says the plan was off by more than 1%
+                logger.info(
+                    f"The plan checked at step {global_step}: {budget.steps_per_second * images_per_step:.0f}"
+                    f" images/s since step {budget.start_step + budget.skip} (validation grids and checkpoints"
+                    f" included) -> {planned} steps instead of {max_train_steps}; the rest of the LR schedule now"
+                    " spans them"
+                )
+                engine.replan(global_step, planned)
+            max_train_steps = planned
             progress.total = max_train_steps
             progress.refresh()
             resolved["max_train_steps"] = max_train_steps
             if accelerator.is_main_process:
                 write_config(output_dir / CONFIG_FILE, given, resolved)
+        if planned is not None and global_step == budget.plan_step:
             logger.info(
                 f"{precision_why};"
                 f" {budget.steps_per_second * images_per_step:.0f} images/s; {config.max_train_minutes:g}-minute"
@@ -420,12 +436,15 @@ def train(config: TrainConfig) -> Path:
                 "num_read_images": read_total + int(counts[1]),
                 # the run's length, once known (a time budget plans it after the first steps)
                 "max_train_steps": max_train_steps if budget is None or budget.planned else None,
+                "lr_plan": engine.lr_plan,
             }
             path = save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
             logger.info(f"Saved {path}")
             paused += time.perf_counter() - t
 
-        if eval_steps and global_step % eval_steps == 0 and global_step < max_train_steps:
+        # (a budget's corrected plan can end just after an evaluation point: the final evaluation comes anyway)
+        near_end = auto_eval and max_train_steps - global_step < eval_steps // 2
+        if eval_steps and global_step % eval_steps == 0 and global_step < max_train_steps and not near_end:
             t = time.perf_counter()
             stop = evaluate(global_step)
             paused += time.perf_counter() - t
