@@ -208,7 +208,10 @@ def audio_model(tmp_path_factory):
 
 
 def test_hfddpm_evaluate_writes_fad_with_its_details(audio_model, clap_folder, tmp_path):
+    from hfddpm.hub import write_model_card
+
     model, clips = audio_model
+    write_model_card(model)
     out = tmp_path / "metrics.json"
     args = ["evaluate", str(model), "--metrics", "fad", "--fad-model", str(clap_folder), "--num-images", "4",
             "--batch-size", "2", "--num-inference-steps", "2", "--out", str(out)]  # fmt: skip
@@ -219,6 +222,11 @@ def test_hfddpm_evaluate_writes_fad_with_its_details(audio_model, clap_folder, t
     assert info["feature_extractor"] == f"fad {clap_folder} audio_embeds"
     # the real clips default to the run's training folder: all 6, cut or padded to the model's 0.12 s
     assert info["reference"]["name"] == f"training clips ({clips})" and info["reference"]["count"] == 6
+    assert info["reference"]["sample_rate"] == 8000 and results["reference_audio"] == f"training clips ({clips})"
+    # the model card takes the value, its interval and where it came from, as for every registered metric
+    card = (model / "README.md").read_text()
+    assert "| Fréchet Audio Distance (CLAP or AST embeddings of the sound) (`fad`) |" in card
+    assert f"reference training clips ({clips}) (6 clips at 8000 Hz, sha256 {info['reference']['sha256']})" in card
     # the same value from the library: the pipeline's own sound against the folder given by --reference-audio
     assert main([*args, "--reference-audio", str(clips), "--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())

@@ -310,6 +310,7 @@ def evaluate_pipeline(
         batch_size=batch_size,
         reference=str(reference),
         class_conditional=bool(classes),
+        **({"reference_audio": metric_inputs.get("reference_audio_name", "reference clips")} if sound else {}),
         generation_seconds=round(generation_seconds, 2),
         metrics_seconds=round(time.perf_counter() - start, 2),
     )

@@ -41,11 +41,14 @@ FAD_EMBEDDINGS = {"clap": "audio_embeds", "audio-spectrogram-transformer": "pool
 MAX_REFERENCE_CLIPS = 2000
 
 
-def _unavailable(message: str) -> MetricUnavailableError:
+def _unavailable(source: str, err: Exception) -> MetricUnavailableError:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
     return MetricUnavailableError(
-        f"{message} Options: on a machine with internet run `hf download {DEFAULT_FAD_MODEL}` and copy the cache (or"
-        " set HF_HOME), pass a local folder (model and preprocessor_config.json) with --fad-model PATH, or rerun"
-        " without fad in --metrics."
+        f"FAD weights {source!r} are not on disk (looked in the Hugging Face cache {HF_HUB_CACHE}) and nothing is"
+        f" downloaded. Options: on a machine with internet run `hf download {DEFAULT_FAD_MODEL}` and copy the cache"
+        " (or set HF_HOME), pass a local folder (the model with its preprocessor_config.json) with --fad-model PATH,"
+        f" or rerun without fad in --metrics. ({type(err).__name__}: {err})"
     )
 
 
@@ -91,7 +94,6 @@ def load_fad_model(model_name_or_path: str | os.PathLike = DEFAULT_FAD_MODEL) ->
             "FAD needs the transformers package, which is not installed (`pip install 'hfddpm[eval]'` or"
             " `pip install transformers`). Rerun without fad in --metrics to skip it."
         )
-    from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
@@ -106,10 +108,7 @@ def load_fad_model(model_name_or_path: str | os.PathLike = DEFAULT_FAD_MODEL) ->
         model = AutoModel.from_pretrained(source, local_files_only=True)
         feature_extractor = AutoFeatureExtractor.from_pretrained(source, local_files_only=True)
     except (OSError, HFValidationError) as err:
-        raise _unavailable(
-            f"FAD weights {source!r} are not on disk (looked in the Hugging Face cache {HF_HUB_CACHE}) and nothing is"
-            f" downloaded. ({type(err).__name__}: {err})"
-        ) from None
+        raise _unavailable(source, err) from None
     return AudioEmbedding(model.eval().requires_grad_(False), feature_extractor)
 
 
