@@ -263,3 +263,42 @@ def test_fad_is_not_computed_during_training():
 
     with pytest.raises(ValueError, match="--eval_metrics fad is not computed during training"):
         _check_audio_metrics(TrainConfig(eval_steps=10, eval_metrics="fad"), HFDDPMMel(**MEL))
+
+
+def test_real_clips_from_a_dataset_folder_are_read_as_training_reads_them(tmp_path, monkeypatch):
+    """A parquet dataset (as on the Hub) with a datasets.Audio column of 22.05 kHz WAV bytes of two lengths."""
+    import io
+
+    import datasets
+    import pyarrow as pa
+
+    from hfddpm.audio import decode_audio
+    from hfddpm.evaluation.fad import reference_clips
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    waveforms = [*tones([300, 600, 900], seconds=0.05, rate=22050), *tones([1200, 1500], seconds=0.3, rate=22050)]
+    clips = []
+    for waveform in waveforms:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, waveform, 22050, format="WAV")
+        clips.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"speech": datasets.Audio()})
+    table = pa.table({"speech": pa.array(clips, type=datasets.Audio().pa_type)}).cast(features.arrow_schema)
+    (tmp_path / "data").mkdir()
+    datasets.Dataset(table, info=datasets.DatasetInfo(features=features)).to_parquet(tmp_path / "data" / "a.parquet")
+    settings = {"dataset_name": str(tmp_path / "data")}
+    real = reference_clips(settings, 8000, 960)  # the audio model's rate and clip length (0.12 s)
+    assert real.shape == (5, 960) and real.dtype == np.float32
+    first, _ = decode_audio(clips[0], 8000)  # 0.05 s: padded with zeros; 0.3 s: cut to its start
+    np.testing.assert_array_equal(real[0, : len(first)], first)
+    assert not real[0, len(first) :].any()
+    np.testing.assert_array_equal(real[4], decode_audio(clips[4], 8000)[0][:960])
+    subset = reference_clips(settings, 8000, 960, max_clips=3, seed=1)  # a seeded subset, in dataset order
+    assert subset.shape == (3, 960) and all(any(np.array_equal(s, r) for r in real) for s in subset)
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for i in range(2):
+        Image.new("L", (8, 8), 40 * i).save(tmp_path / "images" / f"{i}.png")
+    with pytest.raises(ValueError, match=r"The FAD reference '.*images' has no audio column \(columns \['image'\]\)"):
+        reference_clips({"train_data_dir": str(tmp_path / "images")}, 8000, 960)
