@@ -2,12 +2,12 @@
 Gaussians fitted to the clip embeddings of generated and of real audio, here on a pretrained audio network loaded
 through ``transformers``.
 
-The default embedding is CLAP (``laion/clap-htsat-unfused``, Wu et al. 2023, https://arxiv.org/abs/2211.06687): the
-unit-norm audio embedding of ``ClapModel.get_audio_features`` at 48 kHz, the one ``fadtk`` and most recent
-text-to-audio papers report FAD with. An Audio Spectrogram Transformer folder (``ASTModel``, e.g.
-``MIT/ast-finetuned-audioset-10-10-0.4593`` at 16 kHz; its ``pooler_output``) works as well. Waveforms are resampled
-(librosa) to the network's rate. Weights must already be on disk (a local folder or the Hugging Face cache); nothing
-is downloaded.
+The default embedding is LAION-CLAP (``laion/clap-htsat-unfused``, Wu et al. 2023, https://arxiv.org/abs/2211.06687):
+the unit-norm audio embedding of ``ClapModel.get_audio_features`` at 48 kHz, one of the embeddings ``fadtk`` (Gui et
+al. 2024, https://arxiv.org/abs/2311.01616) computes FAD with. An Audio Spectrogram Transformer folder
+(``ASTModel``, e.g. ``MIT/ast-finetuned-audioset-10-10-0.4593`` at 16 kHz; its ``pooler_output``) works as well.
+Waveforms are resampled (librosa) to the network's rate. Weights must already be on disk (a local folder or the
+Hugging Face cache); nothing is downloaded.
 
 Example (the rate handling; a FAD needs weights, see ``load_fad_model``):
     >>> import numpy as np
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .frechet import FrechetToReference, feature_statistics, frechet_distance
 from .inception import MetricUnavailableError
@@ -131,7 +132,8 @@ def audio_embeddings(
     max_samples = getattr(embedding.feature_extractor, "nb_max_samples", None)
     if max_samples:
         clips = [clip[:max_samples] for clip in clips]
-    return torch.cat([embedding(clips[i : i + batch_size]) for i in range(0, len(clips), batch_size)])
+    starts = tqdm(range(0, len(clips), batch_size), desc="FAD embeddings", unit="batch", leave=False)
+    return torch.cat([embedding(clips[i : i + batch_size]) for i in starts])
 
 
 def fad(
@@ -164,7 +166,7 @@ def fad_with_details(
     # 1. one embedding per clip, at the network's sample rate
     fake_features = audio_embeddings(fake, sample_rate, embedding, batch_size).double().numpy()
     real_features = audio_embeddings(real, sample_rate, embedding, batch_size).double().numpy()
-    # 2. Gaussian fits and their Fréchet distance, eq. (1) of Kilgour et al. 2019
+    # 2. Gaussian fits and their Fréchet distance (Kilgour et al. 2019; eq. (6) of Heusel et al. 2017, frechet.py)
     mu_fake, sigma_fake = feature_statistics(fake_features)
     mu_real, sigma_real = feature_statistics(real_features)
     value = frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real)
