@@ -227,11 +227,23 @@ def test_hfddpm_evaluate_writes_fad_with_its_details(audio_model, clap_folder, t
     card = (model / "README.md").read_text()
     assert "| Fréchet Audio Distance (CLAP or AST embeddings of the sound) (`fad`) |" in card
     assert f"reference training clips ({clips}) (6 clips at 8000 Hz, sha256 {info['reference']['sha256']})" in card
-    # the same value from the library: the pipeline's own sound against the folder given by --reference-audio
+    # the same clips named by --reference-audio: the same value, the reference named by the folder
     assert main([*args, "--reference-audio", str(clips), "--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["fad"] == pytest.approx(results["fad"], rel=1e-9)
     assert again["details"]["fad"]["reference"] == {**info["reference"], "name": str(clips)}
+
+
+def test_the_sound_scored_is_the_sound_the_pipeline_makes(audio_model):
+    from hfddpm.evaluation import generate_samples
+
+    model, _ = audio_model
+    pipe = HFDDPMAudioPipeline.from_pretrained(model)
+    images, audios = generate_samples(pipe, 3, batch_size=2, num_inference_steps=2, seed=5, return_audios=True)
+    assert images.shape == (3, 1, 16, 16) and audios.shape == (3, 960) and audios.dtype == np.float32
+    direct = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(5)).audios
+    np.testing.assert_array_equal(audios[:2], direct)
+    torch.testing.assert_close(images, generate_samples(pipe, 3, batch_size=2, num_inference_steps=2, seed=5))
 
 
 def test_fad_of_an_image_model_names_the_metrics_for_images(audio_model, clap_folder, tmp_path):
