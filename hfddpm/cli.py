@@ -123,7 +123,7 @@ def _add_edit_args(parser: argparse.ArgumentParser, *, num_inference_steps: int)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hfddpm.evaluation import FID_FALLBACKS, METRIC_REGISTRY, METRICS, SCHEDULERS
+    from hfddpm.evaluation import DEFAULT_FAD_MODEL, FID_FALLBACKS, METRIC_REGISTRY, METRICS, SCHEDULERS
     from hfddpm.evaluation.features import FEATURE_EXTRACTORS
 
     parser = argparse.ArgumentParser(
@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="real images for fid/kid/dinov2: mnist_5k (its 1000 held-out digits) or a folder of images",
     )
     evaluate.add_argument(
+        "--reference-audio",
+        default=None,
+        help="real clips for fad: an audio folder, a local dataset folder or a cached Hub dataset id (default: the"
+        " training source in PIPELINE/training_config.json)",
+    )
+    evaluate.add_argument(
         "--fid-fallback",
         choices=FID_FALLBACKS,
         default="none",
@@ -177,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--inception-weights", default=None, help="path to pt_inception-2015-12-05-6726825d.pth")
     evaluate.add_argument("--dinov2-model", default=None, help="local DINOv2 folder or cached Hub id")
+    evaluate.add_argument(
+        "--fad-model", default=None, help=f"local CLAP or AST folder or cached Hub id (default {DEFAULT_FAD_MODEL})"
+    )
     evaluate.add_argument("--cache-dir", default=None, help="reference-statistics cache (default ~/.cache/hfddpm)")
     evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: PIPELINE/metrics.json)")
     evaluate.add_argument(
@@ -484,8 +493,26 @@ def memorization_inputs(args, pipe) -> dict:
     return {"train_images": train, "heldout_images": heldout, "feature_extractor": args.feature_extractor}
 
 
+def fad_inputs(args, pipe) -> dict:
+    """The real clips of ``hfddpm evaluate --metrics fad``: ``--reference-audio``, else the run's training source from
+    ``PIPELINE/training_config.json``, read at the pipeline's sample rate and clip length."""
+    from hfddpm.audio import is_audio_folder
+    from hfddpm.evaluation.fad import reference_clips
+    from hfddpm.hub.card import read_training_settings
+
+    if args.reference_audio is not None:
+        folder = os.path.isdir(args.reference_audio) and is_audio_folder(args.reference_audio)
+        settings = {"train_data_dir" if folder else "dataset_name": args.reference_audio}
+        name = args.reference_audio
+    else:
+        settings = read_training_settings(args.pipeline) if os.path.isdir(args.pipeline) else {}
+        name = f"training clips ({settings.get('dataset_name') or settings.get('train_data_dir')})"
+    clips = reference_clips(settings, pipe.mel.sample_rate, pipe.mel.num_samples, seed=args.seed)
+    return {"reference_audios": clips, "reference_audio_name": name}
+
+
 def cmd_evaluate(args) -> int:
-    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, evaluate_pipeline, parse_metrics
+    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, DEFAULT_FAD_MODEL, evaluate_pipeline, parse_metrics
     from hfddpm.hub import update_model_card
 
     if args.compare is not None:
@@ -499,6 +526,8 @@ def cmd_evaluate(args) -> int:
     if out is None:
         out = Path(args.pipeline) / "metrics.json" if local else Path("metrics.json")
     extra = memorization_inputs(args, pipe) if "memorization" in metrics else {}
+    if "fad" in metrics and hasattr(pipe, "mel"):  # an image pipeline: evaluate_pipeline says which metrics fit
+        extra.update(fad_inputs(args, pipe))
     results = evaluate_pipeline(
         pipe,
         num_images=args.num_images,
@@ -513,6 +542,7 @@ def cmd_evaluate(args) -> int:
         fid_fallback=args.fid_fallback,
         inception_weights=args.inception_weights,
         dinov2_model=args.dinov2_model or DEFAULT_DINOV2_MODEL,
+        fad_model=args.fad_model or DEFAULT_FAD_MODEL,
         cache_dir=args.cache_dir,
         output_dir=out.parent,
         **extra,

@@ -160,7 +160,7 @@ def test_parse_metrics():
     assert parse_metrics("digits, FID,digits") == ("digits", "fid")
     # the --metrics choices, read from the registry
     assert METRICS == (
-        *("digits", "fid", "kid", "dinov2", "pr_digits", "pr", "pr_dinov2", "memorization", "spoken_digits"),
+        *("digits", "fid", "kid", "dinov2", "pr_digits", "pr", "pr_dinov2", "memorization", "spoken_digits", "fad"),
     )
     with pytest.raises(ValueError, match=r"\['digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2',"):
         parse_metrics("digits,is")
@@ -300,7 +300,7 @@ def test_metric_registry():
     names += ["fid_digits", "kid_digits", "kid_digits_std", "fd_dinov2", "inception_score"]
     names += ["precision_digits", "recall_digits", "precision", "recall", "precision_dinov2", "recall_dinov2"]
     names += ["memorization_share", "memorization_share_pixels", "memorization_share_features"]
-    names += ["fd_spoken_digits", "spoken_classes_covered", "spoken_digit_accuracy"]
+    names += ["fd_spoken_digits", "spoken_classes_covered", "spoken_digit_accuracy", "fad"]
     assert set(METRIC_REGISTRY) == set(names)
     assert METRIC_REGISTRY["fd_digits"].direction == "lower is better" and METRIC_REGISTRY["kid_std"].direction == ""
     assert METRIC_REGISTRY["label_accuracy"].higher_is_better and "labels" in METRIC_REGISTRY["label_accuracy"].needs

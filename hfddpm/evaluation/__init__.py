@@ -1,5 +1,5 @@
 """Evaluation of hfddpm pipelines: offline digit metrics, FID / KID (torchmetrics), FD-DINOv2, precision / recall, a
-memorisation check, bootstrap intervals and comparisons, sampling helpers.
+memorisation check, spoken-digit metrics and FAD for audio, bootstrap intervals and comparisons, sampling helpers.
 
 Every metric is described once, in ``METRIC_REGISTRY`` (``registry.py``); the model card and the Hub upload
 (``hfddpm.hub``) read it. This package does not use ``hfddpm.hub``: its old name ``update_model_card`` only resolves
@@ -34,6 +34,7 @@ from .evaluate import (
     load_reference,
     parse_metrics,
 )
+from .fad import DEFAULT_FAD_MODEL, AudioEmbedding, load_fad_model
 from .features import FEATURE_EXTRACTORS, extract_features
 from .frechet import FrechetToReference, feature_statistics, frechet_distance
 from .inception import InceptionFeatures, MetricUnavailableError, fid_kid, find_inception_weights
@@ -52,6 +53,7 @@ from .uncertainty import bootstrap_interval, differs_beyond_noise, fingerprint
 
 __all__ = [
     "DEFAULT_DINOV2_MODEL",
+    "DEFAULT_FAD_MODEL",
     "EVAL_SETTINGS",
     "FEATURE_EXTRACTORS",
     "FID_FALLBACKS",
@@ -60,6 +62,7 @@ __all__ = [
     "SCHEDULERS",
     "SPOKEN_DIGIT_MEL",
     "SpokenDigitClassifier",
+    "AudioEmbedding",
     "DigitClassifier",
     "DigitFeatureExtractor",
     "FrechetToReference",
@@ -95,6 +98,7 @@ __all__ = [
     "grid_shape",
     "load_digit_classifier",
     "load_dinov2",
+    "load_fad_model",
     "load_mnist_5k",
     "load_reference",
     "make_scheduler",

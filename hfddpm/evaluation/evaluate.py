@@ -13,6 +13,7 @@ from PIL import Image
 
 from .digits import reference_images
 from .dinov2 import DEFAULT_DINOV2_MODEL, load_dinov2
+from .fad import DEFAULT_FAD_MODEL, load_fad_model
 from .inception import MetricUnavailableError, find_inception_weights
 from .registry import METRICS, MetricInputs, metrics_of
 from .sampling import balanced_labels, generate_samples, num_classes, set_scheduler
@@ -60,7 +61,12 @@ def load_reference(reference: str | os.PathLike, resolution: int, channels: int)
 
 
 def check_metrics_available(
-    metrics, *, fid_fallback: str = "none", inception_weights=None, dinov2_model=DEFAULT_DINOV2_MODEL
+    metrics,
+    *,
+    fid_fallback: str = "none",
+    inception_weights=None,
+    dinov2_model=DEFAULT_DINOV2_MODEL,
+    fad_model=DEFAULT_FAD_MODEL,
 ) -> list[str]:
     """Fail before any sampling when a requested metric cannot run; returns notes about fallbacks taken."""
     if fid_fallback not in FID_FALLBACKS:
@@ -76,6 +82,8 @@ def check_metrics_available(
             notes.append(f"{err} -> fid_fallback={fid_fallback!r}")
     if "dinov2" in needs:
         load_dinov2(dinov2_model)
+    if "fad" in needs:
+        load_fad_model(fad_model)
     return notes
 
 
@@ -84,6 +92,26 @@ def _check_training_images(chosen, train_images) -> None:
         raise ValueError(
             "The memorization metric needs the training images (train_images=...; `hfddpm evaluate` reads them from"
             " the run's training_config.json, or from --train-data-dir / --dataset-name)."
+        )
+
+
+def _check_real_clips(chosen, reference_audios) -> None:
+    if any("audio" in m.needs for m in chosen) and reference_audios is None:
+        raise ValueError(
+            "The fad metric needs real clips (reference_audios=..., at the samples' sample rate; `hfddpm evaluate`"
+            " reads them from --reference-audio or from the training source in PIPELINE/training_config.json)."
+        )
+
+
+def _check_audio_pipeline(pipe, chosen) -> None:
+    """``ValueError`` when a metric of audio (spectrograms, sound) is asked of an image pipeline."""
+    audio = {"spectrogram": "spectrograms", "audio": "sound"}
+    asked = {m.choice: audio[n] for m in chosen for n in m.needs if n in audio}
+    if asked and not hasattr(pipe, "mel"):
+        image_metrics = [m.choice for m in metrics_of(METRICS) if not set(m.needs) & set(audio)]
+        raise ValueError(
+            f"The {', '.join(asked)} metrics score an audio pipeline's {' and '.join(dict.fromkeys(asked.values()))};"
+            f" this pipeline makes images. Metrics for image models: {list(dict.fromkeys(image_metrics))}."
         )
 
 
@@ -102,6 +130,11 @@ def compute_metrics(
     heldout_images: torch.Tensor | None = None,
     feature_extractor: str = "digits",
     output_dir: str | os.PathLike | None = None,
+    audios: np.ndarray | None = None,
+    sample_rate: int | None = None,
+    reference_audios: np.ndarray | None = None,
+    reference_audio_name: str = "reference clips",
+    fad_model: str | os.PathLike = DEFAULT_FAD_MODEL,
 ) -> dict:
     """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the ``metrics`` choices (see ``METRIC_REGISTRY``).
 
@@ -116,6 +149,9 @@ def compute_metrics(
     - ``memorization``: ``memorization.memorization_check`` against ``train_images`` (threshold from
       ``heldout_images``, else leave-one-out) in pixels and ``feature_extractor`` features; the picture of the
       closest pairs goes to ``output_dir`` when given.
+    - ``fad``: ``fad.fad_with_details`` of ``audios`` (the samples' sound, ``[N, num_samples]`` at ``sample_rate``)
+      against ``reference_audios`` (real clips at ``sample_rate``, called ``reference_audio_name``) on the
+      embeddings of ``fad_model`` (transformers and local weights).
 
     Returns a flat dict of metrics, ``details`` (per metric: its 95% bootstrap interval ``ci95``, ``num_samples``,
     ``feature_extractor`` and ``reference`` fingerprint; see ``uncertainty``) and ``notes`` (a list of strings) when
@@ -123,13 +159,23 @@ def compute_metrics(
     """
     choices = parse_metrics(metrics)
     notes = check_metrics_available(
-        choices, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
+        choices,
+        fid_fallback=fid_fallback,
+        inception_weights=inception_weights,
+        dinov2_model=dinov2_model,
+        fad_model=fad_model,
     )
     if notes and fid_fallback == "skip":  # Inception is missing: leave out the choices that need it
         skipped = {m.choice for m in metrics_of(choices) if "inception" in m.needs}
         choices = tuple(c for c in choices if c not in skipped)
     chosen = metrics_of(choices)
     _check_training_images(chosen, train_images)
+    _check_real_clips(chosen, reference_audios)
+    if any("audio" in m.needs for m in chosen) and (audios is None or not sample_rate):
+        raise ValueError(
+            "The fad metric scores sound: pass audios=... ([N, num_samples]) and their sample_rate (evaluate_pipeline"
+            " makes them with an audio pipeline)."
+        )
     real = None
     if any("reference" in m.needs for m in chosen):
         real = load_reference(reference, images.shape[-1], images.shape[1])
@@ -148,6 +194,11 @@ def compute_metrics(
         heldout_images=heldout_images,
         feature_extractor=feature_extractor,
         output_dir=output_dir,
+        audios=audios,
+        sample_rate=sample_rate,
+        reference_audios=reference_audios,
+        reference_audio_name=reference_audio_name,
+        fad_model=fad_model,
     )
     results, info = {}, {}
     for compute in dict.fromkeys(m.compute for m in chosen):  # once each, in registry order
@@ -178,6 +229,7 @@ def evaluate_pipeline(
     fid_fallback: str = "none",
     inception_weights=None,
     dinov2_model: str | os.PathLike = DEFAULT_DINOV2_MODEL,
+    fad_model: str | os.PathLike = DEFAULT_FAD_MODEL,
     cache_dir=None,
     progress: bool = True,
     **metric_inputs,
@@ -188,7 +240,8 @@ def evaluate_pipeline(
     when digit metrics are requested. ``scheduler`` swaps the sampler by short name (``sampling.SCHEDULERS``).
 
     ``metric_inputs`` go to ``compute_metrics`` (``train_images``, ``heldout_images``, ``feature_extractor``,
-    ``output_dir`` for the memorisation check).
+    ``output_dir`` for the memorisation check; ``reference_audios``, ``reference_audio_name`` for ``fad``, which
+    scores the sound an audio pipeline makes of its samples).
 
     Returns a flat dict: the metrics, then the settings (``num_samples``, ``num_inference_steps``, ``scheduler``,
     ``guidance_scale``, ``eta``, ``seed``, ``batch_size``, ``reference``, ``class_conditional``) and timings.
@@ -197,21 +250,26 @@ def evaluate_pipeline(
     if num_images < 2:
         raise ValueError(f"num_images={num_images}: the metrics need at least 2 samples (a covariance).")
     check_metrics_available(
-        metrics, fid_fallback=fid_fallback, inception_weights=inception_weights, dinov2_model=dinov2_model
+        metrics,
+        fid_fallback=fid_fallback,
+        inception_weights=inception_weights,
+        dinov2_model=dinov2_model,
+        fad_model=fad_model,
     )
-    if any("spectrogram" in m.needs for m in metrics_of(metrics)):
-        if not hasattr(pipe, "mel"):
-            raise ValueError(
-                "The spoken_digits metrics score an audio pipeline's spectrograms; this pipeline makes images."
-            )
+    chosen = metrics_of(metrics)
+    _check_audio_pipeline(pipe, chosen)
+    if any("spectrogram" in m.needs for m in chosen):
         check_spectrogram_settings(pipe.mel.config)
-    _check_training_images(metrics_of(metrics), metric_inputs.get("train_images"))  # before any sampling
+    # before any sampling
+    _check_training_images(chosen, metric_inputs.get("train_images"))
+    sound = any("audio" in m.needs for m in chosen)
+    _check_real_clips(chosen, metric_inputs.get("reference_audios"))
     set_scheduler(pipe, scheduler)
     classes = num_classes(pipe)
     labels = balanced_labels(num_images, classes) if classes else None
 
     start = time.perf_counter()
-    images = generate_samples(
+    samples = generate_samples(
         pipe,
         num_images,
         batch_size=batch_size,
@@ -221,7 +279,11 @@ def evaluate_pipeline(
         eta=eta,
         seed=seed,
         progress=progress,
+        return_audios=sound,
     )
+    images, audios = samples if sound else (samples, None)
+    if sound:
+        metric_inputs.update(audios=audios, sample_rate=pipe.sample_rate)
     generation_seconds = time.perf_counter() - start
     start = time.perf_counter()
     results = compute_metrics(
@@ -232,6 +294,7 @@ def evaluate_pipeline(
         fid_fallback=fid_fallback,
         inception_weights=inception_weights,
         dinov2_model=dinov2_model,
+        fad_model=fad_model,
         cache_dir=cache_dir,
         seed=seed,
         **metric_inputs,
@@ -247,6 +310,7 @@ def evaluate_pipeline(
         batch_size=batch_size,
         reference=str(reference),
         class_conditional=bool(classes),
+        **({"reference_audio": metric_inputs.get("reference_audio_name", "reference clips")} if sound else {}),
         generation_seconds=round(generation_seconds, 2),
         metrics_seconds=round(time.perf_counter() - start, 2),
     )

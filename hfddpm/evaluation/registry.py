@@ -7,7 +7,7 @@ and the function that computes it.
 Example:
     >>> from hfddpm.evaluation import METRIC_REGISTRY, METRICS
     >>> METRICS  # the --metrics choices, in registry order
-    ('digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2', 'memorization', 'spoken_digits')
+    ('digits', 'fid', 'kid', 'dinov2', 'pr_digits', 'pr', 'pr_dinov2', 'memorization', 'spoken_digits', 'fad')
     >>> METRIC_REGISTRY["fd_digits"].direction
     'lower is better'
     >>> [m.name for m in METRIC_REGISTRY.values() if m.choice == "kid"]
@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .digits import DigitFeatureExtractor, digit_metrics
 from .dinov2 import DEFAULT_DINOV2_MODEL, fd_dinov2_with_details, load_dinov2
+from .fad import DEFAULT_FAD_MODEL, fad_with_details, load_fad_model
 from .features import extract_features
 from .inception import fid_kid
 from .memorization import PAIRS_FILE, memorization_check, pairs_picture
@@ -54,6 +56,11 @@ class MetricInputs:
     heldout_images: torch.Tensor | None = None  # real images not trained on, for the memorisation threshold
     feature_extractor: str = "digits"  # the feature space of the memorisation check
     output_dir: str | os.PathLike | None = None  # where a metric writes its picture (memorization_pairs.png)
+    audios: np.ndarray | None = None  # the sound of the samples, [N, num_samples] at sample_rate (audio pipelines)
+    sample_rate: int | None = None
+    reference_audios: np.ndarray | None = None  # real clips at sample_rate, when a chosen metric needs "audio"
+    reference_audio_name: str = "reference clips"  # what the details call them
+    fad_model: str | os.PathLike = DEFAULT_FAD_MODEL
 
 
 def digit_scores(inputs: MetricInputs) -> dict:
@@ -95,6 +102,20 @@ def dinov2_scores(inputs: MetricInputs) -> dict:
         inputs.images, inputs.reference, model, seed=inputs.seed, reference_name=inputs.reference_name
     )
     return {"fd_dinov2": value, DETAILS_KEY: {"fd_dinov2": info}}
+
+
+def fad_scores(inputs: MetricInputs) -> dict:
+    """``fad`` of the samples' sound against the real clips."""
+    embedding = load_fad_model(inputs.fad_model)
+    value, info = fad_with_details(
+        inputs.audios,
+        inputs.reference_audios,
+        inputs.sample_rate,
+        embedding,
+        seed=inputs.seed,
+        reference_name=inputs.reference_audio_name,
+    )
+    return {"fad": value, DETAILS_KEY: {"fad": info}}
 
 
 # --metrics choice of precision / recall -> (feature extractor, suffix of the metric names)
@@ -160,8 +181,9 @@ class Metric:
         choice: the ``--metrics`` choice that computes it; ``None`` when hfddpm does not compute it (the card still
             labels it, e.g. a number from another tool).
         needs: what it needs besides the samples: ``"grey"`` (1-channel images), ``"labels"`` (a class-conditional
-            model), ``"reference"`` (real images), ``"inception"`` / ``"dinov2"`` (a network available
-            offline), ``"train"`` (the training images).
+            model), ``"reference"`` (real images), ``"inception"`` / ``"dinov2"`` / ``"fad"`` (a network available
+            offline), ``"train"`` (the training images), ``"spectrogram"`` (an audio pipeline's spectrograms),
+            ``"audio"`` (an audio pipeline's sound and real clips).
         compute: ``compute(inputs: MetricInputs) -> dict``; the metrics one call returns share it and
             ``compute_metrics`` calls it once.
     """
@@ -281,6 +303,14 @@ METRIC_REGISTRY: dict[str, Metric] = {
             "spoken_digits",
             ("spectrogram", "labels"),
             spoken_digit_scores,
+        ),
+        Metric(
+            "fad",
+            "Fréchet Audio Distance (CLAP or AST embeddings of the sound)",
+            False,
+            "fad",
+            ("audio", "fad"),
+            fad_scores,
         ),
         Metric("inception_score", "Inception score", True),
     )

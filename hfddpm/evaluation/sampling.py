@@ -6,6 +6,7 @@ import inspect
 import math
 
 import diffusers
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -96,11 +97,14 @@ def generate_samples(
     eta: float = 0.0,
     seed: int = 0,
     progress: bool = True,
-) -> torch.Tensor:
+    return_audios: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
     """Generate ``num_images`` images as a float tensor ``[N, C, H, W]`` in [0, 1], ``batch_size`` at a time.
 
     Batch ``i`` is drawn with ``torch.Generator().manual_seed(seed + i)``, so a run is reproducible for a given
-    ``seed`` and ``batch_size``. ``class_labels`` (one per image) are split along with the batches.
+    ``seed`` and ``batch_size``. ``class_labels`` (one per image) are split along with the batches. An audio
+    pipeline with ``return_audios`` gives ``(images, audios)``: the spectrograms and the sound it made of them,
+    float32 ``[N, num_samples]``.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
@@ -111,7 +115,7 @@ def generate_samples(
         if class_labels.numel() != num_images:
             raise ValueError(f"Got {class_labels.numel()} class_labels for num_images={num_images}.")
     pipe.set_progress_bar_config(disable=True)
-    images = []
+    images, audios = [], []
     starts = range(0, num_images, batch_size)
     for i, start in enumerate(tqdm(starts, desc="generating", unit="batch", disable=not progress)):
         n = min(batch_size, num_images - start)
@@ -126,4 +130,6 @@ def generate_samples(
             output_type="pt",
         )
         images.append(out.images.float().cpu())
-    return torch.cat(images)
+        if return_audios:
+            audios.append(out.audios)
+    return (torch.cat(images), np.concatenate(audios)) if return_audios else torch.cat(images)

@@ -76,6 +76,21 @@ def fingerprint(images: torch.Tensor) -> dict:
     return {"count": int(pixels.shape[0]), "sha256": digest[:16]}
 
 
+def audio_fingerprint(clips, sample_rate: int) -> dict:
+    """``{"count", "sha256", "sample_rate"}`` of a set of mono clips (float, [-1, 1]): the sha256 of their 16-bit
+    samples, lengths and sample rate (first 16 hex digits), the audio counterpart of ``fingerprint``.
+
+    Example:
+        >>> audio_fingerprint(np.zeros((2, 4)), 16000)
+        {'count': 2, 'sha256': '89abeef8d0b8fdf9', 'sample_rate': 16000}
+    """
+    digest = hashlib.sha256(str(int(sample_rate)).encode())
+    for clip in clips:
+        samples = (np.clip(np.asarray(clip, dtype=np.float64).reshape(-1), -1, 1) * 32767).round().astype("<i2")
+        digest.update(str(samples.shape[0]).encode() + samples.tobytes())
+    return {"count": len(clips), "sha256": digest.hexdigest()[:16], "sample_rate": int(sample_rate)}
+
+
 def details(
     interval: list[float], num_samples: int, feature_extractor: str, reference: dict | None, seed: int = 0
 ) -> dict:

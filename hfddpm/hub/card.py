@@ -439,11 +439,12 @@ def _provenance_lines(info: dict) -> list[str]:
     groups = {}
     for key, detail in info.items():
         reference = detail.get("reference")
-        where = (
-            f"reference {reference.get('name')} ({reference.get('count')} images, sha256 {reference.get('sha256')})"
-            if isinstance(reference, dict)
-            else "the training images"
-        )
+        if isinstance(reference, dict):
+            what = f"clips at {reference['sample_rate']} Hz" if "sample_rate" in reference else "images"
+            count, sha = reference.get("count"), reference.get("sha256")
+            where = f"reference {reference.get('name')} ({count} {what}, sha256 {sha})"
+        else:
+            where = "the training images"
         groups.setdefault((detail.get("feature_extractor"), where), []).append(f"`{key}`")
     if not groups:
         return []

@@ -579,6 +579,11 @@ def _check_audio_metrics(config: TrainConfig, mel) -> None:
     from hfddpm.evaluation.spoken_digits import check_spectrogram_settings
 
     chosen = parse_metrics(config.eval_metrics)
+    if "fad" in chosen:
+        raise ValueError(
+            "--eval_metrics fad is not computed during training (it needs a pretrained audio network and real clips);"
+            " score the saved model with `hfddpm evaluate OUTPUT_DIR --metrics fad`."
+        )
     if mel is None and "spoken_digits" in chosen:
         raise ValueError("--eval_metrics spoken_digits scores an audio run's spectrograms; this run trains on images.")
     if mel is not None:
