@@ -77,6 +77,25 @@ def test_streamed_spectrograms_are_the_map_style_ones(tmp_path):
     assert streamed[0]["pixel_values"].amin() >= -1 and streamed[0]["pixel_values"].amax() == 1
 
 
+def test_dataloader_workers_give_the_batches_of_one_reader(tmp_path):
+    folder = audio_folder(tmp_path / "clips", broken=1)
+    dataset = load_train_dataset(train_data_dir=str(folder), streaming=True)
+    kwargs = dict(resolution=16, channels=1, batch_size=4, seed=1, shuffle_buffer_size=8)
+    loaders = {}
+    for workers in (0, 2):
+        stream, columns, convert = spectrogram_stream(
+            dataset, "audio", HFDDPMMel(**MEL), "label", max_bad_fraction=0.5
+        )
+        loaders[workers] = _batches(
+            make_train_dataloader(stream, columns, decode=convert, num_workers=workers, **kwargs), 6
+        )
+    for a, b in zip(loaders[0], loaders[2], strict=True):
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["class_labels"], b["class_labels"])
+        assert torch.equal(a["position"], b["position"]) and int(a["num_bad_images"]) == int(b["num_bad_images"])
+    assert [b["position"].tolist() for b in loaders[0]] == [[0, 4], [0, 8], [0, 10], [1, 4], [1, 8], [1, 10]]
+    assert sum(int(b["num_bad_images"]) for b in loaders[0]) == 2  # the broken clip, once an epoch
+
+
 def test_a_22050_hz_clip_in_a_16000_hz_stream_is_resampled_and_logged_once(tmp_path, caplog):
     folder = audio_folder(tmp_path / "clips")
     stream, columns, _ = spectrogram_stream(
