@@ -4,15 +4,18 @@ stopped and saves a pipeline that makes sound. All audio is generated here (tone
 """
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile
 import torch
 from safetensors.torch import load_file
-from train_helpers import run_train
+from train_helpers import ROOT, run_train
 
 from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline
 from hfddpm.audio import SpectrogramConverter, load_audio_folder, spectrogram_dataset, spectrogram_stream
@@ -201,3 +204,29 @@ def test_streamed_audio_run_trains_resumes_and_saves_a_pipeline_that_makes_sound
     sound = pipe(batch_size=3, class_labels=[0, 1, 2], num_inference_steps=2, output_type="np",
                  generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert sound.audios.shape == (3, 960) and sound.sample_rate == SR and np.isfinite(sound.audios).all()
+
+
+def test_bench_audio_stream_smoke(tmp_path):
+    out = tmp_path / "audio_stream.json"
+    args = [
+        "--clips",
+        "8",
+        "--seconds",
+        "0.3",
+        "--batch-size",
+        "4",
+        "--batches",
+        "1",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+    ]
+    bench = ROOT / "benchmarks" / "bench_audio_stream.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["path"], r["workers"]) for r in rows] == [("map-style", 0), ("streamed", 0)]
+    assert rows[0]["conversion_up_front_s"] > 0 and all(r["clips_per_second"] > 0 for r in rows)
+    assert "| streamed | 0 | 0.00 s |" in result.stdout
