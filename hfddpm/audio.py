@@ -36,7 +36,13 @@ from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hfddpm.data import BAD_EXAMPLES_MIN_READ, DatasetColumns, check_label_column, resolve_class_names
+from hfddpm.data import (
+    BAD_EXAMPLES_MIN_READ,
+    DatasetColumns,
+    check_label_column,
+    column_names,
+    resolve_class_names,
+)
 from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
 
 logger = logging.getLogger(__name__)
@@ -108,9 +114,9 @@ def audio_columns(dataset) -> list[str]:
 def resolve_audio_column(dataset, audio_column: str | None) -> str | None:
     """``audio_column`` checked against the dataset, else its only ``datasets.Audio`` column, else ``None`` (an image
     dataset). ``ValueError`` naming the columns when the one asked for is missing or several could be meant."""
-    names = list(dataset.features or {})
     found = audio_columns(dataset)
     if audio_column is not None:
+        names = column_names(dataset)  # a stream of unknown features: those of its first example
         if audio_column not in names:
             hint = f" Audio columns: {found}." if found else " No column has a datasets.Audio feature."
             raise ValueError(

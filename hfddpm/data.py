@@ -161,7 +161,8 @@ class DatasetColumns:
         return len(self.class_names) if self.class_names is not None else 0
 
 
-def _column_names(dataset) -> list[str]:
+def column_names(dataset) -> list[str]:
+    """The columns of a dataset; for a stream of unknown features (e.g. json), those of its first example."""
     if dataset.features is not None:
         return list(dataset.features)
     # Iterable datasets of unknown features (e.g. json): look at the first example.
@@ -179,7 +180,7 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
     are accepted too (classes ``0..max``). The labels of a map-style dataset are checked here, before any training:
     none may be missing or out of range. Raises ``ValueError`` naming the column, the bad row and the valid choices.
     """
-    names = _column_names(dataset)
+    names = column_names(dataset)
     features = dataset.features or {}
     image_like = [n for n in names if isinstance(features.get(n), datasets.Image)]
     hint = f" Image columns: {image_like}." if image_like else " No column has a datasets.Image feature."
@@ -206,7 +207,7 @@ def check_label_column(names: list[str], label_column: str) -> None:
 def resolve_class_names(dataset, label_column: str) -> list[str]:
     """The classes of ``label_column``: its ``ClassLabel`` names, or ``0..max`` for integer labels of a map-style
     dataset (whose labels are checked here; a stream's are checked as they are read). ``ValueError`` otherwise."""
-    check_label_column(_column_names(dataset), label_column)
+    check_label_column(column_names(dataset), label_column)
     feature = (dataset.features or {}).get(label_column)
     if isinstance(feature, datasets.ClassLabel):
         class_names = list(feature.names)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import datasets
 import numpy as np
 import pytest
 import soundfile
@@ -18,7 +19,13 @@ from safetensors.torch import load_file
 from train_helpers import ROOT, run_train
 
 from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline
-from hfddpm.audio import SpectrogramConverter, load_audio_folder, spectrogram_dataset, spectrogram_stream
+from hfddpm.audio import (
+    SpectrogramConverter,
+    load_audio_folder,
+    resolve_audio_column,
+    spectrogram_dataset,
+    spectrogram_stream,
+)
 from hfddpm.data import load_train_dataset, make_train_dataloader, resolve_columns
 from hfddpm.training import TrainConfig
 from hfddpm.training.engine import setup
@@ -230,3 +237,27 @@ def test_bench_audio_stream_smoke(tmp_path):
     assert [(r["path"], r["workers"]) for r in rows] == [("map-style", 0), ("streamed", 0)]
     assert rows[0]["conversion_up_front_s"] > 0 and all(r["clips_per_second"] > 0 for r in rows)
     assert "| streamed | 0 | 0.00 s |" in result.stdout
+
+
+def test_a_stream_of_unknown_features_trains_on_the_audio_column_named(tmp_path):
+    folder = audio_folder(tmp_path / "clips")
+    paths = sorted(str(p) for p in folder.rglob("*.wav"))
+
+    def rows():  # e.g. a json stream of file paths: no datasets.Audio feature to find
+        yield from ({"sound": path, "note": "x"} for path in paths)
+
+    stream = datasets.IterableDataset.from_generator(rows)
+    assert stream.features is None and resolve_audio_column(stream, None) is None
+    with pytest.raises(
+        ValueError, match=r"Audio column 'audio' not found; the dataset has columns \['sound', 'note'\]"
+    ):
+        resolve_audio_column(stream, "audio")
+    assert resolve_audio_column(stream, "sound") == "sound"
+    with pytest.raises(ValueError, match=r"Label column 'note' is None, not a datasets.ClassLabel"):
+        spectrogram_stream(stream, "sound", HFDDPMMel(**MEL), "note")
+    stream, columns, convert = spectrogram_stream(stream, "sound", HFDDPMMel(**MEL))
+    batch = next(
+        iter(make_train_dataloader(stream, columns, resolution=16, channels=1, batch_size=9, seed=0, decode=convert))
+    )
+    assert batch["pixel_values"].shape == (9, 1, 16, 16) and "class_labels" not in batch
+    assert convert.num_read == 9 and convert.resampled == {22050: 3}
