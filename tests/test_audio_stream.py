@@ -261,3 +261,37 @@ def test_a_stream_of_unknown_features_trains_on_the_audio_column_named(tmp_path)
     )
     assert batch["pixel_values"].shape == (9, 1, 16, 16) and "class_labels" not in batch
     assert convert.num_read == 9 and convert.resampled == {22050: 3}
+
+
+def test_a_streamed_parquet_dataset_with_wav_bytes_as_on_the_hub(tmp_path, monkeypatch):
+    import io
+
+    import pyarrow as pa
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    clips = []
+    for i in range(6):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, tone(400 * (1 + i % 2), 0.05, 22050), 22050, format="WAV")
+        clips.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"speech": datasets.Audio(), "label": datasets.ClassLabel(names=["low", "high"])})
+    table = pa.table({"speech": pa.array(clips, type=datasets.Audio().pa_type), "label": [0, 1] * 3})
+    (tmp_path / "data").mkdir()
+    datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features)).to_parquet(
+        tmp_path / "data" / "train.parquet"
+    )
+    stream = load_train_dataset(str(tmp_path / "data"), streaming=True)
+    assert isinstance(stream, datasets.IterableDataset) and resolve_audio_column(stream, None) == "speech"
+    stream, columns, convert = spectrogram_stream(stream, "speech", HFDDPMMel(**MEL), "label")
+    assert columns.class_names == ["low", "high"]
+    loader = make_train_dataloader(stream, columns, resolution=16, channels=1, batch_size=6, seed=0, decode=convert)
+    batch = next(iter(loader))
+    assert batch["pixel_values"].shape == (6, 1, 16, 16) and sorted(batch["class_labels"].tolist()) == [
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+    ]
+    assert convert.resampled == {22050: 6} and convert.padded == 6 and convert.num_bad == 0
