@@ -36,6 +36,13 @@ from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hfddpm.data import (
+    BAD_EXAMPLES_MIN_READ,
+    DatasetColumns,
+    check_label_column,
+    column_names,
+    resolve_class_names,
+)
 from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = tuple(sorted(AudioFolder.EXTENSIONS, key=str.lower))
 # The column of the spectrogram images that spectrogram_dataset writes.
 SPECTROGRAM_COLUMN = "image"
+# A stream's converter logs a summary of what it did every this many clips.
+STREAM_SUMMARY_EVERY = 1000
 
 
 class AudioDecodeError(ValueError):
@@ -105,9 +114,9 @@ def audio_columns(dataset) -> list[str]:
 def resolve_audio_column(dataset, audio_column: str | None) -> str | None:
     """``audio_column`` checked against the dataset, else its only ``datasets.Audio`` column, else ``None`` (an image
     dataset). ``ValueError`` naming the columns when the one asked for is missing or several could be meant."""
-    names = list(dataset.features or {})
     found = audio_columns(dataset)
     if audio_column is not None:
+        names = column_names(dataset)  # a stream of unknown features: those of its first example
         if audio_column not in names:
             hint = f" Audio columns: {found}." if found else " No column has a datasets.Audio feature."
             raise ValueError(
@@ -171,6 +180,127 @@ def spectrogram_image(spectrogram: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(np.clip(spectrogram, 0, 1) * 65535).astype(np.uint16))
 
 
+class SpectrogramConverter:
+    """Clips -> 16-bit spectrogram images: :func:`decode_audio` (resample, mix down), ``mel.audio_to_spectrogram``
+    (cut or zero-pad, log-mel), :func:`spectrogram_image`. The one conversion of both audio paths: all clips up front
+    (:func:`spectrogram_dataset`) or clip by clip as a stream is read (:func:`spectrogram_stream`, where it is the
+    DataLoader's ``decode``). It counts what it did; :meth:`summary` says it in a few lines.
+
+    Called on a clip (the stream's ``decode``) it returns the image, or ``None`` for an empty or unreadable clip,
+    which is skipped and counted; each kind of change (resampled from a rate, mixed down from a channel count, cut,
+    padded) is logged the first time it happens, and :meth:`summary` every ``summary_every`` clips. A stream has no
+    known length, so the broken clips are judged as they come: once at least ``min_clips`` clips were read (by this
+    converter, i.e. this process or DataLoader worker), more than ``max_bad_fraction`` of them broken is a
+    ``ValueError`` naming the first few (:meth:`check`).
+
+    Example:
+        >>> import numpy as np
+        >>> from hfddpm import HFDDPMMel
+        >>> mel = HFDDPMMel(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
+        >>> convert = SpectrogramConverter(mel)
+        >>> image = convert({"array": np.sin(np.arange(4000) * 0.3), "sampling_rate": 16000})
+        >>> image.size, image.mode, convert({"bytes": b"not audio", "path": "x.wav"})
+        ((16, 16), 'I;16', None)
+        >>> print("\\n".join(convert.summary()))  # doctest: +ELLIPSIS
+        Resampled 1 of 2 clips to 8000 Hz (1 at 16000 Hz).
+        Clips are 0.120 s (960 samples): cut 1, zero-padded 0.
+        Skipped 1 of 2 audio clips that could not be read: clip 2 (x.wav): not readable as audio (...).
+    """
+
+    # the broken clips an error names
+    max_named = 3
+
+    def __init__(
+        self,
+        mel: HFDDPMMel,
+        *,
+        max_bad_fraction: float = 0.01,
+        min_clips: int = BAD_EXAMPLES_MIN_READ,
+        summary_every: int = STREAM_SUMMARY_EVERY,
+    ):
+        self.mel = mel
+        self.max_bad_fraction, self.min_clips, self.summary_every = max_bad_fraction, min_clips, summary_every
+        self.num_read, self.num_bad, self.bad = 0, 0, []
+        self.resampled, self.mixed, self.cut, self.padded = Counter(), Counter(), 0, 0
+
+    def convert(self, value, where: str) -> tuple[Image.Image | None, list[str]]:
+        """One clip -> ``(image or None if broken, the kinds of change first seen in it)``; ``where`` names it."""
+        self.num_read += 1
+        try:
+            waveform, info = decode_audio(value, self.mel.sample_rate)
+        except AudioDecodeError as err:
+            self.num_bad += 1
+            if len(self.bad) < self.max_named:
+                self.bad.append(f"{where}: {err}")
+            return None, []
+        sample_rate, num_samples = self.mel.sample_rate, self.mel.num_samples
+        new = []
+        if "resampled_from" in info:
+            rate = info["resampled_from"]
+            if not self.resampled[rate]:
+                new.append(f"Resampling clips from {rate} Hz to {sample_rate} Hz (the first: {where}).")
+            self.resampled[rate] += 1
+        if "mixed_down" in info:
+            channels = info["mixed_down"]
+            if not self.mixed[channels]:
+                new.append(f"Mixing clips with {channels} channels down to mono (the first: {where}).")
+            self.mixed[channels] += 1
+        if waveform.shape[0] > num_samples:
+            if not self.cut:
+                new.append(f"Cutting clips longer than {self.mel.audio_seconds:.3f} s (the first: {where}).")
+            self.cut += 1
+        elif waveform.shape[0] < num_samples:
+            if not self.padded:
+                new.append(f"Zero-padding clips shorter than {self.mel.audio_seconds:.3f} s (the first: {where}).")
+            self.padded += 1
+        return spectrogram_image(self.mel.audio_to_spectrogram(waveform)), new
+
+    def __call__(self, value) -> Image.Image | None:
+        """A stream's clip -> its image (``None`` if broken), logging new kinds of change and periodic summaries;
+        raises when too many clips are broken (:meth:`check`)."""
+        image, new = self.convert(value, f"clip {self.num_read + 1} ({_where(value)})")
+        for line in new:
+            (logger.warning if line.startswith(("Resampling", "Mixing")) else logger.info)(line)
+        if self.num_read >= self.min_clips:
+            self.check()
+        if self.num_read % self.summary_every == 0:
+            for line in self.summary():
+                logger.info(line)
+        return image
+
+    def summary(self) -> list[str]:
+        """What was done to the clips read so far: resampled, mixed down, cut or padded, skipped."""
+        total, lines = self.num_read, []
+        if self.resampled:
+            rates = ", ".join(f"{n} at {rate} Hz" for rate, n in sorted(self.resampled.items()))
+            lines.append(
+                f"Resampled {sum(self.resampled.values())} of {total} clips to {self.mel.sample_rate} Hz ({rates})."
+            )
+        if self.mixed:
+            channels = ", ".join(f"{n} with {c} channels" for c, n in sorted(self.mixed.items()))
+            lines.append(f"Mixed {sum(self.mixed.values())} of {total} clips down to mono ({channels}).")
+        if self.cut or self.padded:
+            lines.append(
+                f"Clips are {self.mel.audio_seconds:.3f} s ({self.mel.num_samples} samples): cut {self.cut},"
+                f" zero-padded {self.padded}."
+            )
+        if self.num_bad:
+            lines.append(f"Skipped {self.num_bad} of {total} audio clips that could not be read: {self._named()}.")
+        return lines
+
+    def check(self) -> None:
+        """A ``ValueError`` naming the first broken clips when more than ``max_bad_fraction`` of those read are."""
+        if self.num_bad > self.max_bad_fraction * self.num_read:
+            raise ValueError(
+                f"{self.num_bad} of the {self.num_read} audio clips could not be read"
+                f" ({self.num_bad / self.num_read:.1%} > --max_bad_image_fraction {self.max_bad_fraction}):"
+                f" {self._named()}. Remove or repair them, or raise --max_bad_image_fraction to skip them."
+            )
+
+    def _named(self) -> str:
+        return "; ".join(self.bad) + ("; ..." if self.num_bad > len(self.bad) else "")
+
+
 def spectrogram_dataset(
     dataset: datasets.Dataset,
     audio_column: str,
@@ -182,68 +312,96 @@ def spectrogram_dataset(
     """Every clip of ``audio_column`` as a log-mel spectrogram image (column ``image``, 16-bit PNG), with
     ``label_column`` kept (all other columns are dropped).
 
-    Clips are resampled to ``mel.sample_rate``, mixed down to mono, cut or zero-padded to ``mel.num_samples``; each
-    kind of change is counted and logged once. Empty or unreadable clips are skipped and counted; more than
-    ``max_bad_fraction`` of them is a ``ValueError`` naming the first few.
+    Clips are converted by :class:`SpectrogramConverter` (resampled to ``mel.sample_rate``, mixed down to mono, cut
+    or zero-padded to ``mel.num_samples``); what was done is counted and logged once, at the end. Empty or
+    unreadable clips are skipped and counted; more than ``max_bad_fraction`` of them is a ``ValueError`` naming the
+    first few. A stream (``datasets.IterableDataset``) is converted as it is read: :func:`spectrogram_stream`.
     """
     if not isinstance(dataset, datasets.Dataset):
         raise ValueError(
-            "Audio training converts every clip to a spectrogram before training, which needs a map-style dataset;"
-            " drop --streaming."
+            f"spectrogram_dataset converts a map-style dataset up front, not a {type(dataset).__name__}; a stream is"
+            " converted as it is read by hfddpm.audio.spectrogram_stream."
         )
-    if label_column is not None and label_column not in dataset.column_names:
-        raise ValueError(
-            f"Label column {label_column!r} not found; the dataset has columns {dataset.column_names}. Pass the right"
-            " one with --label_column, or train unconditionally with --no_class_conditional."
-        )
-    feature = dataset.features.get(audio_column)
-    if isinstance(feature, datasets.Audio) and feature.decode:
-        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    if label_column is not None:
+        check_label_column(dataset.column_names, label_column)
+    dataset = _undecoded_audio(dataset, audio_column)
     keep = [audio_column] + ([label_column] if label_column else [])
     dataset = dataset.select_columns(keep)
-    images, labels, bad = [], [], []
-    resampled, mixed, cut, padded = Counter(), Counter(), 0, 0
+    converter = SpectrogramConverter(mel, max_bad_fraction=max_bad_fraction)
+    images, labels = [], []
     for index, row in enumerate(tqdm(dataset, desc="audio -> spectrograms", unit="clip", leave=False)):
-        try:
-            waveform, info = decode_audio(row[audio_column], mel.sample_rate)
-        except AudioDecodeError as err:
-            bad.append(f"row {index} ({_where(row[audio_column])}): {err}")
+        image, _ = converter.convert(row[audio_column], f"row {index} ({_where(row[audio_column])})")
+        if image is None:
             continue
-        if "resampled_from" in info:
-            resampled[info["resampled_from"]] += 1
-        if "mixed_down" in info:
-            mixed[info["mixed_down"]] += 1
-        cut += waveform.shape[0] > mel.num_samples
-        padded += waveform.shape[0] < mel.num_samples
-        images.append(spectrogram_image(mel.audio_to_spectrogram(waveform)))
+        images.append(image)
         if label_column:
             labels.append(row[label_column])
-    total = len(dataset)
-    if resampled:
-        rates = ", ".join(f"{n} at {rate} Hz" for rate, n in sorted(resampled.items()))
-        logger.warning(f"Resampled {sum(resampled.values())} of {total} clips to {mel.sample_rate} Hz ({rates}).")
-    if mixed:
-        channels = ", ".join(f"{n} with {c} channels" for c, n in sorted(mixed.items()))
-        logger.warning(f"Mixed {sum(mixed.values())} of {total} clips down to mono ({channels}).")
-    if cut or padded:
-        logger.info(
-            f"Clips are {mel.audio_seconds:.3f} s ({mel.num_samples} samples): cut {cut}, zero-padded {padded}."
-        )
-    if bad:
-        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        if len(bad) > max_bad_fraction * total:
-            raise ValueError(
-                f"{len(bad)} of the {total} audio clips could not be read ({len(bad) / total:.1%} >"
-                f" --max_bad_image_fraction {max_bad_fraction}): {shown}. Remove or repair them, or raise"
-                " --max_bad_image_fraction to skip them."
-            )
-        logger.warning(f"Skipped {len(bad)} of {total} audio clips that could not be read: {shown}.")
+    converter.check()  # the whole dataset was read: the fraction is final
+    for line in converter.summary():
+        (logger.info if line.startswith("Clips are") else logger.warning)(line)
     columns = {SPECTROGRAM_COLUMN: images}
     features = {SPECTROGRAM_COLUMN: datasets.Image()}
     if label_column:
         columns[label_column] = labels
         features[label_column] = dataset.features[label_column]
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def spectrogram_stream(
+    dataset: datasets.IterableDataset,
+    audio_column: str,
+    mel: HFDDPMMel,
+    label_column: str | None = None,
+    *,
+    max_bad_fraction: float = 0.01,
+) -> tuple[datasets.IterableDataset, DatasetColumns, SpectrogramConverter]:
+    """A streamed audio dataset for :func:`hfddpm.data.make_train_dataloader`: ``(the stream with ``audio_column``
+    undecoded and ``label_column`` kept, its columns, the converter to pass as ``decode``)``.
+
+    Nothing is converted here: each clip becomes the same spectrogram image as :func:`spectrogram_dataset` makes,
+    inside the DataLoader, only for the examples a process and worker trains on (sharding, the shuffle buffer and
+    resume positions are the image stream's). The classes come from the label column's ``ClassLabel`` feature (a
+    stream's labels are checked as they are read). Broken clips follow :class:`SpectrogramConverter`'s rule: skipped
+    and counted, and a ``ValueError`` naming the first few once more than ``max_bad_fraction`` of at least
+    ``BAD_EXAMPLES_MIN_READ`` (200) clips read are broken.
+
+    Example:
+        >>> import numpy as np, datasets
+        >>> from hfddpm import HFDDPMMel
+        >>> from hfddpm.data import make_train_dataloader
+        >>> mel = HFDDPMMel(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
+        >>> clips = [{"array": np.sin(np.arange(1000) * f), "sampling_rate": 8000} for f in (0.2, 0.6, 0.2, 0.6)]
+        >>> clips = datasets.Dataset.from_dict({"clip": clips, "label": [0, 1, 0, 1]})
+        >>> clips = clips.cast_column("label", datasets.ClassLabel(names=["low", "high"])).to_iterable_dataset()
+        >>> stream, columns, convert = spectrogram_stream(clips, "clip", mel, "label")
+        >>> columns.class_names
+        ['low', 'high']
+        >>> loader = make_train_dataloader(stream, columns, resolution=16, channels=1, batch_size=2, seed=0,
+        ...                                decode=convert)
+        >>> batch = next(iter(loader))
+        >>> tuple(batch["pixel_values"].shape), batch["class_labels"].tolist()
+        ((2, 1, 16, 16), [0, 0])
+    """
+    if not isinstance(dataset, datasets.IterableDataset):
+        raise ValueError(
+            f"spectrogram_stream converts a datasets.IterableDataset as it is read, not a {type(dataset).__name__};"
+            " a map-style dataset is converted up front by hfddpm.audio.spectrogram_dataset."
+        )
+    class_names = None
+    if label_column is not None:
+        class_names = resolve_class_names(dataset, label_column)
+    dataset = _undecoded_audio(dataset, audio_column)
+    dataset = dataset.select_columns([audio_column] + ([label_column] if label_column else []))
+    columns = DatasetColumns(audio_column, label_column, class_names)
+    return dataset, columns, SpectrogramConverter(mel, max_bad_fraction=max_bad_fraction)
+
+
+def _undecoded_audio(dataset, audio_column: str):
+    """The audio column left as bytes/paths: decode_audio reads it (no torchcodec needed) and can fail softly."""
+    feature = (dataset.features or {}).get(audio_column)
+    if isinstance(feature, datasets.Audio) and feature.decode:
+        return dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    return dataset
 
 
 def _where(value) -> str:

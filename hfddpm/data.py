@@ -28,6 +28,7 @@ import copy
 import functools
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -42,6 +43,8 @@ EMBEDDED_DATASET_NAME = "mnist_5k"
 CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # What PIL raises on files that are not images, truncated or otherwise broken.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# The fraction of broken examples (images, audio clips) is judged once this many were read (or the whole dataset).
+BAD_EXAMPLES_MIN_READ = 200
 
 
 @functools.lru_cache(maxsize=1)
@@ -158,7 +161,8 @@ class DatasetColumns:
         return len(self.class_names) if self.class_names is not None else 0
 
 
-def _column_names(dataset) -> list[str]:
+def column_names(dataset) -> list[str]:
+    """The columns of a dataset; for a stream of unknown features (e.g. json), those of its first example."""
     if dataset.features is not None:
         return list(dataset.features)
     # Iterable datasets of unknown features (e.g. json): look at the first example.
@@ -176,7 +180,7 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
     are accepted too (classes ``0..max``). The labels of a map-style dataset are checked here, before any training:
     none may be missing or out of range. Raises ``ValueError`` naming the column, the bad row and the valid choices.
     """
-    names = _column_names(dataset)
+    names = column_names(dataset)
     features = dataset.features or {}
     image_like = [n for n in names if isinstance(features.get(n), datasets.Image)]
     hint = f" Image columns: {image_like}." if image_like else " No column has a datasets.Image feature."
@@ -188,12 +192,23 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
     _check_image_column(dataset, image_column, hint)
     if label_column is None:
         return DatasetColumns(image_column)
+    return DatasetColumns(image_column, label_column, resolve_class_names(dataset, label_column))
+
+
+def check_label_column(names: list[str], label_column: str) -> None:
+    """A ``ValueError`` naming the columns when ``label_column`` is not one of ``names``."""
     if label_column not in names:
         raise ValueError(
             f"Label column {label_column!r} not found; the dataset has columns {names}. Pass the right one with"
             " --label_column, or train unconditionally with --no_class_conditional."
         )
-    feature = features.get(label_column)
+
+
+def resolve_class_names(dataset, label_column: str) -> list[str]:
+    """The classes of ``label_column``: its ``ClassLabel`` names, or ``0..max`` for integer labels of a map-style
+    dataset (whose labels are checked here; a stream's are checked as they are read). ``ValueError`` otherwise."""
+    check_label_column(column_names(dataset), label_column)
+    feature = (dataset.features or {}).get(label_column)
     if isinstance(feature, datasets.ClassLabel):
         class_names = list(feature.names)
         if isinstance(dataset, datasets.Dataset):
@@ -211,7 +226,7 @@ def resolve_columns(dataset, image_column: str = "image", label_column: str | No
         )
     if not class_names:
         raise ValueError(f"Label column {label_column!r} declares no classes.")
-    return DatasetColumns(image_column, label_column, class_names)
+    return class_names
 
 
 def _check_image_column(dataset, image_column: str, hint: str):
@@ -306,6 +321,15 @@ def to_pil(value) -> Image.Image:
         image = Image.fromarray(array)
     image.load()  # decode now, so truncated files fail here and not later
     return image
+
+
+def read_image(value) -> Image.Image | None:
+    """:func:`to_pil`, or ``None`` for a value that is not a readable image (the readers skip and count it): the
+    default ``decode`` of a stream (:func:`make_train_dataloader`)."""
+    try:
+        return to_pil(value)
+    except DECODE_ERRORS:
+        return None
 
 
 # Single-band PIL modes with more than 8 bits per pixel, which PIL's convert("L") would clip at 255 instead of scale.
@@ -519,7 +543,9 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
     Consecutive examples of an epoch are cut into batches; DataLoader worker ``w`` of ``n`` decodes batches
     ``w, w + n, ...`` while skipping the others undecoded, so the DataLoader returns them in stream order whatever
     the number of workers. Each batch reports ``position = (epoch, offset)`` just after it; a resumed stream starts
-    there, skipping the examples already seen without decoding them.
+    there, skipping the examples already seen without decoding them. ``decode`` turns a value of the image column
+    into a PIL image, ``None`` for a broken one (skipped and counted): :func:`read_image`, or an audio stream's
+    :class:`hfddpm.audio.SpectrogramConverter`.
     """
 
     def __init__(
@@ -532,10 +558,12 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         seed: int,
         rank: int = 0,
         start: tuple[int, int] = (0, 0),
+        decode: Callable[[object], Image.Image | None] = read_image,
     ):
         self.dataset = _undecoded(dataset, columns.image_column)
         self.columns = columns
         self.transform = transform
+        self.decode = decode
         self.batch_size = batch_size
         self.seed, self.rank = seed, rank
         self.start = start
@@ -543,9 +571,8 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
     def _decode_batch(self, rows: list[dict], epoch: int, first_offset: int) -> tuple[list[dict], int]:
         samples, num_bad = [], 0
         for offset, row in enumerate(rows, start=first_offset):
-            try:
-                image = to_pil(row[self.columns.image_column])
-            except DECODE_ERRORS:
+            image = self.decode(row[self.columns.image_column])
+            if image is None:
                 num_bad += 1
                 continue
             rng = _example_rng(self.seed, self.rank, epoch, offset) if self.transform.is_random else None
@@ -628,6 +655,7 @@ def make_train_dataloader(
     shuffle_buffer_size: int = 1000,
     pin_memory: bool = False,
     resident_device: torch.device | str | None = None,
+    decode: Callable[[object], Image.Image | None] | None = None,
 ) -> "torch.utils.data.DataLoader | ResidentImageBatches":
     """An endless DataLoader of ``{"pixel_values", "class_labels"?, "num_bad_images", "num_read_images",
     "position"}`` batches for process ``rank`` of ``world_size``, starting at ``start = (epoch, offset)``.
@@ -635,7 +663,9 @@ def make_train_dataloader(
     Map-style datasets are permuted per epoch and dealt to processes by :class:`EpochShardSampler`; streaming ones are
     shuffled with a buffer of ``shuffle_buffer_size`` and split with ``datasets.distributed.split_dataset_by_node``.
     With ``resident_device``, a small map-style dataset without random transforms is decoded once onto that device
-    (:class:`ResidentImageBatches`, the same batches in the same order).
+    (:class:`ResidentImageBatches`, the same batches in the same order). ``decode`` (streams only) turns a value of
+    the image column into an image, ``None`` for a broken one: default :func:`read_image`; an audio stream passes the
+    :class:`hfddpm.audio.SpectrogramConverter` of :func:`hfddpm.audio.spectrogram_stream`.
     """
     transform = ImageTransform(resolution, channels, center_crop=center_crop, random_flip=random_flip)
     # workers are seeded from this generator, never from the global RNG (keeps resumed runs identical)
@@ -649,10 +679,22 @@ def make_train_dataloader(
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         stream = StreamingImageDataset(
-            dataset, columns, transform, batch_size=batch_size, seed=seed, rank=rank, start=start
+            dataset,
+            columns,
+            transform,
+            batch_size=batch_size,
+            seed=seed,
+            rank=rank,
+            start=start,
+            decode=decode or read_image,
         )
         return torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **worker_kwargs
+        )
+    if decode is not None:
+        raise ValueError(
+            "decode= applies to streams (datasets.IterableDataset); a map-style dataset holds images, decoded by"
+            " to_pil (convert audio up front with hfddpm.audio.spectrogram_dataset)."
         )
     sampler = EpochShardSampler(
         len(dataset), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle, start=start

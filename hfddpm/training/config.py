@@ -31,7 +31,7 @@ from pathlib import Path
 
 from diffusers.optimization import SchedulerType
 
-from hfddpm.data import EMBEDDED_DATASET_NAME
+from hfddpm.data import BAD_EXAMPLES_MIN_READ, EMBEDDED_DATASET_NAME
 from hfddpm.models.unet_presets import UNET_PRESETS
 from hfddpm.schedulers.scheduling_hfddpm import NOISE_SCHEDULES, PREDICTION_TYPES
 from hfddpm.training.precision import MIXED_PRECISION_CHOICES
@@ -105,7 +105,10 @@ class TrainConfig:
     center_crop: bool = _opt(False, "Centre-crop to a square (otherwise a random crop).", group="data")
     random_flip: bool = _opt(False, "Flip images horizontally at random.", group="data")
     streaming: bool = _opt(
-        False, "Stream the dataset (IterableDataset) instead of loading it; needs --max_train_steps.", group="data"
+        False,
+        "Stream the dataset (IterableDataset) instead of loading it; needs --max_train_steps. Audio clips are then"
+        " converted to spectrograms as they are read.",
+        group="data",
     )
     shuffle_buffer_size: int = _opt(1000, "Shuffle buffer of --streaming.", group="data", check=_POSITIVE)
     dataloader_num_workers: int = _opt(
@@ -124,7 +127,8 @@ class TrainConfig:
     max_bad_image_fraction: float = _opt(
         0.01,
         "Undecodable images (and unreadable or empty audio clips) are skipped; the run stops when more than this"
-        " fraction of the images read could not be decoded.",
+        " fraction of the images read could not be decoded (judged after"
+        f" {BAD_EXAMPLES_MIN_READ} read, or the whole dataset if smaller).",
         group="data",
         check=_UNIT,
     )

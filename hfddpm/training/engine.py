@@ -30,7 +30,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 
-from hfddpm.audio import SPECTROGRAM_COLUMN, resolve_audio_column, spectrogram_dataset
+from hfddpm.audio import SPECTROGRAM_COLUMN, resolve_audio_column, spectrogram_dataset, spectrogram_stream
 from hfddpm.data import check_resolution, load_train_dataset, resolve_columns
 from hfddpm.evaluation.sampling import make_scheduler
 from hfddpm.latents import check_latent_unet, check_vae_resolution, latent_settings, load_vae
@@ -207,6 +207,7 @@ class RunSetup:
     label_column: str | None
     vae: object = None  # the autoencoder of a latent run (hfddpm.latents.load_vae)
     mel: HFDDPMMel | None = None  # audio runs: the spectrogram conversion, saved as the pipeline's mel component
+    decode: object = None  # a streamed audio run: the clip -> spectrogram converter its DataLoader decodes with
 
     @property
     def num_classes(self) -> int:
@@ -249,18 +250,25 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
             streaming=config.streaming,
             cache_dir=config.cache_dir,
         )
-    # audio: every clip becomes a log-mel spectrogram image once (hfddpm.audio); the image path trains on those
-    image_column, mel = config.image_column, None
+    # audio: every clip becomes a log-mel spectrogram image (hfddpm.audio), once up front or, streamed, as it is
+    # read; the image path trains on those
+    mel, decode = None, None
     audio_column = resolve_audio_column(dataset, config.audio_column)
-    if audio_column is not None:
+    if audio_column is None:
+        columns = resolve_columns(dataset, config.image_column, label_column)
+    else:
         if config.random_flip:
             raise ValueError("--random_flip would play spectrograms backwards in time; leave it off for audio.")
         mel = build_mel(config, configured_resolution(config))
-        dataset = spectrogram_dataset(
-            dataset, audio_column, mel, label_column, max_bad_fraction=config.max_bad_image_fraction
-        )
-        image_column = SPECTROGRAM_COLUMN
-    columns = resolve_columns(dataset, image_column, label_column)
+        if config.streaming:
+            dataset, columns, decode = spectrogram_stream(
+                dataset, audio_column, mel, label_column, max_bad_fraction=config.max_bad_image_fraction
+            )
+        else:
+            dataset = spectrogram_dataset(
+                dataset, audio_column, mel, label_column, max_bad_fraction=config.max_bad_image_fraction
+            )
+            columns = resolve_columns(dataset, SPECTROGRAM_COLUMN, label_column)
 
     vae, vae_source = None, (config.vae, config.vae_subfolder, config.vae_revision)
     if mel is not None and vae_source[0] is not None:
@@ -302,7 +310,9 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
             " in_channels=1 and that sample_size (e.g. --preset mel64 or mel256)."
         )
     noise_scheduler = build_scheduler(config, resolution)
-    return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, mel=mel)
+    return RunSetup(
+        dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, mel=mel, decode=decode
+    )
 
 
 def _has_vae(config: TrainConfig) -> bool:

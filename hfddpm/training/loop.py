@@ -26,7 +26,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, broadcast, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
-from hfddpm.data import EMBEDDED_DATASET_NAME, ResidentImageBatches, fits_on_device, make_train_dataloader
+from hfddpm.data import (
+    BAD_EXAMPLES_MIN_READ,
+    EMBEDDED_DATASET_NAME,
+    ResidentImageBatches,
+    fits_on_device,
+    make_train_dataloader,
+)
 from hfddpm.evaluation import parse_metrics
 from hfddpm.training.budget import StepBudget
 from hfddpm.training.checkpoint import (
@@ -47,7 +53,7 @@ from hfddpm.training.trackers import check_trackers, log_grid
 logger = get_logger(__name__, log_level="INFO")
 
 # The bad-image fraction is judged once this many images were read (or the whole dataset, if smaller).
-BAD_IMAGE_MIN_READ = 200
+BAD_IMAGE_MIN_READ = BAD_EXAMPLES_MIN_READ
 TRAIN_METRICS_FILE = "train_metrics.json"
 CARD_FILE = "README.md"
 
@@ -213,6 +219,7 @@ def train(config: TrainConfig) -> Path:
             shuffle_buffer_size=config.shuffle_buffer_size,
             pin_memory=device.type == "cuda",
             resident_device=device if config.data_on_device else None,
+            decode=run.decode,
         )
     resolved = {
         **run.resolved(),
