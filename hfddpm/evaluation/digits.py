@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
@@ -28,9 +27,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..data import mnist_5k_arrays
-from .frechet import FrechetToReference, feature_statistics, frechet_distance
+from .classifier_metrics import classifier_metrics
+from .frechet import feature_statistics
 from .small_cnn import SmallCNN
-from .uncertainty import bootstrap_interval, details, fingerprint
+from .uncertainty import fingerprint
 
 DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("digit_classifier.safetensors")
 DIGIT_CLASSIFIER_INFO = Path(__file__).with_name("digit_classifier.json")
@@ -233,47 +233,21 @@ def digit_metrics(
     else:
         real, _ = reference_images(reference, "heldout", images.shape[-1])
         mu_ref, sigma_ref = feature_statistics(classify_digits(real, classifier)[0].double().numpy())
-    mu, sigma = feature_statistics(features.double().numpy())
-
-    confidence, predicted = probs.max(dim=-1)
-    histogram = torch.bincount(predicted, minlength=NUM_DIGIT_CLASSES)
-    metrics = {
-        "fd_digits": frechet_distance(mu, sigma, mu_ref, sigma_ref),
-        "confident_share": float((confidence >= confidence_threshold).double().mean()),
-        "class_histogram": histogram.tolist(),
-        "classes_covered": int((histogram > 0).sum()),
-        "num_images": int(images.shape[0]),
+    names = {
+        "fd": "fd_digits",
+        "histogram": "class_histogram",
+        "covered": "classes_covered",
+        "accuracy": "label_accuracy",
+        "confident": "confident_share",
     }
-    # per-sample values, so a resample's metric is a mean or a count over picked rows
-    per_sample = {
-        "fd_digits": FrechetToReference(features.double().numpy(), mu_ref, sigma_ref),
-        "confident_share": (confidence >= confidence_threshold).double().numpy(),
-        "classes_covered": predicted.numpy(),
-    }
-    if labels is not None:
-        labels = torch.as_tensor(labels).long().view(-1)
-        if labels.shape[0] != images.shape[0]:
-            raise ValueError(f"got {labels.shape[0]} labels for {images.shape[0]} images.")
-        metrics["label_accuracy"] = float((predicted == labels).double().mean())
-        per_sample["label_accuracy"] = (predicted == labels).double().numpy()
-    n = images.shape[0]
-    statistics = {
-        "fd_digits": (per_sample["fd_digits"], (0.0, math.inf)),
-        "confident_share": (lambda idx: per_sample["confident_share"][idx].mean(), (0.0, 1.0)),
-        "classes_covered": (lambda idx: len(np.unique(per_sample["classes_covered"][idx])), (0, NUM_DIGIT_CLASSES)),
-    }
-    if labels is not None:
-        statistics["label_accuracy"] = (lambda idx: per_sample["label_accuracy"][idx].mean(), (0.0, 1.0))
-    extractor = digit_features_name() if classifier is None else "digit-classifier (custom weights)"
-    reference_info = reference_fingerprint(reference, "heldout", images.shape[-1])
-    metrics["details"] = {
-        key: details(
-            bootstrap_interval(statistic, n, metrics[key], seed=seed, bounds=bounds),
-            n,
-            extractor,
-            reference_info,
-            seed,
-        )
-        for key, (statistic, bounds) in statistics.items()
-    }
-    return metrics
+    return classifier_metrics(
+        features,
+        probs,
+        (mu_ref, sigma_ref),
+        labels,
+        names=names,
+        extractor=digit_features_name() if classifier is None else "digit-classifier (custom weights)",
+        reference=reference_fingerprint(reference, "heldout", images.shape[-1]),
+        confidence_threshold=confidence_threshold,
+        seed=seed,
+    )

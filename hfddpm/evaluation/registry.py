@@ -90,7 +90,7 @@ def inception_scores(inputs: MetricInputs) -> dict:
 
 def spoken_digit_scores(inputs: MetricInputs) -> dict:
     """``spoken_digit_metrics`` of generated spectrograms (``spoken_digit_accuracy`` when they have labels)."""
-    scores = spoken_digit_metrics(inputs.images, inputs.labels)
+    scores = spoken_digit_metrics(inputs.images, inputs.labels, seed=inputs.seed)
     scores.pop("num_images")
     return scores
 

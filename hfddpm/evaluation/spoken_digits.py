@@ -15,19 +15,24 @@ Metrics (``spoken_digit_metrics``):
 Example:
     >>> import torch
     >>> scores = spoken_digit_metrics(torch.rand(8, 1, 64, 64), torch.arange(8))
-    >>> sorted(scores)
-    ['fd_spoken_digits', 'num_images', 'spoken_class_histogram', 'spoken_classes_covered', 'spoken_digit_accuracy']
+    >>> sorted(scores)  # doctest: +NORMALIZE_WHITESPACE
+    ['details', 'fd_spoken_digits', 'num_images', 'spoken_class_histogram', 'spoken_classes_covered',
+     'spoken_digit_accuracy']
+    >>> scores["details"]["spoken_digit_accuracy"]["num_samples"]
+    8
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from .frechet import feature_statistics, frechet_distance
+from .classifier_metrics import classifier_metrics
 from .small_cnn import SmallCNN
 
 SPOKEN_DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("spoken_digit_classifier.safetensors")
@@ -100,29 +105,46 @@ def spoken_digit_reference_statistics():
     return stats["mu"].double().numpy(), stats["sigma"].double().numpy()
 
 
-def spoken_digit_metrics(images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+def spoken_digit_metrics(images: torch.Tensor, labels: torch.Tensor | None = None, *, seed: int = 0) -> dict:
     """Spoken-digit metrics of generated spectrograms (``[N, 1, 64, 64]`` in [0, 1], at least 2).
 
     Returns ``fd_spoken_digits``, ``spoken_class_histogram`` (10 counts), ``spoken_classes_covered``, ``num_images``
-    and, with ``labels`` (the digit each sample was asked to be), ``spoken_digit_accuracy``.
+    and, with ``labels`` (the digit each sample was asked to be), ``spoken_digit_accuracy``; and ``details``: per
+    metric its bootstrap 95% interval (``seed`` seeds it), sample count, feature extractor and reference.
     """
     images = _check_spectrograms(images)
     if images.shape[0] < 2:
         raise ValueError(f"spoken-digit metrics need at least 2 spectrograms for a covariance, got {images.shape[0]}.")
     features, probs = classify_spoken_digits(images)
-    mu, sigma = feature_statistics(features.double().numpy())
-    mu_ref, sigma_ref = spoken_digit_reference_statistics()
-    predicted = probs.argmax(dim=-1)
-    histogram = torch.bincount(predicted, minlength=NUM_SPOKEN_DIGITS)
-    metrics = {
-        "fd_spoken_digits": frechet_distance(mu, sigma, mu_ref, sigma_ref),
-        "spoken_class_histogram": histogram.tolist(),
-        "spoken_classes_covered": int((histogram > 0).sum()),
-        "num_images": int(images.shape[0]),
+    names = {
+        "fd": "fd_spoken_digits",
+        "histogram": "spoken_class_histogram",
+        "covered": "spoken_classes_covered",
+        "accuracy": "spoken_digit_accuracy",
     }
-    if labels is not None:
-        labels = torch.as_tensor(labels).long().view(-1)
-        if labels.shape[0] != images.shape[0]:
-            raise ValueError(f"got {labels.shape[0]} labels for {images.shape[0]} spectrograms.")
-        metrics["spoken_digit_accuracy"] = float((predicted == labels).double().mean())
-    return metrics
+    return classifier_metrics(
+        features,
+        probs,
+        spoken_digit_reference_statistics(),
+        labels,
+        names=names,
+        extractor=spoken_digit_features_name(),
+        reference={"name": f"espeak-ng spoken digits ({SPOKEN_DIGIT_REFERENCE.name})", **_reference_digest()},
+        seed=seed,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def spoken_digit_features_name() -> str:
+    """How results name the classifier's features: ``spoken-digit-classifier sha256:<first 12 hex digits>``."""
+    digest = hashlib.sha256(SPOKEN_DIGIT_CLASSIFIER_WEIGHTS.read_bytes()).hexdigest()
+    return f"spoken-digit-classifier sha256:{digest[:12]}"
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_digest() -> dict:
+    info = spoken_digit_classifier_info()
+    return {
+        "count": info.get("num_train", 0) + info.get("num_heldout", 0),
+        "sha256": hashlib.sha256(SPOKEN_DIGIT_REFERENCE.read_bytes()).hexdigest()[:16],
+    }
