@@ -128,8 +128,10 @@ def train(config: TrainConfig) -> Path:
         and not config.streaming
         and fits_on_device(len(run.dataset), run.unet.config.in_channels, run.resolution, config.random_flip)
     )
-    recipe = config.recipe(gpu=gpu_recipe)
-    config = config.with_recipe(gpu=gpu_recipe)  # batch size, learning rate and warm-up filled in
+    # a CPU's precision is a rule (native bf16 or float32), known before the step format is resolved
+    float32_cpu = device.type == "cpu" and resolve_mixed_precision(config.mixed_precision) == "no"
+    recipe = config.recipe(gpu=gpu_recipe, float32_cpu=float32_cpu)
+    config = config.with_recipe(gpu=gpu_recipe, float32_cpu=float32_cpu)  # batch size, learning rate, warm-up
     step_format, precision_why = resolve_step_format(config, run, state)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -249,11 +251,13 @@ def train(config: TrainConfig) -> Path:
             else ""
         )
     )
-    if gpu_recipe and given.train_batch_size is None:
+    if (gpu_recipe or float32_cpu) and given.train_batch_size is None:
         logger.info(
-            f"GPU recipe (the data is on the device): batch {config.train_batch_size}, learning rate"
-            f" {config.learning_rate:g}, warm-up {config.lr_warmup_steps} steps, {recipe['max_train_steps']} steps:"
-            " the CPU recipe's images in larger batches (--train_batch_size sets your own)."
+            ("GPU recipe (the data is on the device)" if gpu_recipe else "float32 CPU recipe")
+            + f": batch {config.train_batch_size}, learning rate {config.learning_rate:g}, warm-up"
+            f" {config.lr_warmup_steps} steps, {recipe['max_train_steps']} steps: the recipe's images in "
+            + ("larger batches" if gpu_recipe else "smaller batches, twice the steps at about the same images/s")
+            + " (--train_batch_size sets your own)."
         )
     min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
     # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
