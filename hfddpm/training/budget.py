@@ -84,6 +84,7 @@ class StepBudget:
         self.replans: list[tuple[int, int]] = []  # (step, new planned length) of every correction
         self._checks_done = 0
         self._last_check = None  # (step, time) of the last check: each check times the steps since the one before
+        self.speed_from = None
 
     def now(self) -> float:
         """The budget's clock: ``clock`` without the time spent in :meth:`pause`."""
@@ -159,6 +160,7 @@ class StepBudget:
         now = self.now()
         since_step, since = self._last_check or (self.start_step + self.skip, self.timed_from)
         self._last_check = (step, now)
+        self.speed_from = since_step  # the steps the last check timed: speed_from to step
         speed = (step - since_step) / max(now - since, 1e-9)
         corrected = plan_steps(self.budget_s, now - self.t0, step, speed, self.cap, FINAL_RESERVE_FRACTION)
         if abs(corrected - self.planned) <= REPLAN_TOLERANCE * self.planned:

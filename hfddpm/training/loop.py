@@ -284,13 +284,17 @@ def train(config: TrainConfig) -> Path:
     if eval_steps:
         _check_audio_metrics(config, run.mel)
 
-    def plan_evaluations(total_steps: int) -> int:
-        """--eval_count evaluations spread over ``total_steps`` (the last one at the end)."""
-        return max(1, math.ceil(total_steps / config.eval_count))
-
-    if auto_eval and budget is None:  # a resumed run knows its length already
-        eval_steps = plan_evaluations(max_train_steps)
     eval_history = load_history(output_dir, up_to_step=global_step) if eval_steps or auto_eval else []
+    evaluations_done = len(eval_history)  # the same on every process (the history is read from disk)
+
+    def evaluation_due(step: int) -> bool:
+        """Every --eval_steps; or, for --eval_count, at the first step past each of the shares 1/n, 2/n, ... of the
+        run's length (which a time budget may still correct), the last at the end (after the loop)."""
+        if auto_eval:
+            k = evaluations_done + 1
+            return k < config.eval_count and step >= math.ceil(k * max_train_steps / config.eval_count)
+        return bool(eval_steps) and step % eval_steps == 0 and step < max_train_steps
+
     eval_seconds = 0.0  # evaluation time, left out of the time budget and of the images/s
 
     def evaluate(step: int) -> bool:
@@ -373,12 +377,10 @@ def train(config: TrainConfig) -> Path:
         if planned is not None and (global_step == budget.plan_step or planned != max_train_steps):
             if global_step == budget.plan_step:
                 engine.set_total_steps(planned)
-                if auto_eval:
-                    eval_steps = plan_evaluations(planned)
             else:  # a correction: the speed of all steps so far says the plan was off by more than 1%
                 logger.info(
                     f"The plan checked at step {global_step}: {budget.steps_per_second * images_per_step:.0f}"
-                    f" images/s since step {budget.start_step + budget.skip} (validation grids and checkpoints"
+                    f" images/s since step {budget.speed_from} (validation grids and checkpoints"
                     f" included) -> {planned} steps instead of {max_train_steps}; the rest of the LR schedule now"
                     " spans them"
                 )
@@ -396,7 +398,7 @@ def train(config: TrainConfig) -> Path:
                 f" budget -> {max_train_steps} steps"
                 + (" (the recipe's full length)" if max_train_steps == budget.cap else "")
                 + (
-                    f"; evaluating {config.eval_metrics} every {eval_steps} steps ({config.eval_num_images} samples),"
+                    f"; evaluating {config.eval_metrics} {config.eval_count} times ({config.eval_num_images} samples),"
                     " on top of the budget"
                     if auto_eval
                     else ""
@@ -453,10 +455,9 @@ def train(config: TrainConfig) -> Path:
             logger.info(f"Saved {path}")
             paused += time.perf_counter() - t
 
-        # (a budget's corrected plan can end just after an evaluation point: the final evaluation comes anyway)
-        near_end = auto_eval and max_train_steps - global_step < eval_steps // 2
-        if eval_steps and global_step % eval_steps == 0 and global_step < max_train_steps and not near_end:
+        if evaluation_due(global_step):
             t = time.perf_counter()
+            evaluations_done += 1
             stop = evaluate(global_step)
             paused += time.perf_counter() - t
             if budget is not None:
@@ -488,7 +489,7 @@ def train(config: TrainConfig) -> Path:
         checksum = sum(p.double().sum().item() for p in engine.ema.shadow_params)
         logger.info(f"EMA checksum of process {accelerator.process_index}: {checksum:.10e}", main_process_only=False)
 
-    if eval_steps and not (eval_history and eval_history[-1]["step"] == global_step):
+    if (eval_steps or auto_eval) and not (eval_history and eval_history[-1]["step"] == global_step):
         evaluate(global_step)  # every process takes part; the final point of the curve
     if eval_history:
         logger.info(
