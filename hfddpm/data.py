@@ -137,6 +137,37 @@ def load_train_dataset(
     return dataset
 
 
+def load_training_source(settings: dict):
+    """The dataset a run trained on, from its settings by name as ``training_config.json`` records them
+    (``dataset_name``, ``dataset_config_name``, ``train_data_dir``, ``dataset_split``, ``cache_dir``, ``streaming``;
+    neither a dataset nor a folder: the embedded MNIST-5k)."""
+    return load_train_dataset(
+        settings.get("dataset_name"),
+        settings.get("dataset_config_name"),
+        settings.get("train_data_dir"),
+        split=settings.get("dataset_split") or "train",
+        streaming=bool(settings.get("streaming")),
+        cache_dir=settings.get("cache_dir"),
+    )
+
+
+def sample_column(dataset, column: str, max_rows: int, seed: int = 0) -> list:
+    """The values of ``column`` in at most ``max_rows`` rows: all of a small dataset, a seeded random subset (in
+    dataset order) of a larger one, the first ones of a stream.
+
+    Example:
+        >>> rows = datasets.Dataset.from_dict({"x": list(range(10))})
+        >>> sample_column(rows, "x", 20), len(sample_column(rows, "x", 4)), sample_column(rows, "x", 4, seed=1)
+        ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 4, [3, 4, 6, 9])
+    """
+    if isinstance(dataset, datasets.IterableDataset):
+        return [row[column] for row in dataset.take(max_rows)]
+    if len(dataset) <= max_rows:
+        return list(dataset[column])
+    picked = np.sort(np.random.default_rng(seed).choice(len(dataset), max_rows, replace=False))
+    return list(dataset.select(picked)[column])
+
+
 def _raise_if_empty(error: ValueError, source: str, split: str):
     if "corresponds to no data" in str(error):  # what 🤗 datasets says about a split without examples
         raise ValueError(

@@ -195,22 +195,14 @@ def reference_clips(
     import datasets
 
     from hfddpm.audio import AudioDecodeError, decode_audio, resolve_audio_column
-    from hfddpm.data import load_train_dataset
+    from hfddpm.data import load_training_source, sample_column
 
     if settings.get("dataset_name") is None and settings.get("train_data_dir") is None:
         raise ValueError(
             "FAD needs real clips: pass an audio folder or dataset with --reference-audio (`hfddpm evaluate` reads"
             " the run's training source from PIPELINE/training_config.json when there is one)."
         )
-    streaming = bool(settings.get("streaming"))
-    dataset = load_train_dataset(
-        settings.get("dataset_name"),
-        settings.get("dataset_config_name"),
-        settings.get("train_data_dir"),
-        split=settings.get("dataset_split") or "train",
-        streaming=streaming,
-        cache_dir=settings.get("cache_dir"),
-    )
+    dataset = load_training_source(settings)
     column = resolve_audio_column(dataset, settings.get("audio_column"))
     if column is None:
         raise ValueError(
@@ -219,14 +211,9 @@ def reference_clips(
         )
     if isinstance(dataset.features[column], datasets.Audio) and dataset.features[column].decode:
         dataset = dataset.cast_column(column, datasets.Audio(decode=False))
-    if streaming:
-        values = [row[column] for row in dataset.take(max_clips)]
-    else:
-        picked = np.arange(len(dataset))
-        if len(dataset) > max_clips:
-            picked = np.sort(np.random.default_rng(seed).choice(len(dataset), max_clips, replace=False))
-            logger.warning(f"The FAD reference has {len(dataset)} clips; the statistics use {max_clips} of them.")
-        values = dataset.select(picked)[column]
+    values = sample_column(dataset, column, max_clips, seed)
+    if not isinstance(dataset, datasets.IterableDataset) and len(dataset) > max_clips:
+        logger.warning(f"The FAD reference has {len(dataset)} clips; the statistics use {max_clips} of them.")
     clips = []
     for value in values:
         try:

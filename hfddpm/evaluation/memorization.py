@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .features import extract_features
@@ -204,26 +203,15 @@ def training_images(
     ``streaming``; neither a dataset nor a folder means the embedded MNIST-5k. At most ``max_images`` are read (a
     seeded random subset of a larger dataset; the first ones of a streamed one).
     """
-    from hfddpm.data import DECODE_ERRORS, ImageTransform, load_train_dataset, resolve_columns, to_pil
+    import datasets
 
-    streaming = bool(settings.get("streaming"))
-    dataset = load_train_dataset(
-        settings.get("dataset_name"),
-        settings.get("dataset_config_name"),
-        settings.get("train_data_dir"),
-        split=settings.get("dataset_split") or "train",
-        streaming=streaming,
-        cache_dir=settings.get("cache_dir"),
-    )
+    from hfddpm.data import DECODE_ERRORS, ImageTransform, load_training_source, resolve_columns, sample_column, to_pil
+
+    dataset = load_training_source(settings)
     column = resolve_columns(dataset, settings.get("image_column") or "image").image_column
-    if streaming:
-        rows = [row[column] for row in dataset.take(max_images)]
-    else:
-        picked = np.arange(len(dataset))
-        if len(dataset) > max_images:
-            picked = np.sort(np.random.default_rng(seed).choice(len(dataset), max_images, replace=False))
-            logger.warning(f"The training set has {len(dataset)} images; the check searches {max_images} of them.")
-        rows = dataset.select(picked)[column] if len(picked) < len(dataset) else dataset[column]
+    rows = sample_column(dataset, column, max_images, seed)
+    if not isinstance(dataset, datasets.IterableDataset) and len(dataset) > max_images:
+        logger.warning(f"The training set has {len(dataset)} images; the check searches {max_images} of them.")
     transform = ImageTransform(resolution, channels, center_crop=True)
     images = []
     for value in rows:
