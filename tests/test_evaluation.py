@@ -292,6 +292,15 @@ def test_generate_samples_is_reproducible_and_in_range():
     torch.testing.assert_close(first, again)
     with pytest.raises(ValueError, match="3 class_labels for num_images=5"):
         generate_samples(pipe, 5, class_labels=[1, 2, 3], progress=False)
+    # with a seed per image, an image is the same whatever the batch size or the split between processes
+    seeded = dict(num_inference_steps=2, progress=False)
+    whole = generate_samples(pipe, 5, batch_size=5, class_labels=labels, image_seeds=[7, 8, 9, 10, 11], **seeded)
+    even = generate_samples(pipe, 3, batch_size=2, class_labels=labels[0::2], image_seeds=[7, 9, 11], **seeded)
+    odd = generate_samples(pipe, 2, batch_size=1, class_labels=labels[1::2], image_seeds=[8, 10], **seeded)
+    torch.testing.assert_close(whole[0::2], even, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole[1::2], odd, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="2 image_seeds for num_images=5"):
+        generate_samples(pipe, 5, image_seeds=[1, 2], progress=False)
 
 
 def test_metric_registry():

@@ -98,11 +98,14 @@ def generate_samples(
     seed: int = 0,
     progress: bool = True,
     return_audios: bool = False,
+    image_seeds: list[int] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
     """Generate ``num_images`` images as a float tensor ``[N, C, H, W]`` in [0, 1], ``batch_size`` at a time.
 
     Batch ``i`` is drawn with ``torch.Generator().manual_seed(seed + i)``, so a run is reproducible for a given
-    ``seed`` and ``batch_size``. ``class_labels`` (one per image) are split along with the batches. An audio
+    ``seed`` and ``batch_size``. With ``image_seeds`` (one per image), image ``k``'s noise comes from its own generator
+    seeded ``image_seeds[k]`` instead, so an image does not depend on the batch size or on which process draws it.
+    ``class_labels`` (one per image) are split along with the batches. An audio
     pipeline with ``return_audios`` gives ``(images, audios)``: the spectrograms and the sound it made of them,
     float32 ``[N, num_samples]``.
     """
@@ -114,6 +117,8 @@ def generate_samples(
         class_labels = torch.as_tensor(class_labels, dtype=torch.long).view(-1)
         if class_labels.numel() != num_images:
             raise ValueError(f"Got {class_labels.numel()} class_labels for num_images={num_images}.")
+    if image_seeds is not None and len(image_seeds) != num_images:
+        raise ValueError(f"Got {len(image_seeds)} image_seeds for num_images={num_images}.")
     pipe.set_progress_bar_config(disable=True)
     images, audios = [], []
     starts = range(0, num_images, batch_size)
@@ -123,7 +128,9 @@ def generate_samples(
         out = pipe(
             batch_size=n,
             num_inference_steps=num_inference_steps,
-            generator=torch.Generator().manual_seed(seed + i),
+            generator=torch.Generator().manual_seed(seed + i)
+            if image_seeds is None
+            else [torch.Generator().manual_seed(s) for s in image_seeds[start : start + n]],
             class_labels=labels,
             guidance_scale=guidance_scale,
             eta=eta,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from hfddpm.evaluation import compute_metrics
-from hfddpm.evaluation.sampling import balanced_labels
+from hfddpm.evaluation.sampling import balanced_labels, generate_samples
 
 EVAL_HISTORY_FILE = "eval_history.json"
 EVAL_CURVE_FILE = "eval_curve.png"
@@ -43,7 +43,15 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
     mine = share(n, rank=rank, world_size=world_size)
     start = time.perf_counter()
     pipe = engine.pipeline(sampler="dpmsolver++")
-    images = _generate(pipe, mine, labels, config)
+    images = generate_samples(
+        pipe,
+        len(mine),
+        batch_size=config.eval_batch_size,
+        num_inference_steps=config.eval_inference_steps,
+        class_labels=None if labels is None else labels[mine],
+        image_seeds=[config.seed + i for i in mine],  # the same images whatever the number of processes
+        progress=False,
+    )
     sampling_seconds = time.perf_counter() - start
     index = torch.tensor(mine, device=accelerator.device)
     all_images = accelerator.gather(images.to(accelerator.device))
@@ -57,23 +65,6 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
     results.pop("notes", None)
     timing = {"sampling_seconds": sampling_seconds, "metrics_seconds": time.perf_counter() - start}
     return {"step": step, "num_images": n, **results, **timing}
-
-
-def _generate(pipe, mine, labels, config) -> torch.Tensor:
-    """Images ``mine`` in batches; image ``i``'s noise comes from its own generator seeded ``seed + i``."""
-    out = []
-    for start in range(0, len(mine), config.eval_batch_size):
-        idx = mine[start : start + config.eval_batch_size]
-        out.append(
-            pipe(
-                batch_size=len(idx),
-                num_inference_steps=config.eval_inference_steps,
-                generator=[torch.Generator().manual_seed(config.seed + i) for i in idx],
-                class_labels=None if labels is None else labels[idx],
-                output_type="pt",
-            ).images.float()
-        )
-    return torch.cat(out)
 
 
 def best_so_far(history: list[dict], metric: str) -> tuple[dict, int]:
