@@ -52,8 +52,6 @@ from hfddpm.training.trackers import check_trackers, log_grid
 
 logger = get_logger(__name__, log_level="INFO")
 
-# The bad-image fraction is judged once this many images were read (or the whole dataset, if smaller).
-BAD_IMAGE_MIN_READ = BAD_EXAMPLES_MIN_READ
 TRAIN_METRICS_FILE = "train_metrics.json"
 CARD_FILE = "README.md"
 
@@ -62,7 +60,7 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (diverged, too many broken images); the message says what was kept."""
 
 
-def check_bad_images(bad: int, read: int, max_fraction: float, *, min_read: int = BAD_IMAGE_MIN_READ) -> None:
+def check_bad_images(bad: int, read: int, max_fraction: float, *, min_read: int = BAD_EXAMPLES_MIN_READ) -> None:
     """A ``ValueError`` once more than ``max_fraction`` of at least ``min_read`` images read could not be decoded."""
     if bad == 0 or read < min_read:
         return
@@ -259,7 +257,8 @@ def train(config: TrainConfig) -> Path:
             + ("larger batches" if gpu_recipe else "smaller batches, twice the steps at about the same images/s")
             + " (--train_batch_size sets your own)."
         )
-    min_read = min(BAD_IMAGE_MIN_READ, num_examples) if num_examples else BAD_IMAGE_MIN_READ
+    # the bad-image fraction is judged once this many images were read (or the whole dataset, if smaller)
+    min_read = min(BAD_EXAMPLES_MIN_READ, num_examples) if num_examples else BAD_EXAMPLES_MIN_READ
     # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
     eval_steps = config.eval_steps
     image_channels = (run.vae or run.unet).config.out_channels
@@ -374,10 +373,11 @@ def train(config: TrainConfig) -> Path:
         planned = budget.planned if decides else None
         if decides and accelerator.num_processes > 1:  # every process trains the length process 0 planned
             planned = budget.planned = int(broadcast(torch.tensor([planned], device=device), from_process=0).item())
-        if planned is not None and (global_step == budget.plan_step or planned != max_train_steps):
-            if global_step == budget.plan_step:
+        first_plan = planned is not None and global_step == budget.plan_step
+        if first_plan or (planned is not None and planned != max_train_steps):
+            if first_plan:
                 engine.set_total_steps(planned)
-            else:  # a correction: the speed of all steps so far says the plan was off by more than 1%
+            else:  # a correction: the speed since the last check says the plan was off by more than 1%
                 logger.info(
                     f"The plan checked at step {global_step}: {budget.steps_per_second * images_per_step:.0f}"
                     f" images/s since step {budget.speed_from} (validation grids and checkpoints"
@@ -391,7 +391,7 @@ def train(config: TrainConfig) -> Path:
             resolved["max_train_steps"] = max_train_steps
             if accelerator.is_main_process:
                 write_config(output_dir / CONFIG_FILE, given, resolved)
-        if planned is not None and global_step == budget.plan_step:
+        if first_plan:
             logger.info(
                 f"{precision_why};"
                 f" {budget.steps_per_second * images_per_step:.0f} images/s; {config.max_train_minutes:g}-minute"
