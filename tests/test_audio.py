@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from audio_helpers import SR, tone
 from train_helpers import ROOT, run_train
 
 from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline, build_unet
@@ -32,14 +33,9 @@ from hfddpm.audio import (
 from hfddpm.training import TrainConfig
 from hfddpm.training.engine import build_mel
 
-SR = 16000
 MEL = dict(sample_rate=SR, n_fft=1024, hop_length=256, n_mels=64, num_frames=64)
 # a small conversion for the training run: 16 bands x 16 frames of 8 kHz audio, 0.12 s
 SMALL = dict(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
-
-
-def tone(freq: float, seconds: float, rate: int = SR, amplitude: float = 0.5) -> np.ndarray:
-    return (amplitude * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
 
 
 def dominant_frequency(waveform: np.ndarray, rate: int) -> float:

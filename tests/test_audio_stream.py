@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from audio_helpers import SR, tone
 from safetensors.torch import load_file
 from train_helpers import ROOT, run_train
 
@@ -30,14 +31,9 @@ from hfddpm.data import load_train_dataset, make_train_dataloader, resolve_colum
 from hfddpm.training import TrainConfig
 from hfddpm.training.engine import setup
 
-SR = 16000
 # 16 bands x 16 frames of 16 kHz audio: (16 - 1) * 64 / 16000 = 0.06 s
 MEL = dict(sample_rate=SR, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
 FLAGS = ["--resolution", "16", "--sample_rate", "16000", "--n_fft", "256", "--hop_length", "64"]
-
-
-def tone(freq: float, seconds: float, rate: int = SR) -> np.ndarray:
-    return (0.5 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
 
 
 def chirp(low: float, high: float, seconds: float, rate: int = SR) -> np.ndarray:
