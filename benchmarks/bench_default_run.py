@@ -45,7 +45,9 @@ def main(args):
     if not args.skip_training:
         if output_dir.exists():
             shutil.rmtree(output_dir)
-        command = ["accelerate", "launch", str(REPO / "training" / "train.py"), "--output_dir", str(output_dir)]
+        # `accelerate launch` of this interpreter (an `accelerate` on PATH may belong to another Python)
+        launch = [sys.executable, "-m", "accelerate.commands.launch"]
+        command = [*launch, str(REPO / "training" / "train.py"), "--output_dir", str(output_dir)]
         command += args.train_args
         start = time.perf_counter()
         subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
