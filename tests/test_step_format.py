@@ -102,45 +102,46 @@ def test_on_a_gpu_the_step_format_is_measured(tmp_path):
     assert fmt.mixed_precision == "bf16"  # only the memory format was measured
 
 
-def test_the_gpu_recipe_trains_the_cpu_recipes_images_in_larger_batches():
+def test_the_gpu_recipe_trains_the_fallback_images_in_larger_batches():
     from hfddpm.training.config import GPU_RECIPE, fallback
 
-    cpu = TrainConfig().recipe()
-    assert cpu == {"train_batch_size": 64, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 1800}
+    base = TrainConfig().recipe()
+    assert base == {"train_batch_size": 64, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 1800}
     assert TrainConfig().recipe(gpu=True) == GPU_RECIPE
-    scale = GPU_RECIPE["train_batch_size"] / cpu["train_batch_size"]
+    scale = GPU_RECIPE["train_batch_size"] / base["train_batch_size"]
     assert GPU_RECIPE["max_train_steps"] * GPU_RECIPE["train_batch_size"] == 1800 * 64  # the same images
     assert GPU_RECIPE["learning_rate"] == pytest.approx(fallback("learning_rate") * scale**0.5, rel=0.02)
     assert GPU_RECIPE["lr_warmup_steps"] == math.ceil(fallback("lr_warmup_steps") / scale)
-    # a batch size given by the user keeps the CPU recipe; other flags given always win
-    assert TrainConfig(train_batch_size=128).recipe(gpu=True) == {**cpu, "train_batch_size": 128}
+    # a batch size given by the user keeps the fallbacks; other flags given always win
+    assert TrainConfig(train_batch_size=128).recipe(gpu=True) == {**base, "train_batch_size": 128}
     assert TrainConfig(learning_rate=5e-4, max_train_steps=10).recipe(gpu=True)["learning_rate"] == 5e-4
     filled = TrainConfig(lr_warmup_steps=7).with_recipe(gpu=True)
     assert (filled.train_batch_size, filled.lr_warmup_steps, filled.max_train_steps) == (512, 7, None)
 
 
-def test_a_float32_cpu_trains_the_recipes_images_in_smaller_batches(tmp_path):
+def test_a_cpu_trains_the_recipes_images_in_smaller_batches(tmp_path):
     import json
     import subprocess
     import sys
 
     from train_helpers import FAST, TRAIN, train_env
 
-    from hfddpm.training.config import FLOAT32_CPU_RECIPE
+    from hfddpm.training.config import CPU_RECIPE
 
-    assert FLOAT32_CPU_RECIPE["max_train_steps"] * FLOAT32_CPU_RECIPE["train_batch_size"] == 1800 * 64
-    assert TrainConfig().recipe(float32_cpu=True) == FLOAT32_CPU_RECIPE
-    assert TrainConfig(train_batch_size=64).recipe(float32_cpu=True) == TrainConfig().recipe()  # the user's batch
-    assert TrainConfig().recipe(gpu=True, float32_cpu=False)["train_batch_size"] == 512
-    # train.py in float32 on a CPU, without --train_batch_size: batches of 32, logged; bf16 keeps 64
+    assert CPU_RECIPE["max_train_steps"] * CPU_RECIPE["train_batch_size"] == 1800 * 64
+    assert TrainConfig().recipe(cpu=True) == CPU_RECIPE
+    assert TrainConfig(train_batch_size=64).recipe(cpu=True) == TrainConfig().recipe()  # the user's batch
+    assert TrainConfig().recipe(gpu=True, cpu=False)["train_batch_size"] == 512
+    # train.py on a CPU, without --train_batch_size: batches of 32 in either precision, logged; a given batch wins
     fast = [flag for i, flag in enumerate(FAST) if "--train_batch_size" not in FAST[max(i - 1, 0) : i + 1]]
-    for precision, batch in (("no", 32), ("bf16", 64)):
-        out = tmp_path / precision
-        args = [*fast, "--output_dir", str(out), "--max_train_steps", "1", "--mixed_precision", precision]
+    for precision, given, batch in (("no", [], 32), ("bf16", [], 32), ("bf16", ["--train_batch_size", "16"], 16)):
+        out = tmp_path / f"{precision}-{batch}"
+        args = [*fast, *given, "--output_dir", str(out), "--max_train_steps", "1", "--mixed_precision", precision]
         result = subprocess.run(
             [sys.executable, str(TRAIN), *args], env=train_env(tmp_path), capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, result.stderr[-3000:]
         saved = json.loads((out / "training_config.json").read_text())
-        assert saved["resolved"]["train_batch_size"] == batch and saved["config"]["train_batch_size"] is None
-        assert ("float32 CPU recipe: batch 32" in result.stderr) == (precision == "no")
+        assert saved["resolved"]["train_batch_size"] == batch
+        assert saved["config"]["train_batch_size"] == (int(given[1]) if given else None)
+        assert ("CPU recipe: batch 32" in result.stderr) == (not given)

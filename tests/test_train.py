@@ -247,7 +247,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(reference, configs,
 # The weights of this float32 CPU run before the training engine moved into hfddpm.training (train.py at d9c7355):
 # the sum of the EMA weights, and the file's sha256 on the CPU that recorded it (AVX512, torch 2.13.0). Other CPUs
 # round float32 convolutions differently, so elsewhere the sum is compared to 1e-4 (a changed step, RNG order or
-# default moves it by far more). The batch of 64 is given: it was the default then; a float32 CPU now defaults to 32.
+# default moves it by far more). The batch of 64 is given: it was the default then; a CPU now defaults to 32.
 ENGINE_PIN_ARGS = [
     "--preset",
     "tiny",

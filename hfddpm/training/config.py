@@ -43,18 +43,19 @@ CONFIG_FILE = "training_config.json"
 # Fields that never go into files, logs or trackers.
 SECRET_FIELDS = ("hub_token",)
 LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
-# The recipe's settings that depend on the batch size: left unset (None), they take their field's fallback, or
-# GPU_RECIPE's value when that applies.
+# The recipe's settings that depend on the batch size: left unset (None), they take CPU_RECIPE's or GPU_RECIPE's value
+# when that applies, else their field's fallback (1800 steps x 64 = 115,200 images).
 RECIPE_FIELDS = ("train_batch_size", "learning_rate", "lr_warmup_steps", "max_train_steps")
-# The recipe on a GPU when --train_batch_size is not given and the dataset is kept on the device: the CPU recipe's
+# The recipe on a GPU when --train_batch_size is not given and the dataset is kept on the device: the fallbacks'
 # 115,200 images (1800 steps x 64) in batches of 512, which keep a GPU busy where batches of 64 leave it waiting for
 # kernel launches; the learning rate scaled by sqrt(512 / 64), the warm-up by 64 / 512.
 GPU_RECIPE = {"train_batch_size": 512, "learning_rate": 2.8e-3, "lr_warmup_steps": 13, "max_train_steps": 225}
-# The recipe on a CPU that trains in float32 (no native bf16, or --mixed_precision no) when --train_batch_size is not
-# given: the same 115,200 images in batches of 32, i.e. twice the optimizer steps for about the same images/s. Measured
-# at 600 x 64 against 1200 x 32 (float32, AVX2 kernels, benchmarks/bench_default_run.py): FD-digits 5.20 -> 3.49,
-# label accuracy 0.74 -> 0.79; a learning rate of 2e-3 at batch 64 was worse (5.73).
-FLOAT32_CPU_RECIPE = {"train_batch_size": 32, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 3600}
+# The recipe on a CPU when --train_batch_size is not given: the same 115,200 images in batches of 32, i.e. twice the
+# optimizer steps for about the same images/s. Measured with benchmarks/bench_default_run.py (1000 samples): in bf16
+# (native), the 8-minute budget's 1246 x 64 against 2267 x 32: FD-digits 2.04 -> 1.44; in float32 (AVX2 kernels), at
+# equal images, 600 x 64 against 1200 x 32: FD-digits 5.20 -> 3.49, label accuracy 0.74 -> 0.79 (a learning rate of
+# 2e-3 at batch 64 was worse: 5.73).
+CPU_RECIPE = {"train_batch_size": 32, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 3600}
 
 
 def _opt(default, help: str, *, group: str, choices=None, aliases=(), fallback=None, check=None):
@@ -241,14 +242,16 @@ class TrainConfig:
     # --- optimisation
     train_batch_size: int | None = _opt(
         None,
-        "Batch size per process (default 64; on a GPU with the data on the device, GPU_RECIPE's 512).",
+        "Batch size per process (default: CPU_RECIPE's 32 on a CPU, GPU_RECIPE's 512 on a GPU with the data on the"
+        " device, else 64).",
         group="optimisation",
         fallback=64,
         check=_POSITIVE,
     )
     max_train_steps: int | None = _opt(
         None,
-        "Optimizer steps (default 1800 unless --num_epochs is given).",
+        "Optimizer steps (default: the recipe's 115,200 images, e.g. 3600 steps of 32 on a CPU, unless --num_epochs"
+        " or the time budget decides).",
         group="optimisation",
         fallback=1800,
         check=_POSITIVE,
@@ -256,7 +259,7 @@ class TrainConfig:
     max_train_minutes: float = _opt(
         8.0,
         "Time budget of the training loop in minutes: the speed of the first steps sets how many steps fit (at most"
-        " the recipe's 1800), and the LR schedule is built for that number, so the run ends on time on any machine."
+        " the recipe's length), and the LR schedule is built for that number, so the run ends on time on any machine."
         " Used only when neither --max_train_steps nor --num_epochs is given (those are exactly reproducible);"
         " 0 turns it off.",
         group="optimisation",
@@ -492,30 +495,30 @@ class TrainConfig:
             )
         return self
 
-    def recipe(self, *, gpu: bool = False, float32_cpu: bool = False) -> dict:
+    def recipe(self, *, gpu: bool = False, cpu: bool = False) -> dict:
         """The values of :data:`RECIPE_FIELDS` this run trains with: the flags given, else, without
         ``--train_batch_size``, :data:`GPU_RECIPE`'s (``gpu``: on a GPU with the data on the device) or
-        :data:`FLOAT32_CPU_RECIPE`'s (``float32_cpu``: on a CPU that trains in float32), else the fallbacks.
+        :data:`CPU_RECIPE`'s (``cpu``: on a CPU), else the fallbacks.
         ``max_train_steps`` is the recipe's length (what a time budget plans up to when the flag is unset).
 
         Example:
             >>> TrainConfig(learning_rate=5e-4).recipe(gpu=True)
             {'train_batch_size': 512, 'learning_rate': 0.0005, 'lr_warmup_steps': 13, 'max_train_steps': 225}
-            >>> TrainConfig().recipe(float32_cpu=True)["train_batch_size"], TrainConfig().recipe()["train_batch_size"]
+            >>> TrainConfig().recipe(cpu=True)["train_batch_size"], TrainConfig().recipe()["train_batch_size"]
             (32, 64)
         """
         source = {}
         if self.train_batch_size is None:
-            source = GPU_RECIPE if gpu else FLOAT32_CPU_RECIPE if float32_cpu else {}
+            source = GPU_RECIPE if gpu else CPU_RECIPE if cpu else {}
         return {
             name: getattr(self, name) if getattr(self, name) is not None else source.get(name, fallback(name))
             for name in RECIPE_FIELDS
         }
 
-    def with_recipe(self, *, gpu: bool = False, float32_cpu: bool = False) -> TrainConfig:
+    def with_recipe(self, *, gpu: bool = False, cpu: bool = False) -> TrainConfig:
         """A copy with the batch size, learning rate and warm-up of :meth:`recipe` filled in (``max_train_steps``
         is left as given: unset means a time budget or ``--num_epochs`` decides)."""
-        values = self.recipe(gpu=gpu, float32_cpu=float32_cpu)
+        values = self.recipe(gpu=gpu, cpu=cpu)
         values.pop("max_train_steps")
         return dataclasses.replace(self, **values)
 

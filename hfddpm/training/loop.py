@@ -126,10 +126,9 @@ def train(config: TrainConfig) -> Path:
         and not config.streaming
         and fits_on_device(len(run.dataset), run.unet.config.in_channels, run.resolution, config.random_flip)
     )
-    # a CPU's precision is a rule (native bf16 or float32), known before the step format is resolved
-    float32_cpu = device.type == "cpu" and resolve_mixed_precision(config.mixed_precision) == "no"
-    recipe = config.recipe(gpu=gpu_recipe, float32_cpu=float32_cpu)
-    config = config.with_recipe(gpu=gpu_recipe, float32_cpu=float32_cpu)  # batch size, learning rate, warm-up
+    cpu_recipe = device.type == "cpu"
+    recipe = config.recipe(gpu=gpu_recipe, cpu=cpu_recipe)
+    config = config.with_recipe(gpu=gpu_recipe, cpu=cpu_recipe)  # batch size, learning rate, warm-up
     step_format, precision_why = resolve_step_format(config, run, state)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -249,9 +248,9 @@ def train(config: TrainConfig) -> Path:
             else ""
         )
     )
-    if (gpu_recipe or float32_cpu) and given.train_batch_size is None:
+    if (gpu_recipe or cpu_recipe) and given.train_batch_size is None:
         logger.info(
-            ("GPU recipe (the data is on the device)" if gpu_recipe else "float32 CPU recipe")
+            ("GPU recipe (the data is on the device)" if gpu_recipe else "CPU recipe")
             + f": batch {config.train_batch_size}, learning rate {config.learning_rate:g}, warm-up"
             f" {config.lr_warmup_steps} steps, {recipe['max_train_steps']} steps: the recipe's images in "
             + ("larger batches" if gpu_recipe else "smaller batches, twice the steps at about the same images/s")
