@@ -1,4 +1,4 @@
-"""Pixel vs latent diffusion at the same image resolution: training images/s and the one-off encoding time.
+r"""Pixel vs latent diffusion at the same image resolution: training images/s and the one-off encoding time.
 
 Both rows run hfddpm's own training step (``TrainingEngine``, as ``training/train.py`` does) in this process,
 interleaved round by round, on in-memory batches: the pixel UNet on the digits at ``--resolution``, the latent UNet on

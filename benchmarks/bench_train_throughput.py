@@ -1,9 +1,11 @@
-"""Training throughput: hfddpm's training step against the diffusers tutorial loop, same UNet and batch.
+r"""Training throughput: hfddpm's training step against the diffusers tutorial loop, same UNet and batch.
 
 All loops run in this process, interleaved round by round (the order alternates), so a busy machine slows them
 alike. Reports images/s per loop (median over rounds) and the median per-round ratio against the tutorial loop as
-its config trains on this device (fp16 with loss scaling on a GPU, float32 on a CPU). Other rows: the tutorial loop
-in float32 (GPU) and with bf16 autocast, hfddpm's step with train.py's default precision, and in float32.
+its config trains on this device (fp16 with loss scaling on a GPU, float32 on a CPU), with a bootstrap 95% interval
+over the rounds. Other rows: the tutorial loop in float32 (GPU) and with bf16 autocast, hfddpm's step with train.py's
+default precision, and in float32 (--skip-row leaves one out, e.g. bf16 autocast where it is emulated and 10x
+slower).
 
     python benchmarks/bench_train_throughput.py                          # mnist preset, batch 64
     python benchmarks/bench_train_throughput.py --preset tiny --batch-size 16 --rounds 2 --steps-per-round 2
@@ -13,6 +15,7 @@ in float32 (GPU) and with bf16 autocast, hfddpm's step with train.py's default p
 
 import argparse
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from common import (
@@ -28,9 +31,11 @@ from common import (
     write_json,
 )
 
+from hfddpm.evaluation.uncertainty import bootstrap_interval
 from hfddpm.training import default_mixed_precision
 
 PRECISION_NAMES = {"no": "float32", "bf16": "bf16", "fp16": "fp16 + loss scaling"}
+OPTIONAL_ROWS = ("diffusers_fp32", "diffusers_bf16", "hfddpm_fp32")
 
 
 def parse_args(argv=None):
@@ -62,6 +67,9 @@ def parse_args(argv=None):
         action="store_true",
         help="hfddpm rows read batches from a tensor on the device, as train.py does for small datasets",
     )
+    parser.add_argument(
+        "--skip-row", action="append", default=[], choices=OPTIONAL_ROWS, help="leave this row out (repeatable)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", default="train_throughput.json", help="file name under benchmarks/results/")
     return parser.parse_args(argv)
@@ -79,6 +87,8 @@ def main(args):
     tutorial = {"diffusers": baseline, "diffusers_fp32": "no", "diffusers_bf16": "bf16"}
     if baseline == "no":
         del tutorial["diffusers_fp32"]
+    for key in args.skip_row:
+        tutorial.pop(key, None)
     loops = {
         key: DiffusersTutorialLoop(config, data, args.batch_size, max_steps=max_steps, mixed_precision=precision)
         for key, precision in tutorial.items()
@@ -89,6 +99,8 @@ def main(args):
         "diffusers_bf16": f"{DiffusersTutorialLoop.name} + bf16 autocast",
     }
     hfddpm_rows = {"hfddpm": (hfddpm_precision, None), "hfddpm_fp32": ("no", None)}
+    if "hfddpm_fp32" in args.skip_row:
+        del hfddpm_rows["hfddpm_fp32"]
     hfddpm_rows.update({f"hfddpm_compiled_{mode}": (hfddpm_precision, mode) for mode in args.compile_mode})
     hfddpm_data = data.to(device) if args.data_on_device else data
     for key, (precision, mode) in hfddpm_rows.items():
@@ -128,25 +140,33 @@ def main(args):
             seconds[key].append(timed(lambda key=key: run(loops[key], args.steps_per_round), device))
     images = args.steps_per_round * args.batch_size
     per_round = {key: [images / s for s in values] for key, values in seconds.items()}
-    results = {
-        key: {
+    results = {}
+    for key in loops:
+        ratios = np.array([a / b for a, b in zip(per_round[key], per_round["diffusers"], strict=True)])
+        ratio = median(ratios.tolist())
+        results[key] = {
             "mixed_precision": loops[key].mixed_precision,
             "images_per_second": median(per_round[key]),
-            "ratio_vs_diffusers": median([a / b for a, b in zip(per_round[key], per_round["diffusers"], strict=True)]),
+            "ratio_vs_diffusers": ratio,
+            # resampling the rounds: how far the median ratio could move on another run of as many rounds
+            "ratio_ci95": bootstrap_interval(lambda idx, r=ratios: float(np.median(r[idx])), len(ratios), ratio)
+            if len(ratios) > 1
+            else None,
             "images_per_second_per_round": per_round[key],
             "compile_seconds": compile_seconds.get(key),
         }
-        for key in loops
-    }
-    rows = [
-        [names[key], results[key]["images_per_second"], f"{results[key]['ratio_vs_diffusers']:.3f}x"] for key in loops
-    ]
+
+    def ratio_cell(result):
+        low_high = result["ratio_ci95"]
+        return f"{result['ratio_vs_diffusers']:.3f}x" + (f" ({low_high[0]:.2f}-{low_high[1]:.2f})" if low_high else "")
+
+    rows = [[names[key], results[key]["images_per_second"], ratio_cell(results[key])] for key in loops]
     print(
         f"\nTraining throughput, preset {args.preset} ({args.resolution}px, {args.channels} channel(s)), batch"
         f" {args.batch_size},"
         f" {args.rounds} interleaved rounds x {args.steps_per_round} steps, device {device}\n"
     )
-    print(markdown_table(["loop", "images/s (median)", "ratio vs diffusers"], rows))
+    print(markdown_table(["loop", "images/s (median)", "ratio vs diffusers (95% interval)"], rows))
     params = sum(p.numel() for p in loops["hfddpm"].engine.unwrapped.parameters())
     path = write_json(
         args.out,

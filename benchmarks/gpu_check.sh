@@ -4,6 +4,8 @@
 #
 #   bash benchmarks/gpu_check.sh prepare      # here, with PyPI: wheels of what the GPU image lacks, into .whl/
 #   bash benchmarks/gpu_check.sh run [OUT]    # there, from the repository root (carry .whl): results into OUT
+#   bash benchmarks/gpu_check.sh smoke [OUT]  # before a GPU session, on any machine (a CPU too): the same install and
+#                                             # commands at toy sizes (PYTHON=/path/to/python picks the interpreter)
 #
 # "run" installs the wheels and the project into /tmp (nothing is downloaded), then runs:
 #   1. benchmark 1, mnist preset (1 channel, 28 px, batch 64): the tutorial loop (fp16 + loss scaling: the baseline),
@@ -23,37 +25,56 @@ WHEELS=(
   transformers==5.24.0
 )
 
+PY=${PYTHON:-python3}
 case "${1:-}" in
 prepare)
   grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >>.git/info/exclude
   mkdir -p .whl
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform any -d .whl "${WHEELS[@]}"
+  # for the GPU image's Python 3.12, and for this machine's $PY (smoke), where a wheel depends on the version
+  here=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  for version in $(printf '%s\n' 3.12 "$here" | sort -u); do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      --platform any -d .whl "${WHEELS[@]}"
+  done
   du -sh .whl
   ;;
-run)
+run | smoke)
   out=$(realpath -m "${2:-benchmarks/results/gpu}")
+  toy=()     # benchmark 1 at full size, the default run as a user runs it
+  toy_run=()
+  if [ "$1" = smoke ]; then
+    out=$(realpath -m "${2:-/tmp/gpu_check_smoke}")
+    toy=(--batch-size 8 --rounds 1 --steps-per-round 2 --warmup-steps 1)
+    toy_run=(--num-images 20 --max_train_steps 4 --eval_count 0 --validation_inference_steps 1)
+  fi
   mkdir -p "$out"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/hfddpm .
+  rm -rf /tmp/site /tmp/hfddpm
+  "$PY" -m pip install -q --no-index --find-links .whl --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "${WHEELS[@]}"
+  "$PY" -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/hfddpm .
   export PYTHONPATH=/tmp/hfddpm:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-  python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-  python3 benchmarks/bench_train_throughput.py --preset mnist --batch-size 64 --data-on-device \
-    --compile-mode reduce-overhead --compile-mode max-autotune-no-cudagraphs --out "$out/train_throughput_mnist"
-  python3 benchmarks/bench_train_throughput.py --preset cifar10 --resolution 32 --channels 3 --batch-size 128 \
-    --rounds 3 --channels-last --data-on-device --compile-mode max-autotune-no-cudagraphs \
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+  fi
+  (cd /tmp && "$PY" -c "import torch, diffusers, datasets, mlxtend, hfddpm
+print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'datasets', datasets.__version__)
+print('hfddpm from', hfddpm.__file__, '; cuda:', torch.cuda.is_available())")
+  "$PY" benchmarks/bench_train_throughput.py --preset mnist --batch-size 64 --data-on-device \
+    --compile-mode reduce-overhead --compile-mode max-autotune-no-cudagraphs "${toy[@]}" \
+    --out "$out/train_throughput_mnist"
+  "$PY" benchmarks/bench_train_throughput.py --preset cifar10 --resolution 32 --channels 3 --batch-size 128 \
+    --rounds 3 --channels-last --data-on-device --compile-mode max-autotune-no-cudagraphs "${toy[@]}" \
     --out "$out/train_throughput_cifar10"
-  python3 benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist --out "$out/default_run"
+  "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist --out "$out/default_run" "${toy_run[@]}"
   # 4. the GPU-marked tests (CUDA-graph step, resident batches, the measured step format), where pytest exists
-  if python3 -c "import pytest" 2>/dev/null; then
-    python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py tests/test_step_format.py \
+  if "$PY" -c "import pytest" 2>/dev/null; then
+    "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py tests/test_step_format.py \
       tests/test_benchmarks.py 2>&1 | tee "$out/gpu_tests.txt" || true
   fi
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_check.sh prepare | run [OUT]" >&2
+  echo "usage: bash benchmarks/gpu_check.sh prepare | run [OUT] | smoke [OUT]" >&2
   exit 2
   ;;
 esac
