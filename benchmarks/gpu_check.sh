@@ -62,10 +62,10 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'datasets'
 print('hfddpm from', hfddpm.__file__, '; cuda:', torch.cuda.is_available())")
   "$PY" benchmarks/bench_train_throughput.py --preset mnist --batch-size 64 --data-on-device \
     --compile-mode reduce-overhead --compile-mode max-autotune-no-cudagraphs "${toy[@]}" \
-    --out "$out/train_throughput_mnist"
+    --out "$out/train_throughput_mnist.json"
   "$PY" benchmarks/bench_train_throughput.py --preset cifar10 --resolution 32 --channels 3 --batch-size 128 \
     --rounds 3 --channels-last --data-on-device --compile-mode max-autotune-no-cudagraphs "${toy[@]}" \
-    --out "$out/train_throughput_cifar10"
+    --out "$out/train_throughput_cifar10.json"
   "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist --out "$out/default_run" "${toy_run[@]}"
   # 4. the GPU-marked tests (CUDA-graph step, resident batches, the measured step format), where pytest exists
   if "$PY" -c "import pytest" 2>/dev/null; then
