@@ -52,9 +52,9 @@ RECIPE_FIELDS = ("train_batch_size", "learning_rate", "lr_warmup_steps", "max_tr
 GPU_RECIPE = {"train_batch_size": 512, "learning_rate": 2.8e-3, "lr_warmup_steps": 13, "max_train_steps": 225}
 # The recipe on a CPU when --train_batch_size is not given: the same 115,200 images in batches of 32, i.e. twice the
 # optimizer steps for about the same images/s. Measured with benchmarks/bench_default_run.py (1000 samples): in bf16
-# (native), the 8-minute budget's 1246 x 64 against 2267 x 32: FD-digits 2.04 -> 1.44; in float32 (AVX2 kernels), at
-# equal images, 600 x 64 against 1200 x 32: FD-digits 5.20 -> 3.49, label accuracy 0.74 -> 0.79 (a learning rate of
-# 2e-3 at batch 64 was worse: 5.73).
+# (native), the 8-minute budget's 1246 x 64 against 2267 x 32: FD-digits 2.04 -> 1.44 (a second run, on a slower
+# machine, 2007 x 32: 1.58); in float32 (AVX2 kernels), at equal images, 600 x 64 against 1200 x 32: FD-digits 5.20 ->
+# 3.49, label accuracy 0.74 -> 0.79 (a learning rate of 2e-3 at batch 64 was worse: 5.73).
 CPU_RECIPE = {"train_batch_size": 32, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 3600}
 
 
