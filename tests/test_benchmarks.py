@@ -57,10 +57,19 @@ def test_train_throughput_smoke_compares_the_four_loops_on_cpu(tmp_path):
     assert {key: loop["mixed_precision"] for key, loop in loops.items()} == {
         "diffusers": "no", "diffusers_bf16": "bf16", "hfddpm": default_mixed_precision("cpu"), "hfddpm_fp32": "no"
     }  # fmt: skip
-    assert loops["diffusers"]["ratio_vs_diffusers"] == 1.0
+    assert loops["diffusers"]["ratio_vs_diffusers"] == 1.0 and loops["diffusers"]["ratio_ci95"] == [1.0, 1.0]
     for loop in loops.values():
         assert len(loop["images_per_second_per_round"]) == 2 and loop["images_per_second"] > 0
-    assert "as configured (float32 here): the baseline" in result.stdout and "| ratio vs diffusers |" in result.stdout
+        low, high = loop["ratio_ci95"]  # resampled over the 2 rounds: the median ratio lies inside
+        assert low <= loop["ratio_vs_diffusers"] <= high
+    assert "as configured (float32 here): the baseline" in result.stdout
+    assert "| ratio vs diffusers (95% interval) |" in result.stdout
+    # rows can be left out; one round has no interval
+    args = [*THROUGHPUT_SMOKE, "--rounds", "1", "--skip-row", "diffusers_bf16", "--skip-row", "hfddpm_fp32"]
+    _bench("bench_train_throughput.py", *args, "--out", str(out))
+    data = json.loads(out.read_text())
+    assert {"diffusers", "hfddpm"} <= data.keys() and not {"diffusers_bf16", "hfddpm_fp32"} & data.keys()
+    assert data["hfddpm"]["ratio_ci95"] is None
 
 
 def test_quality_per_compute_smoke_trains_both_recipes_for_the_same_time(tmp_path):
