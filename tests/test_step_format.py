@@ -106,7 +106,10 @@ def test_the_gpu_recipe_trains_the_fallback_images_in_larger_batches():
     from hfddpm.training.config import GPU_RECIPE, fallback
 
     base = TrainConfig().recipe()
-    assert base == {"train_batch_size": 64, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 1800}
+    assert base == {
+        "train_batch_size": 64, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 1800,
+        "validation_steps": 250, "checkpointing_steps": 250,
+    }  # fmt: skip
     assert TrainConfig().recipe(gpu=True) == GPU_RECIPE
     scale = GPU_RECIPE["train_batch_size"] / base["train_batch_size"]
     assert GPU_RECIPE["max_train_steps"] * GPU_RECIPE["train_batch_size"] == 1800 * 64  # the same images
@@ -129,6 +132,10 @@ def test_a_cpu_trains_the_recipes_images_in_smaller_batches(tmp_path):
     from hfddpm.training.config import CPU_RECIPE
 
     assert CPU_RECIPE["max_train_steps"] * CPU_RECIPE["train_batch_size"] == 1800 * 64
+    # a grid and a checkpoint after as many images as with the fallbacks (250 steps of 64)
+    for name in ("validation_steps", "checkpointing_steps"):
+        assert CPU_RECIPE[name] * CPU_RECIPE["train_batch_size"] == 250 * 64
+    assert TrainConfig(validation_steps=100).recipe(cpu=True)["validation_steps"] == 100  # a given value wins
     assert TrainConfig().recipe(cpu=True) == CPU_RECIPE
     assert TrainConfig(train_batch_size=64).recipe(cpu=True) == TrainConfig().recipe()  # the user's batch
     assert TrainConfig().recipe(gpu=True, cpu=False)["train_batch_size"] == 512
@@ -143,5 +150,7 @@ def test_a_cpu_trains_the_recipes_images_in_smaller_batches(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         saved = json.loads((out / "training_config.json").read_text())
         assert saved["resolved"]["train_batch_size"] == batch
+        cadence = 250 if given else 500  # a given batch keeps the fallbacks
+        assert saved["resolved"]["checkpointing_steps"] == saved["resolved"]["validation_steps"] == cadence
         assert saved["config"]["train_batch_size"] == (int(given[1]) if given else None)
         assert ("CPU recipe: batch 32" in result.stderr) == (not given)

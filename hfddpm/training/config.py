@@ -44,18 +44,43 @@ CONFIG_FILE = "training_config.json"
 SECRET_FIELDS = ("hub_token",)
 LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
 # The recipe's settings that depend on the batch size: left unset (None), they take CPU_RECIPE's or GPU_RECIPE's value
-# when that applies, else their field's fallback (1800 steps x 64 = 115,200 images).
-RECIPE_FIELDS = ("train_batch_size", "learning_rate", "lr_warmup_steps", "max_train_steps")
+# when that applies, else their field's fallback (1800 steps x 64 = 115,200 images; a validation grid and a checkpoint
+# every 250 steps x 64 = 16,000 images).
+RECIPE_FIELDS = (
+    "train_batch_size",
+    "learning_rate",
+    "lr_warmup_steps",
+    "max_train_steps",
+    "validation_steps",
+    "checkpointing_steps",
+)
 # The recipe on a GPU when --train_batch_size is not given and the dataset is kept on the device: the fallbacks'
 # 115,200 images (1800 steps x 64) in batches of 512, which keep a GPU busy where batches of 64 leave it waiting for
-# kernel launches; the learning rate scaled by sqrt(512 / 64), the warm-up by 64 / 512.
-GPU_RECIPE = {"train_batch_size": 512, "learning_rate": 2.8e-3, "lr_warmup_steps": 13, "max_train_steps": 225}
+# kernel launches; the learning rate scaled by sqrt(512 / 64), the warm-up by 64 / 512. Its run is about a minute, so
+# grids and checkpoints stay at every 250 steps: after the last step only.
+GPU_RECIPE = {
+    "train_batch_size": 512,
+    "learning_rate": 2.8e-3,
+    "lr_warmup_steps": 13,
+    "max_train_steps": 225,
+    "validation_steps": 250,
+    "checkpointing_steps": 250,
+}
 # The recipe on a CPU when --train_batch_size is not given: the same 115,200 images in batches of 32, i.e. twice the
 # optimizer steps for about the same images/s. Measured with benchmarks/bench_default_run.py (1000 samples): in bf16
 # (native), the 8-minute budget's 1246 x 64 against 2267 x 32: FD-digits 2.04 -> 1.44 (a second run, on a slower
 # machine, 2007 x 32: 1.58); in float32 (AVX2 kernels), at equal images, 600 x 64 against 1200 x 32: FD-digits 5.20 ->
-# 3.49, label accuracy 0.74 -> 0.79 (a learning rate of 2e-3 at batch 64 was worse: 5.73).
-CPU_RECIPE = {"train_batch_size": 32, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 3600}
+# 3.49, label accuracy 0.74 -> 0.79 (a learning rate of 2e-3 at batch 64 was worse: 5.73). A grid and a checkpoint
+# every 500 steps, i.e. after as many images as the fallbacks' 250 x 64: every 250 steps of 32 they took about 10% of
+# the bf16 loop's time and 7% of the float32 loop's.
+CPU_RECIPE = {
+    "train_batch_size": 32,
+    "learning_rate": 1e-3,
+    "lr_warmup_steps": 100,
+    "max_train_steps": 3600,
+    "validation_steps": 500,
+    "checkpointing_steps": 500,
+}
 
 
 def _opt(default, help: str, *, group: str, choices=None, aliases=(), fallback=None, check=None):
@@ -327,10 +352,12 @@ class TrainConfig:
     ema_max_decay: float = _opt(0.9999, "Maximum EMA decay.", group="EMA", check=_UNIT)
     # --- validation, logging and output
     output_dir: str = _opt("hfddpm-mnist", "Where the pipeline and run files go.", group="output")
-    validation_steps: int = _opt(
-        250,
-        "Sample a grid from the EMA weights every this many steps (0: only at the end).",
+    validation_steps: int | None = _opt(
+        None,
+        "Sample a grid from the EMA weights every this many steps (0: only at the end; default: CPU_RECIPE's 500 on"
+        " a CPU, else 250).",
         group="output",
+        fallback=250,
         check=_NON_NEGATIVE_INT,
     )
     validation_inference_steps: int = _opt(
@@ -391,8 +418,12 @@ class TrainConfig:
         aliases=("--logger",),
     )
     logging_dir: str = _opt("logs", "Tracker folder, relative to --output_dir.", group="output")
-    checkpointing_steps: int = _opt(
-        250, "Save a resumable checkpoint every this many steps (0: never).", group="output", check=_NON_NEGATIVE_INT
+    checkpointing_steps: int | None = _opt(
+        None,
+        "Save a resumable checkpoint every this many steps (0: never; default: CPU_RECIPE's 500 on a CPU, else 250).",
+        group="output",
+        fallback=250,
+        check=_NON_NEGATIVE_INT,
     )
     checkpoints_total_limit: int = _opt(
         2, "Keep at most this many checkpoints (0: keep all).", group="output", check=_NON_NEGATIVE_INT
@@ -502,8 +533,8 @@ class TrainConfig:
         ``max_train_steps`` is the recipe's length (what a time budget plans up to when the flag is unset).
 
         Example:
-            >>> TrainConfig(learning_rate=5e-4).recipe(gpu=True)
-            {'train_batch_size': 512, 'learning_rate': 0.0005, 'lr_warmup_steps': 13, 'max_train_steps': 225}
+            >>> TrainConfig(learning_rate=5e-4).recipe(gpu=True)["learning_rate"], GPU_RECIPE["lr_warmup_steps"]
+            (0.0005, 13)
             >>> TrainConfig().recipe(cpu=True)["train_batch_size"], TrainConfig().recipe()["train_batch_size"]
             (32, 64)
         """

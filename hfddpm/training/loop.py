@@ -43,7 +43,7 @@ from hfddpm.training.checkpoint import (
     resolve_resume_path,
     save_checkpoint,
 )
-from hfddpm.training.config import CONFIG_FILE, TrainConfig, write_config
+from hfddpm.training.config import CONFIG_FILE, RECIPE_FIELDS, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
 from hfddpm.training.periodic_eval import best_so_far, evaluate_ema, load_history, save_history
 from hfddpm.training.precision import resolve_mixed_precision
@@ -227,7 +227,7 @@ def train(config: TrainConfig) -> Path:
         "num_processes": accelerator.num_processes,
         "device": device.type,
         "time_budget_minutes": config.max_train_minutes if config.uses_time_budget else None,
-        **{name: getattr(config, name) for name in ("train_batch_size", "learning_rate", "lr_warmup_steps")},
+        **{name: getattr(config, name) for name in RECIPE_FIELDS if name != "max_train_steps"},
         "channels_last": step_format.channels_last,
     }
     if accelerator.is_main_process:
@@ -252,7 +252,8 @@ def train(config: TrainConfig) -> Path:
         logger.info(
             ("GPU recipe (the data is on the device)" if gpu_recipe else "CPU recipe")
             + f": batch {config.train_batch_size}, learning rate {config.learning_rate:g}, warm-up"
-            f" {config.lr_warmup_steps} steps, {recipe['max_train_steps']} steps: the recipe's images in "
+            f" {config.lr_warmup_steps} steps, {recipe['max_train_steps']} steps, a grid every"
+            f" {config.validation_steps} and a checkpoint every {config.checkpointing_steps}: the recipe's images in "
             + ("larger batches" if gpu_recipe else "smaller batches, twice the steps at about the same images/s")
             + " (--train_batch_size sets your own)."
         )
