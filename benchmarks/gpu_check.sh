@@ -40,14 +40,15 @@ prepare)
   du -sh .whl
   ;;
 run | smoke)
-  out=$(realpath -m "${2:-benchmarks/results/gpu}")
+  default_out=benchmarks/results/gpu
   toy=()     # benchmark 1 at full size, the default run as a user runs it
   toy_run=()
   if [ "$1" = smoke ]; then
-    out=$(realpath -m "${2:-/tmp/gpu_check_smoke}")
+    default_out=/tmp/gpu_check_smoke
     toy=(--batch-size 8 --rounds 1 --steps-per-round 2 --warmup-steps 1)
     toy_run=(--num-images 20 --max_train_steps 4 --eval_count 0 --validation_inference_steps 1)
   fi
+  out=$(realpath -m "${2:-$default_out}")
   mkdir -p "$out"
   rm -rf /tmp/site /tmp/hfddpm
   "$PY" -m pip install -q --no-index --find-links .whl --no-deps --no-compile --no-cache-dir --upgrade \

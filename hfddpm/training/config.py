@@ -547,8 +547,8 @@ class TrainConfig:
         }
 
     def with_recipe(self, *, gpu: bool = False, cpu: bool = False) -> TrainConfig:
-        """A copy with the batch size, learning rate and warm-up of :meth:`recipe` filled in (``max_train_steps``
-        is left as given: unset means a time budget or ``--num_epochs`` decides)."""
+        """A copy with the values of :meth:`recipe` filled in (``max_train_steps`` is left as given: unset means a
+        time budget or ``--num_epochs`` decides)."""
         values = self.recipe(gpu=gpu, cpu=cpu)
         values.pop("max_train_steps")
         return dataclasses.replace(self, **values)

@@ -128,7 +128,7 @@ def train(config: TrainConfig) -> Path:
     )
     cpu_recipe = device.type == "cpu"
     recipe = config.recipe(gpu=gpu_recipe, cpu=cpu_recipe)
-    config = config.with_recipe(gpu=gpu_recipe, cpu=cpu_recipe)  # batch size, learning rate, warm-up
+    config = config.with_recipe(gpu=gpu_recipe, cpu=cpu_recipe)  # batch size, learning rate, warm-up, cadences
     step_format, precision_why = resolve_step_format(config, run, state)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
