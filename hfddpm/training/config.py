@@ -70,9 +70,10 @@ GPU_RECIPE = {
 # optimizer steps for about the same images/s. Measured with benchmarks/bench_default_run.py (1000 samples): in bf16
 # (native), the 8-minute budget's 1246 x 64 against 2267 x 32: FD-digits 2.04 -> 1.44 (a second run, on a slower
 # machine, 2007 x 32: 1.58); in float32 (AVX2 kernels), at equal images, 600 x 64 against 1200 x 32: FD-digits 5.20 ->
-# 3.49, label accuracy 0.74 -> 0.79 (a learning rate of 2e-3 at batch 64 was worse: 5.73). A grid and a checkpoint
-# every 500 steps, i.e. after as many images as the fallbacks' 250 x 64: every 250 steps of 32 they took about 10% of
-# the bf16 loop's time and 7% of the float32 loop's.
+# 3.49, label accuracy 0.74 -> 0.79 (a learning rate of 2e-3 at batch 64 was worse: 5.73); batches of 16 gave 2.53
+# against 2.75 at 44,800 images, within run-to-run spread, at 12% fewer images/s (20% in the step alone). A grid
+# and a checkpoint every 500 steps, i.e. after as many images as the fallbacks' 250 x 64: every 250 steps of 32 they
+# took about 10% of the bf16 loop's time and 7% of the float32 loop's.
 CPU_RECIPE = {
     "train_batch_size": 32,
     "learning_rate": 1e-3,
