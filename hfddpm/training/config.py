@@ -268,16 +268,16 @@ class TrainConfig:
     # --- optimisation
     train_batch_size: int | None = _opt(
         None,
-        "Batch size per process (default: CPU_RECIPE's 32 on a CPU, GPU_RECIPE's 512 on a GPU with the data on the"
-        " device, else 64).",
+        f"Batch size per process (default: CPU_RECIPE's {CPU_RECIPE['train_batch_size']} on a CPU, GPU_RECIPE's"
+        f" {GPU_RECIPE['train_batch_size']} on a GPU with the data on the device, else 64).",
         group="optimisation",
         fallback=64,
         check=_POSITIVE,
     )
     max_train_steps: int | None = _opt(
         None,
-        "Optimizer steps (default: the recipe's 115,200 images, e.g. 3600 steps of 32 on a CPU, unless --num_epochs"
-        " or the time budget decides).",
+        f"Optimizer steps (default: the recipe's 115,200 images, e.g. {CPU_RECIPE['max_train_steps']} steps of"
+        f" {CPU_RECIPE['train_batch_size']} on a CPU, unless --num_epochs or the time budget decides).",
         group="optimisation",
         fallback=1800,
         check=_POSITIVE,
@@ -355,8 +355,8 @@ class TrainConfig:
     output_dir: str = _opt("hfddpm-mnist", "Where the pipeline and run files go.", group="output")
     validation_steps: int | None = _opt(
         None,
-        "Sample a grid from the EMA weights every this many steps (0: only at the end; default: CPU_RECIPE's 500 on"
-        " a CPU, else 250).",
+        "Sample a grid from the EMA weights every this many steps (0: only at the end; default: CPU_RECIPE's"
+        f" {CPU_RECIPE['validation_steps']} on a CPU, else 250).",
         group="output",
         fallback=250,
         check=_NON_NEGATIVE_INT,
@@ -421,7 +421,8 @@ class TrainConfig:
     logging_dir: str = _opt("logs", "Tracker folder, relative to --output_dir.", group="output")
     checkpointing_steps: int | None = _opt(
         None,
-        "Save a resumable checkpoint every this many steps (0: never; default: CPU_RECIPE's 500 on a CPU, else 250).",
+        "Save a resumable checkpoint every this many steps (0: never; default: CPU_RECIPE's"
+        f" {CPU_RECIPE['checkpointing_steps']} on a CPU, else 250).",
         group="output",
         fallback=250,
         check=_NON_NEGATIVE_INT,
