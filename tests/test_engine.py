@@ -1,9 +1,11 @@
 """hfddpm.training.TrainingEngine on its own: the step compiled with torch.compile equals the eager one, and what
 it exports is a plain diffusers UNet."""
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from diffusers.utils import make_image_grid
 from safetensors.torch import load_file
 
 from hfddpm import HFDDPMPipeline, build_unet
@@ -38,6 +40,29 @@ def test_the_compiled_step_equals_the_eager_step(tmp_path):
     keys = load_file(str(tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors")).keys()
     assert not [k for k in keys if "_orig_mod" in k]
     assert HFDDPMPipeline.from_pretrained(tmp_path / "pipe").unet.config.num_class_embeds == 11
+
+
+def test_the_class_grid_samples_with_the_validation_guidance():
+    engine = _engine(compile=False)
+    assert engine.config.validation_guidance_scale == 1.5  # the default: measured, see the README
+    engine.config.validation_images_per_class = 2
+    grid = np.asarray(engine.sample_grid(num_classes=3))
+    assert grid.shape[:2] == (3 * 16, 2 * 16)  # one row per class
+    # the same images from the pipeline the grid uses, called by hand: DPM-Solver++, labels per row, the run's seed
+    pipe = engine.pipeline(sampler="dpmsolver++")
+    by_hand = {}
+    for guidance in (1.5, 1.0):
+        images = pipe(
+            batch_size=6,
+            class_labels=[0, 0, 1, 1, 2, 2],
+            guidance_scale=guidance,
+            num_inference_steps=engine.config.validation_inference_steps,
+            generator=torch.Generator("cpu").manual_seed(engine.config.seed),
+            output_type="pil",
+        ).images
+        by_hand[guidance] = np.asarray(make_image_grid(images, rows=3, cols=2))
+    np.testing.assert_array_equal(grid, by_hand[1.5])
+    assert np.abs(grid.astype(int) - by_hand[1.0]).max() > 0  # guidance changes the grid
 
 
 @pytest.mark.gpu

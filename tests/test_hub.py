@@ -157,7 +157,10 @@ def test_card_variants(tmp_path):
     assert "Not evaluated yet" in card.text
     assert "![" not in card.text  # no grid on disk, no broken image
     assert 'from_pretrained("user/cond")' in card.text
-    assert "    class_labels=[0, 1, 2, 3],\n    guidance_scale=2.0,\n).images" in card.text
+    # a config without the field (an older run) shows TrainConfig's default; a run's own value is shown as given
+    assert "    class_labels=[0, 1, 2, 3],\n    guidance_scale=1.5,\n).images" in card.text
+    path = write_model_card(folder, training_config={"preset": "tiny", "validation_guidance_scale": 3}, repo_id="u/c")
+    assert "    class_labels=[0, 1, 2, 3],\n    guidance_scale=3.0,\n).images" in path.read_text()
     assert "conditioned on one of 10 class labels" in card.text
     assert card_template_path().name == "hfddpm_card_template.md"
 

@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hfddpm.evaluation.registry import EVAL_SETTINGS, METRIC_REGISTRY, card_metrics
 from hfddpm.evaluation.uncertainty import DETAILS_KEY
-from hfddpm.training.config import CONFIG_FILE, read_config
+from hfddpm.training.config import CONFIG_FILE, TrainConfig, read_config
 
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
 SAMPLE_GRID = "samples/final.png"
@@ -178,7 +178,7 @@ def write_model_card(
     steps = int(config.get("validation_inference_steps") or 50)
     call_args = ["batch_size=4", f"num_inference_steps={steps}", "generator=generator"]
     if num_classes:
-        guidance = config.get("validation_guidance_scale") or 2.0
+        guidance = config.get("validation_guidance_scale", TrainConfig.validation_guidance_scale)
         call_args += [f"class_labels={[i % num_classes for i in range(4)]}", f"guidance_scale={float(guidance)}"]
 
     repo_id = str(output_dir) if repo_id is None else repo_id
