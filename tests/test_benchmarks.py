@@ -122,6 +122,18 @@ def test_sampling_overhead_smoke(tmp_path):
         assert len(data[key]["seconds_per_round"]) == 2 and data[key]["seconds_per_call"] > 0
 
 
+def test_validation_grid_smoke(tmp_path):
+    out = tmp_path / "grid.json"
+    result = _bench("bench_validation_grid.py", "--preset", "tiny", "--resolution", "16", "--num-classes", "3",
+                    "--images-per-class", "2", "--inference-steps", "2", "--rounds", "2", "--guidance", "2.0",
+                    "--out", str(out))  # fmt: skip
+    data = json.loads(out.read_text())
+    assert list(data)[-2:] == ["1.0", "2.0"]  # guidance 1, the baseline, is added
+    assert data["1.0"]["ratio_vs_guidance_1"] == 1.0
+    assert len(data["2.0"]["seconds_per_round"]) == 2 and data["2.0"]["seconds_per_grid"] > 0
+    assert "3 x 2 images" in result.stdout
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_train_throughput_on_a_gpu_uses_the_tutorials_fp16_as_baseline(tmp_path):
