@@ -1,6 +1,7 @@
 """What a validation grid costs at each guidance scale: ``TrainingEngine.sample_grid`` of a class-conditional run (one
-row per class, ``--validation_images_per_class`` images each, DPM-Solver++ ``--validation_inference_steps``), the
-engine built as train.py builds it, timed at guidance 1 (off) and at the others, interleaved round by round.
+row per class, ``--validation_images_per_class`` images each, DPM-Solver++ ``--validation_inference_steps``) of a
+``TrainingEngine`` of the preset (float32 weights, no autocast: as a run samples its grids), timed at guidance 1 (off)
+and at the others, interleaved round by round.
 
     python benchmarks/bench_validation_grid.py                                  # mnist preset, 10 x 8, 20 steps
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_validation_grid.py \
