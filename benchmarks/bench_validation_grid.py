@@ -44,31 +44,32 @@ def main(args):
         torch.set_num_threads(args.threads)
     scales = [1.0] + [g for g in dict.fromkeys(args.guidance) if g != 1.0]
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    engines = {}
-    for g in scales:
-        config = TrainConfig(
-            preset=args.preset,
-            resolution=args.resolution,
-            validation_images_per_class=args.images_per_class,
-            validation_inference_steps=args.inference_steps,
-            validation_guidance_scale=g,
-            max_train_steps=1,
-        ).validate()
-        torch.manual_seed(0)
-        classes = args.num_classes + 1  # + the null class of classifier-free guidance
-        unet = hfddpm.build_unet(
-            args.preset, in_channels=1, out_channels=1, sample_size=args.resolution, num_class_embeds=classes
-        )
-        engines[g] = TrainingEngine(
-            config, unet, build_scheduler(config), accelerator, max_train_steps=1, class_conditional=True
-        )
-    for engine in engines.values():  # warm-up
-        engine.sample_grid(num_classes=args.num_classes)
+    config = TrainConfig(
+        preset=args.preset,
+        resolution=args.resolution,
+        validation_images_per_class=args.images_per_class,
+        validation_inference_steps=args.inference_steps,
+        max_train_steps=1,
+    ).validate()
+    torch.manual_seed(0)
+    classes = args.num_classes + 1  # + the null class of classifier-free guidance
+    unet = hfddpm.build_unet(
+        args.preset, in_channels=1, out_channels=1, sample_size=args.resolution, num_class_embeds=classes
+    )
+    engine = TrainingEngine(
+        config, unet, build_scheduler(config), accelerator, max_train_steps=1, class_conditional=True
+    )
+
+    def grid(guidance: float):
+        engine.config.validation_guidance_scale = guidance  # what sample_grid reads
+        return engine.sample_grid(num_classes=args.num_classes)
+
+    for g in scales:  # warm-up
+        grid(g)
     seconds = {g: [] for g in scales}
     for r in range(args.rounds):
         for g in scales if r % 2 == 0 else scales[::-1]:
-            grid = engines[g].sample_grid
-            seconds[g].append(timed(lambda grid=grid: grid(num_classes=args.num_classes), accelerator.device))
+            seconds[g].append(timed(lambda g=g: grid(g), accelerator.device))
     results = {
         str(g): {
             "seconds_per_grid": median(values),
