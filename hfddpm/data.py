@@ -27,6 +27,7 @@ Example:
 import copy
 import functools
 import io
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED_DATASET_NAME = "mnist_5k"
 # Modes that a UNet's channel count maps to.
@@ -151,9 +154,10 @@ def load_training_source(settings: dict):
     )
 
 
-def sample_column(dataset, column: str, max_rows: int, seed: int = 0) -> list:
+def sample_column(dataset, column: str, max_rows: int, seed: int = 0, *, name: str | None = None) -> list:
     """The values of ``column`` in at most ``max_rows`` rows: all of a small dataset, a seeded random subset (in
-    dataset order) of a larger one, the first ones of a stream.
+    dataset order) of a larger one, the first ones of a stream. With a ``name``, taking a subset logs a warning that
+    names the set and both sizes.
 
     Example:
         >>> rows = datasets.Dataset.from_dict({"x": list(range(10))})
@@ -164,6 +168,8 @@ def sample_column(dataset, column: str, max_rows: int, seed: int = 0) -> list:
         return [row[column] for row in dataset.take(max_rows)]
     if len(dataset) <= max_rows:
         return list(dataset[column])
+    if name is not None:
+        logger.warning(f"The {name} has {len(dataset)} rows; a seeded random subset of {max_rows} of them is used.")
     picked = np.sort(np.random.default_rng(seed).choice(len(dataset), max_rows, replace=False))
     return list(dataset.select(picked)[column])
 

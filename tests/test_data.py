@@ -19,6 +19,7 @@ from hfddpm.data import (
     load_train_dataset,
     make_train_dataloader,
     resolve_columns,
+    sample_column,
     to_pil,
 )
 
@@ -173,6 +174,17 @@ def test_missing_sources_and_empty_data(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # Map-style loading
 # ---------------------------------------------------------------------------------------------------------------------
+def test_a_named_sample_warns_only_when_it_takes_a_subset(caplog):
+    rows = datasets.Dataset.from_dict({"x": list(range(10))})
+    with caplog.at_level("WARNING", logger="hfddpm.data"):
+        assert sample_column(rows, "x", 10, name="toy set") == list(range(10))
+        assert sample_column(rows, "x", 4) == sample_column(rows, "x", 4, seed=0)
+        assert caplog.messages == []
+        picked = sample_column(rows, "x", 4, seed=1, name="toy set")
+    assert picked == sorted(picked) and len(set(picked)) == 4
+    assert caplog.messages == ["The toy set has 10 rows; a seeded random subset of 4 of them is used."]
+
+
 def test_sampler_shards_each_epoch_across_processes():
     samplers = [EpochShardSampler(10, seed=1, rank=r, world_size=3) for r in range(3)]
     for epoch in range(2):

@@ -211,9 +211,7 @@ def reference_clips(
         )
     if isinstance(dataset.features[column], datasets.Audio) and dataset.features[column].decode:
         dataset = dataset.cast_column(column, datasets.Audio(decode=False))
-    values = sample_column(dataset, column, max_clips, seed)
-    if not isinstance(dataset, datasets.IterableDataset) and len(dataset) > max_clips:
-        logger.warning(f"The FAD reference has {len(dataset)} clips; the statistics use {max_clips} of them.")
+    values = sample_column(dataset, column, max_clips, seed, name="FAD reference")
     clips = []
     for value in values:
         try:

@@ -24,15 +24,12 @@ Example (a "model" that returns training images is flagged; held-out digits are 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from .features import extract_features
 from .uncertainty import bootstrap_interval, details
-
-logger = logging.getLogger(__name__)
 
 QUANTILE = 0.05
 NUM_CALIBRATION = 1000
@@ -203,15 +200,11 @@ def training_images(
     ``streaming``; neither a dataset nor a folder means the embedded MNIST-5k. At most ``max_images`` are read (a
     seeded random subset of a larger dataset; the first ones of a streamed one).
     """
-    import datasets
-
     from hfddpm.data import DECODE_ERRORS, ImageTransform, load_training_source, resolve_columns, sample_column, to_pil
 
     dataset = load_training_source(settings)
     column = resolve_columns(dataset, settings.get("image_column") or "image").image_column
-    rows = sample_column(dataset, column, max_images, seed)
-    if not isinstance(dataset, datasets.IterableDataset) and len(dataset) > max_images:
-        logger.warning(f"The training set has {len(dataset)} images; the check searches {max_images} of them.")
+    rows = sample_column(dataset, column, max_images, seed, name="training set of the memorisation check")
     transform = ImageTransform(resolution, channels, center_crop=True)
     images = []
     for value in rows:
