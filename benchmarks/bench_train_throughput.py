@@ -87,8 +87,10 @@ def main(args):
     tutorial = {"diffusers": baseline, "diffusers_fp32": "no", "diffusers_bf16": "bf16"}
     if baseline == "no":
         del tutorial["diffusers_fp32"]
+    hfddpm_rows = {"hfddpm": (hfddpm_precision, None), "hfddpm_fp32": ("no", None)}
     for key in args.skip_row:
         tutorial.pop(key, None)
+        hfddpm_rows.pop(key, None)
     loops = {
         key: DiffusersTutorialLoop(config, data, args.batch_size, max_steps=max_steps, mixed_precision=precision)
         for key, precision in tutorial.items()
@@ -98,9 +100,6 @@ def main(args):
         "diffusers_fp32": f"{DiffusersTutorialLoop.name}, float32",
         "diffusers_bf16": f"{DiffusersTutorialLoop.name} + bf16 autocast",
     }
-    hfddpm_rows = {"hfddpm": (hfddpm_precision, None), "hfddpm_fp32": ("no", None)}
-    if "hfddpm_fp32" in args.skip_row:
-        del hfddpm_rows["hfddpm_fp32"]
     hfddpm_rows.update({f"hfddpm_compiled_{mode}": (hfddpm_precision, mode) for mode in args.compile_mode})
     hfddpm_data = data.to(device) if args.data_on_device else data
     for key, (precision, mode) in hfddpm_rows.items():
