@@ -103,13 +103,14 @@ def test_on_a_gpu_the_step_format_is_measured(tmp_path):
 
 
 def test_the_gpu_recipe_trains_the_fallback_images_in_larger_batches():
-    from hfddpm.training.config import GPU_RECIPE, fallback
+    from hfddpm.training.config import FALLBACK_RECIPE, GPU_RECIPE, fallback
 
     base = TrainConfig().recipe()
-    assert base == {
+    assert base == FALLBACK_RECIPE == {
         "train_batch_size": 64, "learning_rate": 1e-3, "lr_warmup_steps": 100, "max_train_steps": 1800,
         "validation_steps": 250, "checkpointing_steps": 250,
     }  # fmt: skip
+    assert all(fallback(name) == value for name, value in FALLBACK_RECIPE.items())
     assert TrainConfig().recipe(gpu=True) == GPU_RECIPE
     scale = GPU_RECIPE["train_batch_size"] / base["train_batch_size"]
     assert GPU_RECIPE["max_train_steps"] * GPU_RECIPE["train_batch_size"] == 1800 * 64  # the same images

@@ -44,8 +44,7 @@ CONFIG_FILE = "training_config.json"
 SECRET_FIELDS = ("hub_token",)
 LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
 # The recipe's settings that depend on the batch size: left unset (None), they take CPU_RECIPE's or GPU_RECIPE's value
-# when that applies, else their field's fallback (1800 steps x 64 = 115,200 images; a validation grid and a checkpoint
-# every 250 steps x 64 = 16,000 images).
+# when that applies, else FALLBACK_RECIPE's (their fields' fallbacks).
 RECIPE_FIELDS = (
     "train_batch_size",
     "learning_rate",
@@ -54,6 +53,16 @@ RECIPE_FIELDS = (
     "validation_steps",
     "checkpointing_steps",
 )
+# The recipe when neither the CPU's nor the GPU's applies (e.g. --train_batch_size given): 1800 steps x 64 = 115,200
+# images; a validation grid and a checkpoint every 250 steps x 64 = 16,000 images.
+FALLBACK_RECIPE = {
+    "train_batch_size": 64,
+    "learning_rate": 1e-3,
+    "lr_warmup_steps": 100,
+    "max_train_steps": 1800,
+    "validation_steps": 250,
+    "checkpointing_steps": 250,
+}
 # The recipe on a GPU when --train_batch_size is not given and the dataset is kept on the device: the fallbacks'
 # 115,200 images (1800 steps x 64) in batches of 512, which keep a GPU busy where batches of 64 leave it waiting for
 # kernel launches; the learning rate scaled by sqrt(512 / 64), the warm-up by 64 / 512. Its run is about a minute, so
@@ -269,9 +278,10 @@ class TrainConfig:
     train_batch_size: int | None = _opt(
         None,
         f"Batch size per process (default: CPU_RECIPE's {CPU_RECIPE['train_batch_size']} on a CPU, GPU_RECIPE's"
-        f" {GPU_RECIPE['train_batch_size']} on a GPU with the data on the device, else 64).",
+        f" {GPU_RECIPE['train_batch_size']} on a GPU with the data on the device, else"
+        f" {FALLBACK_RECIPE['train_batch_size']}).",
         group="optimisation",
-        fallback=64,
+        fallback=FALLBACK_RECIPE["train_batch_size"],
         check=_POSITIVE,
     )
     max_train_steps: int | None = _opt(
@@ -279,7 +289,7 @@ class TrainConfig:
         f"Optimizer steps (default: the recipe's 115,200 images, e.g. {CPU_RECIPE['max_train_steps']} steps of"
         f" {CPU_RECIPE['train_batch_size']} on a CPU, unless --num_epochs or the time budget decides).",
         group="optimisation",
-        fallback=1800,
+        fallback=FALLBACK_RECIPE["max_train_steps"],
         check=_POSITIVE,
     )
     max_train_minutes: float = _opt(
@@ -299,9 +309,9 @@ class TrainConfig:
     )
     learning_rate: float | None = _opt(
         None,
-        "Peak learning rate (default 1e-3; GPU_RECIPE's when its batch size applies).",
+        f"Peak learning rate (default {FALLBACK_RECIPE['learning_rate']}; GPU_RECIPE's when its batch size applies).",
         group="optimisation",
-        fallback=1e-3,
+        fallback=FALLBACK_RECIPE["learning_rate"],
         check=_POSITIVE_FLOAT,
     )
     lr_scheduler: str = _opt(
@@ -312,9 +322,10 @@ class TrainConfig:
     )
     lr_warmup_steps: int | None = _opt(
         None,
-        "Linear warm-up steps (default 100; GPU_RECIPE's when its batch size applies).",
+        f"Linear warm-up steps (default {FALLBACK_RECIPE['lr_warmup_steps']}; GPU_RECIPE's when its batch size"
+        " applies).",
         group="optimisation",
-        fallback=100,
+        fallback=FALLBACK_RECIPE["lr_warmup_steps"],
         check=_NON_NEGATIVE_INT,
     )
     adam_beta1: float = _opt(0.9, "AdamW beta1.", group="optimisation", check=_UNIT_OPEN)
@@ -356,9 +367,9 @@ class TrainConfig:
     validation_steps: int | None = _opt(
         None,
         "Sample a grid from the EMA weights every this many steps (0: only at the end; default: CPU_RECIPE's"
-        f" {CPU_RECIPE['validation_steps']} on a CPU, else 250).",
+        f" {CPU_RECIPE['validation_steps']} on a CPU, else {FALLBACK_RECIPE['validation_steps']}).",
         group="output",
-        fallback=250,
+        fallback=FALLBACK_RECIPE["validation_steps"],
         check=_NON_NEGATIVE_INT,
     )
     validation_inference_steps: int = _opt(
@@ -428,9 +439,9 @@ class TrainConfig:
     checkpointing_steps: int | None = _opt(
         None,
         "Save a resumable checkpoint every this many steps (0: never; default: CPU_RECIPE's"
-        f" {CPU_RECIPE['checkpointing_steps']} on a CPU, else 250).",
+        f" {CPU_RECIPE['checkpointing_steps']} on a CPU, else {FALLBACK_RECIPE['checkpointing_steps']}).",
         group="output",
-        fallback=250,
+        fallback=FALLBACK_RECIPE["checkpointing_steps"],
         check=_NON_NEGATIVE_INT,
     )
     checkpoints_total_limit: int = _opt(
@@ -537,7 +548,7 @@ class TrainConfig:
     def recipe(self, *, gpu: bool = False, cpu: bool = False) -> dict:
         """The values of :data:`RECIPE_FIELDS` this run trains with: the flags given, else, without
         ``--train_batch_size``, :data:`GPU_RECIPE`'s (``gpu``: on a GPU with the data on the device) or
-        :data:`CPU_RECIPE`'s (``cpu``: on a CPU), else the fallbacks.
+        :data:`CPU_RECIPE`'s (``cpu``: on a CPU), else :data:`FALLBACK_RECIPE`'s.
         ``max_train_steps`` is the recipe's length (what a time budget plans up to when the flag is unset).
 
         Example:
