@@ -49,7 +49,7 @@ def test_autocast_is_what_accelerate_applies(common):
 
 
 def test_train_throughput_smoke_compares_the_four_loops_on_cpu(tmp_path):
-    out = tmp_path / "throughput.json"
+    out = tmp_path / "train_throughput_mnist.json"  # the name gpu_check.sh gives it
     result = _bench("bench_train_throughput.py", *THROUGHPUT_SMOKE, "--out", str(out))
     data = json.loads(out.read_text())
     loops = {key: data[key] for key in ("diffusers", "diffusers_bf16", "hfddpm", "hfddpm_fp32")}
@@ -64,12 +64,40 @@ def test_train_throughput_smoke_compares_the_four_loops_on_cpu(tmp_path):
         assert low <= loop["ratio_vs_diffusers"] <= high
     assert "as configured (float32 here): the baseline" in result.stdout
     assert "| ratio vs diffusers (95% interval) |" in result.stdout
+    _check_gpu_summary(tmp_path, data)
     # rows can be left out; one round has no interval
     args = [*THROUGHPUT_SMOKE, "--rounds", "1", "--skip-row", "diffusers_bf16", "--skip-row", "hfddpm_fp32"]
     _bench("bench_train_throughput.py", *args, "--out", str(out))
     data = json.loads(out.read_text())
     assert {"diffusers", "hfddpm"} <= data.keys() and not {"diffusers_bf16", "hfddpm_fp32"} & data.keys()
     assert data["hfddpm"]["ratio_ci95"] is None
+
+
+def _check_gpu_summary(folder, throughput):
+    """gpu_summary.py on a gpu_check.sh folder: benchmark 1's rows as written, the default run against 1382 images/s
+    and the files missing."""
+    run = {"train_images_per_second": 6910.0, "command_wall_time_s": 58.4, "train_wall_time_s": 31.2, "steps": 225,
+           "mixed_precision": "bf16", "fd_digits": 1.234, "confident_share": 0.9, "label_accuracy": 0.95,
+           "num_samples": 1000, "sampler": "dpmsolver++, 20 steps, guidance 1.0"}  # fmt: skip
+    (folder / "default_run.json").write_text(json.dumps({"results": run}))
+    text = _bench("gpu_summary.py", str(folder)).stdout.splitlines()
+    assert text[0] == (
+        "default run (images/s >= 5x 1382 and wall < 60 s): 6910 images/s = 5.00x 1382; command wall 58 s (training"
+        " 31 s); 225 steps, bf16"
+    )
+    assert text[1].split() == "FD-digits 1.23, confident share 0.90, label accuracy 0.95 (1000 samples,".split() + [
+        "dpmsolver++,", "20", "steps,", "guidance", "1.0)"
+    ]  # fmt: skip
+    assert text[2:4] == [
+        "train_throughput_cifar10: no train_throughput_cifar10.json",
+        "train_throughput_cifar10_compiled: no train_throughput_cifar10_compiled.json",
+    ]
+    assert text[4] == "train_throughput_mnist: preset tiny, batch 8, cpu"
+    rows = {line.split()[0]: line.split() for line in text[5:]}
+    assert rows.keys() == {"diffusers", "diffusers_bf16", "hfddpm", "hfddpm_fp32"}
+    for key, words in rows.items():
+        assert words[1] == f"{throughput[key]['images_per_second']:.1f}"
+        assert words[3] == f"{throughput[key]['ratio_vs_diffusers']:.2f}x"
 
 
 def test_quality_per_compute_smoke_trains_both_recipes_for_the_same_time(tmp_path):
