@@ -18,7 +18,7 @@
 #   5. the tests marked gpu.
 # OUT ends up with at most 8 files (what a device lease brings back): summary.txt (the GPU, versions, each step's
 # outcome and time, the headline numbers), log.txt (everything printed), 3 benchmark json files and the default run's
-# json and two pictures. The summary is printed last. About 9 minutes in all on an H100 if every step runs to its limit.
+# json and two pictures. The summary is printed last. The limits add up to 560 s; with the install, under 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,15 +87,15 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'datasets'
   }
   bench=("$PY" benchmarks/bench_train_throughput.py --data-on-device)
   cifar10=(--preset cifar10 --resolution 32 --channels 3 --batch-size 128 --rounds 3 --channels-last)
-  step "default run" 180 "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist \
+  step "default run" 160 "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist \
     --out "$out/default_run" "${toy_run[@]}"
-  step "cifar10 eager" 60 "${bench[@]}" "${cifar10[@]}" "${toy[@]}" --out "$out/train_throughput_cifar10.json"
-  step "cifar10 compiled" 170 "${bench[@]}" "${cifar10[@]}" --compile-mode default --skip-row diffusers_fp32 \
+  step "cifar10 eager" 80 "${bench[@]}" "${cifar10[@]}" "${toy[@]}" --out "$out/train_throughput_cifar10.json"
+  step "cifar10 compiled" 160 "${bench[@]}" "${cifar10[@]}" --compile-mode default --skip-row diffusers_fp32 \
     --skip-row diffusers_bf16 --skip-row hfddpm_fp32 "${toy[@]}" --out "$out/train_throughput_cifar10_compiled.json"
-  step "mnist eager + CUDA graphs" 120 "${bench[@]}" --preset mnist --batch-size 64 --compile-mode reduce-overhead \
+  step "mnist eager + CUDA graphs" 100 "${bench[@]}" --preset mnist --batch-size 64 --compile-mode reduce-overhead \
     "${toy[@]}" --out "$out/train_throughput_mnist.json"
   if "$PY" -c "import pytest" 2>/dev/null; then
-    step "tests marked gpu" 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py \
+    step "tests marked gpu" 60 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py \
       tests/test_step_format.py tests/test_benchmarks.py
   fi
   "$PY" benchmarks/gpu_summary.py "$out" >>"$summary" || true
