@@ -341,6 +341,32 @@ def test_train_digit_classifier_script_writes_weights_and_json(tmp_path):
     assert set(load_file(str(tmp_path / "digit_classifier.safetensors"))) == set(model.state_dict())
 
 
+def test_classifier_weights_load_frozen_and_a_missing_file_names_the_fix(tmp_path):
+    from safetensors.torch import save_file
+
+    from hfddpm.evaluation import DigitClassifier, load_spoken_digit_classifier
+    from hfddpm.evaluation.small_cnn import load_weights
+
+    trained = DigitClassifier()
+    torch.nn.init.normal_(trained.fc2.weight, generator=torch.Generator().manual_seed(0))
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    for model in (
+        load_digit_classifier(tmp_path / "w.safetensors"),
+        load_weights(DigitClassifier(), tmp_path / "w.safetensors", "x", "y"),
+    ):
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+        loaded, expected = model.state_dict(), trained.state_dict()
+        assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    with pytest.raises(FileNotFoundError) as digits:
+        load_digit_classifier(tmp_path / "missing.safetensors")
+    assert str(digits.value) == (
+        f"Digit classifier weights not found at {tmp_path / 'missing.safetensors'}; train them with `python"
+        " training/train_digit_classifier.py` (writes hfddpm/evaluation/digit_classifier.safetensors)."
+    )
+    with pytest.raises(FileNotFoundError, match="Spoken-digit classifier weights not found at .*nope.*train_spoken"):
+        load_spoken_digit_classifier(tmp_path / "nope.safetensors")
+
+
 def test_small_cnn_fit_learns_a_separable_task_and_keeps_the_shipped_layouts():
     from hfddpm.evaluation import DigitClassifier, SpokenDigitClassifier
     from hfddpm.evaluation.small_cnn import SmallCNN, accuracy, fit

@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from ..data import mnist_5k_arrays
 from .classifier_metrics import classifier_metrics
 from .frechet import feature_statistics
-from .small_cnn import SmallCNN
+from .small_cnn import SmallCNN, load_weights
 from .uncertainty import fingerprint
 
 DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("digit_classifier.safetensors")
@@ -83,15 +82,12 @@ def reference_fingerprint(dataset: str = "mnist_5k", split: str = "heldout", res
 
 def load_digit_classifier(path: str | os.PathLike | None = None) -> DigitClassifier:
     """The shipped digit classifier (or weights at ``path``), in eval mode."""
-    path = Path(path) if path is not None else DIGIT_CLASSIFIER_WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Digit classifier weights not found at {path}; train them with"
-            " `python training/train_digit_classifier.py` (writes hfddpm/evaluation/digit_classifier.safetensors)."
-        )
-    model = DigitClassifier()
-    model.load_state_dict(load_file(str(path)))
-    return model.eval().requires_grad_(False)
+    return load_weights(
+        DigitClassifier(),
+        path if path is not None else DIGIT_CLASSIFIER_WEIGHTS,
+        "Digit classifier",
+        "`python training/train_digit_classifier.py` (writes hfddpm/evaluation/digit_classifier.safetensors)",
+    )
 
 
 def digit_classifier_info() -> dict:

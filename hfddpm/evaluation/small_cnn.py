@@ -10,8 +10,12 @@ Example:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -52,6 +56,16 @@ class SmallCNN(nn.Module):
             features.append(h)
             probs.append(self.fc2(h).softmax(dim=-1))
         return torch.cat(features), torch.cat(probs)
+
+
+def load_weights(model: SmallCNN, path: str | os.PathLike, what: str, how_to_train: str) -> SmallCNN:
+    """``model`` with the weights of the safetensors file at ``path``, in eval mode and frozen; a missing file raises
+    ``FileNotFoundError`` naming ``what`` and ``how_to_train``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights not found at {path}; train them with {how_to_train}.")
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False)
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 from .classifier_metrics import classifier_metrics
-from .small_cnn import SmallCNN
+from .small_cnn import SmallCNN, load_weights
 
 SPOKEN_DIGIT_CLASSIFIER_WEIGHTS = Path(__file__).with_name("spoken_digit_classifier.safetensors")
 SPOKEN_DIGIT_CLASSIFIER_INFO = Path(__file__).with_name("spoken_digit_classifier.json")
@@ -55,15 +55,12 @@ class SpokenDigitClassifier(SmallCNN):
 
 def load_spoken_digit_classifier(path=None) -> SpokenDigitClassifier:
     """The shipped classifier (or weights at ``path``), in eval mode."""
-    path = Path(path) if path is not None else SPOKEN_DIGIT_CLASSIFIER_WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Spoken-digit classifier weights not found at {path}; train them with"
-            " `python training/train_spoken_digit_classifier.py --data_dir spoken_digits`."
-        )
-    model = SpokenDigitClassifier()
-    model.load_state_dict(load_file(str(path)))
-    return model.eval().requires_grad_(False)
+    return load_weights(
+        SpokenDigitClassifier(),
+        path if path is not None else SPOKEN_DIGIT_CLASSIFIER_WEIGHTS,
+        "Spoken-digit classifier",
+        "`python training/train_spoken_digit_classifier.py --data_dir spoken_digits`",
+    )
 
 
 def spoken_digit_classifier_info() -> dict:
