@@ -819,17 +819,40 @@ class ResidentImageBatches:
         return cls(images.to(device), labels, sampler, batch_size)
 
     def __iter__(self):
-        keys = iter(self.sampler)
-        device = self.images.device
-        while True:
-            chunk = [next(keys) for _ in range(self.batch_size)]
-            index = torch.tensor([k[0] for k in chunk], device=device)
-            batch = {
-                "pixel_values": self.images.index_select(0, index),
-                "num_bad_images": torch.tensor(0),
-                "num_read_images": torch.tensor(self.batch_size),
-                "position": torch.tensor((chunk[-1][1], chunk[-1][2] + 1)),
-            }
-            if self.labels is not None:
-                batch["class_labels"] = self.labels.index_select(0, index)
-            yield batch
+        images = self.images
+        return resident_batches(
+            self.sampler, self.batch_size, images.device, self.labels, lambda index, _: images.index_select(0, index)
+        )
+
+
+def resident_batches(
+    sampler: EpochShardSampler,
+    batch_size: int,
+    device: torch.device,
+    labels: torch.Tensor | None,
+    pick: Callable[[torch.Tensor, list], torch.Tensor],
+):
+    """Endless batches of tensors kept on ``device``, in ``sampler``'s order, with the keys of
+    :func:`make_train_dataloader`'s batches. ``pick(index, chunk)`` gives a batch's ``pixel_values`` from the
+    examples' indices (a tensor on ``device``) and the sampler's ``(index, epoch, offset)`` keys.
+
+    Example:
+        >>> images = torch.arange(5.0)
+        >>> batches = resident_batches(EpochShardSampler(5, seed=0, shuffle=False), 2, "cpu", None,
+        ...                            lambda index, _: images[index])
+        >>> [(b["pixel_values"].tolist(), b["position"].tolist()) for b in (next(batches), next(batches))]
+        [([0.0, 1.0], [0, 2]), ([2.0, 3.0], [0, 4])]
+    """
+    keys = iter(sampler)
+    while True:
+        chunk = [next(keys) for _ in range(batch_size)]
+        index = torch.tensor([k[0] for k in chunk], device=device)
+        batch = {
+            "pixel_values": pick(index, chunk),
+            "num_bad_images": torch.tensor(0),
+            "num_read_images": torch.tensor(batch_size),
+            "position": torch.tensor((chunk[-1][1], chunk[-1][2] + 1)),
+        }
+        if labels is not None:
+            batch["class_labels"] = labels.index_select(0, index)
+        yield batch

@@ -50,6 +50,7 @@ from hfddpm.data import (
     ImageTransform,
     _example_rng,
     _undecoded,
+    resident_batches,
     to_pil,
 )
 from hfddpm.pipelines.pipeline_hfddpm import COMPONENTS
@@ -364,22 +365,14 @@ class LatentBatches:
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
 
     def __iter__(self):
-        keys = iter(self.sampler)
-        device = self.latents.device
-        views = self.latents.shape[1]
-        while True:
-            chunk = [next(keys) for _ in range(self.batch_size)]
-            index = torch.tensor([k[0] for k in chunk], device=device)
-            view = [int(views > 1 and _example_rng(self.seed, e, i).random() < 0.5) for i, e, _ in chunk]
-            batch = {
-                "pixel_values": self.latents[index, torch.tensor(view, device=device)],
-                "num_bad_images": torch.tensor(0),
-                "num_read_images": torch.tensor(self.batch_size),
-                "position": torch.tensor((chunk[-1][1], chunk[-1][2] + 1)),
-            }
-            if self.labels is not None:
-                batch["class_labels"] = self.labels.index_select(0, index)
-            yield batch
+        latents, seed = self.latents, self.seed
+        views = latents.shape[1]
+
+        def pick(index, chunk):  # each example's view (the flipped one with probability 1/2), drawn from its key
+            view = [int(views > 1 and _example_rng(seed, e, i).random() < 0.5) for i, e, _ in chunk]
+            return latents[index, torch.tensor(view, device=latents.device)]
+
+        return resident_batches(self.sampler, self.batch_size, latents.device, self.labels, pick)
 
 
 def make_latent_batches(
