@@ -98,10 +98,16 @@ def test_evaluate_unconditional_writes_metrics_and_card(tmp_path, capsys):
     assert results["num_samples"] == 6 and results["scheduler"] == "ddim" and results["class_conditional"] is False
     assert results["fd_digits"] > 0 and sum(results["class_histogram"]) == 6
     assert "label_accuracy" not in results
+    # FD-digits compares with its own held-out digits (named in its details), not with --reference
+    assert "reference" not in results and results["details"]["fd_digits"]["reference"]["name"] == "mnist_5k heldout"
     card = ModelCard.load(tmp_path / "pipe" / "README.md")
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values["fd_digits"] == pytest.approx(results["fd_digits"], rel=1e-5)
     assert "Updated the model-index metrics" in capsys.readouterr().out
+    # a metric against --reference records it
+    out = tmp_path / "pr.json"
+    assert main([*args, "--metrics", "pr_digits", "--no-update-card", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["reference"] == "mnist_5k"
 
 
 def test_evaluate_class_conditional_reports_label_accuracy(tiny_conditional_pipeline, tmp_path):

@@ -308,7 +308,7 @@ def evaluate_pipeline(
         eta=eta,
         seed=seed,
         batch_size=batch_size,
-        reference=str(reference),
+        **({"reference": str(reference)} if any("reference" in m.needs for m in chosen) else {}),
         class_conditional=bool(classes),
         **({"reference_audio": metric_inputs.get("reference_audio_name", "reference clips")} if sound else {}),
         generation_seconds=round(generation_seconds, 2),
