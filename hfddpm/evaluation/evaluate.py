@@ -15,7 +15,7 @@ from .digits import reference_images
 from .dinov2 import DEFAULT_DINOV2_MODEL, load_dinov2
 from .fad import DEFAULT_FAD_MODEL, load_fad_model
 from .inception import MetricUnavailableError, find_inception_weights
-from .registry import METRICS, MetricInputs, metrics_of
+from .registry import METRICS, MetricInputs, any_needs, metrics_of
 from .sampling import balanced_labels, generate_samples, num_classes, set_scheduler
 from .spoken_digits import check_spectrogram_settings
 from .uncertainty import DETAILS_KEY
@@ -88,7 +88,7 @@ def check_metrics_available(
 
 
 def _check_training_images(chosen, train_images) -> None:
-    if any("train" in m.needs for m in chosen) and train_images is None:
+    if any_needs(chosen, "train") and train_images is None:
         raise ValueError(
             "The memorization metric needs the training images (train_images=...; `hfddpm evaluate` reads them from"
             " the run's training_config.json, or from --train-data-dir / --dataset-name)."
@@ -96,7 +96,7 @@ def _check_training_images(chosen, train_images) -> None:
 
 
 def _check_real_clips(chosen, reference_audios) -> None:
-    if any("audio" in m.needs for m in chosen) and reference_audios is None:
+    if any_needs(chosen, "audio") and reference_audios is None:
         raise ValueError(
             "The fad metric needs real clips (reference_audios=..., at the samples' sample rate; `hfddpm evaluate`"
             " reads them from --reference-audio or from the training source in PIPELINE/training_config.json)."
@@ -171,13 +171,13 @@ def compute_metrics(
     chosen = metrics_of(choices)
     _check_training_images(chosen, train_images)
     _check_real_clips(chosen, reference_audios)
-    if any("audio" in m.needs for m in chosen) and (audios is None or not sample_rate):
+    if any_needs(chosen, "audio") and (audios is None or not sample_rate):
         raise ValueError(
             "The fad metric scores sound: pass audios=... ([N, num_samples]) and their sample_rate (evaluate_pipeline"
             " makes them with an audio pipeline)."
         )
     real = None
-    if any("reference" in m.needs for m in chosen):
+    if any_needs(chosen, "reference"):
         real = load_reference(reference, images.shape[-1], images.shape[1])
     inputs = MetricInputs(
         images,
@@ -258,11 +258,11 @@ def evaluate_pipeline(
     )
     chosen = metrics_of(metrics)
     _check_audio_pipeline(pipe, chosen)
-    if any("spectrogram" in m.needs for m in chosen):
+    if any_needs(chosen, "spectrogram"):
         check_spectrogram_settings(pipe.mel.config)
     # before any sampling
     _check_training_images(chosen, metric_inputs.get("train_images"))
-    sound = any("audio" in m.needs for m in chosen)
+    sound = any_needs(chosen, "audio")
     _check_real_clips(chosen, metric_inputs.get("reference_audios"))
     set_scheduler(pipe, scheduler)
     classes = num_classes(pipe)
@@ -308,7 +308,7 @@ def evaluate_pipeline(
         eta=eta,
         seed=seed,
         batch_size=batch_size,
-        **({"reference": str(reference)} if any("reference" in m.needs for m in chosen) else {}),
+        **({"reference": str(reference)} if any_needs(chosen, "reference") else {}),
         class_conditional=bool(classes),
         **({"reference_audio": metric_inputs.get("reference_audio_name", "reference clips")} if sound else {}),
         generation_seconds=round(generation_seconds, 2),

@@ -324,6 +324,16 @@ def metrics_of(choices) -> list[Metric]:
     return [m for m in METRIC_REGISTRY.values() if m.choice in choices]
 
 
+def any_needs(metrics: list[Metric], what: str) -> bool:
+    """Whether any of ``metrics`` needs ``what`` (one of :class:`Metric`'s ``needs``), e.g. ``"reference"``.
+
+    Example:
+        >>> any_needs(metrics_of(["digits"]), "reference"), any_needs(metrics_of(["pr_digits"]), "reference")
+        (False, True)
+    """
+    return any(what in m.needs for m in metrics)
+
+
 def card_metrics(results: dict) -> dict:
     """The part of an evaluation result that goes to a model card: the registered metrics, then the settings."""
     return {k: results[k] for k in (*METRIC_REGISTRY, DETAILS_KEY, *EVAL_SETTINGS) if k in results}
