@@ -78,9 +78,9 @@ def main(args):
         }
         for g, values in seconds.items()
     }
-    grid = f"{args.num_classes} x {args.images_per_class}"
     print(
-        f"\nValidation grid, preset {args.preset} ({args.resolution}px), {grid} images, DPM-Solver++ "
+        f"\nValidation grid, preset {args.preset} ({args.resolution}px), {args.num_classes} x {args.images_per_class}"
+        f" images, DPM-Solver++ "
         f"{args.inference_steps} steps, {args.rounds} interleaved rounds, device {accelerator.device}\n"
     )
     rows = [[g, r["seconds_per_grid"], f"{r['ratio_vs_guidance_1']:.3f}"] for g, r in results.items()]
