@@ -1,6 +1,7 @@
 """The time budget: planning with a fake clock, the LR schedule rebuilt for the plan, and a run that records it."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -187,3 +188,77 @@ def test_a_resumed_budget_run_keeps_its_plan_and_its_corrected_lr_schedule(tmp_p
         assert saved["last_epoch"] == step
         lr = config.learning_rate * expected.lr_scheduler.scheduler.lr_lambdas[0](step)
         assert saved["_last_lr"][0] == pytest.approx(lr, rel=1e-9)
+
+
+def _run_with_evaluations(budget_s, step_s, eval_s, *, estimate_s, startup_s=0.0, count=4, cap=100000):
+    """Simulate a budget run like the default one: ``startup_s`` before the loop, ``count`` evaluations of ``eval_s``
+    each (at the first step past each share 1/count, 2/count, ... of the current plan, the last after the loop), the
+    budget told ``estimate_s`` before the loop; returns the budget, the steps trained and when the final evaluation
+    ended."""
+    clock = FakeClock()
+    done = []
+    budget = StepBudget(budget_s, cap=cap, clock=clock, evaluations_left=lambda step, planned: count - len(done))
+    budget.expect(estimate_s)
+    clock.now = startup_s
+    budget.start(0, since=0.0)
+    step, planned = 0, cap
+    while step < planned:
+        clock.now += step_s
+        step += 1
+        budget.observe(step)
+        planned = budget.planned or cap
+        if len(done) + 1 < count and step >= math.ceil((len(done) + 1) * planned / count):
+            clock.now += eval_s
+            budget.evaluated(eval_s)
+            done.append(step)
+    clock.now += eval_s  # the final evaluation
+    return budget, step, clock.now
+
+
+@pytest.mark.parametrize("estimate_factor", [1.0, 0.5, 2.0])
+def test_the_evaluations_and_the_start_up_are_paid_inside_the_budget(estimate_factor):
+    # the default run on a slow CPU: 20 s to start, 0.5 s per step, 4 evaluations of 25 s in a 540 s budget; the
+    # estimate before the loop half or twice the real cost: the checks correct it once an evaluation is measured
+    budget, steps, end = _run_with_evaluations(540, 0.5, 25.0, estimate_s=25.0 * estimate_factor, startup_s=20.0)
+    assert budget.evaluation_seconds == 25.0 and len(budget.evaluations_timed) == 3
+    assert budget.steps_per_second == pytest.approx(2.0)  # the evaluations are not in the speed of the steps
+    # the final evaluation ends inside the budget, less its reserve for the final save and grid, by at most a step
+    assert 540 * (1 - FINAL_RESERVE_FRACTION) - 0.5 < end <= 540 * (1 - FINAL_RESERVE_FRACTION)
+    # the steps are what is left after start-up and evaluations: (540 * 0.98 - 20 - 100) s at 2 steps/s
+    assert steps == math.floor((540 * (1 - FINAL_RESERVE_FRACTION) - 20 - 4 * 25.0) * 2)
+
+
+def test_the_first_plan_keeps_the_estimated_evaluations_in_hand():
+    clock = FakeClock()
+    budget = StepBudget(100, cap=1000, skip=1, calibration_steps=10, clock=clock, evaluations_left=lambda s, p: 3)
+    budget.expect(5.0)
+    clock.now = 4.0  # start-up
+    budget.start(0, since=0.0)
+    for step in range(1, 12):
+        clock.now += 1.0
+        planned = budget.observe(step)
+    # 15 s spent (start-up and 11 steps) at 1 step/s, 3 evaluations of 5 s to come
+    assert planned == plan_steps(100, 15.0, 11, 1.0, cap=1000, reserved_s=15.0) == 11 + math.floor(94 - 15 - 15)
+    # a measured evaluation replaces the estimate; later estimates do not replace a measurement
+    budget.evaluated(7.0)
+    budget.expect(5.0)
+    assert budget.evaluation_seconds == 7.0
+
+
+def test_with_eval_steps_the_number_of_evaluations_follows_the_plan():
+    # --eval_steps 100 (every 100 steps and at the end): a longer plan holds more evaluations, so the plan and the
+    # number of evaluations it keeps in hand settle together
+    def evaluations_left(step, planned):
+        return len(range(math.ceil(step / 100) * 100, planned, 100)) + 1
+
+    clock = FakeClock()
+    budget = StepBudget(1000, cap=100000, skip=1, calibration_steps=10, clock=clock, evaluations_left=evaluations_left)
+    budget.expect(30.0)
+    budget.start(0)
+    for step in range(1, 12):
+        clock.now += 0.5
+        planned = budget.observe(step)
+    # 1160 steps hold 12 evaluations (steps 100, ..., 1100 and the end): (940 - 5.5 - 360) s at 2 steps/s fit 1149
+    # more steps; 1201 steps would hold 13, leaving time for 1089 more: too few
+    assert evaluations_left(11, planned) == 12
+    assert planned == 11 + math.floor((1000 * (1 - RESERVE_FRACTION) - 5.5 - 30.0 * 12) * 2) == 1160

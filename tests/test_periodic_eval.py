@@ -1,6 +1,7 @@
 """Evaluation during training: fixed samples scored every --eval_steps, gathered from every process, a curve."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -149,7 +150,7 @@ def test_keep_best_counts_only_improvements_beyond_the_noise(tmp_path):
     assert best == {"global_step": 8, "metric": "fd_digits", "value": 4.2}
 
 
-def test_a_budgeted_run_evaluates_eval_count_times_on_top_of_its_budget(tmp_path):
+def test_a_budgeted_run_evaluates_eval_count_times_inside_its_budget(tmp_path):
     config = tmp_path / "grey.json"
     config.write_text(json.dumps(GREY))
     out = tmp_path / "out"
@@ -161,13 +162,14 @@ def test_a_budgeted_run_evaluates_eval_count_times_on_top_of_its_budget(tmp_path
     metrics = json.loads((out / "train_metrics.json").read_text())
     planned = metrics["planned_steps"]
     # --eval_count 2: once at the first step past half the plan (made after 23 steps, possibly corrected later; a
-    # slow machine plans few steps), and at the end
+    # slow or busy machine, whose start-up and evaluations leave little of the 12 s, plans 24: then at step 23), and at
+    # the end
     plan_step = SKIPPED_STEPS + CALIBRATION_STEPS
     steps = [e["step"] for e in metrics["evaluations"]]
-    assert len(steps) == 2 and plan_step < steps[0] < planned and steps[1] == planned
+    assert len(steps) == 2 and plan_step <= steps[0] < planned and steps[1] == planned
     assert all(e["num_images"] == 8 and e["sampling_seconds"] > 0 for e in metrics["evaluations"])
     assert metrics["eval_seconds"] >= sum(e["sampling_seconds"] for e in metrics["evaluations"])
-    assert "evaluating digits 2 times (8 samples), on top of the budget" in result.stderr
+    assert re.search(r"evaluating digits 2 times \(8 samples, about \d+ s each, in the budget\)", result.stderr)
     assert "Evaluation during training took" in result.stderr and (out / "eval_curve.png").is_file()
     # an explicit length (the pinned runs) does not evaluate unless asked
     explicit = tmp_path / "explicit"

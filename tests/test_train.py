@@ -148,6 +148,7 @@ def test_reference_run_writes_a_loadable_pipeline(reference):
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["images_seen"] == 48
     assert metrics["wall_time_s"] > 0 and metrics["train_images_per_second"] > 0
+    assert metrics["run_time_s"] > metrics["wall_time_s"]  # start-up, the loop, the final save and grid
     assert np.isfinite(metrics["final_loss"]) and metrics["skipped_images"] == 0
     config = metrics["training_config"]
     assert config["class_conditional"] and config["num_classes"] == 10 and config["label_column"] == "label"

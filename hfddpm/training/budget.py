@@ -1,6 +1,11 @@
 """A time budget for a run: the speed of the first steps sets how many steps fit, so a run ends on time on any
 machine (a CPU without native bf16 trains the default recipe at a third of the speed of one with it).
 
+The budget is the run's time from its start (data, model, the precision probe) to the saved pipeline: the training
+steps, validation grids, checkpoints, evaluations during training and the final evaluation all count in it. The
+evaluations are kept out of the measured speed of the steps and counted apart: their number is known (or follows
+from the plan, with ``--eval_steps``), and their cost is first estimated from a timed sampling call, then measured.
+
 The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
 schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on
 the CPU, a laptop that throttles, the validation grids and checkpoints it did not include), so the plan is checked
@@ -41,15 +46,19 @@ def plan_steps(
     steps_per_second: float,
     cap: int,
     reserve: float = RESERVE_FRACTION,
+    reserved_s: float = 0.0,
 ) -> int:
     """How many steps in all fit into ``budget_s`` seconds, ``elapsed_s`` of which are spent and ``steps_done``
-    taken, at ``steps_per_second``, keeping the share ``reserve`` in hand; at most ``cap``, at least one more.
+    taken, at ``steps_per_second``, keeping the share ``reserve`` and ``reserved_s`` seconds (the evaluations still
+    to come) in hand; at most ``cap``, at least one more.
 
     Example:
         >>> plan_steps(480, 20, 20, 2.0, cap=1800)  # 20 + (480 * 0.94 - 20) s * 2 steps/s
         882
+        >>> plan_steps(480, 20, 20, 2.0, cap=1800, reserved_s=40)  # 40 s of evaluations to come: 80 steps fewer
+        802
     """
-    left = budget_s * (1 - reserve) - elapsed_s
+    left = budget_s * (1 - reserve) - elapsed_s - reserved_s
     planned = steps_done + max(1, math.floor(left * steps_per_second))
     return min(cap, planned)
 
@@ -58,11 +67,14 @@ class StepBudget:
     """Times ``calibration_steps`` steps (after ``skip`` steps of start-up costs) and plans the run's length.
 
     Args:
-        budget_s: seconds for the training loop, counted from :meth:`start`.
+        budget_s: seconds for the run, counted from the ``since`` time given to :meth:`start`.
         cap: the most steps to plan (the recipe's length: a fast machine does not train longer than asked).
         skip: steps not timed at the start (first-call costs: allocator, autotuning, compilation).
         calibration_steps: how many steps to time.
         clock: a monotonic clock in seconds (tests pass a fake one).
+        evaluations_left: ``evaluations_left(step, planned)``, the evaluations still to come after ``step`` of a run
+            planned to ``planned`` steps, the one due at ``step`` and the final one included (``None``: no
+            evaluations); their time is kept in hand, at :attr:`evaluation_seconds` each.
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class StepBudget:
         skip: int = SKIPPED_STEPS,
         calibration_steps: int = CALIBRATION_STEPS,
         clock: Callable[[], float] = time.perf_counter,
+        evaluations_left: Callable[[int, int], int] | None = None,
     ):
         if not budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {budget_s}.")
@@ -80,33 +93,70 @@ class StepBudget:
         self.clock = clock
         self.t0 = self.start_step = self.timed_from = None
         self.steps_per_second = self.planned = None
-        self.paused_s = 0.0
+        self.evaluations_left = evaluations_left
+        self.evaluation_seconds = 0.0  # the cost of one evaluation: estimated (:meth:`expect`), then measured
+        self.evaluations_timed: list[float] = []
+        self.outside_s = 0.0  # seconds spent in evaluations: in the budget, not in the speed of the steps
         self.replans: list[tuple[int, int]] = []  # (step, new planned length) of every correction
         self._checks_done = 0
         self._last_check = None  # (step, time) of the last check: each check times the steps since the one before
         self.speed_from = None
 
     def now(self) -> float:
-        """The budget's clock: ``clock`` without the time spent in :meth:`pause`."""
-        return self.clock() - self.paused_s
+        """The steps' clock: ``clock`` without the time spent in evaluations (:meth:`evaluated`)."""
+        return self.clock() - self.outside_s
 
-    def pause(self, seconds: float) -> None:
-        """Leave ``seconds`` out of the budget (evaluation during training: the budget is the training's, and the
-        evaluation's cost is logged on top of it).
+    def expect(self, seconds: float) -> None:
+        """An estimate of one evaluation's cost, used until one is measured (:meth:`evaluated`)."""
+        if not self.evaluations_timed:
+            self.evaluation_seconds = seconds
 
-        Example (10 s of evaluation between the timed steps do not slow the measured speed):
-            >>> budget = StepBudget(60, cap=1000, skip=1, calibration_steps=10, clock=iter([0.0, 1.0, 16.0]).__next__)
+    def evaluated(self, seconds: float) -> None:
+        """An evaluation took ``seconds``: they count in the budget but not in the speed of the steps, and the mean
+        cost of the evaluations so far is kept in hand for each one still to come.
+
+        Example (10 s of evaluation between the timed steps do not slow the measured speed, and the one left costs
+        as much):
+            >>> budget = StepBudget(60, cap=1000, skip=1, calibration_steps=10, clock=iter([0.0, 1.0, 16.0]).__next__,
+            ...                     evaluations_left=lambda step, planned: 1)
             >>> budget.start(step=0)
             >>> budget.observe(1)
-            >>> budget.pause(10.0)
-            >>> budget.observe(11), budget.steps_per_second  # 10 steps in 16 - 1 - 10 s; 11 + (56.4 - 6) s * 2
-            (111, 2.0)
+            >>> budget.evaluated(10.0)
+            >>> budget.observe(11), budget.steps_per_second  # 10 steps in 16 - 1 - 10 s; 11 + (56.4 - 16 - 10) s * 2
+            (71, 2.0)
         """
-        self.paused_s += seconds
+        self.outside_s += seconds
+        self.evaluations_timed.append(seconds)
+        self.evaluation_seconds = sum(self.evaluations_timed) / len(self.evaluations_timed)
 
-    def start(self, step: int) -> None:
-        """Call when the loop starts, at ``step`` (0, or the step a run resumes from)."""
-        self.t0, self.start_step = self.now(), step
+    def start(self, step: int, since: float | None = None) -> None:
+        """Call when the loop starts, at ``step`` (0, or the step a run resumes from); ``since`` is the ``clock``
+        time the run began (its start-up counts in the budget), by default now."""
+        self.start_step = step
+        self.t0 = self.now() if since is None else since
+
+    def _plan(self, now: float, step: int, speed: float, reserve: float) -> int:
+        """The length that fits at ``speed`` from ``step`` at ``now`` (:meth:`now`), keeping ``reserve`` and the
+        evaluations to come in hand: the longest plan whose own evaluations (with ``--eval_steps`` their number grows
+        with the length) still leave time for its steps; at least one more step."""
+        elapsed = now + self.outside_s - self.t0  # the evaluations so far count in the budget
+
+        def plan(reserved_s: float) -> int:
+            return plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, reserved_s)
+
+        if self.evaluations_left is None:
+            return plan(0.0)
+
+        def fits(length: int) -> bool:
+            return plan(self.evaluations_left(step, length) * self.evaluation_seconds) >= length
+
+        low, high = step + 1, plan(0.0)  # fits(low) or nothing does; high: no evaluations at all
+        if not fits(low):
+            return low
+        while low < high:  # fits() holds up to some length and fails beyond it
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle - 1)
+        return low
 
     @property
     def plan_step(self) -> int:
@@ -122,7 +172,7 @@ class StepBudget:
             elif step == self.plan_step:
                 now = self.now()
                 self.steps_per_second = self.calibration_steps / max(now - self.timed_from, 1e-9)
-                self.planned = plan_steps(self.budget_s, now - self.t0, step, self.steps_per_second, self.cap)
+                self.planned = self._plan(now, step, self.steps_per_second, RESERVE_FRACTION)
                 return self.planned
             return None
         return self.check(step)
@@ -138,10 +188,9 @@ class StepBudget:
 
     def check(self, step: int) -> int | None:
         """At the :data:`REPLAN_AT` shares of the plan: the plan again from the speed of the steps since the last
-        check (the first check: since the timing began), validation grids and checkpoints included and time passed to
-        :meth:`pause` not, keeping
-        :data:`FINAL_RESERVE_FRACTION`; returns it if it differs from the current plan by more than
-        :data:`REPLAN_TOLERANCE`, else ``None``.
+        check (the first check: since the timing began), validation grids and checkpoints included and evaluations
+        not, keeping :data:`FINAL_RESERVE_FRACTION` and the evaluations to come in hand; returns it if it differs
+        from the current plan by more than :data:`REPLAN_TOLERANCE`, else ``None``.
 
         Example (planned 111 steps at 2 steps/s; then the machine slows to 1 step/s):
             >>> budget = StepBudget(60, cap=1000, skip=3, calibration_steps=10, clock=iter([0.0, 2.0, 7.0]).__next__)
@@ -162,7 +211,7 @@ class StepBudget:
         self._last_check = (step, now)
         self.speed_from = since_step  # the steps the last check timed: speed_from to step
         speed = (step - since_step) / max(now - since, 1e-9)
-        corrected = plan_steps(self.budget_s, now - self.t0, step, speed, self.cap, FINAL_RESERVE_FRACTION)
+        corrected = self._plan(now, step, speed, FINAL_RESERVE_FRACTION)
         if abs(corrected - self.planned) <= REPLAN_TOLERANCE * self.planned:
             return None
         self.steps_per_second, self.planned = speed, corrected

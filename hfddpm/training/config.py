@@ -293,9 +293,10 @@ class TrainConfig:
         check=_POSITIVE,
     )
     max_train_minutes: float = _opt(
-        8.0,
-        "Time budget of the training loop in minutes: the speed of the first steps sets how many steps fit (at most"
-        " the recipe's length), and the LR schedule is built for that number, so the run ends on time on any machine."
+        9.0,
+        "Time budget of the run in minutes, from its start to the saved pipeline (data, training steps, grids,"
+        " checkpoints and evaluations): the speed of the first steps sets how many steps fit (at most the recipe's"
+        " length), and the LR schedule is built for that number, so the run ends on time on any machine."
         " Used only when neither --max_train_steps nor --num_epochs is given (those are exactly reproducible);"
         " 0 turns it off.",
         group="optimisation",
@@ -396,7 +397,7 @@ class TrainConfig:
     eval_count: int = _opt(
         4,
         "Without --eval_steps, a run whose length the time budget plans (the default run) evaluates this many times,"
-        " spread over the planned steps (the last at the end); the evaluations are paid on top of the budget and"
+        " spread over the planned steps (the last at the end); the budget keeps their time in hand, and each is"
         " logged (0: no evaluation).",
         group="output",
         check=_NON_NEGATIVE_INT,

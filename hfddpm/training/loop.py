@@ -45,7 +45,7 @@ from hfddpm.training.checkpoint import (
 )
 from hfddpm.training.config import CONFIG_FILE, RECIPE_FIELDS, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
-from hfddpm.training.periodic_eval import best_so_far, evaluate_ema, load_history, save_history
+from hfddpm.training.periodic_eval import best_so_far, estimate_seconds, evaluate_ema, load_history, save_history
 from hfddpm.training.precision import resolve_mixed_precision
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
@@ -89,6 +89,7 @@ def train(config: TrainConfig) -> Path:
 
     Bad input raises ``ValueError``/``FileNotFoundError`` before any training step.
     """
+    started = time.perf_counter()  # a time budget counts from here
     config.validate()
     # 1. processes, threads, trackers
     trackers = check_trackers(config.report_to)
@@ -294,7 +295,14 @@ def train(config: TrainConfig) -> Path:
             return k < config.eval_count and step >= math.ceil(k * max_train_steps / config.eval_count)
         return bool(eval_steps) and step % eval_steps == 0 and step < max_train_steps
 
-    eval_seconds = 0.0  # evaluation time, left out of the time budget and of the images/s
+    def evaluations_left(step: int, planned: int) -> int:
+        """The evaluations still to come at ``step`` (the one due there, before it runs, and the final one) of a
+        run planned to ``planned`` steps: what a time budget keeps in hand for them."""
+        if auto_eval:
+            return config.eval_count - evaluations_done
+        return len(range(math.ceil(step / eval_steps) * eval_steps, planned, eval_steps)) + 1
+
+    eval_seconds = 0.0  # evaluation time: in a time budget, not in the images/s
 
     def evaluate(step: int) -> bool:
         """Evaluate; with --keep_best save the best state; returns whether to stop early (the same on every
@@ -314,7 +322,7 @@ def train(config: TrainConfig) -> Path:
                 f"Evaluation at step {step}: "
                 + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
                 + f" ({cost:.1f} s: sampling {results.get('sampling_seconds', 0):.1f} s, metrics"
-                f" {results.get('metrics_seconds', 0):.1f} s; not counted in the time budget or the images/s)"
+                f" {results.get('metrics_seconds', 0):.1f} s; not counted in the images/s)"
             )
             if config.keep_best is not None:
                 best, since = best_so_far(eval_history, config.keep_best)
@@ -335,7 +343,10 @@ def train(config: TrainConfig) -> Path:
             )
         return bool(stop)
 
-    # 5. the loop
+    # 5. the loop (a time budget keeps the evaluations' time in hand: a sampling call now tells their cost)
+    if budget is not None and (eval_steps or auto_eval):
+        budget.evaluations_left = evaluations_left
+        budget.expect(estimate_seconds(engine, accelerator, config, num_classes=run.num_classes))
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
     if isinstance(dataloader, ResidentImageBatches):
         logger.info(f"The dataset is decoded once and kept on {device} ({dataloader.images.nbytes / 2**20:.0f} MiB).")
@@ -351,7 +362,7 @@ def train(config: TrainConfig) -> Path:
     measure = None  # (time, paused, step) once the warm-up steps are done
     window = (time.perf_counter(), global_step, 0.0)
     if budget is not None:
-        budget.start(global_step)
+        budget.start(global_step, since=started)
     while global_step < max_train_steps:
         for micro in range(config.gradient_accumulation_steps):
             batch = next(data_iter)
@@ -398,9 +409,9 @@ def train(config: TrainConfig) -> Path:
                 f" budget -> {max_train_steps} steps"
                 + (" (the recipe's full length)" if max_train_steps == budget.cap else "")
                 + (
-                    f"; evaluating {config.eval_metrics} {config.eval_count} times ({config.eval_num_images} samples),"
-                    " on top of the budget"
-                    if auto_eval
+                    f"; evaluating {config.eval_metrics} {evaluations_left(global_step, max_train_steps)} times"
+                    f" ({config.eval_num_images} samples, about {budget.evaluation_seconds:.0f} s each, in the budget)"
+                    if budget.evaluations_left
                     else ""
                 )
             )
@@ -461,7 +472,7 @@ def train(config: TrainConfig) -> Path:
             stop = evaluate(global_step)
             paused += time.perf_counter() - t
             if budget is not None:
-                budget.pause(time.perf_counter() - t)
+                budget.evaluated(time.perf_counter() - t)
             if stop:
                 break
 
@@ -494,7 +505,8 @@ def train(config: TrainConfig) -> Path:
     if eval_history:
         logger.info(
             f"Evaluation during training took {eval_seconds:.1f} s in this run ({eval_in_loop:.1f} s of it inside the"
-            f" {wall_time:.1f} s training loop, the rest at the end), left out of the time budget and the images/s."
+            f" {wall_time:.1f} s training loop, the rest at the end), left out of the images/s"
+            + (", counted in the time budget." if budget is not None else ".")
         )
     if accelerator.is_main_process:
         final_unet = engine.ema_unet()
@@ -508,6 +520,7 @@ def train(config: TrainConfig) -> Path:
             "steps_this_run": global_step - first_step,
             "images_seen": global_step * images_per_step,
             "wall_time_s": wall_time,
+            "run_time_s": time.perf_counter() - started,  # from the start to the saved pipeline and final grid
             "train_images_per_second": train_images_per_second,
             "max_train_minutes": config.max_train_minutes if config.uses_time_budget else None,
             "planned_steps": max_train_steps,
@@ -527,7 +540,14 @@ def train(config: TrainConfig) -> Path:
             "train_images_per_second": None if train_images_per_second is None else round(train_images_per_second),
         }
         _write_card(output_dir, config, card_config)
-        logger.info(f"Saved the pipeline to {output_dir}")
+        logger.info(
+            f"Saved the pipeline to {output_dir}"
+            + (
+                f" ({metrics['run_time_s']:.0f} s from the start, of a {config.max_train_minutes:g}-minute budget)"
+                if budget is not None
+                else ""
+            )
+        )
     # end_training destroys the process group: no process may get there while process 0 still saves
     accelerator.wait_for_everyone()
     accelerator.end_training()

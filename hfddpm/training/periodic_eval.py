@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -65,6 +66,23 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
     results.pop("notes", None)
     timing = {"sampling_seconds": sampling_seconds, "metrics_seconds": time.perf_counter() - start}
     return {"step": step, "num_images": n, **results, **timing}
+
+
+@torch.no_grad()
+def estimate_seconds(engine, accelerator, config, *, num_classes: int) -> float:
+    """About how long :func:`evaluate_ema` takes here: one sampling step of a batch, timed after a first call (its
+    one-off costs), times the steps an evaluation takes (its share of ``config.eval_num_images`` in batches of
+    ``config.eval_batch_size``, ``config.eval_inference_steps`` each). A slight overestimate, as each step is charged
+    a whole call; a time budget uses it until an evaluation is measured."""
+    mine = len(share(config.eval_num_images, rank=accelerator.process_index, world_size=accelerator.num_processes))
+    n = min(config.eval_batch_size, mine)
+    labels = balanced_labels(n, num_classes) if num_classes else None
+    pipe = engine.pipeline(sampler="dpmsolver++")
+    for _ in range(2):  # the second call is timed
+        start = time.perf_counter()
+        generate_samples(pipe, n, batch_size=n, num_inference_steps=1, class_labels=labels, progress=False)
+    seconds = time.perf_counter() - start
+    return math.ceil(mine / config.eval_batch_size) * config.eval_inference_steps * seconds
 
 
 def best_so_far(history: list[dict], metric: str) -> tuple[dict, int]:
