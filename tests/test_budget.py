@@ -120,7 +120,7 @@ def test_a_slowdown_after_the_plan_is_caught_and_the_run_still_ends_on_time():
     # 0.25 s per step while calibrating, then a throttling laptop at 0.4 s: the first plan alone would overrun by 50%
     budget, planned, end = _run_to_end(480, lambda step: 0.25 if step < 40 else 0.4)
     assert budget.replans and planned < budget.replans[0][1] * 2
-    assert 480 * (1 - FINAL_RESERVE_FRACTION) - 0.4 * 2 < end <= 480 * (1 - FINAL_RESERVE_FRACTION)
+    assert 480 * (1 - FINAL_RESERVE_FRACTION) - 0.4 * 2 < end <= 480 * (1 - FINAL_RESERVE_FRACTION) + 1e-9
 
 
 def test_a_slow_calibration_no_longer_costs_the_end_of_the_budget():
@@ -128,7 +128,7 @@ def test_a_slow_calibration_no_longer_costs_the_end_of_the_budget():
     budget, planned, end = _run_to_end(480, lambda step: 0.45 if 3 <= step < 23 else 0.35)
     first_plan = plan_steps(480, 3 * 0.35 + 20 * 0.45, 23, 1 / 0.45, cap=1800)
     assert planned > first_plan * 1.2  # the first plan stopped ~130 s early; the checks give those seconds back
-    assert 480 * (1 - FINAL_RESERVE_FRACTION) - 0.35 < end <= 480 * (1 - FINAL_RESERVE_FRACTION)
+    assert 480 * (1 - FINAL_RESERVE_FRACTION) - 0.35 < end <= 480 * (1 - FINAL_RESERVE_FRACTION) + 1e-9
 
 
 def test_the_plan_is_checked_at_most_three_times_and_only_corrected_beyond_the_tolerance():
@@ -190,15 +190,16 @@ def test_a_resumed_budget_run_keeps_its_plan_and_its_corrected_lr_schedule(tmp_p
         assert saved["_last_lr"][0] == pytest.approx(lr, rel=1e-9)
 
 
-def _run_with_evaluations(budget_s, step_s, eval_s, *, estimate_s, startup_s=0.0, count=4, cap=100000):
+def _run_with_evaluations(budget_s, step_s, eval_s, *, estimate_s, startup_s=0.0, grid_s=0.0, count=4, cap=100000):
     """Simulate a budget run like the default one: ``startup_s`` before the loop, ``count`` evaluations of ``eval_s``
-    each (at the first step past each share 1/count, 2/count, ... of the current plan, the last after the loop), the
-    budget told ``estimate_s`` before the loop; returns the budget, the steps trained and when the final evaluation
-    ended."""
+    each (at the first step past each share 1/count, 2/count, ... of the current plan, the last after the loop) and
+    a final grid of ``grid_s``, the budget told ``estimate_s`` and ``grid_s`` before the loop; returns the budget,
+    the steps trained and when the final grid ended."""
     clock = FakeClock()
     done = []
     budget = StepBudget(budget_s, cap=cap, clock=clock, evaluations_left=lambda step, planned: count - len(done))
     budget.expect(estimate_s)
+    budget.final_seconds = grid_s
     clock.now = startup_s
     budget.start(0, since=0.0)
     step, planned = 0, cap
@@ -211,21 +212,40 @@ def _run_with_evaluations(budget_s, step_s, eval_s, *, estimate_s, startup_s=0.0
             clock.now += eval_s
             budget.evaluated(eval_s)
             done.append(step)
-    clock.now += eval_s  # the final evaluation
+    clock.now += eval_s + grid_s  # the final evaluation and grid
     return budget, step, clock.now
 
 
 @pytest.mark.parametrize("estimate_factor", [1.0, 0.5, 2.0])
 def test_the_evaluations_and_the_start_up_are_paid_inside_the_budget(estimate_factor):
-    # the default run on a slow CPU: 20 s to start, 0.5 s per step, 4 evaluations of 25 s in a 540 s budget; the
-    # estimate before the loop half or twice the real cost: the checks correct it once an evaluation is measured
-    budget, steps, end = _run_with_evaluations(540, 0.5, 25.0, estimate_s=25.0 * estimate_factor, startup_s=20.0)
+    # the default run on a slow CPU: 20 s to start, 0.5 s per step, 4 evaluations of 25 s and a final grid of 30 s in
+    # a 540 s budget; the estimate before the loop half or twice the real cost: the checks correct it once an
+    # evaluation is measured
+    budget, steps, end = _run_with_evaluations(
+        540, 0.5, 25.0, estimate_s=25.0 * estimate_factor, startup_s=20.0, grid_s=30.0
+    )
     assert budget.evaluation_seconds == 25.0 and len(budget.evaluations_timed) == 3
     assert budget.steps_per_second == pytest.approx(2.0)  # the evaluations are not in the speed of the steps
-    # the final evaluation ends inside the budget, less its reserve for the final save and grid, by at most a step
-    assert 540 * (1 - FINAL_RESERVE_FRACTION) - 0.5 < end <= 540 * (1 - FINAL_RESERVE_FRACTION)
-    # the steps are what is left after start-up and evaluations: (540 * 0.98 - 20 - 100) s at 2 steps/s
-    assert steps == math.floor((540 * (1 - FINAL_RESERVE_FRACTION) - 20 - 4 * 25.0) * 2)
+    # the final grid ends inside the budget, less its reserve for the final save, by at most a step
+    assert 540 * (1 - FINAL_RESERVE_FRACTION) - 0.5 < end <= 540 * (1 - FINAL_RESERVE_FRACTION) + 1e-9
+    # the steps are what is left after start-up, evaluations and the final grid: (540 * 0.99 - 20 - 100 - 30) s at 2
+    # steps/s
+    assert steps == math.floor((540 * (1 - FINAL_RESERVE_FRACTION) - 20 - 4 * 25.0 - 30.0) * 2)
+
+
+def test_the_final_grid_is_estimated_from_its_images_and_steps():
+    # one row per class, guided (the UNet twice per step), or an unguided square of eval_batch_size images
+    config = TrainConfig(
+        preset="tiny", validation_images_per_class=3, validation_inference_steps=7, validation_guidance_scale=1.5
+    ).validate()
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    engine = TrainingEngine(
+        config.with_recipe(), unet, build_scheduler(config), Accelerator(cpu=True), max_train_steps=9
+    )
+    assert engine.grid_image_steps(num_classes=10) == 10 * 3 * 7 * 2
+    rows, cols, labels, guidance = engine.grid_layout(num_classes=0)
+    assert labels is None and guidance == 1.0 and rows * cols >= config.eval_batch_size
+    assert engine.grid_image_steps(num_classes=0) == rows * cols * 7
 
 
 def test_the_first_plan_keeps_the_estimated_evaluations_in_hand():

@@ -27,10 +27,11 @@ import math
 import time
 from collections.abc import Callable
 
-# Share of the budget kept for what is not a training step: validation grids, checkpoints, the final save and grid.
+# Share of the budget the first plan keeps for validation grids and checkpoints (not yet timed) and the final save.
 RESERVE_FRACTION = 0.06
-# What a re-plan keeps: the grids and checkpoints so far are in the measured speed; the final save and grid are not.
-FINAL_RESERVE_FRACTION = 0.02
+# What a re-plan keeps for the final save: the grids and checkpoints so far are in the measured speed. The final grid
+# and the evaluations are kept in hand as timed (StepBudget.final_seconds and .evaluation_seconds).
+FINAL_RESERVE_FRACTION = 0.01
 # Where the plan is checked again (shares of the planned steps), and by how much it must be off to be corrected.
 REPLAN_AT = (0.25, 0.5, 0.75)
 REPLAN_TOLERANCE = 0.01
@@ -97,6 +98,7 @@ class StepBudget:
         self.evaluation_seconds = 0.0  # the cost of one evaluation: estimated (:meth:`expect`), then measured
         self.evaluations_timed: list[float] = []
         self.outside_s = 0.0  # seconds spent in evaluations: in the budget, not in the speed of the steps
+        self.final_seconds = 0.0  # the final grid's cost: estimated, then as long as the last validation grid took
         self.replans: list[tuple[int, int]] = []  # (step, new planned length) of every correction
         self._checks_done = 0
         self._last_check = None  # (step, time) of the last check: each check times the steps since the one before
@@ -136,13 +138,14 @@ class StepBudget:
         self.t0 = self.now() if since is None else since
 
     def _plan(self, now: float, step: int, speed: float, reserve: float) -> int:
-        """The length that fits at ``speed`` from ``step`` at ``now`` (:meth:`now`), keeping ``reserve`` and the
-        evaluations to come in hand: the longest plan whose own evaluations (with ``--eval_steps`` their number grows
-        with the length) still leave time for its steps; at least one more step."""
+        """The length that fits at ``speed`` from ``step`` at ``now`` (:meth:`now`), keeping ``reserve``, the final
+        grid (:attr:`final_seconds`) and the evaluations to come in hand: the longest plan whose own evaluations (with
+        ``--eval_steps`` their number grows with the length) still leave time for its steps; at least one more
+        step."""
         elapsed = now + self.outside_s - self.t0  # the evaluations so far count in the budget
 
         def plan(reserved_s: float) -> int:
-            return plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, reserved_s)
+            return plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, reserved_s + self.final_seconds)
 
         if self.evaluations_left is None:
             return plan(0.0)
@@ -189,8 +192,8 @@ class StepBudget:
     def check(self, step: int) -> int | None:
         """At the :data:`REPLAN_AT` shares of the plan: the plan again from the speed of the steps since the last
         check (the first check: since the timing began), validation grids and checkpoints included and evaluations
-        not, keeping :data:`FINAL_RESERVE_FRACTION` and the evaluations to come in hand; returns it if it differs
-        from the current plan by more than :data:`REPLAN_TOLERANCE`, else ``None``.
+        not, keeping :data:`FINAL_RESERVE_FRACTION`, the final grid and the evaluations to come in hand; returns it
+        if it differs from the current plan by more than :data:`REPLAN_TOLERANCE`, else ``None``.
 
         Example (planned 111 steps at 2 steps/s; then the machine slows to 1 step/s):
             >>> budget = StepBudget(60, cap=1000, skip=3, calibration_steps=10, clock=iter([0.0, 2.0, 7.0]).__next__)
@@ -198,7 +201,7 @@ class StepBudget:
             >>> [budget.observe(step) for step in range(1, 14)][-1]
             111
             >>> budget.clock = iter([7.0 + 15 * 1.0]).__next__  # steps 14-28 took 1 s each
-            >>> [budget.observe(step) for step in range(14, 29)][-1]  # 28 + (60 * 0.98 - 22) s * 25 / 20 s
+            >>> [budget.observe(step) for step in range(14, 29)][-1]  # 28 + (60 * 0.99 - 22) s * 25 / 20 s
             74
             >>> budget.replans
             [(28, 74)]

@@ -552,18 +552,26 @@ class TrainingEngine:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def grid_layout(self, num_classes: int = 0) -> tuple[int, int, list[int] | None, float]:
+        """Rows, columns, labels and guidance scale of :meth:`sample_grid`: one row per class (at most
+        ``MAX_GRID_ROWS``) guided by ``validation_guidance_scale``, or a square of ``eval_batch_size`` unguided."""
+        config = self.config
+        if num_classes:
+            rows, cols = min(num_classes, MAX_GRID_ROWS), config.validation_images_per_class
+            return rows, cols, [c for c in range(rows) for _ in range(cols)], config.validation_guidance_scale
+        cols = math.ceil(math.sqrt(config.eval_batch_size))
+        return math.ceil(config.eval_batch_size / cols), cols, None, 1.0
+
+    def grid_image_steps(self, num_classes: int = 0) -> int:
+        """Images times UNet steps of one :meth:`sample_grid` (guidance runs the UNet twice per step)."""
+        rows, cols, labels, guidance = self.grid_layout(num_classes)
+        return rows * cols * self.config.validation_inference_steps * (2 if labels and guidance != 1.0 else 1)
+
     def sample_grid(self, unet: UNet2DModel | None = None, *, num_classes: int = 0):
         """A sample grid with DPM-Solver++ (``validation_inference_steps``); one row per class, seeded by ``seed``."""
         config = self.config
         pipe = self.pipeline(unet, sampler="dpmsolver++")
-        if num_classes:
-            rows, cols = min(num_classes, MAX_GRID_ROWS), config.validation_images_per_class
-            labels = [c for c in range(rows) for _ in range(cols)]
-            guidance = config.validation_guidance_scale
-        else:
-            cols = math.ceil(math.sqrt(config.eval_batch_size))
-            rows = math.ceil(config.eval_batch_size / cols)
-            labels, guidance = None, 1.0
+        rows, cols, labels, guidance = self.grid_layout(num_classes)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             images = pipe(

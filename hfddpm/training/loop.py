@@ -45,7 +45,14 @@ from hfddpm.training.checkpoint import (
 )
 from hfddpm.training.config import CONFIG_FILE, RECIPE_FIELDS, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
-from hfddpm.training.periodic_eval import best_so_far, estimate_seconds, evaluate_ema, load_history, save_history
+from hfddpm.training.periodic_eval import (
+    best_so_far,
+    evaluate_ema,
+    image_steps,
+    load_history,
+    sampling_seconds,
+    save_history,
+)
 from hfddpm.training.precision import resolve_mixed_precision
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
@@ -343,10 +350,15 @@ def train(config: TrainConfig) -> Path:
             )
         return bool(stop)
 
-    # 5. the loop (a time budget keeps the evaluations' time in hand: a sampling call now tells their cost)
-    if budget is not None and (eval_steps or auto_eval):
-        budget.evaluations_left = evaluations_left
-        budget.expect(estimate_seconds(engine, accelerator, config, num_classes=run.num_classes))
+    # 5. the loop (a time budget keeps the final grid's and the evaluations' time in hand: a sampling call now
+    # estimates them, and each grid and evaluation then measures them)
+    if budget is not None:
+        per_image_step = sampling_seconds(engine, config, num_classes=run.num_classes)
+        budget.final_seconds = engine.grid_image_steps(run.num_classes) * per_image_step
+        if eval_steps or auto_eval:
+            budget.evaluations_left = evaluations_left
+            rank, world = accelerator.process_index, accelerator.num_processes
+            budget.expect(image_steps(config, rank=rank, world_size=world) * per_image_step)
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
     if isinstance(dataloader, ResidentImageBatches):
         logger.info(f"The dataset is decoded once and kept on {device} ({dataloader.images.nbytes / 2**20:.0f} MiB).")
@@ -483,6 +495,8 @@ def train(config: TrainConfig) -> Path:
                 (output_dir / "samples").mkdir(parents=True, exist_ok=True)
                 grid.save(output_dir / "samples" / f"step_{global_step:06d}.png")
                 log_grid(accelerator, grid, global_step)
+                if budget is not None:  # the final grid is the same call
+                    budget.final_seconds = time.perf_counter() - t
             paused += time.perf_counter() - t
     progress.close()
 

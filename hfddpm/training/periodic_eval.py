@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -69,20 +68,29 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
 
 
 @torch.no_grad()
-def estimate_seconds(engine, accelerator, config, *, num_classes: int) -> float:
-    """About how long :func:`evaluate_ema` takes here: one sampling step of a batch, timed after a first call (its
-    one-off costs), times the steps an evaluation takes (its share of ``config.eval_num_images`` in batches of
-    ``config.eval_batch_size``, ``config.eval_inference_steps`` each). A slight overestimate, as each step is charged
-    a whole call; a time budget uses it until an evaluation is measured."""
-    mine = len(share(config.eval_num_images, rank=accelerator.process_index, world_size=accelerator.num_processes))
-    n = min(config.eval_batch_size, mine)
+def sampling_seconds(engine, config, *, num_classes: int) -> float:
+    """Seconds per image per sampling step of ``engine``'s EMA weights here: one step of a batch of
+    ``config.eval_batch_size`` images, timed after a first call (its one-off costs). Each call is charged as one
+    step, and larger batches sample faster per image, so estimates from it err on the safe side; a time budget uses
+    them for the evaluations and the final grid until those are measured."""
+    n = config.eval_batch_size
     labels = balanced_labels(n, num_classes) if num_classes else None
     pipe = engine.pipeline(sampler="dpmsolver++")
     for _ in range(2):  # the second call is timed
         start = time.perf_counter()
         generate_samples(pipe, n, batch_size=n, num_inference_steps=1, class_labels=labels, progress=False)
-    seconds = time.perf_counter() - start
-    return math.ceil(mine / config.eval_batch_size) * config.eval_inference_steps * seconds
+    return (time.perf_counter() - start) / n
+
+
+def image_steps(config, *, rank: int, world_size: int) -> int:
+    """The images times sampling steps of process ``rank``'s share of one :func:`evaluate_ema`.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> image_steps(SimpleNamespace(eval_num_images=200, eval_inference_steps=20), rank=0, world_size=2)
+        2000
+    """
+    return len(share(config.eval_num_images, rank=rank, world_size=world_size)) * config.eval_inference_steps
 
 
 def best_so_far(history: list[dict], metric: str) -> tuple[dict, int]:
