@@ -90,9 +90,14 @@ def test_set_total_steps_gives_the_schedule_of_that_length():
 
 def test_a_budget_run_records_its_plan_and_explicit_steps_turn_it_off(tmp_path):
     out = tmp_path / "out"
-    run_train(["--output_dir", str(out), "--max_train_minutes", "0.05", "--checkpointing_steps", "0"], tmp_path)
+    result = run_train(
+        ["--output_dir", str(out), "--max_train_minutes", "0.05", "--checkpointing_steps", "0"], tmp_path
+    )
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["max_train_minutes"] == 0.05 and metrics["steps"] == metrics["planned_steps"] >= 24
+    # the whole run's time, start-up and final grid included, in train_metrics.json and the last line of the log
+    assert metrics["run_time_s"] > metrics["wall_time_s"]
+    assert f"({metrics['run_time_s']:.0f} s from the start, of a 0.05-minute budget)" in result.stderr
     saved = json.loads((out / "training_config.json").read_text())
     assert saved["resolved"]["max_train_steps"] == metrics["steps"]
     explicit = tmp_path / "explicit"
