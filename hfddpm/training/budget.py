@@ -2,9 +2,10 @@
 machine (a CPU without native bf16 trains the default recipe at a third of the speed of one with it).
 
 The budget is the run's time from its start (data, model, the precision probe) to the saved pipeline: the training
-steps, validation grids, checkpoints, evaluations during training and the final evaluation all count in it. The
-evaluations are kept out of the measured speed of the steps and counted apart: their number is known (or follows
-from the plan, with ``--eval_steps``), and their cost is first estimated from a timed sampling call, then measured.
+steps, validation grids, checkpoints, evaluations during training, the final evaluation and the final grid all count
+in it. The evaluations are kept out of the measured speed of the steps and counted apart: their number is known (or
+follows from the plan, with ``--eval_steps``), and their cost is first estimated from a timed sampling call, then
+measured; so is the final grid's, measured by each validation grid.
 
 The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
 schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on
