@@ -229,7 +229,7 @@ def test_the_evaluations_and_the_start_up_are_paid_inside_the_budget(estimate_fa
     budget, steps, end = _run_with_evaluations(
         540, 0.5, 25.0, estimate_s=25.0 * estimate_factor, startup_s=20.0, grid_s=30.0
     )
-    assert budget.evaluation_seconds == 25.0 and len(budget.evaluations_timed) == 3
+    assert budget.evaluation_seconds == 25.0 and budget.evaluations_timed == 3
     assert budget.steps_per_second == pytest.approx(2.0)  # the evaluations are not in the speed of the steps
     # the final grid ends inside the budget, less its reserve for the final save, by at most a step
     assert 540 * (1 - FINAL_RESERVE_FRACTION) - 0.5 < end <= 540 * (1 - FINAL_RESERVE_FRACTION) + 1e-9

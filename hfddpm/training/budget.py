@@ -97,7 +97,7 @@ class StepBudget:
         self.steps_per_second = self.planned = None
         self.evaluations_left = evaluations_left
         self.evaluation_seconds = 0.0  # the cost of one evaluation: estimated (:meth:`expect`), then measured
-        self.evaluations_timed: list[float] = []
+        self.evaluations_timed = 0  # how many evaluations were measured
         self.outside_s = 0.0  # seconds spent in evaluations: in the budget, not in the speed of the steps
         self.final_seconds = 0.0  # the final grid's cost: estimated, then as long as the last validation grid took
         self.replans: list[tuple[int, int]] = []  # (step, new planned length) of every correction
@@ -129,8 +129,8 @@ class StepBudget:
             (71, 2.0)
         """
         self.outside_s += seconds
-        self.evaluations_timed.append(seconds)
-        self.evaluation_seconds = sum(self.evaluations_timed) / len(self.evaluations_timed)
+        self.evaluations_timed += 1
+        self.evaluation_seconds = self.outside_s / self.evaluations_timed
 
     def start(self, step: int, since: float | None = None) -> None:
         """Call when the loop starts, at ``step`` (0, or the step a run resumes from); ``since`` is the ``clock``
