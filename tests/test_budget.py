@@ -44,7 +44,7 @@ def test_the_plan_fits_the_budget_at_any_speed(step_s):
     assert budget.steps_per_second == pytest.approx(1 / step_s)
     finish = now + (planned - budget.plan_step) * step_s
     if planned < 1800:
-        # ends inside the budget, with the reserve kept for validation and saving, and no more than a step early
+        # ends inside the budget, with the reserve kept for checkpoints and saving, and no more than a step early
         assert finish <= 480 * (1 - RESERVE_FRACTION) + 1e-9
         assert finish > 480 * (1 - RESERVE_FRACTION) - step_s
     else:  # fast machine: the recipe's full length, well inside the budget
@@ -138,7 +138,7 @@ def test_a_slow_calibration_no_longer_costs_the_end_of_the_budget():
 
 def test_the_plan_is_checked_at_most_three_times_and_only_corrected_beyond_the_tolerance():
     budget, planned, _ = _run_to_end(480, lambda step: 0.3)
-    # steady speed: the only correction gives back the first plan's reserve for grids and checkpoints that never came
+    # steady speed: the only correction gives back the first plan's reserve for checkpoints (untimed) that never came
     assert len(budget.replans) == 1 and budget._checks_done == len(REPLAN_AT)
     fast, planned, end = _run_to_end(480, lambda step: 0.01)  # a fast machine trains the recipe's length, no more
     assert planned == 1800 and not fast.replans and end < 480
@@ -195,16 +195,30 @@ def test_a_resumed_budget_run_keeps_its_plan_and_its_corrected_lr_schedule(tmp_p
         assert saved["_last_lr"][0] == pytest.approx(lr, rel=1e-9)
 
 
-def _run_with_evaluations(budget_s, step_s, eval_s, *, estimate_s, startup_s=0.0, grid_s=0.0, count=4, cap=100000):
+def _every(interval, *, end):
+    """``left(step, planned)`` of work due every ``interval`` steps before the end (``end``: and one at the end)."""
+
+    def left(step, planned):
+        return len(range(math.ceil(step / interval) * interval, planned, interval)) + end
+
+    return left
+
+
+def _run_with_side_work(
+    budget_s, step_s, eval_s, *, estimate_s, startup_s=0.0, grid_s=0.0, count=4, grid_every=0, ckpt_s=0.0, cap=100000
+):
     """Simulate a budget run like the default one: ``startup_s`` before the loop, ``count`` evaluations of ``eval_s``
-    each (at the first step past each share 1/count, 2/count, ... of the current plan, the last after the loop) and
-    a final grid of ``grid_s``, the budget told ``estimate_s`` and ``grid_s`` before the loop; returns the budget,
-    the steps trained and when the final grid ended."""
+    each (at the first step past each share 1/count, 2/count, ... of the current plan, the last after the loop), a
+    grid of ``grid_s`` and a checkpoint of ``ckpt_s`` every ``grid_every`` steps (the grid also at the end, the
+    checkpoint only where due), the budget told ``estimate_s`` and ``grid_s`` before the loop and nothing of the
+    checkpoints; returns the budget, the steps trained and when the final grid ended."""
     clock = FakeClock()
     done = []
-    budget = StepBudget(budget_s, cap=cap, clock=clock, evaluations_left=lambda step, planned: count - len(done))
-    budget.expect(estimate_s)
-    budget.final_seconds = grid_s
+    budget = StepBudget(budget_s, cap=cap, clock=clock)
+    budget.keep("evaluation", lambda step, planned: count - len(done), estimate_s)
+    budget.keep("grid", _every(grid_every, end=1) if grid_every else lambda step, planned: 1, grid_s)
+    if grid_every:
+        budget.keep("checkpoint", lambda step, planned: _every(grid_every, end=0)(step, planned + 1))
     clock.now = startup_s
     budget.start(0, since=0.0)
     step, planned = 0, cap
@@ -213,10 +227,16 @@ def _run_with_evaluations(budget_s, step_s, eval_s, *, estimate_s, startup_s=0.0
         step += 1
         budget.observe(step)
         planned = budget.planned or cap
+        if grid_every and step % grid_every == 0:
+            clock.now += ckpt_s
+            budget.spent("checkpoint", ckpt_s)
         if len(done) + 1 < count and step >= math.ceil((len(done) + 1) * planned / count):
             clock.now += eval_s
-            budget.evaluated(eval_s)
+            budget.spent("evaluation", eval_s)
             done.append(step)
+        if grid_every and step % grid_every == 0 and step < planned:
+            clock.now += grid_s
+            budget.spent("grid", grid_s)
     clock.now += eval_s + grid_s  # the final evaluation and grid
     return budget, step, clock.now
 
@@ -226,16 +246,33 @@ def test_the_evaluations_and_the_start_up_are_paid_inside_the_budget(estimate_fa
     # the default run on a slow CPU: 20 s to start, 0.5 s per step, 4 evaluations of 25 s and a final grid of 30 s in
     # a 540 s budget; the estimate before the loop half or twice the real cost: the checks correct it once an
     # evaluation is measured
-    budget, steps, end = _run_with_evaluations(
+    budget, steps, end = _run_with_side_work(
         540, 0.5, 25.0, estimate_s=25.0 * estimate_factor, startup_s=20.0, grid_s=30.0
     )
-    assert budget.evaluation_seconds == 25.0 and budget.evaluations_timed == 3
+    assert budget.work["evaluation"].seconds == 25.0 and budget.work["evaluation"].timed == 3
     assert budget.steps_per_second == pytest.approx(2.0)  # the evaluations are not in the speed of the steps
     # the final grid ends inside the budget, less its reserve for the final save, by at most a step
     assert 540 * (1 - FINAL_RESERVE_FRACTION) - 0.5 < end <= 540 * (1 - FINAL_RESERVE_FRACTION) + 1e-9
     # the steps are what is left after start-up, evaluations and the final grid: (540 * 0.99 - 20 - 100 - 30) s at 2
     # steps/s
     assert steps == math.floor((540 * (1 - FINAL_RESERVE_FRACTION) - 20 - 4 * 25.0 - 30.0) * 2)
+
+
+def test_grids_and_checkpoints_are_kept_out_of_the_speed_and_paid_inside_the_budget():
+    # one thread on a slow CPU: 0.5 s per step, a 20 s grid and a 3 s checkpoint every 100 steps (the checkpoints
+    # unknown until the first), 4 evaluations of 20 s, 540 s in all
+    budget, steps, end = _run_with_side_work(
+        540, 0.5, 20.0, estimate_s=20.0, startup_s=10.0, grid_s=20.0, grid_every=100, ckpt_s=3.0
+    )
+    assert budget.steps_per_second == pytest.approx(2.0)  # the speed of the steps alone, at every check
+    assert budget.work["checkpoint"].seconds == 3.0 and budget.work["grid"].seconds == 20.0
+
+    # the most steps whose start-up, steps, grids (and the final one), checkpoints and evaluations fit 99% of 540 s
+    def cost(n):
+        return 10 + 0.5 * n + 20 * (len(range(100, n, 100)) + 1) + 3 * (n // 100) + 4 * 20
+
+    fits = max(n for n in range(1, 2000) if cost(n) <= 540 * (1 - FINAL_RESERVE_FRACTION))
+    assert steps == fits and end == pytest.approx(cost(fits))
 
 
 def test_the_final_grid_is_estimated_from_its_images_and_steps():
@@ -255,35 +292,33 @@ def test_the_final_grid_is_estimated_from_its_images_and_steps():
 
 def test_the_first_plan_keeps_the_estimated_evaluations_in_hand():
     clock = FakeClock()
-    budget = StepBudget(100, cap=1000, skip=1, calibration_steps=10, clock=clock, evaluations_left=lambda s, p: 3)
-    budget.expect(5.0)
+    budget = StepBudget(100, cap=1000, skip=1, calibration_steps=10, clock=clock)
+    budget.keep("evaluation", lambda s, p: 3, 5.0)
     clock.now = 4.0  # start-up
     budget.start(0, since=0.0)
     for step in range(1, 12):
         clock.now += 1.0
         planned = budget.observe(step)
     # 15 s spent (start-up and 11 steps) at 1 step/s, 3 evaluations of 5 s to come
-    assert planned == plan_steps(100, 15.0, 11, 1.0, cap=1000, reserved_s=15.0) == 11 + math.floor(94 - 15 - 15)
+    assert planned == plan_steps(100, 15.0, 11, 1.0, cap=1000, reserved_s=15.0) == 11 + math.floor(98 - 15 - 15)
     # a measured evaluation replaces the estimate; later estimates do not replace a measurement
-    budget.evaluated(7.0)
-    budget.expect(5.0)
-    assert budget.evaluation_seconds == 7.0
+    budget.spent("evaluation", 7.0)
+    budget.keep("evaluation", lambda s, p: 3, 5.0)
+    assert budget.work["evaluation"].seconds == 7.0
 
 
 def test_with_eval_steps_the_number_of_evaluations_follows_the_plan():
     # --eval_steps 100 (every 100 steps and at the end): a longer plan holds more evaluations, so the plan and the
     # number of evaluations it keeps in hand settle together
-    def evaluations_left(step, planned):
-        return len(range(math.ceil(step / 100) * 100, planned, 100)) + 1
-
+    evaluations_left = _every(100, end=1)
     clock = FakeClock()
-    budget = StepBudget(1000, cap=100000, skip=1, calibration_steps=10, clock=clock, evaluations_left=evaluations_left)
-    budget.expect(30.0)
+    budget = StepBudget(1000, cap=100000, skip=1, calibration_steps=10, clock=clock)
+    budget.keep("evaluation", evaluations_left, 30.0)
     budget.start(0)
     for step in range(1, 12):
         clock.now += 0.5
         planned = budget.observe(step)
-    # 1160 steps hold 12 evaluations (steps 100, ..., 1100 and the end): (940 - 5.5 - 360) s at 2 steps/s fit 1149
-    # more steps; 1201 steps would hold 13, leaving time for 1089 more: too few
+    # 1200 steps hold 12 evaluations (steps 100, ..., 1100 and the end): (980 - 5.5 - 360) s at 2 steps/s leave
+    # time for 1240 in all; 1201 would hold 13 (step 1200 too), leaving time for 1180: too few
     assert evaluations_left(11, planned) == 12
-    assert planned == 11 + math.floor((1000 * (1 - RESERVE_FRACTION) - 5.5 - 30.0 * 12) * 2) == 1160
+    assert planned == 1200

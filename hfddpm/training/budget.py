@@ -2,24 +2,24 @@
 machine (a CPU without native bf16 trains the default recipe at a third of the speed of one with it).
 
 The budget is the run's time from its start (data, model, the precision probe) to the saved pipeline: the training
-steps, validation grids, checkpoints, evaluations during training, the final evaluation and the final grid all count
-in it. The evaluations are kept out of the measured speed of the steps and counted apart: their number is known (or
-follows from the plan, with ``--eval_steps``), and their cost is first estimated from a timed sampling call, then
-measured; so is the final grid's, measured by each validation grid.
+steps and the work between them (validation grids, checkpoints, evaluations, the final evaluation and the final grid)
+all count in it. That work is kept out of the measured speed of the steps and counted apart (:class:`SideWork`): how
+many of each are still to come follows from the plan, and what one costs is first estimated (a timed sampling call for
+grids and evaluations), then measured.
 
 The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
 schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on
-the CPU, a laptop that throttles, the validation grids and checkpoints it did not include), so the plan is checked
-again at a quarter, half and three quarters of the run against the speed of the steps since the last check (grids
-and checkpoints included), and corrected when it is more than 1% off; the rest of the LR schedule is then stretched or
-squeezed to the new length (:meth:`hfddpm.training.TrainingEngine.replan`), so the learning rate stays continuous.
-The planned number and its corrections are saved with every checkpoint, so a resumed run keeps them.
+the CPU, a laptop that throttles), so the plan is checked again at a quarter, half and three quarters of the run
+against the speed of the steps since the last check, and corrected when it is more than 1% off; the rest of the LR
+schedule is then stretched or squeezed to the new length (:meth:`hfddpm.training.TrainingEngine.replan`), so the
+learning rate stays continuous. The planned number and its corrections are saved with every checkpoint, so a resumed
+run keeps them.
 
 Example (a fake clock: 3 steps to warm up in 2 s, then 10 steps in 5 s, of a 60 s budget):
     >>> budget = StepBudget(60, cap=1000, skip=3, calibration_steps=10, clock=iter([0.0, 2.0, 7.0]).__next__)
     >>> budget.start(step=0)
-    >>> [budget.observe(step) for step in range(1, 14)][-1]  # 13 + (60 * 0.94 - 7) s * 2 steps/s
-    111
+    >>> [budget.observe(step) for step in range(1, 14)][-1]  # 13 + (60 * 0.98 - 7) s * 2 steps/s
+    116
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-# Share of the budget the first plan keeps for validation grids and checkpoints (not yet timed) and the final save.
-RESERVE_FRACTION = 0.06
-# What a re-plan keeps for the final save: the grids and checkpoints so far are in the measured speed. The final grid
-# and the evaluations are kept in hand as timed (StepBudget.final_seconds and .evaluation_seconds).
+# Share of the budget the first plan keeps for what it cannot estimate yet (checkpoints, until one is timed) and the
+# final save.
+RESERVE_FRACTION = 0.02
+# What a re-plan keeps for the final save (the pipeline's files and the model card): the rest is timed SideWork.
 FINAL_RESERVE_FRACTION = 0.01
 # Where the plan is checked again (shares of the planned steps), and by how much it must be off to be corrected.
 REPLAN_AT = (0.25, 0.5, 0.75)
@@ -51,18 +52,47 @@ def plan_steps(
     reserved_s: float = 0.0,
 ) -> int:
     """How many steps in all fit into ``budget_s`` seconds, ``elapsed_s`` of which are spent and ``steps_done``
-    taken, at ``steps_per_second``, keeping the share ``reserve`` and ``reserved_s`` seconds (the evaluations still
-    to come) in hand; at most ``cap``, at least one more.
+    taken, at ``steps_per_second``, keeping the share ``reserve`` and ``reserved_s`` seconds (the work between the
+    steps still to come) in hand; at most ``cap``, at least one more.
 
     Example:
-        >>> plan_steps(480, 20, 20, 2.0, cap=1800)  # 20 + (480 * 0.94 - 20) s * 2 steps/s
-        882
+        >>> plan_steps(480, 20, 20, 2.0, cap=1800)  # 20 + (480 * 0.98 - 20) s * 2 steps/s
+        920
         >>> plan_steps(480, 20, 20, 2.0, cap=1800, reserved_s=40)  # 40 s of evaluations to come: 80 steps fewer
-        802
+        840
     """
     left = budget_s * (1 - reserve) - elapsed_s - reserved_s
     planned = steps_done + max(1, math.floor(left * steps_per_second))
     return min(cap, planned)
+
+
+@dataclass
+class SideWork:
+    """Work between the steps (validation grids, checkpoints, evaluations) that the budget counts but the speed of the
+    steps leaves out: ``left(step, planned)`` pieces are still to come after ``step`` of a run planned to ``planned``
+    steps (the one due at ``step`` and any at the end included), each ``seconds`` long: an estimate until one is
+    measured, then the mean of those measured.
+
+    Example (one every 100 steps, estimated at 5 s; then two took 7 s and 9 s):
+        >>> grids = SideWork(left=lambda step, planned: (planned - step) // 100, seconds=5.0)
+        >>> grids.measured(7.0); grids.measured(9.0)
+        >>> grids.seconds, grids.reserved(150, 450)  # 3 more at 8 s each
+        (8.0, 24.0)
+    """
+
+    left: Callable[[int, int], int]
+    seconds: float = 0.0
+    timed: int = 0  # how many were measured
+    spent_s: float = 0.0  # the seconds they took
+
+    def measured(self, seconds: float) -> None:
+        self.spent_s += seconds
+        self.timed += 1
+        self.seconds = self.spent_s / self.timed
+
+    def reserved(self, step: int, planned: int) -> float:
+        """Seconds to keep in hand at ``step`` of a run planned to ``planned`` steps."""
+        return self.left(step, planned) * self.seconds
 
 
 class StepBudget:
@@ -74,9 +104,8 @@ class StepBudget:
         skip: steps not timed at the start (first-call costs: allocator, autotuning, compilation).
         calibration_steps: how many steps to time.
         clock: a monotonic clock in seconds (tests pass a fake one).
-        evaluations_left: ``evaluations_left(step, planned)``, the evaluations still to come after ``step`` of a run
-            planned to ``planned`` steps, the one due at ``step`` and the final one included (``None``: no
-            evaluations); their time is kept in hand, at :attr:`evaluation_seconds` each.
+
+    The work between the steps is declared with :meth:`keep` and timed with :meth:`spent`.
     """
 
     def __init__(
@@ -87,7 +116,6 @@ class StepBudget:
         skip: int = SKIPPED_STEPS,
         calibration_steps: int = CALIBRATION_STEPS,
         clock: Callable[[], float] = time.perf_counter,
-        evaluations_left: Callable[[int, int], int] | None = None,
     ):
         if not budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {budget_s}.")
@@ -95,42 +123,42 @@ class StepBudget:
         self.clock = clock
         self.t0 = self.start_step = self.timed_from = None
         self.steps_per_second = self.planned = None
-        self.evaluations_left = evaluations_left
-        self.evaluation_seconds = 0.0  # the cost of one evaluation: estimated (:meth:`expect`), then measured
-        self.evaluations_timed = 0  # how many evaluations were measured
-        self.outside_s = 0.0  # seconds spent in evaluations: in the budget, not in the speed of the steps
-        self.final_seconds = 0.0  # the final grid's cost: estimated, then as long as the last validation grid took
+        self.work: dict[str, SideWork] = {}  # the work between the steps, by name
+        self.outside_s = 0.0  # seconds spent in it: in the budget, not in the speed of the steps
         self.replans: list[tuple[int, int]] = []  # (step, new planned length) of every correction
         self._checks_done = 0
         self._last_check = None  # (step, time) of the last check: each check times the steps since the one before
         self.speed_from = None
 
     def now(self) -> float:
-        """The steps' clock: ``clock`` without the time spent in evaluations (:meth:`evaluated`)."""
+        """The steps' clock: ``clock`` without the time spent between the steps (:meth:`spent`)."""
         return self.clock() - self.outside_s
 
-    def expect(self, seconds: float) -> None:
-        """An estimate of one evaluation's cost, used until one is measured (:meth:`evaluated`)."""
-        if not self.evaluations_timed:
-            self.evaluation_seconds = seconds
+    def keep(self, name: str, left: Callable[[int, int], int], estimate_s: float = 0.0) -> None:
+        """Keep the time of ``left(step, planned)`` pieces of ``name`` work in hand (see :class:`SideWork`), at
+        ``estimate_s`` each until one is measured; an estimate never replaces a measurement."""
+        work = self.work.get(name)
+        if work is None or not work.timed:
+            self.work[name] = SideWork(left, estimate_s)
+        else:
+            work.left = left
 
-    def evaluated(self, seconds: float) -> None:
-        """An evaluation took ``seconds``: they count in the budget but not in the speed of the steps, and the mean
-        cost of the evaluations so far is kept in hand for each one still to come.
+    def spent(self, name: str, seconds: float) -> None:
+        """A piece of ``name`` work took ``seconds``: they count in the budget but not in the speed of the steps,
+        and the mean cost of those measured so far is kept in hand for each one still to come.
 
-        Example (10 s of evaluation between the timed steps do not slow the measured speed, and the one left costs
+        Example (a 10 s evaluation between the timed steps does not slow the measured speed, and the one left costs
         as much):
-            >>> budget = StepBudget(60, cap=1000, skip=1, calibration_steps=10, clock=iter([0.0, 1.0, 16.0]).__next__,
-            ...                     evaluations_left=lambda step, planned: 1)
+            >>> budget = StepBudget(60, cap=1000, skip=1, calibration_steps=10, clock=iter([0.0, 1.0, 16.0]).__next__)
+            >>> budget.keep("evaluation", left=lambda step, planned: 1)
             >>> budget.start(step=0)
             >>> budget.observe(1)
-            >>> budget.evaluated(10.0)
-            >>> budget.observe(11), budget.steps_per_second  # 10 steps in 16 - 1 - 10 s; 11 + (56.4 - 16 - 10) s * 2
-            (71, 2.0)
+            >>> budget.spent("evaluation", 10.0)
+            >>> budget.observe(11), budget.steps_per_second  # 10 steps in 16 - 1 - 10 s; 11 + (58.8 - 16 - 10) s * 2
+            (76, 2.0)
         """
         self.outside_s += seconds
-        self.evaluations_timed += 1
-        self.evaluation_seconds = self.outside_s / self.evaluations_timed
+        self.work[name].measured(seconds)
 
     def start(self, step: int, since: float | None = None) -> None:
         """Call when the loop starts, at ``step`` (0, or the step a run resumes from); ``since`` is the ``clock``
@@ -138,26 +166,30 @@ class StepBudget:
         self.start_step = step
         self.t0 = self.now() if since is None else since
 
+    def reserved(self, step: int, planned: int) -> float:
+        """Seconds of work between the steps still to come after ``step`` of a run planned to ``planned`` steps."""
+        return sum(work.reserved(step, planned) for work in self.work.values())
+
     def _plan(self, now: float, step: int, speed: float, reserve: float) -> int:
-        """The length that fits at ``speed`` from ``step`` at ``now`` (:meth:`now`), keeping ``reserve``, the final
-        grid (:attr:`final_seconds`) and the evaluations to come in hand: the longest plan whose own evaluations (with
-        ``--eval_steps`` their number grows with the length) still leave time for its steps; at least one more
-        step."""
-        elapsed = now + self.outside_s - self.t0  # the evaluations so far count in the budget
-
-        def plan(reserved_s: float) -> int:
-            return plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, reserved_s + self.final_seconds)
-
-        if self.evaluations_left is None:
-            return plan(0.0)
+        """The length that fits at ``speed`` from ``step`` at ``now`` (:meth:`now`), keeping ``reserve`` and the work
+        between the steps still to come in hand: the longest plan whose own grids, checkpoints and evaluations (their
+        number grows with its length) still leave time for its steps; at least one more step."""
+        elapsed = now + self.outside_s - self.t0  # the work between the steps so far counts in the budget
 
         def fits(length: int) -> bool:
-            return plan(self.evaluations_left(step, length) * self.evaluation_seconds) >= length
+            return (
+                plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, self.reserved(step, length))
+                >= length
+            )
 
-        low, high = step + 1, plan(0.0)  # fits(low) or nothing does; high: no evaluations at all
+        # fits() holds up to some length and fails beyond it; with the least work (one more step) as the upper bound
+        low, high = (
+            step + 1,
+            plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, self.reserved(step, step + 1)),
+        )
         if not fits(low):
             return low
-        while low < high:  # fits() holds up to some length and fails beyond it
+        while low < high:
             middle = (low + high + 1) // 2
             low, high = (middle, high) if fits(middle) else (low, middle - 1)
         return low
@@ -192,20 +224,20 @@ class StepBudget:
 
     def check(self, step: int) -> int | None:
         """At the :data:`REPLAN_AT` shares of the plan: the plan again from the speed of the steps since the last
-        check (the first check: since the timing began), validation grids and checkpoints included and evaluations
-        not, keeping :data:`FINAL_RESERVE_FRACTION`, the final grid and the evaluations to come in hand; returns it
-        if it differs from the current plan by more than :data:`REPLAN_TOLERANCE`, else ``None``.
+        check (the first check: since the timing began), the work between them left out, keeping
+        :data:`FINAL_RESERVE_FRACTION` and the work still to come in hand; returns it if it differs from the current
+        plan by more than :data:`REPLAN_TOLERANCE`, else ``None``.
 
-        Example (planned 111 steps at 2 steps/s; then the machine slows to 1 step/s):
+        Example (planned 116 steps at 2 steps/s; then the machine slows to 1 step/s):
             >>> budget = StepBudget(60, cap=1000, skip=3, calibration_steps=10, clock=iter([0.0, 2.0, 7.0]).__next__)
             >>> budget.start(step=0)
             >>> [budget.observe(step) for step in range(1, 14)][-1]
-            111
-            >>> budget.clock = iter([7.0 + 15 * 1.0]).__next__  # steps 14-28 took 1 s each
-            >>> [budget.observe(step) for step in range(14, 29)][-1]  # 28 + (60 * 0.99 - 22) s * 25 / 20 s
+            116
+            >>> budget.clock = iter([7.0 + 16 * 1.0]).__next__  # steps 14-29 took 1 s each
+            >>> [budget.observe(step) for step in range(14, 30)][-1]  # 29 + (60 * 0.99 - 23) s * 26 / 21 s
             74
             >>> budget.replans
-            [(28, 74)]
+            [(29, 74)]
         """
         if not self.decides(step):
             return None

@@ -302,12 +302,20 @@ def train(config: TrainConfig) -> Path:
             return k < config.eval_count and step >= math.ceil(k * max_train_steps / config.eval_count)
         return bool(eval_steps) and step % eval_steps == 0 and step < max_train_steps
 
+    # what a time budget keeps in hand at ``step`` of a run planned to ``planned`` steps: the evaluations, grids and
+    # checkpoints still to come (those due at ``step``, before they run, and those at the end included)
     def evaluations_left(step: int, planned: int) -> int:
-        """The evaluations still to come at ``step`` (the one due there, before it runs, and the final one) of a
-        run planned to ``planned`` steps: what a time budget keeps in hand for them."""
         if auto_eval:
             return config.eval_count - evaluations_done
         return len(range(math.ceil(step / eval_steps) * eval_steps, planned, eval_steps)) + 1
+
+    def grids_left(step: int, planned: int) -> int:
+        every = config.validation_steps
+        return (len(range(math.ceil(step / every) * every, planned, every)) if every else 0) + 1  # and the final one
+
+    def checkpoints_left(step: int, planned: int) -> int:
+        every = config.checkpointing_steps
+        return len(range(math.ceil(step / every) * every, planned + 1, every)) if every else 0
 
     eval_seconds = 0.0  # evaluation time: in a time budget, not in the images/s
 
@@ -350,15 +358,17 @@ def train(config: TrainConfig) -> Path:
             )
         return bool(stop)
 
-    # 5. the loop (a time budget keeps the final grid's and the evaluations' time in hand: a sampling call now
-    # estimates them, and each grid and evaluation then measures them)
+    # 5. the loop (a time budget keeps the time of the grids, checkpoints and evaluations to come in hand: a sampling
+    # call now estimates the grids and evaluations, the first checkpoint is timed, and each one then measures them)
     if budget is not None:
         per_image_step = sampling_seconds(engine, config, num_classes=run.num_classes)
-        budget.final_seconds = engine.grid_image_steps(run.num_classes) * per_image_step
+        budget.keep("grid", grids_left, engine.grid_image_steps(run.num_classes) * per_image_step)
+        budget.keep("checkpoint", checkpoints_left)
         if eval_steps or auto_eval:
-            budget.evaluations_left = evaluations_left
             rank, world = accelerator.process_index, accelerator.num_processes
-            budget.expect(image_steps(config, rank=rank, world_size=world) * per_image_step)
+            budget.keep(
+                "evaluation", evaluations_left, image_steps(config, rank=rank, world_size=world) * per_image_step
+            )
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
     if isinstance(dataloader, ResidentImageBatches):
         logger.info(f"The dataset is decoded once and kept on {device} ({dataloader.images.nbytes / 2**20:.0f} MiB).")
@@ -403,8 +413,8 @@ def train(config: TrainConfig) -> Path:
             else:  # a correction: the speed since the last check says the plan was off by more than 1%
                 logger.info(
                     f"The plan checked at step {global_step}: {budget.steps_per_second * images_per_step:.0f}"
-                    f" images/s since step {budget.speed_from} (validation grids and checkpoints"
-                    f" included) -> {planned} steps instead of {max_train_steps}; the rest of the LR schedule now"
+                    f" images/s since step {budget.speed_from} (grids, checkpoints and evaluations"
+                    f" apart) -> {planned} steps instead of {max_train_steps}; the rest of the LR schedule now"
                     " spans them"
                 )
                 engine.replan(global_step, planned)
@@ -422,8 +432,9 @@ def train(config: TrainConfig) -> Path:
                 + (" (the recipe's full length)" if max_train_steps == budget.cap else "")
                 + (
                     f"; evaluating {config.eval_metrics} {evaluations_left(global_step, max_train_steps)} times"
-                    f" ({config.eval_num_images} samples, about {budget.evaluation_seconds:.0f} s each, in the budget)"
-                    if budget.evaluations_left
+                    f" ({config.eval_num_images} samples, about {budget.work['evaluation'].seconds:.0f} s each, in"
+                    " the budget)"
+                    if "evaluation" in budget.work
                     else ""
                 )
             )
@@ -475,16 +486,20 @@ def train(config: TrainConfig) -> Path:
                 "lr_plan": engine.lr_plan,
             }
             path = save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
-            logger.info(f"Saved {path}")
-            paused += time.perf_counter() - t
+            cost = time.perf_counter() - t
+            logger.info(f"Saved {path} ({cost:.1f} s)")
+            paused += cost
+            if budget is not None:
+                budget.spent("checkpoint", cost)
 
         if evaluation_due(global_step):
             t = time.perf_counter()
             evaluations_done += 1
             stop = evaluate(global_step)
-            paused += time.perf_counter() - t
+            cost = time.perf_counter() - t
+            paused += cost
             if budget is not None:
-                budget.evaluated(time.perf_counter() - t)
+                budget.spent("evaluation", cost)
             if stop:
                 break
 
@@ -495,9 +510,10 @@ def train(config: TrainConfig) -> Path:
                 (output_dir / "samples").mkdir(parents=True, exist_ok=True)
                 grid.save(output_dir / "samples" / f"step_{global_step:06d}.png")
                 log_grid(accelerator, grid, global_step)
-                if budget is not None:  # the final grid is the same call
-                    budget.final_seconds = time.perf_counter() - t
-            paused += time.perf_counter() - t
+            cost = time.perf_counter() - t
+            paused += cost
+            if budget is not None and accelerator.is_main_process:  # process 0 draws the grids and plans the run
+                budget.spent("grid", cost)
     progress.close()
 
     # 6. save the EMA pipeline, the final grid, metrics and card
