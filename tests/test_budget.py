@@ -3,16 +3,26 @@
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from train_helpers import run_train
+from train_helpers import FAST, TRAIN, run_train, train_env
 
 from hfddpm import build_unet
 from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler
-from hfddpm.training.budget import FINAL_RESERVE_FRACTION, REPLAN_AT, RESERVE_FRACTION, StepBudget, plan_steps
+from hfddpm.training.budget import (
+    CALIBRATION_STEPS,
+    FINAL_RESERVE_FRACTION,
+    REPLAN_AT,
+    RESERVE_FRACTION,
+    SKIPPED_STEPS,
+    StepBudget,
+    plan_steps,
+)
 from hfddpm.training.checkpoint import read_training_state
 
 
@@ -104,6 +114,31 @@ def test_a_budget_run_records_its_plan_and_explicit_steps_turn_it_off(tmp_path):
     run_train(["--output_dir", str(explicit), "--max_train_steps", "3", "--max_train_minutes", "0.05"], tmp_path)
     metrics = json.loads((explicit / "train_metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["max_train_minutes"] is None
+
+
+def test_the_budget_counts_from_the_start_the_script_passes(tmp_path):
+    # training/train.py passes the time it started (before importing the library) to train(); a start 1000 s ago
+    # leaves nothing of a 1-minute budget: the plan is one step after the timed ones, and the run says so
+    out = tmp_path / "out"
+    code = (
+        "import sys, time, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('script', {str(TRAIN)!r})\n"
+        "script = importlib.util.module_from_spec(spec); spec.loader.exec_module(script)\n"
+        "script.STARTED = time.perf_counter() - 1000\n"
+        "script.main(script.parse_args(sys.argv[1:]))\n"
+    )
+    args = [*FAST, "--output_dir", str(out), "--max_train_minutes", "1", "--checkpointing_steps", "0"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args, "--eval_count", "0"],
+        env=train_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == SKIPPED_STEPS + CALIBRATION_STEPS + 1 and metrics["run_time_s"] > 1000
+    assert "1-minute budget -> 24 steps" in result.stderr
 
 
 def _run_to_end(budget_s, step_s_of, *, cap=1800):

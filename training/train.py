@@ -18,8 +18,12 @@ See training/README.md.
 import argparse
 import os
 import sys
+import time
 
-from hfddpm.training import TrainConfig, TrainingError, train
+# A time budget counts the run from here: importing the library (torch, diffusers) takes seconds of it.
+STARTED = time.perf_counter()
+
+from hfddpm.training import TrainConfig, TrainingError, train  # noqa: E402
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -47,7 +51,7 @@ def _redact(text: str, token: str | None) -> str:
 def main(args: argparse.Namespace) -> None:
     config = TrainConfig.from_args(args)
     try:
-        train(config)
+        train(config, started=STARTED)
     except (ValueError, FileNotFoundError, TrainingError) as err:
         # Bad input or a stopped run: the message names the problem and the fix; a traceback would only bury it.
         raise SystemExit(f"train.py: error: {_redact(str(err), config.hub_token)}") from None

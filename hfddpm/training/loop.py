@@ -90,13 +90,16 @@ def json_safe(value):
     return value
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, *, started: float | None = None) -> Path:
     """Train as ``config`` says and save an ``HFDDPMPipeline`` folder (EMA weights), ``samples/final.png``,
     ``train_metrics.json``, ``training_config.json`` and a model card in ``config.output_dir``; returns that folder.
 
+    ``started`` is the ``time.perf_counter()`` at which the run began, by default now: a time budget counts from it
+    (``training/train.py`` passes its own start, so that importing the library counts too).
+
     Bad input raises ``ValueError``/``FileNotFoundError`` before any training step.
     """
-    started = time.perf_counter()  # a time budget counts from here
+    started = time.perf_counter() if started is None else started
     config.validate()
     # 1. processes, threads, trackers
     trackers = check_trackers(config.report_to)
