@@ -1,11 +1,11 @@
 """A time budget for a run: the speed of the first steps sets how many steps fit, so a run ends on time on any
 machine (a CPU without native bf16 trains the default recipe at a third of the speed of one with it).
 
-The budget is the run's time from its start (data, model, the precision probe) to the saved pipeline: the training
-steps and the work between them (validation grids, checkpoints, evaluations, the final evaluation and the final grid)
-all count in it. That work is kept out of the measured speed of the steps and counted apart (:class:`SideWork`): how
-many of each are still to come follows from the plan, and what one costs is first estimated (a timed sampling call for
-grids and evaluations), then measured.
+The budget is the run's time from its start (``training/train.py``: its own start, imports included; then data, model,
+the precision probe) to the saved pipeline: the training steps and the work between them (validation grids,
+checkpoints, evaluations, the final evaluation and the final grid) all count in it. That work is kept out of the
+measured speed of the steps and counted apart (:class:`SideWork`): how many of each are still to come follows from the
+plan, and what one costs is first estimated (a timed sampling call for grids and evaluations), then measured.
 
 The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
 schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on
