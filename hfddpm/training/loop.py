@@ -583,11 +583,6 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         )
     # end_training destroys the process group: no process may get there while process 0 still saves
     accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:
-        # gloo frees a finished collective on its worker thread, which takes the GIL for it, while freeing the process
-        # group (when the DDP model goes) joins that thread holding the GIL: a process hung so at its exit once in CI
-        # (torch 2.13, right after this barrier). Releasing the GIL for a moment lets the worker finish first.
-        time.sleep(0.1)
     accelerator.end_training()
     if config.push_to_hub and accelerator.is_main_process:
         from hfddpm.hub import push_to_hub
