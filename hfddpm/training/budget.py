@@ -66,6 +66,16 @@ def plan_steps(
     return min(cap, planned)
 
 
+def due_every(every: int, step: int, stop: int) -> int:
+    """How many pieces of work due every ``every`` steps (none if 0) come at steps ``step`` to ``stop - 1``.
+
+    Example:
+        >>> due_every(500, 250, 2000), due_every(500, 500, 2001), due_every(0, 1, 100)
+        (3, 4, 0)
+    """
+    return len(range(math.ceil(step / every) * every, stop, every)) if every else 0
+
+
 @dataclass
 class SideWork:
     """Work between the steps (validation grids, checkpoints, evaluations) that the budget counts but the speed of the
@@ -176,22 +186,16 @@ class StepBudget:
         number grows with its length) still leave time for its steps; at least one more step."""
         elapsed = now + self.outside_s - self.t0  # the work between the steps so far counts in the budget
 
-        def fits(length: int) -> bool:
-            return (
-                plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, self.reserved(step, length))
-                >= length
-            )
+        def plan(length: int) -> int:  # the length that fits beside the work a plan of ``length`` steps holds
+            return plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, self.reserved(step, length))
 
-        # fits() holds up to some length and fails beyond it; with the least work (one more step) as the upper bound
-        low, high = (
-            step + 1,
-            plan_steps(self.budget_s, elapsed, step, speed, self.cap, reserve, self.reserved(step, step + 1)),
-        )
-        if not fits(low):
+        # plan(length) >= length holds up to some length and fails beyond it; the least work (one more step) bounds it
+        low, high = step + 1, plan(step + 1)
+        if high < low:
             return low
         while low < high:
             middle = (low + high + 1) // 2
-            low, high = (middle, high) if fits(middle) else (low, middle - 1)
+            low, high = (middle, high) if plan(middle) >= middle else (low, middle - 1)
         return low
 
     @property

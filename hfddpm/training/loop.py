@@ -34,7 +34,7 @@ from hfddpm.data import (
     make_train_dataloader,
 )
 from hfddpm.evaluation import parse_metrics
-from hfddpm.training.budget import StepBudget
+from hfddpm.training.budget import StepBudget, due_every
 from hfddpm.training.checkpoint import (
     check_checkpoint,
     list_checkpoints,
@@ -310,15 +310,13 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     def evaluations_left(step: int, planned: int) -> int:
         if auto_eval:
             return config.eval_count - evaluations_done
-        return len(range(math.ceil(step / eval_steps) * eval_steps, planned, eval_steps)) + 1
+        return due_every(eval_steps, step, planned) + 1  # and the final one
 
     def grids_left(step: int, planned: int) -> int:
-        every = config.validation_steps
-        return (len(range(math.ceil(step / every) * every, planned, every)) if every else 0) + 1  # and the final one
+        return due_every(config.validation_steps, step, planned) + 1  # and the final one
 
     def checkpoints_left(step: int, planned: int) -> int:
-        every = config.checkpointing_steps
-        return len(range(math.ceil(step / every) * every, planned + 1, every)) if every else 0
+        return due_every(config.checkpointing_steps, step, planned + 1)  # the last step's too
 
     eval_seconds = 0.0  # evaluation time: in a time budget, not in the images/s
 
