@@ -134,11 +134,15 @@ class StepBudget:
         self.t0 = self.start_step = self.timed_from = None
         self.steps_per_second = self.planned = None
         self.work: dict[str, SideWork] = {}  # the work between the steps, by name
-        self.outside_s = 0.0  # seconds spent in it: in the budget, not in the speed of the steps
         self.replans: list[tuple[int, int]] = []  # (step, new planned length) of every correction
         self._checks_done = 0
         self._last_check = None  # (step, time) of the last check: each check times the steps since the one before
         self.speed_from = None
+
+    @property
+    def outside_s(self) -> float:
+        """Seconds spent in the work between the steps so far: in the budget, not in the speed of the steps."""
+        return sum(work.spent_s for work in self.work.values())
 
     def now(self) -> float:
         """The steps' clock: ``clock`` without the time spent between the steps (:meth:`spent`)."""
@@ -167,7 +171,6 @@ class StepBudget:
             >>> budget.observe(11), budget.steps_per_second  # 10 steps in 16 - 1 - 10 s; 11 + (58.8 - 16 - 10) s * 2
             (76, 2.0)
         """
-        self.outside_s += seconds
         self.work[name].measured(seconds)
 
     def start(self, step: int, since: float | None = None) -> None:
