@@ -33,16 +33,46 @@ def test_bad_eval_settings_are_named(tmp_path):
     assert result.returncode == 1 and "includes digits, which scores grey images" in result.stderr
 
 
+# train.py with torch's destroy_process_group wrapped (test side only) to count the DDP modules still in memory then,
+# unreachable ones not yet collected included: one that outlives the process group frees gloo's backend while holding
+# the GIL, which deadlocked a run at exit (gloo's worker thread waited for the GIL)
+COUNT_DDP_AT_DESTROY = """
+import gc
+import sys
+
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+destroy = dist.destroy_process_group
+
+
+def counted(group=None):
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    with open({log!r} + str(dist.get_rank()), "w") as f:
+        f.write(str(alive))
+    return destroy(group)
+
+
+dist.destroy_process_group = counted
+sys.path.insert(0, {train_dir!r})
+import train
+
+train.main(train.parse_args())
+"""
+
+
 def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
     config = tmp_path / "grey.json"
     config.write_text(json.dumps(GREY))
     out = tmp_path / "out"
+    driver = tmp_path / "counted_train.py"
+    driver.write_text(COUNT_DDP_AT_DESTROY.format(log=str(tmp_path / "ddp_at_destroy_"), train_dir=str(TRAIN.parent)))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8",
             "--validation_inference_steps", "1", "--validation_images_per_class", "1", *EVAL]  # fmt: skip
     result = subprocess.run(
-        [*launcher, str(TRAIN), *args],
+        [*launcher, str(driver), *args],
         env=train_env(tmp_path, ACCELERATE_USE_CPU="1"),
         capture_output=True,
         text=True,
@@ -56,6 +86,8 @@ def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
         assert point["images_seen"] == point["step"] * 16 and point["fd_digits"] > 0
     assert (out / "eval_curve.png").stat().st_size > 1000
     assert json.loads((out / "train_metrics.json").read_text())["evaluations"] == history
+    # both processes freed their DDP model before the process group
+    assert [(tmp_path / f"ddp_at_destroy_{rank}").read_text() for rank in (0, 1)] == ["0", "0"]
 
 
 # train.py with the evaluation replaced by scripted FD values per step (test side only): the ranking logic is tested

@@ -5,7 +5,7 @@
   (optimizer, LR schedule, EMA, the training step, the EMA pipeline and validation grid).
 - :mod:`hfddpm.training.loop`: :func:`train`, a whole run (data, resume, logging, checkpoints, saving).
 - :mod:`hfddpm.training.checkpoint`, :mod:`~hfddpm.training.precision`, :mod:`~hfddpm.training.loss`,
-  :mod:`~hfddpm.training.trackers`: one job each.
+  :mod:`~hfddpm.training.trackers`, :mod:`~hfddpm.training.processes`: one job each.
 
 Example:
     >>> from hfddpm.training import TrainConfig

@@ -527,6 +527,11 @@ class TrainingEngine:
         if self.ema is not None:
             self.ema.step(self.unwrapped.parameters())
 
+    def release(self) -> None:
+        """Drop the training model (DDP-wrapped on several processes), its optimizer and LR schedule; the EMA and the
+        unwrapped UNet stay. Before the process group ends (:func:`hfddpm.training.processes.end_training`)."""
+        self.model = self.optimizer = self.lr_scheduler = None
+
     # --- export ------------------------------------------------------------------------------------------------------
     def ema_unet(self) -> UNet2DModel:
         """A float32 copy of the UNet carrying the EMA weights (the raw weights without EMA), for sampling/saving."""

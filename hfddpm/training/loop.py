@@ -54,6 +54,7 @@ from hfddpm.training.periodic_eval import (
     save_history,
 )
 from hfddpm.training.precision import resolve_mixed_precision
+from hfddpm.training.processes import end_training
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
 
@@ -581,7 +582,8 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         )
     # end_training destroys the process group: no process may get there while process 0 still saves
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    engine.release()  # the DDP model goes before the process group (hfddpm.training.processes)
+    end_training(accelerator)
     if config.push_to_hub and accelerator.is_main_process:
         from hfddpm.hub import push_to_hub
 

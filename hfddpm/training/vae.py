@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from hfddpm.data import CHANNEL_MODES, load_train_dataset, make_train_dataloader, resolve_columns
 from hfddpm.latents import check_vae_resolution, vae_encode
 from hfddpm.training.precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
+from hfddpm.training.processes import end_training
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -306,7 +307,8 @@ def train_vae(config: VAETrainConfig) -> Path:
             f" (PSNR {metrics['psnr_db']:.1f} dB) on {len(sample)} training images."
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    del model, optimizer, lr_scheduler  # the DDP model goes before the process group (hfddpm.training.processes)
+    end_training(accelerator)
     return output_dir
 
 
