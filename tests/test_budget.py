@@ -171,12 +171,21 @@ def test_a_slow_calibration_no_longer_costs_the_end_of_the_budget():
     assert 480 * (1 - FINAL_RESERVE_FRACTION) - 0.35 < end <= 480 * (1 - FINAL_RESERVE_FRACTION) + 1e-9
 
 
-def test_the_plan_is_checked_at_most_three_times_and_only_corrected_beyond_the_tolerance():
+def test_the_plan_is_checked_at_its_shares_and_only_corrected_beyond_the_tolerance():
     budget, planned, _ = _run_to_end(480, lambda step: 0.3)
     # steady speed: the only correction gives back the first plan's reserve for checkpoints (untimed) that never came
     assert len(budget.replans) == 1 and budget._checks_done == len(REPLAN_AT)
     fast, planned, end = _run_to_end(480, lambda step: 0.01)  # a fast machine trains the recipe's length, no more
     assert planned == 1800 and not fast.replans and end < 480
+
+
+def test_a_speed_change_in_the_last_quarter_is_caught_by_the_late_check():
+    # 0.3 s per step, then the machine speeds up to 0.25 s after the check at three quarters: the late check times the
+    # new speed and plans the steps that fill the budget, where the run would have ended about 17 s early
+    budget, planned, end = _run_to_end(480, lambda step: 0.3 if step < 1200 else 0.25)
+    (step, before), (late_step, after) = budget.replans  # the first check gives back the checkpoints' reserve
+    assert late_step == math.ceil(REPLAN_AT[-1] * before) > 1200 and after > before
+    assert 480 * (1 - FINAL_RESERVE_FRACTION) - 1.0 < end <= 480 * (1 - FINAL_RESERVE_FRACTION) + 1e-9
 
 
 def test_a_corrected_lr_schedule_is_continuous_ends_at_zero_and_is_rebuilt_from_the_saved_plan():

@@ -9,8 +9,9 @@ plan, and what one costs is first estimated (a timed sampling call for grids and
 
 The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
 schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on
-the CPU, a laptop that throttles), so the plan is checked again at a quarter, half and three quarters of the run
-against the speed of the steps since the last check, and corrected when it is more than 1% off; the rest of the LR
+the CPU, a laptop that throttles), so the plan is checked again at a quarter, half, three quarters and nine tenths
+of the run against the speed of the steps since the last check, and corrected when it is more than 1% off (the last
+check catches a machine that speeds up or slows down in the last quarter); the rest of the LR
 schedule is then stretched or squeezed to the new length (:meth:`hfddpm.training.TrainingEngine.replan`), so the
 learning rate stays continuous. The planned number and its corrections are saved with every checkpoint, so a resumed
 run keeps them.
@@ -35,7 +36,7 @@ RESERVE_FRACTION = 0.02
 # What a re-plan keeps for the final save (the pipeline's files and the model card): the rest is timed SideWork.
 FINAL_RESERVE_FRACTION = 0.01
 # Where the plan is checked again (shares of the planned steps), and by how much it must be off to be corrected.
-REPLAN_AT = (0.25, 0.5, 0.75)
+REPLAN_AT = (0.25, 0.5, 0.75, 0.9)
 REPLAN_TOLERANCE = 0.01
 # Steps timed to measure the speed (after the first ones, which include one-off start-up costs).
 CALIBRATION_STEPS = 20
