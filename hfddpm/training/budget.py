@@ -9,12 +9,11 @@ plan, and what one costs is first estimated (a timed sampling call for grids and
 
 The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
 schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on
-the CPU, a laptop that throttles), so the plan is checked again at a quarter, half, three quarters and nine tenths
-of the run against the speed of the steps since the last check, and corrected when it is more than 1% off (the last
-check catches a machine that speeds up or slows down in the last quarter); the rest of the LR
-schedule is then stretched or squeezed to the new length (:meth:`hfddpm.training.TrainingEngine.replan`), so the
-learning rate stays continuous. The planned number and its corrections are saved with every checkpoint, so a resumed
-run keeps them.
+the CPU, a laptop that throttles), so the plan is checked again at a quarter, half, three quarters and nine tenths of
+the run against the speed of the steps since the last check, and corrected when it is more than 1% off (the last check
+catches a machine that speeds up or slows down in the last quarter); the rest of the LR schedule is then stretched or
+squeezed to the new length (:meth:`hfddpm.training.TrainingEngine.replan`), so the learning rate stays continuous. The
+planned number and its corrections are saved with every checkpoint, so a resumed run keeps them.
 
 Example (a fake clock: 3 steps to warm up in 2 s, then 10 steps in 5 s, of a 60 s budget):
     >>> budget = StepBudget(60, cap=1000, skip=3, calibration_steps=10, clock=iter([0.0, 2.0, 7.0]).__next__)

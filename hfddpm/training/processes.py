@@ -4,7 +4,8 @@ A model wrapped by ``accelerator.prepare`` on several processes is a ``Distribut
 the process group. If the reducer outlives ``destroy_process_group`` (called by ``accelerator.end_training``), freeing
 it later frees torch's gloo backend while holding the GIL, and the backend waits for its worker thread, which may in
 turn wait for the GIL to free the last barrier's work: a deadlock at exit, seen once in a two-process CPU run (py-spy
-showed both threads). Freed first, the model leaves the process group to Python, which frees it without the GIL.
+showed both threads). Freed first, the model leaves the process group to Python, which frees it without the GIL
+(torch binds its ``ProcessGroup`` with a holder that releases the GIL to destroy it, the ``Reducer`` with a plain one).
 
 Example (one process: nothing distributed to free):
     >>> from accelerate import Accelerator
