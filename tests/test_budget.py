@@ -183,7 +183,7 @@ def test_a_speed_change_in_the_last_quarter_is_caught_by_the_late_check():
     # 0.3 s per step, then the machine speeds up to 0.25 s after the check at three quarters: the late check times the
     # new speed and plans the 74 steps more that fill the budget: without it the run ends 18.5 s sooner
     budget, planned, end = _run_to_end(480, lambda step: 0.3 if step < 1200 else 0.25)
-    (step, before), (late_step, after) = budget.replans  # the first check gives back the checkpoints' reserve
+    (_, before), (late_step, after) = budget.replans  # the first check gives back the checkpoints' reserve
     assert late_step == math.ceil(REPLAN_AT[-1] * before) > 1200 and after > before
     assert 480 * (1 - FINAL_RESERVE_FRACTION) - 1.0 < end <= 480 * (1 - FINAL_RESERVE_FRACTION) + 1e-9
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from train_helpers import TRAIN, run_train, train_env
+from train_helpers import run_train, train_env, write_train_driver
 
 from hfddpm.training import TrainConfig
 from hfddpm.training.budget import CALIBRATION_STEPS, SKIPPED_STEPS
@@ -38,7 +38,6 @@ def test_bad_eval_settings_are_named(tmp_path):
 # the GIL, which deadlocked a run at exit (gloo's worker thread waited for the GIL)
 COUNT_DDP_AT_DESTROY = """
 import gc
-import sys
 
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -54,10 +53,6 @@ def counted(group=None):
 
 
 dist.destroy_process_group = counted
-sys.path.insert(0, {train_dir!r})
-import train
-
-train.main(train.parse_args())
 """
 
 
@@ -65,8 +60,8 @@ def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
     config = tmp_path / "grey.json"
     config.write_text(json.dumps(GREY))
     out = tmp_path / "out"
-    driver = tmp_path / "counted_train.py"
-    driver.write_text(COUNT_DDP_AT_DESTROY.format(log=str(tmp_path / "ddp_at_destroy_"), train_dir=str(TRAIN.parent)))
+    prelude = COUNT_DDP_AT_DESTROY.format(log=str(tmp_path / "ddp_at_destroy_"))
+    driver = write_train_driver(tmp_path / "counted_train.py", prelude)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8",
@@ -93,7 +88,6 @@ def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
 # train.py with the evaluation replaced by scripted FD values per step (test side only): the ranking logic is tested
 # on known numbers instead of on a tiny model's noise
 SCRIPTED_EVAL = """
-import sys
 import hfddpm.training.loop as loop
 
 values = {values!r}
@@ -108,16 +102,11 @@ def scripted(engine, accelerator, config, *, num_classes, step):
 
 
 loop.evaluate_ema = scripted
-sys.path.insert(0, {train_dir!r})
-import train
-
-train.main(train.parse_args())
 """
 
 
 def _scripted_run(tmp_path, values, args):
-    driver = tmp_path / "scripted_train.py"
-    driver.write_text(SCRIPTED_EVAL.format(values=values, train_dir=str(TRAIN.parent)))
+    driver = write_train_driver(tmp_path / "scripted_train.py", SCRIPTED_EVAL.format(values=values))
     result = subprocess.run(
         [sys.executable, str(driver), *args], env=train_env(tmp_path), capture_output=True, text=True, timeout=600
     )

@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from train_helpers import write_train_driver
 
 from hfddpm import UNET_PRESETS
 from hfddpm.training import (
@@ -184,7 +185,7 @@ def test_checkpoint_limit_and_contents(reference):
 
 # train.py, run by a wrapper that sleeps after saving one checkpoint: the product has no test hook of its own.
 PAUSING_TRAIN = """
-import sys, time
+import time
 import hfddpm.training.loop as loop
 
 save = loop.save_checkpoint
@@ -198,10 +199,6 @@ def save_then_pause(accelerator, output_dir, step, *args):
 
 
 loop.save_checkpoint = save_then_pause
-sys.path.insert(0, {train_dir!r})
-import train
-
-train.main(train.parse_args())
 """
 
 
@@ -211,8 +208,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(reference, configs,
     args = [*_common(configs["mnist"], out), *REFERENCE_ARGS]
     # the run pauses after writing checkpoint-4 (a test-side wrapper of save_checkpoint, see PAUSING_TRAIN); it is
     # killed there, without any chance to clean up
-    driver = tmp_path / "pausing_train.py"
-    driver.write_text(PAUSING_TRAIN.format(train_dir=str(TRAIN.parent), step=4))
+    driver = write_train_driver(tmp_path / "pausing_train.py", PAUSING_TRAIN.format(step=4))
     proc = subprocess.Popen(
         [sys.executable, str(driver), *args],
         env=_env(tmp_path),

@@ -44,6 +44,14 @@ def run_train(args: list[str], tmp: Path, *, check: bool = True, **env) -> subpr
     return result
 
 
+def write_train_driver(path: Path, prelude: str) -> Path:
+    """A script at ``path`` that runs ``prelude`` (test-side wrappers of library functions; the product keeps no test
+    hooks of its own), then training/train.py as ``python train.py`` would, with the same arguments."""
+    run = f"import sys\n\nsys.path.insert(0, {str(TRAIN.parent)!r})\nimport train\n\ntrain.main(train.parse_args())\n"
+    path.write_text(f"{prelude}\n{run}")
+    return path
+
+
 def load_train_script():
     """training/train.py as a module (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("hfddpm_train_script", TRAIN)
