@@ -351,7 +351,7 @@ class TrainConfig:
     seed: int = _opt(0, "Seed of initialisation, data order and noise.", group="optimisation", check=_NON_NEGATIVE_INT)
     cpu_threads: int | None = _opt(
         None,
-        "torch threads per process when training on CPU (default: the machine's cores / local processes;"
+        "torch threads per process when training on CPU (default: the cores this process may use / local processes;"
         " `accelerate launch` alone would leave one thread).",
         group="optimisation",
         check=_POSITIVE,

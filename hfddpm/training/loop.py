@@ -54,7 +54,7 @@ from hfddpm.training.periodic_eval import (
     save_history,
 )
 from hfddpm.training.precision import resolve_mixed_precision
-from hfddpm.training.processes import end_training
+from hfddpm.training.processes import cpu_threads_per_process, end_training
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
 
@@ -121,9 +121,8 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     set_seed(config.seed)  # the same on every process: identical initial weights
     device = state.device
     if device.type == "cpu":
-        # `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise: share the cores between local processes
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
-        torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
+        torch.set_num_threads(config.cpu_threads or cpu_threads_per_process(local_processes))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
         torch.backends.cudnn.allow_tf32 = config.allow_tf32
@@ -238,6 +237,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         "mixed_precision": accelerator.mixed_precision,
         "num_processes": accelerator.num_processes,
         "device": device.type,
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "time_budget_minutes": config.max_train_minutes if config.uses_time_budget else None,
         **{name: getattr(config, name) for name in RECIPE_FIELDS if name != "max_train_steps"},
         "channels_last": step_format.channels_last,

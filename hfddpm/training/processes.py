@@ -1,4 +1,4 @@
-"""Ending a run's processes in a safe order.
+"""A run's processes: how many CPU threads each one uses, and ending them in a safe order.
 
 A model wrapped by ``accelerator.prepare`` on several processes is a ``DistributedDataParallel`` whose reducer holds
 the process group. If the reducer outlives ``destroy_process_group`` (called by ``accelerator.end_training``), freeing
@@ -9,15 +9,26 @@ showed both threads). Freed first, the model leaves the process group to Python,
 
 Example (one process: nothing distributed to free):
     >>> from accelerate import Accelerator
-    >>> from hfddpm.training.processes import end_training
+    >>> from hfddpm.training.processes import cpu_threads_per_process, end_training
+    >>> cpu_threads_per_process(1) >= 1
+    True
     >>> end_training(Accelerator(cpu=True))
 """
 
 from __future__ import annotations
 
 import gc
+import os
 
 from accelerate import Accelerator
+
+
+def cpu_threads_per_process(local_processes: int) -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset``, a container's cpuset), shared evenly between
+    the ``local_processes`` processes of this machine, at least one each. ``accelerate launch`` exports
+    ``OMP_NUM_THREADS=1`` unless told otherwise, so the environment does not say this."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_processes))
 
 
 def end_training(accelerator: Accelerator) -> None:
