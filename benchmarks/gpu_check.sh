@@ -95,7 +95,8 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'datasets'
   step "mnist eager + CUDA graphs" 100 "${bench[@]}" --preset mnist --batch-size 64 --compile-mode reduce-overhead \
     "${toy[@]}" --out "$out/train_throughput_mnist.json"
   if "$PY" -c "import pytest" 2>/dev/null; then
-    step "tests marked gpu" 60 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py \
+    # -o addopts=: setup.cfg's -n (pytest-xdist) is not in the image, and the GPU tests run one at a time
+    step "tests marked gpu" 60 "$PY" -m pytest -q -p no:cacheprovider -o addopts= -m gpu tests/test_engine.py \
       tests/test_step_format.py tests/test_benchmarks.py
   fi
   "$PY" benchmarks/gpu_summary.py "$out" >>"$summary" || true

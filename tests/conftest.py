@@ -2,9 +2,33 @@
 ``hub_server`` and ``train_helpers`` by name."""
 
 import importlib.util
+import os
 
 import pytest
 from hub_server import TEST_TOKENS, FakeHub, use_fake_hub
+
+
+def _cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (setup.cfg): one worker per core this run may use, at most 4 (each may train in 2 processes)."""
+    return min(len(_cores()), 4)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets its own share of the cores (CPU affinity, inherited by the training runs
+    it starts, which use that many threads): tests running side by side never fight over a core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    index, count, cores = int(worker.removeprefix("gw")), int(count), _cores()
+    share = cores[index * len(cores) // count : (index + 1) * len(cores) // count] or [cores[index % len(cores)]]
+    os.sched_setaffinity(0, share)
+    import torch
+
+    torch.set_num_threads(len(share))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 from test_save_format import run_child
-from train_helpers import ROOT, TRAIN, run_train, train_env
+from train_helpers import ROOT, TRAIN, accelerate_launcher, run_train, train_env
 
 from hfddpm import UNET_PRESETS, HFDDPMPipeline, HFDDPMScheduler, build_unet
 from hfddpm.cli import main as cli_main
@@ -336,8 +336,7 @@ def test_pixel_pipeline_has_no_vae_and_tiny_autoencoder_loads(tmp_path):
 
 def test_two_process_latent_run(trained_vae, tmp_path):
     out = tmp_path / "out"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    launcher = accelerate_launcher(2)
     args = [*_latent_args(trained_vae, tmp_path, out), "--train_batch_size", "4", "--validation_inference_steps", "1",
             "--validation_images_per_class", "1", "--random_flip"]  # fmt: skip
     result = subprocess.run([*launcher, str(TRAIN), *args], env=train_env(tmp_path, ACCELERATE_USE_CPU="1"),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from train_helpers import run_train, train_env, write_train_driver
+from train_helpers import accelerate_launcher, run_train, train_env, write_train_driver
 
 from hfddpm.training import TrainConfig
 from hfddpm.training.budget import CALIBRATION_STEPS, SKIPPED_STEPS
@@ -62,8 +62,7 @@ def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
     out = tmp_path / "out"
     prelude = COUNT_DDP_AT_DESTROY.format(log=str(tmp_path / "ddp_at_destroy_"))
     driver = write_train_driver(tmp_path / "counted_train.py", prelude)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    launcher = accelerate_launcher(2)
     args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8",
             "--validation_inference_steps", "1", "--validation_images_per_class", "1", *EVAL]  # fmt: skip
     result = subprocess.run(

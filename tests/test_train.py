@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from train_helpers import write_train_driver
+from train_helpers import accelerate_launcher, write_train_driver
 
 from hfddpm import UNET_PRESETS
 from hfddpm.training import (
@@ -80,10 +80,7 @@ def _common(config: Path, output_dir: Path) -> list[str]:
 def _run(args: list[str], tmp: Path, *, processes: int = 0, **env) -> subprocess.CompletedProcess:
     """``python train.py`` (processes=0) or ``accelerate launch --num_processes N`` on CPU (gloo)."""
     if processes:
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-        # several CPU processes: accelerate's multi-process launcher (torchrun) with ACCELERATE_USE_CPU -> gloo
-        launcher += ["--multi_gpu"] if processes > 1 else ["--cpu"]
+        launcher = accelerate_launcher(processes)
         env.setdefault("ACCELERATE_USE_CPU", "1")
     else:
         launcher = [sys.executable]
@@ -306,6 +303,8 @@ def test_two_processes_stream_parquet_shards_and_resume(configs, tmp_path):
     assert sorted(sums) == [0, 1] and sums[0] == sums[1]
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["num_processes"] == 2
+    # the cores this test may use, shared between the two processes
+    assert metrics["training_config"]["cpu_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert metrics["training_config"]["streaming"] and metrics["training_config"]["num_classes"] == 10
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import ROOT, TRAIN, load_train_script, run_train, train_env
+from train_helpers import ROOT, TRAIN, accelerate_launcher, load_train_script, run_train, train_env
 
 from hfddpm.training import TrainConfig, TrainingError
 from hfddpm.training.checkpoint import check_checkpoint
@@ -153,8 +153,7 @@ def test_a_failed_push_never_shows_the_token(tmp_path):
     token = "hf_" + "Q" * 34
     out = tmp_path / "out"
     env = train_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_ETAG_TIMEOUT="2")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--num_machines", "1"]  # fmt: skip
+    launcher = accelerate_launcher(1)
     args = ["--output_dir", str(out), "--max_train_steps", "1", "--preset", "tiny",
             "--validation_inference_steps", "1", "--push_to_hub", "--hub_model_id", "me/model",
             "--hub_token", token]  # fmt: skip

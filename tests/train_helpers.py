@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,18 @@ def train_env(tmp: Path, **extra) -> dict:
     )
     env.update(extra)
     return env
+
+
+def accelerate_launcher(processes: int) -> list[str]:
+    """``accelerate launch`` on CPU with ``processes`` processes (several: torchrun and gloo, with
+    ``ACCELERATE_USE_CPU=1`` in the environment), its rendezvous on a free port: tests running side by side
+    (pytest-xdist) must not share accelerate's default port 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *(["--multi_gpu"] if processes > 1 else ["--cpu"])]  # fmt: skip
 
 
 def run_train(args: list[str], tmp: Path, *, check: bool = True, **env) -> subprocess.CompletedProcess:
