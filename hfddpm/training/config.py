@@ -383,7 +383,7 @@ class TrainConfig:
     validation_guidance_scale: float = _opt(
         1.5,
         "Classifier-free guidance of a class-conditional run's grids and of its model card's example (1: off; the"
-        " README's default-run section measures the default).",
+        " guidance measurements behind the default: benchmarks/default_run.md).",
         group="output",
         check=_NON_NEGATIVE,
     )
