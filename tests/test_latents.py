@@ -11,7 +11,15 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 from test_save_format import run_child
-from train_helpers import ROOT, TRAIN, accelerate_launcher, run_train, train_env
+from train_helpers import (
+    COUNT_DDP_AT_DESTROY,
+    ROOT,
+    TRAIN,
+    accelerate_launcher,
+    run_train,
+    train_env,
+    write_train_driver,
+)
 
 from hfddpm import UNET_PRESETS, HFDDPMPipeline, HFDDPMScheduler, build_unet
 from hfddpm.cli import main as cli_main
@@ -387,6 +395,23 @@ def test_train_vae_script_saves_a_folder_that_vae_takes(tmp_path):
     metrics = json.loads((out / "vae_metrics.json").read_text())
     assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"]) and metrics["steps"] == 2
     assert [h["step"] for h in metrics["history"]] == [1, 2]
+
+
+def test_two_process_vae_training_saves_one_folder_and_frees_its_ddp_model_first(tmp_path):
+    out = tmp_path / "vae"
+    args = ["--block_out_channels", "8,16", "--norm_num_groups", "4", "--resolution", "16", "--train_batch_size", "4",
+            "--max_train_steps", "3", "--logging_steps", "1", "--output_dir", str(out)]  # fmt: skip
+    # destroy_process_group wrapped (test side only) to count the DDP models still alive then: each must be 0
+    prelude = COUNT_DDP_AT_DESTROY.format(log=str(tmp_path / "ddp_at_destroy_"))
+    driver = write_train_driver(tmp_path / "counted_train_vae.py", prelude, script=ROOT / "training" / "train_vae.py")
+    result = subprocess.run([*accelerate_launcher(2), str(driver), *args], capture_output=True, text=True,
+                            env=train_env(tmp_path, ACCELERATE_USE_CPU="1"), timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 process(es)" in result.stderr and result.stderr.count("Saved the autoencoder to") == 1
+    metrics = json.loads((out / "vae_metrics.json").read_text())
+    assert metrics["steps"] == 3 and [h["step"] for h in metrics["history"]] == [1, 2, 3]
+    assert load_vae(str(out)).config.scaling_factor == pytest.approx(metrics["scaling_factor"])
+    assert [(tmp_path / f"ddp_at_destroy_{rank}").read_text() for rank in (0, 1)] == ["0", "0"]
 
 
 @pytest.mark.parametrize(

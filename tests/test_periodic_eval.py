@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from train_helpers import accelerate_launcher, run_train, train_env, write_train_driver
+from train_helpers import COUNT_DDP_AT_DESTROY, accelerate_launcher, run_train, train_env, write_train_driver
 
 from hfddpm.training import TrainConfig
 from hfddpm.training.budget import CALIBRATION_STEPS, SKIPPED_STEPS
@@ -33,33 +33,12 @@ def test_bad_eval_settings_are_named(tmp_path):
     assert result.returncode == 1 and "includes digits, which scores grey images" in result.stderr
 
 
-# train.py with torch's destroy_process_group wrapped (test side only) to count the DDP modules still in memory then,
-# unreachable ones not yet collected included: one that outlives the process group frees gloo's backend while holding
-# the GIL, which deadlocked a run at exit (gloo's worker thread waited for the GIL)
-COUNT_DDP_AT_DESTROY = """
-import gc
-
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-
-destroy = dist.destroy_process_group
-
-
-def counted(group=None):
-    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
-    with open({log!r} + str(dist.get_rank()), "w") as f:
-        f.write(str(alive))
-    return destroy(group)
-
-
-dist.destroy_process_group = counted
-"""
-
-
 def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
     config = tmp_path / "grey.json"
     config.write_text(json.dumps(GREY))
     out = tmp_path / "out"
+    # train.py with destroy_process_group wrapped (test side only) to count the DDP models alive then: one that
+    # outlives the process group frees gloo's backend while holding the GIL, which deadlocked a run at exit
     prelude = COUNT_DDP_AT_DESTROY.format(log=str(tmp_path / "ddp_at_destroy_"))
     driver = write_train_driver(tmp_path / "counted_train.py", prelude)
     launcher = accelerate_launcher(2)

@@ -57,12 +57,39 @@ def run_train(args: list[str], tmp: Path, *, check: bool = True, **env) -> subpr
     return result
 
 
-def write_train_driver(path: Path, prelude: str) -> Path:
+def write_train_driver(path: Path, prelude: str, script: Path = TRAIN) -> Path:
     """A script at ``path`` that runs ``prelude`` (test-side wrappers of library functions; the product keeps no test
-    hooks of its own), then training/train.py as ``python train.py`` would, with the same arguments."""
-    run = f"import sys\n\nsys.path.insert(0, {str(TRAIN.parent)!r})\nimport train\n\ntrain.main(train.parse_args())\n"
+    hooks of its own), then ``script`` (training/train.py, or another script of training/ with ``main`` and
+    ``parse_args``) as ``python script`` would, with the same arguments."""
+    run = (
+        f"import sys\n\nsys.path.insert(0, {str(script.parent)!r})\nimport {script.stem} as script\n\n"
+        "script.main(script.parse_args())\n"
+    )
     path.write_text(f"{prelude}\n{run}")
     return path
+
+
+# A prelude for write_train_driver: at torch.distributed.destroy_process_group, each process writes to
+# ``{log}<rank>`` how many DistributedDataParallel objects are still alive (uncollected garbage included). A DDP model
+# must be freed before its process group (hfddpm.training.processes), so each file should say 0.
+COUNT_DDP_AT_DESTROY = """
+import gc
+
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+destroy = dist.destroy_process_group
+
+
+def counted(group=None):
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    with open({log!r} + str(dist.get_rank()), "w") as f:
+        f.write(str(alive))
+    return destroy(group)
+
+
+dist.destroy_process_group = counted
+"""
 
 
 def load_train_script():
