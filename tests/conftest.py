@@ -12,6 +12,7 @@ def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist (the GPU image) runs the tests too
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (setup.cfg): one worker per core this run may use, at most 4 (each may train in 2 processes)."""
     return min(len(_cores()), 4)
