@@ -213,3 +213,17 @@ def test_bench_audio_smoke(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["size"] for r in rows] == ["64x64"] and rows[0]["griffin_lim_ms"] > 0
     assert "| 64x64 | 1.008 s at 16000 Hz |" in result.stdout
+
+
+def test_gpu_checks_test_step_runs_where_pytest_xdist_is_missing():
+    """The GPU image has pytest but not pytest-xdist: gpu_check.sh's test step drops setup.cfg's ``-n`` and the suite's
+    conftest must load without xdist's hooks."""
+    step = next(line for line in (BENCHMARKS / "gpu_check.sh").read_text().splitlines() if "-m pytest" in line)
+    assert "-o addopts= -m gpu" in step
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "gpu",
+         "--collect-only", "-q", "tests/test_engine.py", "tests/test_step_format.py", "tests/test_benchmarks.py"],
+        cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "tests/test_engine.py::" in result.stdout and " deselected" in result.stdout
