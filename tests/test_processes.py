@@ -40,4 +40,5 @@ def test_a_run_restricted_to_one_core_trains_with_one_thread(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     resolved = json.loads((out / "training_config.json").read_text())["resolved"]
     assert resolved["cpu_threads"] == 1 and resolved["device"] == "cpu"
+    assert ", 1 CPU thread(s) per process;" in result.stderr  # the log says it
     assert json.loads((out / "train_metrics.json").read_text())["training_config"]["cpu_threads"] == 1

@@ -252,8 +252,9 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         f"Training {max_train_steps} steps from step {global_step}: {num_examples or 'streaming'} examples,"
         f" {accelerator.num_processes} process(es) x batch {config.train_batch_size} x accumulation"
         f" {config.gradient_accumulation_steps} = {images_per_step} images/step, resolution {run.resolution},"
-        f" {run.num_classes or 'no'} classes, {engine.num_parameters:,} parameters;"
-        f" {precision_why}."
+        f" {run.num_classes or 'no'} classes, {engine.num_parameters:,} parameters"
+        + (f", {resolved['cpu_threads']} CPU thread(s) per process;" if resolved["cpu_threads"] else ";")
+        + f" {precision_why}."
         + (
             f" A time budget of {config.max_train_minutes:g} minutes sets the number of steps after the first ones."
             if budget
