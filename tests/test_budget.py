@@ -5,6 +5,7 @@ import math
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from diffusers.optimization import get_scheduler
 from train_helpers import FAST, TRAIN, run_train, train_env
 
 from hfddpm import build_unet
-from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler
+from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler, periodic_eval
 from hfddpm.training.budget import (
     CALIBRATION_STEPS,
     FINAL_RESERVE_FRACTION,
@@ -366,3 +367,30 @@ def test_with_eval_steps_the_number_of_evaluations_follows_the_plan():
     # time for 1240 in all; 1201 would hold 13 (step 1200 too), leaving time for 1180: too few
     assert evaluations_left(11, planned) == 12
     assert planned == 1200
+
+
+@pytest.mark.parametrize(
+    "one, three, per_call, per_step",
+    [
+        (0.5, 1.1, 0.2, 0.3),  # 2 more steps took 0.6 s: 0.3 s a step, and the 1-step call's other 0.2 s its own cost
+        (0.5, 0.45, 0.0, 0.5),  # noise (3 steps faster than 1): no per-call cost, each call charged as steps
+        (0.3, 1.5, 0.0, 0.5),  # noise the other way (a step dearer than the 1-step call): the same, the slower rate
+    ],
+)  # fmt: skip
+def test_sampling_is_timed_in_1_and_3_steps_to_part_the_cost_of_a_call_from_that_of_a_step(
+    monkeypatch, one, three, per_call, per_step
+):
+    steps = []
+    monkeypatch.setattr(
+        periodic_eval, "generate_samples", lambda pipe, n, **kw: steps.append(kw["num_inference_steps"])
+    )
+    ticks = iter([0.0, 0.25, 1.0, 1.0 + one, 2.0, 2.0 + three])  # the untimed first call, then the 1- and 3-step ones
+    engine = SimpleNamespace(pipeline=lambda sampler: None)
+    config = SimpleNamespace(eval_batch_size=16)
+    cost = periodic_eval.sampling_cost(engine, config, num_classes=10, clock=lambda: next(ticks))
+    assert steps == [1, 1, 3]
+    assert cost.per_call == pytest.approx(per_call) and cost.per_image_step * 16 == pytest.approx(per_step)
+    # an evaluation of 200 images in calls of 16 (13 calls), 20 steps each
+    evaluation = SimpleNamespace(eval_num_images=200, eval_inference_steps=20, eval_batch_size=16)
+    seconds = periodic_eval.evaluation_seconds(cost, evaluation, rank=0, world_size=1)
+    assert seconds == pytest.approx(13 * per_call + 200 * 20 * per_step / 16)

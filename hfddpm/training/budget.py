@@ -5,7 +5,7 @@ The budget is the run's time from its start (``training/train.py``: its own star
 the precision probe) to the saved pipeline: the training steps and the work between them (validation grids,
 checkpoints, evaluations, the final evaluation and the final grid) all count in it. That work is kept out of the
 measured speed of the steps and counted apart (:class:`SideWork`): how many of each are still to come follows from the
-plan, and what one costs is first estimated (a timed sampling call for grids and evaluations), then measured.
+plan, and what one costs is first estimated (timed sampling calls for grids and evaluations), then measured.
 
 The plan is made early (during the LR warm-up, where the learning rate does not depend on the total), and the LR
 schedule is then rebuilt for the planned number of steps. The speed of 20 steps can mislead (another job briefly on

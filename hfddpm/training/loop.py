@@ -48,9 +48,9 @@ from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setu
 from hfddpm.training.periodic_eval import (
     best_so_far,
     evaluate_ema,
-    image_steps,
+    evaluation_seconds,
     load_history,
-    sampling_seconds,
+    sampling_cost,
     save_history,
 )
 from hfddpm.training.precision import resolve_mixed_precision
@@ -361,17 +361,15 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
             )
         return bool(stop)
 
-    # 5. the loop (a time budget keeps the time of the grids, checkpoints and evaluations to come in hand: a sampling
-    # call now estimates the grids and evaluations, the first checkpoint is timed, and each one then measures them)
+    # 5. the loop (a time budget keeps the time of the grids, checkpoints and evaluations to come in hand: sampling
+    # calls now estimate the grids and evaluations, the first checkpoint is timed, and each one then measures them)
     if budget is not None:
-        per_image_step = sampling_seconds(engine, config, num_classes=run.num_classes)
-        budget.keep("grid", grids_left, engine.grid_image_steps(run.num_classes) * per_image_step)
+        cost = sampling_cost(engine, config, num_classes=run.num_classes)
+        budget.keep("grid", grids_left, cost.seconds(image_steps=engine.grid_image_steps(run.num_classes), calls=1))
         budget.keep("checkpoint", checkpoints_left)
         if eval_steps or auto_eval:
             rank, world = accelerator.process_index, accelerator.num_processes
-            budget.keep(
-                "evaluation", evaluations_left, image_steps(config, rank=rank, world_size=world) * per_image_step
-            )
+            budget.keep("evaluation", evaluations_left, evaluation_seconds(cost, config, rank=rank, world_size=world))
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_main_process)
     if isinstance(dataloader, ResidentImageBatches):
         logger.info(f"The dataset is decoded once and kept on {device} ({dataloader.images.nbytes / 2**20:.0f} MiB).")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,30 +69,69 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
     return {"step": step, "num_images": n, **results, **timing}
 
 
+@dataclass(frozen=True)
+class SamplingCost:
+    """What sampling costs here: ``per_call`` seconds for each pipeline call (setting up the scheduler, drawing the
+    noise, converting the images), plus ``per_image_step`` for each image and UNet evaluation.
+
+    Example (a grid: one call of 80 images, 20 steps, guided: the UNet twice per step):
+        >>> round(SamplingCost(per_call=0.05, per_image_step=0.004).seconds(image_steps=80 * 20 * 2, calls=1), 6)
+        12.85
+    """
+
+    per_call: float
+    per_image_step: float
+
+    def seconds(self, *, image_steps: int, calls: int) -> float:
+        return calls * self.per_call + image_steps * self.per_image_step
+
+
 @torch.no_grad()
-def sampling_seconds(engine, config, *, num_classes: int) -> float:
-    """Seconds per image per sampling step of ``engine``'s EMA weights here: one step of a batch of
-    ``config.eval_batch_size`` images, timed after a first call (its one-off costs). Each call is charged as one
-    step, and larger batches sample faster per image, so estimates from it err on the safe side; a time budget uses
-    them for the evaluations and the final grid until those are measured."""
+def sampling_cost(engine, config, *, num_classes: int, clock: Callable[[], float] = time.perf_counter) -> SamplingCost:
+    """Time ``engine``'s EMA weights sampling a batch of ``config.eval_batch_size`` images with DPM-Solver++ in 1 and
+    in 3 steps, after a first call (its one-off costs): the difference is the cost of 2 steps, the rest of the 1-step
+    call the cost of a call. Larger batches sample faster per image, so estimates for a grid err on the safe side; a
+    time budget uses them for the evaluations and grids until those are measured.
+
+    Example:
+        >>> from accelerate import Accelerator
+        >>> from hfddpm import build_unet
+        >>> from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler
+        >>> config = TrainConfig(preset="tiny", mixed_precision="no", eval_batch_size=4).validate()
+        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+        >>> engine = TrainingEngine(config, unet, build_scheduler(config), Accelerator(cpu=True), max_train_steps=1)
+        >>> cost = sampling_cost(engine, config, num_classes=0)
+        >>> cost.per_call >= 0 and cost.per_image_step > 0
+        True
+    """
     n = config.eval_batch_size
     labels = balanced_labels(n, num_classes) if num_classes else None
     pipe = engine.pipeline(sampler="dpmsolver++")
-    for _ in range(2):  # the second call is timed
-        start = time.perf_counter()
-        generate_samples(pipe, n, batch_size=n, num_inference_steps=1, class_labels=labels, progress=False)
-    return (time.perf_counter() - start) / n
+    took = []
+    for steps in (1, 1, 3):  # the first call is not timed
+        start = clock()
+        generate_samples(pipe, n, batch_size=n, num_inference_steps=steps, class_labels=labels, progress=False)
+        took.append(clock() - start)
+    one, three = took[1:]
+    per_step = (three - one) / 2
+    if per_step <= 0 or per_step > one:  # timing noise: charge each call as steps only (the safe side)
+        return SamplingCost(per_call=0.0, per_image_step=max(one, three / 3) / n)
+    return SamplingCost(per_call=one - per_step, per_image_step=per_step / n)
 
 
-def image_steps(config, *, rank: int, world_size: int) -> int:
-    """The images times sampling steps of process ``rank``'s share of one :func:`evaluate_ema`.
+def evaluation_seconds(cost: SamplingCost, config, *, rank: int, world_size: int) -> float:
+    """The estimated seconds of process ``rank``'s share of one :func:`evaluate_ema`: its calls of
+    ``config.eval_batch_size`` images, ``config.eval_inference_steps`` each.
 
-    Example:
+    Example (200 images on 2 processes: 100 each, in 7 calls of at most 16, 20 steps: 7 * 0.01 + 2000 * 0.001 s):
         >>> from types import SimpleNamespace
-        >>> image_steps(SimpleNamespace(eval_num_images=200, eval_inference_steps=20), rank=0, world_size=2)
-        2000
+        >>> config = SimpleNamespace(eval_num_images=200, eval_inference_steps=20, eval_batch_size=16)
+        >>> round(evaluation_seconds(SamplingCost(0.01, 0.001), config, rank=0, world_size=2), 6)
+        2.07
     """
-    return len(share(config.eval_num_images, rank=rank, world_size=world_size)) * config.eval_inference_steps
+    mine = len(share(config.eval_num_images, rank=rank, world_size=world_size))
+    calls = -(-mine // config.eval_batch_size)
+    return cost.seconds(image_steps=mine * config.eval_inference_steps, calls=calls)
 
 
 def best_so_far(history: list[dict], metric: str) -> tuple[dict, int]:
