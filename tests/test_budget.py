@@ -384,11 +384,12 @@ def test_sampling_is_timed_in_1_and_3_steps_to_part_the_cost_of_a_call_from_that
     monkeypatch.setattr(
         periodic_eval, "generate_samples", lambda pipe, n, **kw: steps.append(kw["num_inference_steps"])
     )
-    ticks = iter([0.0, 0.25, 1.0, 1.0 + one, 2.0, 2.0 + three])  # the untimed first call, then the 1- and 3-step ones
+    # the untimed first call, then 1 and 3 steps twice: a busy moment slows the first of each pair
+    ticks = iter([0.0, 0.25, 1.0, 1.0 + 2 * one, 3.0, 3.0 + three, 4.0, 4.0 + one, 5.0, 5.0 + 1.5 * three])
     engine = SimpleNamespace(pipeline=lambda sampler: None)
     config = SimpleNamespace(eval_batch_size=16)
     cost = periodic_eval.sampling_cost(engine, config, num_classes=10, clock=lambda: next(ticks))
-    assert steps == [1, 1, 3]
+    assert steps == [1, 1, 3, 1, 3]
     assert cost.per_call == pytest.approx(per_call) and cost.per_image_step * 16 == pytest.approx(per_step)
     # an evaluation of 200 images in calls of 16 (13 calls), 20 steps each
     evaluation = SimpleNamespace(eval_num_images=200, eval_inference_steps=20, eval_batch_size=16)
