@@ -7,15 +7,13 @@ import os
 import pytest
 from hub_server import TEST_TOKENS, FakeHub, use_fake_hub
 
-
-def _cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+from hfddpm.training.processes import usable_cpus
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist (the GPU image) runs the tests too
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (setup.cfg): one worker per core this run may use, at most 4 (each may train in 2 processes)."""
-    return min(len(_cores()), 4)
+    return min(len(usable_cpus()), 4)
 
 
 def pytest_configure(config):
@@ -24,7 +22,7 @@ def pytest_configure(config):
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
-    index, count, cores = int(worker.removeprefix("gw")), int(count), _cores()
+    index, count, cores = int(worker.removeprefix("gw")), int(count), usable_cpus()
     share = cores[index * len(cores) // count : (index + 1) * len(cores) // count] or [cores[index % len(cores)]]
     os.sched_setaffinity(0, share)
     import torch

@@ -15,6 +15,7 @@ from train_helpers import (
     COUNT_DDP_AT_DESTROY,
     ROOT,
     TRAIN,
+    TRAIN_VAE,
     accelerate_launcher,
     run_train,
     train_env,
@@ -387,8 +388,7 @@ def test_train_vae_script_saves_a_folder_that_vae_takes(tmp_path):
     out = tmp_path / "vae"
     args = ["--block_out_channels", "8,16", "--norm_num_groups", "4", "--resolution", "16", "--train_batch_size", "4",
             "--max_train_steps", "2", "--logging_steps", "1", "--output_dir", str(out)]  # fmt: skip
-    script = ROOT / "training" / "train_vae.py"
-    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(TRAIN_VAE), *args], capture_output=True, text=True,
                             env=train_env(tmp_path), timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     vae = load_vae(str(out))
@@ -403,7 +403,7 @@ def test_two_process_vae_training_saves_one_folder_and_frees_its_ddp_model_first
             "--max_train_steps", "3", "--logging_steps", "1", "--output_dir", str(out)]  # fmt: skip
     # destroy_process_group wrapped (test side only) to count the DDP models still alive then: each must be 0
     prelude = COUNT_DDP_AT_DESTROY.format(log=str(tmp_path / "ddp_at_destroy_"))
-    driver = write_train_driver(tmp_path / "counted_train_vae.py", prelude, script=ROOT / "training" / "train_vae.py")
+    driver = write_train_driver(tmp_path / "counted_train_vae.py", prelude, script=TRAIN_VAE)
     result = subprocess.run([*accelerate_launcher(2), str(driver), *args], capture_output=True, text=True,
                             env=train_env(tmp_path, ACCELERATE_USE_CPU="1"), timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

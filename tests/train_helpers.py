@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
+TRAIN_VAE = ROOT / "training" / "train_vae.py"
 # small and fast: the tiny preset on the embedded digits, a short warm-up, 1-step validation grids
 FAST = [
     "--preset", "tiny", "--train_batch_size", "8", "--lr_warmup_steps", "1", "--logging_steps", "2",

@@ -23,12 +23,19 @@ import os
 from accelerate import Accelerator
 
 
+def usable_cpus() -> list[int]:
+    """The ids of the CPUs this process may run on: its CPU affinity (``taskset``, a container's cpuset) where the
+    system has one, else all of the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def cpu_threads_per_process(local_processes: int) -> int:
-    """The cores this process may run on (its CPU affinity: ``taskset``, a container's cpuset), shared evenly between
-    the ``local_processes`` processes of this machine, at least one each. ``accelerate launch`` exports
-    ``OMP_NUM_THREADS=1`` unless told otherwise, so the environment does not say this."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_processes))
+    """The cores this process may run on (:func:`usable_cpus`), shared evenly between the ``local_processes``
+    processes of this machine, at least one each. ``accelerate launch`` exports ``OMP_NUM_THREADS=1`` unless told
+    otherwise, so the environment does not say this."""
+    return max(1, len(usable_cpus()) // max(1, local_processes))
 
 
 def end_training(accelerator: Accelerator) -> None:
