@@ -209,9 +209,18 @@ def test_eval_overhead_smoke_compares_runs_without_and_with_evaluations(tmp_path
 
 def test_bench_audio_smoke(tmp_path):
     out = tmp_path / "audio.json"
-    result = _bench("bench_audio.py", "--clips", "2", "--n-iter", "2", "--sizes", "64", "--out", str(out))
-    rows = json.loads(out.read_text())
-    assert [r["size"] for r in rows] == ["64x64"] and rows[0]["griffin_lim_ms"] > 0
+    result = _bench("bench_audio.py", "--sizes", "64", "--clips", "2", "--n-iter", "2", "--batch-size", "1",
+                    "--inference-steps", "1", "--rounds", "2", "--train-steps", "1", "--train-batch-size", "2",
+                    "--out", str(out))  # fmt: skip
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["size"] == "64x64" and row["preset"] == "mel64" and row["griffin_lim_ms"] > 0
+    # the ratios are of the medians of the interleaved calls (2 rounds each) and of the training rounds
+    assert [len(row["calls"][name]) for name in ("spectrograms", "sound")] == [2, 2] and len(row["train_times_s"]) == 2
+    assert row["spectrogram_call_s"] == pytest.approx(sum(row["calls"]["spectrograms"]) / 2, abs=1e-4)
+    assert row["sound_vs_spectrograms"] == pytest.approx(row["sound_call_s"] / row["spectrogram_call_s"], rel=1e-2)
+    per_image_ms = 1000 * sum(row["train_times_s"]) / 2 / 2  # 1 step of 2 images per round
+    assert row["train_step_per_image_ms"] == pytest.approx(per_image_ms, rel=1e-3)
+    assert row["conversion_vs_train_step"] == pytest.approx(row["clip_to_spectrogram_ms"] / per_image_ms, rel=1e-2)
     assert "| 64x64 | 1.008 s at 16000 Hz |" in result.stdout
 
 
