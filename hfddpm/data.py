@@ -825,6 +825,22 @@ class ResidentImageBatches:
         )
 
 
+def host_to_device(values: list[int], device: torch.device | str) -> torch.Tensor:
+    """``values`` as a long tensor on ``device``, without waiting for the device: a plain copy from host memory
+    waits for every kernel queued before it, which would make each training step wait for the last one. On CUDA the
+    values go through pinned memory, copied asynchronously (the caching host allocator keeps the pinned block until
+    the copy is done).
+
+    Example:
+        >>> host_to_device([3, 1], "cpu")
+        tensor([3, 1])
+    """
+    index = torch.tensor(values, dtype=torch.long)
+    if torch.device(device).type != "cuda":
+        return index
+    return index.pin_memory().to(device, non_blocking=True)
+
+
 def resident_batches(
     sampler: EpochShardSampler,
     batch_size: int,
@@ -846,7 +862,7 @@ def resident_batches(
     keys = iter(sampler)
     while True:
         chunk = [next(keys) for _ in range(batch_size)]
-        index = torch.tensor([k[0] for k in chunk], device=device)
+        index = host_to_device([k[0] for k in chunk], device)
         batch = {
             "pixel_values": pick(index, chunk),
             "num_bad_images": torch.tensor(0),

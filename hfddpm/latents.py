@@ -50,6 +50,7 @@ from hfddpm.data import (
     ImageTransform,
     _example_rng,
     _undecoded,
+    host_to_device,
     resident_batches,
     to_pil,
 )
@@ -370,7 +371,7 @@ class LatentBatches:
 
         def pick(index, chunk):  # each example's view (the flipped one with probability 1/2), drawn from its key
             view = [int(views > 1 and _example_rng(seed, e, i).random() < 0.5) for i, e, _ in chunk]
-            return latents[index, torch.tensor(view, device=latents.device)]
+            return latents[index, host_to_device(view, latents.device)]
 
         return resident_batches(self.sampler, self.batch_size, latents.device, self.labels, pick)
 

@@ -5,6 +5,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -395,3 +396,23 @@ def test_sampling_is_timed_in_1_and_3_steps_to_part_the_cost_of_a_call_from_that
     evaluation = SimpleNamespace(eval_num_images=200, eval_inference_steps=20, eval_batch_size=16)
     seconds = periodic_eval.evaluation_seconds(cost, evaluation, rank=0, world_size=1)
     assert seconds == pytest.approx(13 * per_call + 200 * 20 * per_step / 16)
+
+
+def test_the_run_clock_waits_for_the_device_only_on_a_gpu():
+    from hfddpm.training.budget import device_clock
+
+    assert device_clock("cpu") is time.perf_counter  # nothing to wait for
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_run_clock_waits_for_the_gpu():
+    from hfddpm.training.budget import device_clock
+
+    clock, done = device_clock("cuda"), torch.cuda.Event()
+    for read, waits in ((time.perf_counter, False), (clock, True)):
+        torch.cuda._sleep(10**9)  # about half a second of GPU work, queued
+        done.record()
+        read()
+        assert done.query() is waits  # the plain clock reads at once; the run's clock once the work is done
+    torch.cuda.synchronize()

@@ -316,3 +316,18 @@ def test_only_datasets_without_random_transforms_or_broken_images_stay_resident(
     loader = make_train_dataloader(folder, resolve_columns(folder, "image", "label"), **folder_kwargs)
     assert not isinstance(loader, ResidentImageBatches)  # a broken file: the DataLoader substitutes and counts it
     assert ResidentImageBatches.build(small, columns, ImageTransform(28, 1), None, 8, "cpu", max_bytes=1000) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_indices_reach_the_gpu_without_waiting_for_it():
+    from hfddpm.data import host_to_device
+
+    torch.cuda.set_sync_debug_mode("error")  # torch raises on a call that waits for the GPU
+    try:
+        with pytest.raises(RuntimeError):  # the plain copy from host memory waits
+            torch.tensor([3, 1, 2], device="cuda")
+        index = host_to_device([3, 1, 2], "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert index.device.type == "cuda" and index.tolist() == [3, 1, 2]

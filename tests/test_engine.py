@@ -65,6 +65,19 @@ def test_the_class_grid_samples_with_the_validation_guidance():
     assert np.abs(grid.astype(int) - by_hand[1.0]).max() > 0  # guidance changes the grid
 
 
+def test_cuda_graph_modes_refuse_gradient_accumulation():
+    # a CUDA graph's next run overwrites the gradients kept across micro-batches: refused before any step
+    for mode in ("reduce-overhead", "max-autotune"):
+        with pytest.raises(ValueError, match=f"--compile_mode {mode} runs the step as CUDA graphs") as error:
+            TrainConfig(compile=True, compile_mode=mode, gradient_accumulation_steps=2).validate()
+        assert "use --compile_mode default or max-autotune-no-cudagraphs, or --gradient_accumulation_steps 1" in str(
+            error.value
+        )
+    for mode in ("default", "max-autotune-no-cudagraphs"):
+        TrainConfig(compile=True, compile_mode=mode, gradient_accumulation_steps=2).validate()
+    TrainConfig(compile=False, compile_mode="reduce-overhead", gradient_accumulation_steps=2).validate()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_step_and_resident_batches_on_the_gpu():
@@ -79,10 +92,45 @@ def test_cuda_graph_step_and_resident_batches_on_the_gpu():
     batch = next(iter(batches))
     config = TrainConfig(compile=True, compile_mode="reduce-overhead", mixed_precision="bf16").validate()
     torch.manual_seed(0)
-    unet = build_unet("mnist", num_class_embeds=11)
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=11)  # a quick compile
     engine = TrainingEngine(
         config, unet, build_scheduler(config), Accelerator(mixed_precision="bf16"), max_train_steps=5,
         class_conditional=True,
     )  # fmt: skip
     losses = [engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=s) for s in range(5)]
     assert all(torch.isfinite(loss) for loss in losses) and losses[0].device.type == "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_training_step_on_resident_batches_never_waits_for_the_gpu():
+    """No host-device synchronisation per step: torch raises on any synchronising CUDA call in "error" mode."""
+    from hfddpm.data import ResidentImageBatches, load_mnist_5k, make_train_dataloader, resolve_columns
+
+    digits = load_mnist_5k().select(range(0, 5000, 50)).flatten_indices()
+    loader = make_train_dataloader(
+        digits, resolve_columns(digits, "image", "label"), resolution=28, channels=1, batch_size=16, seed=0,
+        resident_device="cuda",
+    )  # fmt: skip
+    assert isinstance(loader, ResidentImageBatches)
+    batches = iter(loader)
+    config = TrainConfig(mixed_precision="bf16").validate()
+    torch.manual_seed(0)
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=11)
+    engine = TrainingEngine(
+        config, unet, build_scheduler(config), Accelerator(mixed_precision="bf16"), max_train_steps=10,
+        class_conditional=True,
+    )  # fmt: skip
+    for step in range(2):  # the first steps allocate and tune (cuDNN) outside the checked ones
+        batch = next(batches)
+        engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=step)
+        engine.end_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(2, 5):
+            batch = next(batches)
+            engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=step)
+            engine.end_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -102,3 +102,17 @@ def test_prepare_attention_upcasts_only_on_cpu_under_mixed_precision(device, pre
     assert prepare_attention(unet, device, precision) == switched
     processors = {type(m.processor) for m in unet.modules() if isinstance(m, Attention)}
     assert processors == ({FP32AttnProcessor} if switched else {AttnProcessor2_0})
+
+
+def test_cuda_math_is_set_and_restored_by_name():
+    from hfddpm.training.precision import set_cuda_math, train_cuda_math
+
+    previous = set_cuda_math(train_cuda_math(allow_tf32=False))
+    try:
+        assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        assert set_cuda_math(previous) == train_cuda_math(allow_tf32=False)
+    assert torch.backends.cudnn.benchmark == previous["cudnn_benchmark"]
+    with pytest.raises(ValueError, match=r"Unknown CUDA math flag\(s\) \['tf32'\]; valid: \['cudnn_benchmark'"):
+        set_cuda_math({"tf32": True})

@@ -43,6 +43,9 @@ CONFIG_FILE = "training_config.json"
 # Fields that never go into files, logs or trackers.
 SECRET_FIELDS = ("hub_token",)
 LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
+# torch.compile's modes (--compile_mode), and those that run the compiled step as CUDA graphs on a GPU
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # The recipe's settings that depend on the batch size: left unset (None), they take CPU_RECIPE's or GPU_RECIPE's value
 # when that applies, else FALLBACK_RECIPE's (their fields' fallbacks).
 RECIPE_FIELDS = (
@@ -479,7 +482,7 @@ class TrainConfig:
         "default",
         "torch.compile mode of --compile.",
         group="speed",
-        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        choices=COMPILE_MODES,
     )
 
     def __repr__(self) -> str:  # never show the token
@@ -525,6 +528,13 @@ class TrainConfig:
                 raise ValueError(
                     f"--keep_best {self.keep_best!r} is not a metric to rank by; choose one of {rankable}."
                 )
+        if self.compile and self.compile_mode in CUDA_GRAPH_MODES and self.gradient_accumulation_steps > 1:
+            others = [m for m in COMPILE_MODES if m not in CUDA_GRAPH_MODES]
+            raise ValueError(
+                f"--compile_mode {self.compile_mode} runs the step as CUDA graphs, whose next run overwrites the"
+                f" gradients that --gradient_accumulation_steps {self.gradient_accumulation_steps} keeps across"
+                f" micro-batches; use --compile_mode {' or '.join(others)}, or --gradient_accumulation_steps 1."
+            )
         if self.vae is not None and self.streaming:
             raise ValueError(
                 f"--vae {self.vae!r} with --streaming: latents are encoded once into a cache, which needs a map-style"

@@ -34,7 +34,7 @@ from hfddpm.data import (
     make_train_dataloader,
 )
 from hfddpm.evaluation import parse_metrics
-from hfddpm.training.budget import StepBudget, due_every
+from hfddpm.training.budget import StepBudget, device_clock, due_every
 from hfddpm.training.checkpoint import (
     check_checkpoint,
     list_checkpoints,
@@ -53,7 +53,7 @@ from hfddpm.training.periodic_eval import (
     sampling_cost,
     save_history,
 )
-from hfddpm.training.precision import resolve_mixed_precision
+from hfddpm.training.precision import resolve_mixed_precision, set_cuda_math, train_cuda_math
 from hfddpm.training.processes import cpu_threads_per_process, end_training
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
@@ -120,13 +120,12 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
             logging.getLogger(name).setLevel(logging.ERROR)
     set_seed(config.seed)  # the same on every process: identical initial weights
     device = state.device
+    clock = device_clock(device)  # the run's timings (budget, images/s, pauses) wait for the device's queued work
     if device.type == "cpu":
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
         torch.set_num_threads(config.cpu_threads or cpu_threads_per_process(local_processes))
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
-        torch.backends.cudnn.allow_tf32 = config.allow_tf32
-        torch.backends.cudnn.benchmark = True
+        set_cuda_math(train_cuda_math(config.allow_tf32))
 
     # 2. data, model and schedule (every bad input fails here), then the step's precision and memory format
     run = setup(config, main_process_first=state.main_process_first)
@@ -162,7 +161,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         if planned:  # a resumed run keeps the length it planned
             max_train_steps = planned
         else:
-            budget = StepBudget(config.max_train_minutes * 60, cap=max_train_steps)
+            budget = StepBudget(config.max_train_minutes * 60, cap=max_train_steps, clock=clock)
     if resume_path is not None and _finished(output_dir, resume_path, max_train_steps):
         logger.info(
             f"{output_dir} holds a finished run ({max_train_steps} steps, checkpoint {resume_path.name}); nothing to"
@@ -326,11 +325,11 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         """Evaluate; with --keep_best save the best state; returns whether to stop early (the same on every
         process)."""
         nonlocal eval_seconds
-        start_time = time.perf_counter()
+        start_time = clock()
         results = evaluate_ema(engine, accelerator, config, num_classes=run.num_classes, step=step)
         verdict = torch.zeros(2, device=device)  # (improved, stop)
         if results is not None:
-            cost = time.perf_counter() - start_time
+            cost = clock() - start_time
             eval_history.append(json_safe({**results, "images_seen": step * images_per_step, "eval_seconds": cost}))
             save_history(output_dir, eval_history, images_per_step)
             shown = {k: v for k, v in results.items() if isinstance(v, float) and not k.endswith("_seconds")}
@@ -347,7 +346,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
                 verdict[0] = float(best["step"] == step)
                 verdict[1] = float(bool(config.early_stopping_patience) and since >= config.early_stopping_patience)
         improved, stop = broadcast(verdict, from_process=0).tolist()
-        eval_seconds += time.perf_counter() - start_time
+        eval_seconds += clock() - start_time
         if improved:
             state = {"global_step": step, "metric": config.keep_best, "value": eval_history[-1][config.keep_best]}
             save_checkpoint(accelerator, output_dir, step, state, 0, name="best")
@@ -364,7 +363,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     # 5. the loop (a time budget keeps the time of the grids, checkpoints and evaluations to come in hand: sampling
     # calls now estimate the grids and evaluations, the first checkpoint is timed, and each one then measures them)
     if budget is not None:
-        cost = sampling_cost(engine, config, num_classes=run.num_classes)
+        cost = sampling_cost(engine, config, num_classes=run.num_classes, clock=clock)
         budget.keep("grid", grids_left, cost.seconds(image_steps=engine.grid_image_steps(run.num_classes), calls=1))
         budget.keep("checkpoint", checkpoints_left)
         if eval_steps or auto_eval:
@@ -380,10 +379,10 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     last = {"loss": None}
     first_step = global_step
     warmup_steps = min(10, max(1, (max_train_steps - first_step) // 5))
-    wall_start = time.perf_counter()
+    wall_start = clock()
     paused = 0.0  # seconds spent on validation and checkpoints, not counted in images/s
     measure = None  # (time, paused, step) once the warm-up steps are done
-    window = (time.perf_counter(), global_step, 0.0)
+    window = (clock(), global_step, 0.0)
     if budget is not None:
         budget.start(global_step, since=started)
     while global_step < max_train_steps:
@@ -398,9 +397,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         engine.end_step()
         progress.update(1)
         if config.compile and global_step == first_step + 1:
-            logger.info(
-                f"torch.compile ({config.compile_mode}): the first step took {time.perf_counter() - wall_start:.1f} s"
-            )
+            logger.info(f"torch.compile ({config.compile_mode}): the first step took {clock() - wall_start:.1f} s")
         decides = budget is not None and budget.decides(global_step)
         if budget is not None:
             budget.observe(global_step)
@@ -440,7 +437,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
                 )
             )
         if global_step == first_step + warmup_steps:
-            measure = (time.perf_counter(), paused, global_step)
+            measure = (clock(), paused, global_step)
 
         if global_step % config.logging_steps == 0 or global_step == max_train_steps:
             stats = accelerator.reduce(
@@ -449,7 +446,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
             counts = accelerator.reduce(torch.tensor([bad_local, read_local], device=device), reduction="sum")
             bad_total, read_total = bad_total + int(counts[0]), read_total + int(counts[1])
             bad_local = read_local = 0
-            now = time.perf_counter()
+            now = clock()
             t0, s0, p0 = window
             images_per_second = (global_step - s0) * images_per_step / max(now - t0 - (paused - p0), 1e-9)
             window = (now, global_step, paused)
@@ -471,7 +468,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
                 check_bad_images(bad_total, read_total, config.max_bad_image_fraction, min_read=min_read)
 
         if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
-            t = time.perf_counter()
+            t = clock()
             if loss_count:  # never write a diverged state as a checkpoint
                 _stop_if_diverged(float(accelerator.reduce(loss_sum, reduction="sum")), global_step, output_dir)
             all_positions = accelerator.gather(position.to(device)[None]).cpu().tolist()
@@ -487,17 +484,17 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
                 "lr_plan": engine.lr_plan,
             }
             path = save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
-            cost = time.perf_counter() - t
+            cost = clock() - t
             logger.info(f"Saved {path} ({cost:.1f} s)")
             paused += cost
             if budget is not None:
                 budget.spent("checkpoint", cost)
 
         if evaluation_due(global_step):
-            t = time.perf_counter()
+            t = clock()
             evaluations_done += 1
             stop = evaluate(global_step)
-            cost = time.perf_counter() - t
+            cost = clock() - t
             paused += cost
             if budget is not None:
                 budget.spent("evaluation", cost)
@@ -505,13 +502,13 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
                 break
 
         if config.validation_steps and global_step % config.validation_steps == 0 and global_step < max_train_steps:
-            t = time.perf_counter()
+            t = clock()
             if accelerator.is_main_process:
                 grid = engine.sample_grid(num_classes=run.num_classes)
                 (output_dir / "samples").mkdir(parents=True, exist_ok=True)
                 grid.save(output_dir / "samples" / f"step_{global_step:06d}.png")
                 log_grid(accelerator, grid, global_step)
-            cost = time.perf_counter() - t
+            cost = clock() - t
             paused += cost
             if budget is not None and accelerator.is_main_process:  # process 0 draws the grids and plans the run
                 budget.spent("grid", cost)
@@ -519,10 +516,10 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
 
     # 6. save the EMA pipeline, the final grid, metrics and card
     accelerator.wait_for_everyone()
-    wall_time = time.perf_counter() - wall_start
+    wall_time = clock() - wall_start
     eval_in_loop = eval_seconds
     if measure is not None and global_step > measure[2]:
-        t_measure = time.perf_counter() - measure[0] - (paused - measure[1])
+        t_measure = clock() - measure[0] - (paused - measure[1])
         train_images_per_second = (global_step - measure[2]) * images_per_step / max(t_measure, 1e-9)
     else:
         train_images_per_second = None

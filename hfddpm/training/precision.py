@@ -103,3 +103,42 @@ def prepare_attention(model: torch.nn.Module, device: torch.device | str, mixed_
     if torch.device(device).type != "cpu" or mixed_precision == "no":
         return 0
     return set_fp32_attention(model)
+
+
+# The backend flags of CUDA math: TF32 for float32 matmuls and for cuDNN convolutions, cuDNN's autotuner.
+CUDA_MATH_FLAGS = {
+    "matmul_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
+    "cudnn_tf32": (torch.backends.cudnn, "allow_tf32"),
+    "cudnn_benchmark": (torch.backends.cudnn, "benchmark"),
+}
+
+
+def train_cuda_math(allow_tf32: bool = True) -> dict[str, bool]:
+    """The CUDA math a GPU run of train.py trains with: TF32 float32 matmuls and convolutions (``--allow_tf32``,
+    Ampere and newer) and cuDNN's autotuner (a run repeats one input shape, so the fastest kernel is found once).
+
+    Example:
+        >>> train_cuda_math(allow_tf32=False)
+        {'matmul_tf32': False, 'cudnn_tf32': False, 'cudnn_benchmark': True}
+    """
+    return {"matmul_tf32": allow_tf32, "cudnn_tf32": allow_tf32, "cudnn_benchmark": True}
+
+
+def set_cuda_math(flags: dict[str, bool]) -> dict[str, bool]:
+    """Set the flags of :data:`CUDA_MATH_FLAGS` named in ``flags`` (process-wide; harmless without a GPU) and return
+    their previous values, so that ``set_cuda_math(previous)`` restores them.
+
+    Example:
+        >>> previous = set_cuda_math(train_cuda_math())
+        >>> set_cuda_math(previous) == train_cuda_math()
+        True
+    """
+    unknown = sorted(set(flags) - set(CUDA_MATH_FLAGS))
+    if unknown:
+        raise ValueError(f"Unknown CUDA math flag(s) {unknown}; valid: {sorted(CUDA_MATH_FLAGS)}.")
+    previous = {}
+    for name, value in flags.items():
+        owner, attribute = CUDA_MATH_FLAGS[name]
+        previous[name] = getattr(owner, attribute)
+        setattr(owner, attribute, value)
+    return previous
