@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from common import REPO, RESULTS_DIR, environment, markdown_table, write_json
 
 import hfddpm
@@ -53,7 +54,7 @@ def main(args):
         subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         wall = time.perf_counter() - start
     train = json.loads((output_dir / "train_metrics.json").read_text())
-    pipe = hfddpm.HFDDPMPipeline.from_pretrained(output_dir)
+    pipe = hfddpm.HFDDPMPipeline.from_pretrained(output_dir).to("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate_pipeline(
         pipe,
         num_images=args.num_images,

@@ -30,9 +30,12 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 import hfddpm
 from hfddpm.evaluation import load_mnist_5k
 from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler, cpu_has_native_bf16, default_mixed_precision
+from hfddpm.training.precision import CUDA_MATH_FLAGS, set_cuda_math, train_cuda_math
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
+# torch's own CUDA math (TF32 off for matmuls, on for cuDNN convolutions, no autotuner): what the tutorial runs with
+TORCH_CUDA_MATH = {name: getattr(owner, attribute) for name, (owner, attribute) in CUDA_MATH_FLAGS.items()}
 
 
 def unet_config(preset: str, resolution: int = 28, channels: int = 1) -> dict:
@@ -49,19 +52,23 @@ def mnist_train_images(resolution: int = 28) -> torch.Tensor:
 
 
 class BatchStream:
-    """Random batches of a tensor, reshuffled every epoch with a seeded generator."""
+    """Random batches of a tensor, reshuffled every epoch with a seeded generator. The epoch's order is kept where
+    the data is, so a batch on a GPU is one gather with no copy from the host (which would wait for the GPU)."""
 
     def __init__(self, data: torch.Tensor, batch_size: int, seed: int = 0):
         self.data, self.batch_size = data, batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.order, self.position = torch.randperm(len(data), generator=self.generator), 0
+        self.order, self.position = self._shuffle(), 0
+
+    def _shuffle(self) -> torch.Tensor:
+        return torch.randperm(len(self.data), generator=self.generator).to(self.data.device)
 
     def __next__(self) -> torch.Tensor:
         if self.position + self.batch_size > len(self.data):
-            self.order, self.position = torch.randperm(len(self.data), generator=self.generator), 0
+            self.order, self.position = self._shuffle(), 0
         idx = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return self.data[idx]
+        return self.data.index_select(0, idx)
 
 
 def autocast(device: torch.device, mixed_precision: str):
@@ -122,11 +129,13 @@ class HFDDPMTrainLoop:
             mixed_precision=self.mixed_precision,
         )
         self.accelerator, self.device = accelerator, accelerator.device
+        self.cuda_math = train_cuda_math()  # what train.py sets on a GPU (the flags are process-wide: set per step)
         self.batches = BatchStream(data, batch_size, seed)
         self.global_step = 0
         self.loss_sum = torch.zeros((), device=self.device)
 
     def step(self):
+        set_cuda_math(self.cuda_math)
         self.loss_sum += self.engine.micro_step(next(self.batches), None, self.global_step)
         self.global_step += 1
         self.engine.end_step()
@@ -171,11 +180,13 @@ class DiffusersTutorialLoop:
             optimizer=optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=max_steps
         )
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(unet, optimizer, lr_scheduler)
+        self.cuda_math = dict(TORCH_CUDA_MATH)  # the tutorial sets no backend flags
         self.batches = BatchStream(data, batch_size, seed)
         self.global_step, self.logs = 0, {}
         self.model.train()
 
     def step(self):
+        set_cuda_math(self.cuda_math)
         clean_images = next(self.batches).to(self.accelerator.device)
         noise = torch.randn(clean_images.shape, device=clean_images.device)
         bs = clean_images.shape[0]

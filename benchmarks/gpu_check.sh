@@ -18,15 +18,18 @@
 #   5. the tests marked gpu.
 # OUT ends up with at most 8 files (what a device lease brings back): summary.txt (the GPU, versions, each step's
 # outcome and time, the headline numbers), log.txt (everything printed), 3 benchmark json files and the default run's
-# json and two pictures. The summary is printed last. The limits add up to 560 s; with the install, under 10 minutes.
+# json and two pictures. The summary is printed last. The limits add up to 520 s; with the install, under 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What the GPU image lacks (its own transformers refuses huggingface_hub 2.x, and diffusers imports it via peft).
+# What the GPU image lacks (its own transformers refuses huggingface_hub 2.x, and diffusers imports it via peft), and
+# the versions these need of what it has: anyio 4.16 imports typing_extensions 4.16's `sentinel`, transformers checks
+# regex >= 2025.10.22 at import, httpx2 and httpcore2 want idna >= 3.18 and h11 >= 0.16, and peft is taken at the
+# release that goes with transformers 5.24 (the image's versions of these are unknown here).
 WHEELS=(
   diffusers==0.42.1 datasets==5.2.0 huggingface_hub==2.4.0 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
   mlxtend==0.25.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 importlib_metadata==10.2.0 anyio==4.16.0
-  transformers==5.24.0
+  transformers==5.24.0 typing_extensions==4.16.0 regex==2026.11.19 idna==3.20 h11==0.16.0 peft==0.21.2
 )
 
 PY=${PYTHON:-python3}
@@ -57,6 +60,7 @@ run | smoke)
   out=$(realpath -m "${2:-$default_out}")
   mkdir -p "$out"
   exec > >(tee "$out/log.txt") 2>&1
+  tee_pid=$!
   summary="$out/summary.txt"
   : >"$summary"
   rm -rf /tmp/site /tmp/hfddpm
@@ -67,9 +71,12 @@ run | smoke)
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$summary"
   fi
-  (cd /tmp && "$PY" -c "import torch, diffusers, datasets, mlxtend, hfddpm
-print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'datasets', datasets.__version__, 'cuda:',
-      torch.cuda.is_available())") >>"$summary"
+  # pre-flight: everything the steps import (the training engine pulls in transformers and peft through diffusers);
+  # a failure is written to the summary and the steps still run, each failing on its own
+  (cd /tmp && "$PY" -c "import importlib.metadata as md, torch, diffusers, datasets, mlxtend, hfddpm, hfddpm.training
+names = 'diffusers datasets transformers peft huggingface_hub accelerate typing_extensions regex anyio'.split()
+print('torch', torch.__version__, 'cuda:', torch.cuda.is_available(), *(f'{n} {md.version(n)}' for n in names))") \
+    >>"$summary" 2>&1 || echo "pre-flight import failed (its error is above)" >>"$summary"
 
   # step NAME LIMIT_S COMMAND...: runs COMMAND under a time limit; its outcome and time go to the summary, and a
   # failed or timed-out step does not stop the others
@@ -87,20 +94,23 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'datasets'
   }
   bench=("$PY" benchmarks/bench_train_throughput.py --data-on-device)
   cifar10=(--preset cifar10 --resolution 32 --channels 3 --batch-size 128 --rounds 3 --channels-last)
-  step "default run" 160 "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist \
+  step "default run" 150 "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist \
     --out "$out/default_run" "${toy_run[@]}"
-  step "cifar10 eager" 80 "${bench[@]}" "${cifar10[@]}" "${toy[@]}" --out "$out/train_throughput_cifar10.json"
-  step "cifar10 compiled" 160 "${bench[@]}" "${cifar10[@]}" --compile-mode default --skip-row diffusers_fp32 \
+  step "cifar10 eager" 70 "${bench[@]}" "${cifar10[@]}" "${toy[@]}" --out "$out/train_throughput_cifar10.json"
+  step "cifar10 compiled" 150 "${bench[@]}" "${cifar10[@]}" --compile-mode default --skip-row diffusers_fp32 \
     --skip-row diffusers_bf16 --skip-row hfddpm_fp32 "${toy[@]}" --out "$out/train_throughput_cifar10_compiled.json"
-  step "mnist eager + CUDA graphs" 100 "${bench[@]}" --preset mnist --batch-size 64 --compile-mode reduce-overhead \
+  step "mnist eager + CUDA graphs" 90 "${bench[@]}" --preset mnist --batch-size 64 --compile-mode reduce-overhead \
     "${toy[@]}" --out "$out/train_throughput_mnist.json"
   if "$PY" -c "import pytest" 2>/dev/null; then
-    # -o addopts=: setup.cfg's -n (pytest-xdist) is not in the image, and the GPU tests run one at a time
-    step "tests marked gpu" 60 "$PY" -m pytest -q -p no:cacheprovider -o addopts= -m gpu tests/test_engine.py \
-      tests/test_step_format.py tests/test_benchmarks.py
+    # -o addopts=: setup.cfg's -n (pytest-xdist) is left out, and the GPU tests run one at a time, the quick ones
+    # first (the compiled step's test compiles a small UNet last)
+    step "tests marked gpu" 60 "$PY" -m pytest -q -p no:cacheprovider -o addopts= -m gpu tests/test_data.py \
+      tests/test_budget.py tests/test_step_format.py tests/test_benchmarks.py tests/test_engine.py
   fi
   "$PY" benchmarks/gpu_summary.py "$out" >>"$summary" || true
   echo && cat "$summary"
+  exec >&- 2>&-  # let tee write the last lines of log.txt before the command returns
+  wait "$tee_pid" 2>/dev/null || true
   ;;
 *)
   echo "usage: bash benchmarks/gpu_check.sh prepare | run [OUT] | smoke [OUT]" >&2

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hfddpm.training import default_mixed_precision
+from hfddpm.training.precision import train_cuda_math
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 THROUGHPUT_SMOKE = ["--preset", "tiny", "--batch-size", "8", "--rounds", "2", "--steps-per-round", "2",
@@ -33,6 +34,17 @@ def common():
     finally:
         sys.path.remove(str(BENCHMARKS))
     return common
+
+
+def test_batch_stream_keeps_the_epoch_order_where_the_data_is(common):
+    data = torch.arange(10.0) * 10
+    stream = common.BatchStream(data, batch_size=4, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randperm(10, generator=generator), torch.randperm(10, generator=generator)
+    batches = [next(stream) for _ in range(3)]  # 4 + 4, then a new epoch: fewer than 4 were left
+    assert stream.order.device == data.device
+    expected = [data[first[:4]], data[first[4:8]], data[second[:4]]]
+    assert all(torch.equal(b, e) for b, e in zip(batches, expected, strict=True))
 
 
 def test_autocast_is_what_accelerate_applies(common):
@@ -64,6 +76,10 @@ def test_train_throughput_smoke_compares_the_four_loops_on_cpu(tmp_path):
         assert low <= loop["ratio_vs_diffusers"] <= high
     assert "as configured (float32 here): the baseline" in result.stdout
     assert "| ratio vs diffusers (95% interval) |" in result.stdout
+    # each loop steps with its own CUDA math: train.py's (TF32, cuDNN autotuner) for hfddpm, torch's for the tutorial
+    assert loops["hfddpm"]["cuda_math"] == loops["hfddpm_fp32"]["cuda_math"] == train_cuda_math()
+    torch_default = {"matmul_tf32": False, "cudnn_tf32": True, "cudnn_benchmark": False}
+    assert loops["diffusers"]["cuda_math"] == loops["diffusers_bf16"]["cuda_math"] == torch_default
     _check_gpu_summary(tmp_path, data)
     # rows can be left out; one round has no interval
     args = [*THROUGHPUT_SMOKE, "--rounds", "1", "--skip-row", "diffusers_bf16", "--skip-row", "hfddpm_fp32"]
@@ -227,12 +243,16 @@ def test_bench_audio_smoke(tmp_path):
 def test_gpu_checks_test_step_runs_where_pytest_xdist_is_missing():
     """The GPU image has pytest but not pytest-xdist: gpu_check.sh's test step drops setup.cfg's ``-n`` and the suite's
     conftest must load without xdist's hooks."""
-    step = next(line for line in (BENCHMARKS / "gpu_check.sh").read_text().splitlines() if "-m pytest" in line)
+    script = (BENCHMARKS / "gpu_check.sh").read_text().replace("\\\n", " ")  # continuation lines joined
+    step = next(line for line in script.splitlines() if "-m pytest" in line)
     assert "-o addopts= -m gpu" in step
+    files = [word for word in step.split() if word.startswith("tests/")]
+    assert files[-1] == "tests/test_engine.py" and len(files) == 5  # the compiling test last
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "gpu",
-         "--collect-only", "-q", "tests/test_engine.py", "tests/test_step_format.py", "tests/test_benchmarks.py"],
+         "--collect-only", "-q", *files],
         cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "tests/test_engine.py::" in result.stdout and " deselected" in result.stdout
+    collected = {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
+    assert collected == set(files) and " deselected" in result.stdout  # every file holds GPU tests

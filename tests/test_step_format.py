@@ -92,13 +92,14 @@ def test_on_a_cpu_the_rule_decides_and_the_format_stays_contiguous(tmp_path, mon
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_a_gpu_the_step_format_is_measured(tmp_path):
-    config = TrainConfig(max_train_steps=1, output_dir=str(tmp_path)).validate()
+    # as the loop calls it: with the recipe applied (the batch size that is timed)
+    config = TrainConfig(max_train_steps=1, output_dir=str(tmp_path)).validate().with_recipe(gpu=True)
     run = setup(config)
     fmt, reason = resolve_step_format(config, run, PartialState())
     assert fmt in candidate_formats("cuda")
     assert "measured fastest of float32" in reason and "images/s" in reason
     config = TrainConfig(max_train_steps=1, mixed_precision="bf16", output_dir=str(tmp_path)).validate()
-    fmt, _ = resolve_step_format(config, run, PartialState())
+    fmt, _ = resolve_step_format(config.with_recipe(gpu=True), run, PartialState())
     assert fmt.mixed_precision == "bf16"  # only the memory format was measured
 
 
