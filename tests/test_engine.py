@@ -104,7 +104,8 @@ def test_cuda_graph_step_and_resident_batches_on_the_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_training_step_on_resident_batches_never_waits_for_the_gpu():
-    """No host-device synchronisation per step: torch raises on any synchronising CUDA call in "error" mode."""
+    """No host-device synchronisation per step: torch raises on the synchronising CUDA calls it detects in "error"
+    mode."""
     from hfddpm.data import ResidentImageBatches, load_mnist_5k, make_train_dataloader, resolve_columns
 
     digits = load_mnist_5k().select(range(0, 5000, 50)).flatten_indices()
