@@ -3,9 +3,9 @@ r"""Training throughput: hfddpm's training step against the diffusers tutorial l
 All loops run in this process, interleaved round by round (the order alternates), so a busy machine slows them
 alike. Reports images/s per loop (median over rounds) and the median per-round ratio against the tutorial loop as
 its config trains on this device (fp16 with loss scaling on a GPU, float32 on a CPU), with a bootstrap 95% interval
-over the rounds. Other rows: the tutorial loop in float32 (GPU) and with bf16 autocast, hfddpm's step with train.py's
-default precision, and in float32 (--skip-row leaves one out, e.g. bf16 autocast where it is emulated and 10x
-slower).
+over the rounds. Other rows: the tutorial loop in float32 (GPU) and with bf16 autocast, hfddpm's step in the format
+train.py would train this UNet and batch in here (``hfddpm.training.step_format``: the CPU rule, or measured on a
+GPU), and in float32 (--skip-row leaves one out, e.g. bf16 autocast where it is emulated and 10x slower).
 
     python benchmarks/bench_train_throughput.py                          # mnist preset, batch 64
     python benchmarks/bench_train_throughput.py --preset tiny --batch-size 16 --rounds 2 --steps-per-round 2
@@ -14,10 +14,11 @@ slower).
 """
 
 import argparse
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from common import (
     DiffusersTutorialLoop,
     HFDDPMTrainLoop,
@@ -30,10 +31,13 @@ from common import (
     unet_config,
     write_json,
 )
+from diffusers import UNet2DModel
 
 from hfddpm.evaluation.uncertainty import bootstrap_interval
-from hfddpm.training import default_mixed_precision
+from hfddpm.training import TrainConfig, build_scheduler
 from hfddpm.training.config import COMPILE_MODES
+from hfddpm.training.precision import set_cuda_math, train_cuda_math
+from hfddpm.training.step_format import resolve_step_format
 
 PRECISION_NAMES = {"no": "float32", "bf16": "bf16", "fp16": "fp16 + loss scaling"}
 OPTIONAL_ROWS = ("diffusers_fp32", "diffusers_bf16", "hfddpm_fp32")
@@ -48,13 +52,17 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--channels-last", action="store_true", help="train.py's --channels_last for hfddpm")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="train.py's --channels_last for hfddpm (default: train.py's choice, measured on a GPU, off on a CPU)",
+    )
     parser.add_argument(
         "--mixed-precision",
         choices=["no", "bf16"],
         default=None,
-        help="hfddpm loop's precision (default: train.py's default for this device; fp16 would need train.py's loss"
-        " scaling, which this loop, fed by autocast alone, does not have)",
+        help="hfddpm loop's precision (default: train.py's choice for this UNet and batch on this device, measured"
+        " on a GPU; fp16 would need train.py's loss scaling, which this loop, fed by autocast alone, does not have)",
     )
     parser.add_argument(
         "--compile-mode",
@@ -77,6 +85,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def train_step_format(config: dict, batch_size: int, mixed_precision: str | None, channels_last: bool):
+    """The precision and memory format ``training/train.py`` trains this UNet and batch in on this device, and why
+    (``hfddpm.training.step_format.resolve_step_format``, run under train.py's CUDA math)."""
+    unet = UNet2DModel.from_config(config)
+    train_config = TrainConfig(
+        train_batch_size=batch_size, mixed_precision=mixed_precision, channels_last=True if channels_last else None
+    ).validate()
+    run = SimpleNamespace(unet=unet, noise_scheduler=build_scheduler(train_config))  # what the choice reads of a run
+    previous = set_cuda_math(train_cuda_math())
+    try:
+        return resolve_step_format(train_config, run, PartialState())
+    finally:
+        set_cuda_math(previous)
+
+
 def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,12 +107,15 @@ def main(args):
     data = mnist_train_images(args.resolution).repeat(1, args.channels, 1, 1)
     max_steps = args.warmup_steps + args.rounds * args.steps_per_round
     device = Accelerator().device
-    hfddpm_precision = args.mixed_precision or default_mixed_precision(device)
+    # the format train.py trains this UNet and batch in here: measured on a GPU, the CPU rule elsewhere
+    step_format, format_reason = train_step_format(config, args.batch_size, args.mixed_precision, args.channels_last)
+    hfddpm_precision = step_format.mixed_precision
+    print(f"hfddpm's step format, as train.py chooses it: {format_reason}")
     baseline = tutorial_precision(device)  # fp16 with loss scaling on a GPU, float32 on a CPU
     tutorial = {"diffusers": baseline, "diffusers_fp32": "no", "diffusers_bf16": "bf16"}
     if baseline == "no":
         del tutorial["diffusers_fp32"]
-    hfddpm_rows = {"hfddpm": (hfddpm_precision, None), "hfddpm_fp32": ("no", None)}
+    hfddpm_rows = {"hfddpm": (hfddpm_precision, None), "hfddpm_fp32": ("no", None)}  # (precision, compile mode)
     for key in args.skip_row:
         tutorial.pop(key, None)
         hfddpm_rows.pop(key, None)
@@ -110,16 +136,16 @@ def main(args):
             hfddpm_data,
             args.batch_size,
             max_steps=max_steps,
-            channels_last=args.channels_last,
+            channels_last=step_format.channels_last,
             mixed_precision=precision,
             compile_mode=mode,
         )
         names[key] = f"{HFDDPMTrainLoop.name}, " + (
-            f"--compile --compile_mode {mode} ({PRECISION_NAMES[precision]})"
+            f"--compile --compile_mode {mode} ({step_format.label})"
             if mode
-            else f"default: {PRECISION_NAMES[precision]}"
+            else f"as train.py trains it: {step_format.label}"
             if key == "hfddpm"
-            else "--mixed_precision no"
+            else "--mixed_precision no" + (" channels_last" if step_format.channels_last else "")
         )
 
     compile_seconds = {}
@@ -172,7 +198,14 @@ def main(args):
     params = sum(p.numel() for p in loops["hfddpm"].engine.unwrapped.parameters())
     path = write_json(
         args.out,
-        {"args": vars(args), "parameters": params, "device": str(device), "environment": environment(), **results},
+        {
+            "args": vars(args),
+            "parameters": params,
+            "device": str(device),
+            "environment": environment(),
+            "step_format": {"label": step_format.label, "reason": format_reason},
+            **results,
+        },
     )
     print(f"\nWrote {path}")
 

@@ -17,7 +17,7 @@ TARGETS = {
     "cifar10": "hfddpm >= 1.5x the tutorial's fp16 loop (stretch: 2x)",
 }
 THROUGHPUT_FILES = ("train_throughput_cifar10", "train_throughput_cifar10_compiled", "train_throughput_mnist")
-NOT_ROWS = ("args", "parameters", "device", "environment")
+NOT_ROWS = ("args", "parameters", "device", "environment", "step_format")
 
 
 def default_run_lines(path: Path) -> list[str]:
@@ -41,6 +41,8 @@ def throughput_lines(path: Path) -> list[str]:
     args = data["args"]
     target = f" (target: {TARGETS['cifar10']})" if args["preset"] == "cifar10" else ""
     lines = [f"{path.stem}: preset {args['preset']}, batch {args['batch_size']}, {data['device']}{target}"]
+    if "step_format" in data:  # the format train.py chose for hfddpm's rows, and why
+        lines.append(f"  hfddpm's step format: {data['step_format']['reason']}")
     for key, row in data.items():
         if key in NOT_ROWS:
             continue

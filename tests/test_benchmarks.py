@@ -76,6 +76,13 @@ def test_train_throughput_smoke_compares_the_four_loops_on_cpu(tmp_path):
         assert low <= loop["ratio_vs_diffusers"] <= high
     assert "as configured (float32 here): the baseline" in result.stdout
     assert "| ratio vs diffusers (95% interval) |" in result.stdout
+    # hfddpm's row trains as train.py would here: on a CPU, the rule of its precision and the contiguous format
+    rule = {"bf16": "bf16 autocast: this CPU computes bf16 natively", "no": "float32: this CPU has no native bf16"}
+    assert data["step_format"] == {
+        "label": {"bf16": "bf16", "no": "float32"}[default_mixed_precision("cpu")],
+        "reason": rule[default_mixed_precision("cpu")],
+    }
+    assert "hfddpm's step format, as train.py chooses it: " + rule[default_mixed_precision("cpu")] in result.stdout
     # each loop steps with its own CUDA math: train.py's (TF32, cuDNN autotuner) for hfddpm, torch's for the tutorial
     assert loops["hfddpm"]["cuda_math"] == loops["hfddpm_fp32"]["cuda_math"] == train_cuda_math()
     torch_default = {"matmul_tf32": False, "cudnn_tf32": True, "cudnn_benchmark": False}
@@ -109,7 +116,8 @@ def _check_gpu_summary(folder, throughput):
         "train_throughput_cifar10_compiled: no train_throughput_cifar10_compiled.json",
     ]
     assert text[4] == "train_throughput_mnist: preset tiny, batch 8, cpu"
-    rows = {line.split()[0]: line.split() for line in text[5:]}
+    assert text[5] == f"  hfddpm's step format: {throughput['step_format']['reason']}"
+    rows = {line.split()[0]: line.split() for line in text[6:]}
     assert rows.keys() == {"diffusers", "diffusers_bf16", "hfddpm", "hfddpm_fp32"}
     for key, words in rows.items():
         assert words[1] == f"{throughput[key]['images_per_second']:.1f}"
@@ -185,7 +193,11 @@ def test_train_throughput_on_a_gpu_uses_the_tutorials_fp16_as_baseline(tmp_path)
     _bench("bench_train_throughput.py", *THROUGHPUT_SMOKE, "--out", str(out))
     data = json.loads(out.read_text())
     assert data["diffusers"]["mixed_precision"] == "fp16" and data["diffusers_fp32"]["mixed_precision"] == "no"
-    assert data["hfddpm"]["mixed_precision"] == default_mixed_precision("cuda")
+    # hfddpm's row trains in the format train.py measures fastest on this GPU for this UNet and batch
+    assert "measured fastest of float32" in data["step_format"]["reason"]
+    assert (
+        data["step_format"]["label"].split()[0] == {"no": "float32", "bf16": "bf16"}[data["hfddpm"]["mixed_precision"]]
+    )
     assert data["device"].startswith("cuda")
 
 
