@@ -94,7 +94,7 @@ print('torch', torch.__version__, 'cuda:', torch.cuda.is_available(), *(f'{n} {m
   }
   bench=("$PY" benchmarks/bench_train_throughput.py --data-on-device)
   cifar10=(--preset cifar10 --resolution 32 --channels 3 --batch-size 128 --rounds 3 --channels-last)
-  step "default run" 150 "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist \
+  step "default run" 140 "$PY" benchmarks/bench_default_run.py --output-dir /tmp/hfddpm-mnist \
     --out "$out/default_run" "${toy_run[@]}"
   step "cifar10 eager" 70 "${bench[@]}" "${cifar10[@]}" "${toy[@]}" --out "$out/train_throughput_cifar10.json"
   step "cifar10 compiled" 150 "${bench[@]}" "${cifar10[@]}" --compile-mode default --skip-row diffusers_fp32 \
@@ -104,7 +104,7 @@ print('torch', torch.__version__, 'cuda:', torch.cuda.is_available(), *(f'{n} {m
   if "$PY" -c "import pytest" 2>/dev/null; then
     # -o addopts=: setup.cfg's -n (pytest-xdist) is left out, and the GPU tests run one at a time, the quick ones
     # first (the compiled step's test compiles a small UNet last)
-    step "tests marked gpu" 60 "$PY" -m pytest -q -p no:cacheprovider -o addopts= -m gpu tests/test_data.py \
+    step "tests marked gpu" 70 "$PY" -m pytest -q -p no:cacheprovider -o addopts= -m gpu tests/test_data.py \
       tests/test_budget.py tests/test_step_format.py tests/test_benchmarks.py tests/test_engine.py
   fi
   "$PY" benchmarks/gpu_summary.py "$out" >>"$summary" || true
