@@ -54,7 +54,7 @@ from hfddpm.training.periodic_eval import (
     save_history,
 )
 from hfddpm.training.precision import resolve_mixed_precision, set_cuda_math, train_cuda_math
-from hfddpm.training.processes import cpu_threads_per_process, end_training
+from hfddpm.training.processes import cpu_threads_per_process, end_training, local_processes
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
 
@@ -122,8 +122,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     device = state.device
     clock = device_clock(device)  # the run's timings (budget, images/s, pauses) wait for the device's queued work
     if device.type == "cpu":
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
-        torch.set_num_threads(config.cpu_threads or cpu_threads_per_process(local_processes))
+        torch.set_num_threads(config.cpu_threads or cpu_threads_per_process(local_processes(state.num_processes)))
     if device.type == "cuda":
         set_cuda_math(train_cuda_math(config.allow_tf32))
 

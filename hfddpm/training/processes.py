@@ -31,6 +31,12 @@ def usable_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def local_processes(num_processes: int) -> int:
+    """The processes of this run on this machine: torchrun's ``LOCAL_WORLD_SIZE`` (set by ``accelerate launch``),
+    else all ``num_processes`` of the run."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+
+
 def cpu_threads_per_process(local_processes: int) -> int:
     """The cores this process may run on (:func:`usable_cpus`), shared evenly between the ``local_processes``
     processes of this machine, at least one each. ``accelerate launch`` exports ``OMP_NUM_THREADS=1`` unless told

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 from hfddpm.data import CHANNEL_MODES, load_train_dataset, make_train_dataloader, resolve_columns
 from hfddpm.latents import check_vae_resolution, vae_encode
 from hfddpm.training.precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
-from hfddpm.training.processes import cpu_threads_per_process, end_training
+from hfddpm.training.processes import cpu_threads_per_process, end_training, local_processes
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -203,8 +202,7 @@ def train_vae(config: VAETrainConfig) -> Path:
     set_seed(config.seed)
     device = accelerator.device
     if device.type == "cpu":
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        torch.set_num_threads(cpu_threads_per_process(local_processes))
+        torch.set_num_threads(cpu_threads_per_process(local_processes(accelerator.num_processes)))
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output_dir {config.output_dir!r} is a file, not a folder; pass a folder path.")
