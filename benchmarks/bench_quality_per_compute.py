@@ -11,7 +11,6 @@ FD-digits. Evaluation time is not counted as training time.
 """
 
 import argparse
-import time
 
 import torch
 from accelerate import Accelerator
@@ -22,13 +21,13 @@ from common import (
     markdown_table,
     mnist_train_images,
     plot_fd_curves,
-    synchronize,
     tutorial_precision,
     unet_config,
     write_json,
 )
 
 from hfddpm.evaluation import digit_metrics, generate_samples, set_scheduler
+from hfddpm.training.budget import device_clock
 
 
 def parse_args(argv=None):
@@ -67,13 +66,13 @@ def make_loops(args, config, data, max_steps: int) -> dict:
 def train_for(loop, seconds: float, device) -> float:
     """Step ``loop`` until ``seconds`` of wall time passed (checked after every step, so the two loops overshoot
     their budget by at most one step each); returns the time taken."""
-    synchronize(device)
-    start = time.perf_counter()
+    clock = device_clock(device)
+    start = clock()
     while True:
         loop.step()
-        synchronize(device)
-        if time.perf_counter() - start >= seconds:
-            return time.perf_counter() - start
+        elapsed = clock() - start
+        if elapsed >= seconds:
+            return elapsed
 
 
 def estimate_steps(args, config, data) -> int:
@@ -81,11 +80,11 @@ def estimate_steps(args, config, data) -> int:
     rates = []
     for loop in make_loops(args, config, data, max_steps=1000).values():
         loop.step()
-        start = time.perf_counter()
+        clock = device_clock(loop.accelerator.device)
+        start = clock()
         for _ in range(3):
             loop.step()
-        synchronize(loop.accelerator.device)
-        rates.append(3 / (time.perf_counter() - start))
+        rates.append(3 / (clock() - start))
     return max(1, int(max(rates) * args.budget_seconds))
 
 

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 import hfddpm
 from hfddpm.evaluation import load_mnist_5k
 from hfddpm.training import TrainConfig, TrainingEngine, build_scheduler, cpu_has_native_bf16, default_mixed_precision
+from hfddpm.training.budget import device_clock
 from hfddpm.training.precision import CUDA_MATH_FLAGS, set_cuda_math, train_cuda_math
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,18 +223,12 @@ class DiffusersTutorialLoop:
         )
 
 
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device) -> float:
-    """Seconds taken by ``fn()``, with the device drained before and after."""
-    synchronize(device)
-    start = time.perf_counter()
+    """Seconds taken by ``fn()``, with the device drained before and after (``device_clock``)."""
+    clock = device_clock(device)
+    start = clock()
     fn()
-    synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def median(values):

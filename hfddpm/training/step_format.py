@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
+from hfddpm.training.budget import device_clock
 from hfddpm.training.loss import diffusion_loss
 from hfddpm.training.precision import cpu_has_native_bf16, precision_reason, resolve_mixed_precision
 
@@ -83,14 +83,16 @@ def time_step_formats(
     num_class_embeds: int | None = None,
     warmup: int = WARMUP_STEPS,
     steps: int = TIMED_STEPS,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] | None = None,
 ) -> dict[StepFormat, float]:
     """Seconds per forward + backward pass of the training loss (:func:`~hfddpm.training.loss.diffusion_loss`) of
     a copy of ``unet`` on a random batch of ``batch_shape``, in each of ``formats`` (``unet`` is not changed).
 
-    The optimizer step is left out: it costs the same in every format (float32 master weights).
+    The optimizer step is left out: it costs the same in every format (float32 master weights). ``clock``: by
+    default :func:`~hfddpm.training.budget.device_clock`, which waits for the device's queued work.
     """
     device = torch.device(device)
+    clock = clock or device_clock(device)
     train_scheduler = HFDDPMScheduler.from_config(scheduler.config)
     train_scheduler.alphas_cumprod = train_scheduler.alphas_cumprod.to(device)
     generator = torch.Generator(device).manual_seed(0)
@@ -107,7 +109,6 @@ def time_step_formats(
         start = None
         for i in range(warmup + steps):
             if i == warmup:
-                _synchronize(device)
                 start = clock()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = diffusion_loss(
@@ -115,7 +116,6 @@ def time_step_formats(
                 )
             loss.backward()
             model.zero_grad(set_to_none=True)
-        _synchronize(device)
         timings[fmt] = (clock() - start) / steps
         del model
     return timings
@@ -129,11 +129,6 @@ def fastest(timings: dict[StepFormat, float]) -> StepFormat:
 def describe(timings: dict[StepFormat, float], images_per_step: int) -> str:
     """The timings as a line for the log: ``"float32 1234 images/s, bf16 1500 images/s"``."""
     return ", ".join(f"{fmt.label} {images_per_step / max(t, 1e-12):.0f} images/s" for fmt, t in timings.items())
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def resolve_step_format(config, run, state) -> tuple[StepFormat, str]:
