@@ -78,25 +78,34 @@ def test_cuda_graph_modes_refuse_gradient_accumulation():
     TrainConfig(compile=False, compile_mode="reduce-overhead", gradient_accumulation_steps=2).validate()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_step_and_resident_batches_on_the_gpu():
+def _resident_digits_on_the_gpu():
+    """100 embedded digits kept on the GPU, in batches of 16 (the resident path train.py takes there)."""
     from hfddpm.data import ResidentImageBatches, load_mnist_5k, make_train_dataloader, resolve_columns
 
     digits = load_mnist_5k().select(range(0, 5000, 50)).flatten_indices()
-    columns = resolve_columns(digits, "image", "label")
-    batches = make_train_dataloader(
-        digits, columns, resolution=28, channels=1, batch_size=16, seed=0, resident_device="cuda"
-    )
-    assert isinstance(batches, ResidentImageBatches) and batches.images.device.type == "cuda"
-    batch = next(iter(batches))
-    config = TrainConfig(compile=True, compile_mode="reduce-overhead", mixed_precision="bf16").validate()
+    loader = make_train_dataloader(
+        digits, resolve_columns(digits, "image", "label"), resolution=28, channels=1, batch_size=16, seed=0,
+        resident_device="cuda",
+    )  # fmt: skip
+    assert isinstance(loader, ResidentImageBatches) and loader.images.device.type == "cuda"
+    return iter(loader)
+
+
+def _gpu_engine(config: TrainConfig) -> TrainingEngine:
+    """A class-conditional engine of the tiny preset at 28 px (a quick compile), bf16 on the GPU."""
     torch.manual_seed(0)
-    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=11)  # a quick compile
-    engine = TrainingEngine(
-        config, unet, build_scheduler(config), Accelerator(mixed_precision="bf16"), max_train_steps=5,
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=11)
+    return TrainingEngine(
+        config, unet, build_scheduler(config), Accelerator(mixed_precision="bf16"), max_train_steps=10,
         class_conditional=True,
     )  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_and_resident_batches_on_the_gpu():
+    batch = next(_resident_digits_on_the_gpu())
+    engine = _gpu_engine(TrainConfig(compile=True, compile_mode="reduce-overhead", mixed_precision="bf16").validate())
     losses = [engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=s) for s in range(5)]
     assert all(torch.isfinite(loss) for loss in losses) and losses[0].device.type == "cuda"
 
@@ -106,22 +115,8 @@ def test_cuda_graph_step_and_resident_batches_on_the_gpu():
 def test_a_training_step_on_resident_batches_never_waits_for_the_gpu():
     """No host-device synchronisation per step: torch raises on the synchronising CUDA calls it detects in "error"
     mode."""
-    from hfddpm.data import ResidentImageBatches, load_mnist_5k, make_train_dataloader, resolve_columns
-
-    digits = load_mnist_5k().select(range(0, 5000, 50)).flatten_indices()
-    loader = make_train_dataloader(
-        digits, resolve_columns(digits, "image", "label"), resolution=28, channels=1, batch_size=16, seed=0,
-        resident_device="cuda",
-    )  # fmt: skip
-    assert isinstance(loader, ResidentImageBatches)
-    batches = iter(loader)
-    config = TrainConfig(mixed_precision="bf16").validate()
-    torch.manual_seed(0)
-    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=28, num_class_embeds=11)
-    engine = TrainingEngine(
-        config, unet, build_scheduler(config), Accelerator(mixed_precision="bf16"), max_train_steps=10,
-        class_conditional=True,
-    )  # fmt: skip
+    batches = _resident_digits_on_the_gpu()
+    engine = _gpu_engine(TrainConfig(mixed_precision="bf16").validate())
     for step in range(2):  # the first steps allocate and tune (cuDNN) outside the checked ones
         batch = next(batches)
         engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=step)
