@@ -54,7 +54,7 @@ from hfddpm.data import (
     resident_batches,
     to_pil,
 )
-from hfddpm.pipelines.pipeline_hfddpm import COMPONENTS
+from hfddpm.pipelines.pipeline_hfddpm import COMPONENTS, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def load_vae(
             f"{where} holds a {class_name!r}, not an autoencoder; --vae takes a diffusers {' or '.join(VAE_CLASSES)}"
             " folder or Hub repository (e.g. stabilityai/sd-vae-ft-mse, madebyollin/taesd)."
         )
-    return VAE_CLASSES[class_name].from_pretrained(path, **kwargs)
+    return load_model(VAE_CLASSES[class_name], path, **kwargs)
 
 
 def downsample_factor(vae) -> int:

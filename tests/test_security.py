@@ -201,3 +201,51 @@ def test_malformed_index_file(saved, tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert err.startswith(f"hfddpm sample: error: {folder / 'model_index.json'} ") and err.count("\n") == 1
     assert not (tmp_path / "grid.png").exists()
+
+
+class RunsCode:
+    """Pickles to a call that writes ``marker``: what a tampered weights or state file would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('the pickle ran')",))
+
+
+def swap_weights_for_pickle(folder, marker):
+    """Replace ``folder``'s safetensors weights by a pickled ``.bin`` that runs code when unpickled."""
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({"weight": RunsCode(marker)}, folder / "diffusion_pytorch_model.bin")
+
+
+def test_pickled_unet_weights_are_refused_unopened(saved, tmp_path, capsys):
+    folder = copy_with_index(saved, tmp_path)
+    marker = tmp_path / "marker"
+    swap_weights_for_pickle(folder / "unet", marker)
+    with pytest.raises(FileNotFoundError, match=r"pipe/unet holds no safetensors weights") as raised:
+        HFDDPMPipeline.from_pretrained(folder)
+    assert "pickled weights (.bin, .pt, .ckpt) can run code" in str(raised.value)
+    assert main(["sample", str(folder), "--out", str(tmp_path / "grid.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"hfddpm sample: error: {folder}/unet holds no safetensors weights")
+    assert not marker.exists() and not (tmp_path / "grid.png").exists()
+
+
+def test_pickled_weights_are_refused_for_vae_and_pretrained_unet(saved, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from hfddpm.latents import load_vae
+    from hfddpm.training import TrainConfig
+    from hfddpm.training.engine import build_training_unet
+
+    marker = tmp_path / "marker"
+    vae = tmp_path / "vae"
+    AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_pretrained(vae)
+    swap_weights_for_pickle(vae, marker)
+    with pytest.raises(FileNotFoundError, match=r"vae holds no safetensors weights"):
+        load_vae(str(vae))
+    folder = copy_with_index(saved, tmp_path)
+    swap_weights_for_pickle(folder / "unet", marker)
+    with pytest.raises(FileNotFoundError, match=r"pipe/unet holds no safetensors weights"):
+        build_training_unet(TrainConfig(pretrained_model_name_or_path=str(folder)), num_classes=0)
+    assert not marker.exists()

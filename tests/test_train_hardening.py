@@ -4,11 +4,13 @@ damaged checkpoints are named, and a failed push never shows the token."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import ROOT, TRAIN, accelerate_launcher, load_train_script, run_train, train_env
 
 from hfddpm.training import TrainConfig, TrainingError
@@ -147,6 +149,61 @@ def test_a_truncated_checkpoint_is_named_with_the_intact_ones(tmp_path):
     assert result.returncode == 1
     assert "unet/diffusion_pytorch_model.safetensors cannot be read" in result.stderr
     assert "Intact checkpoints: " in result.stderr and "checkpoint-2" in result.stderr
+
+
+class RunsCode:
+    """Pickles to a call that writes ``marker``: what a tampered state file would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('the pickle ran')",))
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """An output folder with checkpoints at steps 2 and 4."""
+    tmp = tmp_path_factory.mktemp("checkpointed")
+    out = tmp / "out"
+    run_train(["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2"], tmp)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("replaced", "named"),
+    [
+        ("optimizer.bin", "optimizer.bin"),
+        ("random_states_0.pkl", "random_states_0.pkl"),
+        ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"),
+        ("unet_ema/diffusion_pytorch_model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"),
+    ],
+)
+def test_a_checkpoint_with_foreign_pickles_is_named_and_they_never_run(checkpointed, tmp_path, replaced, named):
+    # accelerate's states are loaded as tensors and numbers only, the weights from safetensors only: a checkpoint
+    # whose files were swapped for pickles that run code is refused before anything is loaded
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    latest, marker = out / "checkpoints" / "checkpoint-4", tmp_path / "marker"
+    (latest / replaced).unlink()
+    target = latest / replaced if replaced.endswith((".bin", ".pkl")) else (latest / replaced).with_suffix(".bin")
+    torch.save({"state": RunsCode(marker)}, target)
+    with pytest.raises(ValueError, match=rf"checkpoint-4 is damaged: {re.escape(named)} cannot be read"):
+        check_checkpoint(latest)
+    assert not marker.exists()
+
+
+def test_a_resume_from_a_tampered_checkpoint_stops_with_the_intact_ones(checkpointed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    marker = tmp_path / "marker"
+    torch.save({"state": RunsCode(marker)}, out / "checkpoints" / "checkpoint-4" / "optimizer.bin")
+    args = ["--output_dir", str(out), "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]
+    result = run_train(args, tmp_path, check=False)
+    assert result.returncode == 1 and not marker.exists()
+    assert "checkpoint-4 is damaged: optimizer.bin cannot be read" in result.stderr
+    assert "Intact checkpoints: " in result.stderr and "checkpoint-2" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_failed_push_never_shows_the_token(tmp_path):

@@ -9,6 +9,7 @@ inputs, outputs, the save format and the loader); the editing pipelines (``pipel
 ``pipeline_hfddpm_img2img.py``, saved next to this file) import it from here.
 """
 
+import functools
 import importlib
 import inspect
 import json
@@ -32,6 +33,7 @@ from diffusers import (
     UNet2DModel,
 )
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from diffusers.utils.torch_utils import randn_tensor
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,35 @@ def is_repo_id(path: str | os.PathLike) -> bool:
     """
     path = str(path)
     return not os.path.exists(path) and _REPO_ID.fullmatch(path) is not None and ".." not in path and "--" not in path
+
+
+def load_model(model_cls, path: str | os.PathLike, subfolder: str | None = None, **kwargs):
+    """``model_cls.from_pretrained(path, subfolder=subfolder, **kwargs)`` from safetensors weights only.
+
+    Pickled weights (``.bin``, ``.pt``, ``.ckpt``) can run code when they are loaded, so a folder or repository
+    without ``diffusion_pytorch_model.safetensors`` is refused with a ``FileNotFoundError`` naming it; the pickle is
+    never opened. Every hfddpm load of UNet or autoencoder weights goes through here.
+
+    Example:
+        >>> import tempfile
+        >>> from diffusers import UNet2DModel
+        >>> folder = tempfile.mkdtemp()
+        >>> UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4).save_pretrained(folder)
+        >>> load_model(UNet2DModel, folder).config.sample_size
+        8
+    """
+    try:
+        return model_cls.from_pretrained(path, subfolder=subfolder, use_safetensors=True, **kwargs)
+    except OSError as err:
+        if ".safetensors" not in str(err):
+            raise
+        where = os.path.join(str(path), subfolder) if subfolder else str(path)
+        raise FileNotFoundError(
+            f"{where} holds no safetensors weights ({SAFETENSORS_WEIGHTS_NAME}). hfddpm loads weights from"
+            " safetensors only: pickled weights (.bin, .pt, .ckpt) can run code when loaded. To use pickled weights"
+            f" you trust, convert them once with diffusers: {model_cls.__name__}.from_pretrained(folder)"
+            ".save_pretrained(new_folder) writes safetensors."
+        ) from None
 
 
 class HFDDPMPipelineMixin:
@@ -389,7 +420,8 @@ class HFDDPMPipelineMixin:
             component_cls = _component_class(index_path, index, name, cls._components)
             is_model = name in ("unet", "vae")
             load_kwargs = {"torch_dtype": torch_dtype} if is_model and torch_dtype is not None else {}
-            components[name] = component_cls.from_pretrained(folder, subfolder=name, **load_kwargs)
+            load = functools.partial(load_model, component_cls) if is_model else component_cls.from_pretrained
+            components[name] = load(folder, subfolder=name, **load_kwargs)
         if kwargs:
             raise ValueError(
                 f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes {', '.join(cls._components)}."

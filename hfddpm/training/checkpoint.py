@@ -12,12 +12,17 @@ Example:
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
+from accelerate.utils import load as load_state_file
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
+
+from hfddpm.pipelines.pipeline_hfddpm import load_model
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_FILE = "training_state.json"
@@ -56,7 +61,9 @@ def read_training_state(path: Path) -> dict:
 
 
 def damaged_files(path: Path) -> list[str]:
-    """The weight files of checkpoint ``path`` that cannot be read in full (e.g. truncated by a full disk)."""
+    """The files of checkpoint ``path`` that cannot be read in full (e.g. truncated by a full disk) or are not what
+    training writes: the UNet and its EMA as safetensors (a pickle in their place is never opened), accelerate's
+    states (``*.bin``, ``*.pkl``) as tensors and numbers only (torch's ``weights_only`` load, as accelerate's)."""
     bad = []
     for file in sorted(path.rglob("*.safetensors")):
         try:
@@ -65,6 +72,14 @@ def damaged_files(path: Path) -> list[str]:
                     f.get_tensor(key)
         except (SafetensorError, OSError, RuntimeError):
             bad.append(str(file.relative_to(path)))
+    for name in ("unet", "unet_ema"):
+        if (name == "unet" or (path / name).is_dir()) and not (path / name / SAFETENSORS_WEIGHTS_NAME).is_file():
+            bad.append(f"{name}/{SAFETENSORS_WEIGHTS_NAME}")
+    for file in sorted([*path.glob("*.bin"), *path.glob("*.pkl")]):
+        try:
+            load_state_file(file, map_location="cpu", mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+            bad.append(file.name)
     if not (path / TRAINING_STATE_FILE).is_file():
         bad.append(TRAINING_STATE_FILE)
     return bad
@@ -82,7 +97,10 @@ def check_checkpoint(path: Path) -> None:
         if others
         else "No other checkpoint is intact: start again without --resume_from_checkpoint."
     )
-    raise ValueError(f"Checkpoint {path} is damaged: {', '.join(bad)} cannot be read (truncated?). {hint}")
+    raise ValueError(
+        f"Checkpoint {path} is damaged: {', '.join(bad)} cannot be read (truncated, or not what training wrote)."
+        f" {hint}"
+    )
 
 
 def save_checkpoint(
@@ -131,13 +149,16 @@ def register_checkpoint_hooks(accelerator, ema: EMAModel | None) -> None:
 
     def load_model_hook(models, input_dir):
         if ema is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "unet_ema"), UNet2DModel)
-            ema.load_state_dict(loaded.state_dict())
+            # EMAModel.save_pretrained wrote the averaged weights and, in config.json, the EMA's own state
+            folder = os.path.join(input_dir, "unet_ema")
+            averaged = load_model(UNet2DModel, folder)
+            config = UNet2DModel.load_config(folder)
+            state = {key: config[key] for key in ema.state_dict() if key in config}
+            ema.load_state_dict({**state, "shadow_params": [p.detach() for p in averaged.parameters()]})
             ema.to(accelerator.device)
         while models:
             model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
-            loaded = UNet2DModel.from_pretrained(input_dir, subfolder="unet")
-            model.load_state_dict(loaded.state_dict())
+            model.load_state_dict(load_model(UNet2DModel, input_dir, subfolder="unet").state_dict())
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)

@@ -36,7 +36,7 @@ from hfddpm.evaluation.sampling import make_scheduler
 from hfddpm.latents import check_latent_unet, check_vae_resolution, latent_settings, load_vae
 from hfddpm.models.unet_presets import UNET_PRESETS
 from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
-from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline
+from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline, load_model
 from hfddpm.pipelines.pipeline_hfddpm_audio import HFDDPMAudioPipeline
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
 from hfddpm.training.checkpoint import register_checkpoint_hooks
@@ -95,8 +95,8 @@ def build_training_unet(
     conditional = num_classes > 0
     sample_size = sample_size if sample_size is not None else config.resolution
     if config.pretrained_model_name_or_path:
-        unet = UNet2DModel.from_pretrained(
-            config.pretrained_model_name_or_path, subfolder="unet", cache_dir=config.cache_dir
+        unet = load_model(
+            UNet2DModel, config.pretrained_model_name_or_path, subfolder="unet", cache_dir=config.cache_dir
         )
         if sample_size is not None:
             unet.register_to_config(sample_size=sample_size)
