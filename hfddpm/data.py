@@ -74,6 +74,12 @@ def load_mnist_5k() -> datasets.Dataset:
     return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
 
+def _check_single_split(split: str, source: str) -> None:
+    """A ``ValueError`` for a split other than "train" of a source that has no other."""
+    if split != "train":
+        raise ValueError(f"--dataset_split {split!r}: {source} has only the split 'train'.")
+
+
 def load_train_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -114,6 +120,7 @@ def load_train_dataset(
         from hfddpm.audio import is_audio_folder, load_audio_folder
 
         if is_audio_folder(train_data_dir):  # audio files and no images: clips with labels from sub-folders
+            _check_single_split(split, f"the audio folder {train_data_dir!r}")
             dataset = load_audio_folder(train_data_dir)
             return dataset.to_iterable_dataset(num_shards=8) if streaming else dataset
         try:
@@ -130,6 +137,7 @@ def load_train_dataset(
             raise
         source = f"image folder {train_data_dir!r}"
     else:
+        _check_single_split(split, f"the embedded {EMBEDDED_DATASET_NAME}")
         dataset = load_mnist_5k()
         if streaming:
             dataset = dataset.to_iterable_dataset(num_shards=8)

@@ -33,6 +33,10 @@ BAD_FLAGS = [
     (["--learning_rate", "0"], r"--learning_rate 0.0 is invalid: it must be a finite number > 0"),
     (["--ema_max_decay", "1.5"], r"--ema_max_decay 1.5 is invalid: it must be a number in \[0, 1\]"),
     (["--validation_guidance_scale", "nan"], r"--validation_guidance_scale nan is invalid: it must be a finite"),
+    (["--ddpm_num_steps", "10"], r"--validation_inference_steps 20 is more than the 10 diffusion steps"),
+    (["--eval_steps", "5", "--eval_metrics", "fad"], r"--eval_metrics fad is not computed during training"),
+    (["--pretrained_model_name_or_path", "/no/such"], r"--pretrained_model_name_or_path '/no/such' is neither"),
+    (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], r"--overwrite_output_dir starts a new run"),
 ]
 
 
@@ -56,6 +60,27 @@ def test_a_bad_flag_from_the_command_line_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "train.py: error: --logging_steps 0 is invalid: it must be an integer >= 1."
     )
+
+
+def test_flags_of_diffusers_example_name_what_replaces_them(train_script, capsys):
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--save_images_epochs", "10", "--ddpm_beta_schedule", "squaredcos_cap_v2"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: unrecognized arguments: --save_images_epochs 10 --ddpm_beta_schedule" in error  # argparse's prog
+    assert "instead of --save_images_epochs: --validation_steps N" in error
+    assert "instead of --ddpm_beta_schedule: --noise_schedule (linear is linear, scaled_linear is" in error
+    assert "squaredcos_cap_v2 is cosine" in error
+    # a schedule no flag can configure is not offered
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--lr_scheduler", "piecewise_constant"])
+    assert "invalid choice: 'piecewise_constant'" in capsys.readouterr().err
+
+
+def test_a_split_the_embedded_digits_do_not_have():
+    from hfddpm.data import load_train_dataset
+
+    with pytest.raises(ValueError, match=r"--dataset_split 'test': the embedded mnist_5k has only the split 'train'"):
+        load_train_dataset(None, None, None, split="test")
 
 
 def test_config_rejects_wrong_types_and_choices():
@@ -109,7 +134,7 @@ def test_an_edited_card_is_kept_when_training_writes_again(tmp_path):
     run_train(["--output_dir", str(out), "--max_train_steps", "1"], tmp_path)
     card = out / "README.md"
     card.write_text(card.read_text() + "\nmy notes\n")
-    result = run_train(["--output_dir", str(out), "--max_train_steps", "2"], tmp_path)
+    result = run_train(["--output_dir", str(out), "--max_train_steps", "2", "--overwrite_output_dir"], tmp_path)
     assert card.read_text().endswith("my notes\n") and "was edited or evaluated since" in result.stderr
     assert json.loads((out / "train_metrics.json").read_text())["steps"] == 2
 
@@ -191,6 +216,41 @@ def test_a_checkpoint_with_foreign_pickles_is_named_and_they_never_run(checkpoin
     with pytest.raises(ValueError, match=rf"checkpoint-4 is damaged: {re.escape(named)} cannot be read"):
         check_checkpoint(latest)
     assert not marker.exists()
+
+
+def test_an_earlier_run_is_never_replaced_unasked(checkpointed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    args = ["--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "1"]
+    result = run_train(args, tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: --output_dir {str(out)!r} holds an earlier run (a saved pipeline and checkpoints up to"
+        " checkpoint-4), and a new run would replace it. Pass --resume_from_checkpoint latest to continue it (when it"
+        " has checkpoints), --overwrite_output_dir to replace it, or another --output_dir."
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # asked to: the earlier checkpoints go first, so the new run's are never pruned by the old ones
+    result = run_train([*args, "--overwrite_output_dir"], tmp_path)
+    assert "Deleted the earlier run's checkpoints" in result.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == 2
+    # a saved pipeline without checkpoints cannot be resumed: "latest" would start again from step 0
+    (out / "checkpoints").rename(tmp_path / "moved")
+    with pytest.raises(ValueError, match=r"holds an earlier run \(a saved pipeline\), and no checkpoint to resume"):
+        TrainConfig(output_dir=str(out), resume_from_checkpoint="latest").check_output_dir()
+
+
+def test_a_refused_run_leaves_the_earlier_runs_files_as_they_were(checkpointed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # refused after the data and the model are set up (the metric needs to know the run is on images)
+    args = ["--output_dir", str(out), "--max_train_steps", "2", "--overwrite_output_dir", "--eval_steps", "1"]
+    result = run_train([*args, "--eval_metrics", "spoken_digits"], tmp_path, check=False)
+    assert result.returncode == 1 and "scores an audio run's spectrograms" in result.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_a_resume_from_a_tampered_checkpoint_stops_with_the_intact_ones(checkpointed, tmp_path):

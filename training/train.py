@@ -24,6 +24,7 @@ import time
 STARTED = time.perf_counter()
 
 from hfddpm.training import TrainConfig, TrainingError, train  # noqa: E402
+from hfddpm.training.config import unknown_flags_message  # noqa: E402
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -41,7 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=_HelpFormatter,
     )
     TrainConfig.add_arguments(parser)
-    return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(unknown_flags_message(unknown))
+    return args
 
 
 def _redact(text: str, token: str | None) -> str:

@@ -33,7 +33,9 @@ from diffusers.optimization import SchedulerType
 
 from hfddpm.data import BAD_EXAMPLES_MIN_READ, EMBEDDED_DATASET_NAME
 from hfddpm.models.unet_presets import UNET_PRESETS
-from hfddpm.schedulers.scheduling_hfddpm import NOISE_SCHEDULES, PREDICTION_TYPES
+from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
+from hfddpm.schedulers.scheduling_hfddpm import BETA_SCHEDULES, NOISE_SCHEDULES, PREDICTION_TYPES
+from hfddpm.training.checkpoint import earlier_run
 from hfddpm.training.precision import MIXED_PRECISION_CHOICES
 from hfddpm.training.trackers import REPORT_TO_CHOICES
 
@@ -42,7 +44,8 @@ CONFIG_FORMAT_VERSION = 1
 CONFIG_FILE = "training_config.json"
 # Fields that never go into files, logs or trackers.
 SECRET_FIELDS = ("hub_token",)
-LR_SCHEDULERS = tuple(s.value for s in SchedulerType)
+# diffusers' schedules but piecewise_constant, whose step rules no flag gives
+LR_SCHEDULERS = tuple(s.value for s in SchedulerType if s is not SchedulerType.PIECEWISE_CONSTANT)
 # torch.compile's modes (--compile_mode), and those that run the compiled step as CUDA graphs on a GPU
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -454,6 +457,12 @@ class TrainConfig:
     resume_from_checkpoint: str | None = _opt(
         None, '"latest" (the newest checkpoint in output_dir/checkpoints) or a checkpoint folder.', group="output"
     )
+    overwrite_output_dir: bool = _opt(
+        False,
+        "Start a new run in an --output_dir that holds an earlier one: its checkpoints are deleted when training"
+        " starts and its pipeline is replaced at the end. Without it such a run is refused.",
+        group="output",
+    )
     push_to_hub: bool = _opt(False, "Upload the result with hfddpm.hub.push_to_hub.", group="output")
     hub_model_id: str | None = _opt(None, "Repository id for --push_to_hub.", group="output")
     hub_token: str | None = _opt(
@@ -515,7 +524,11 @@ class TrainConfig:
         if self.eval_steps:
             from hfddpm.evaluation import parse_metrics
 
-            parse_metrics(self.eval_metrics)  # a ValueError naming the valid metrics
+            if "fad" in parse_metrics(self.eval_metrics):  # a ValueError naming the valid metrics, if one is not
+                raise ValueError(
+                    "--eval_metrics fad is not computed during training (it needs a pretrained audio network and"
+                    " real clips); score the saved model with `hfddpm evaluate OUTPUT_DIR --metrics fad`."
+                )
         if self.keep_best is not None or self.early_stopping_patience:
             from hfddpm.evaluation.registry import METRIC_REGISTRY
 
@@ -549,12 +562,38 @@ class TrainConfig:
                 "--num_epochs needs the dataset size, which a --streaming dataset does not have; give"
                 " --max_train_steps instead."
             )
+        if self.overwrite_output_dir and self.resume_from_checkpoint is not None:
+            raise ValueError(
+                "--overwrite_output_dir starts a new run in place of the earlier one, --resume_from_checkpoint"
+                " continues it: give one of them."
+            )
+        pretrained = self.pretrained_model_name_or_path
+        if pretrained is not None and not os.path.isdir(pretrained) and not is_repo_id(pretrained):
+            raise FileNotFoundError(
+                f"--pretrained_model_name_or_path {pretrained!r} is neither a folder nor a Hub repository id"
+                " (namespace/name); pass a saved pipeline folder (e.g. hfddpm-mnist) or a repository id."
+            )
+        if pretrained is None or self.ddpm_num_steps is not None:  # else the pretrained scheduler's (setup checks)
+            self.check_sampling_steps(self.ddpm_num_steps or fallback("ddpm_num_steps"))
         if self.push_to_hub and self.hub_token is not None and self.report_to in ("wandb", "all"):
             raise ValueError(
                 "--hub_token with --report_to wandb would send the token to the tracker with the run's config;"
                 " log in with `hf auth login` or set HF_TOKEN instead of --hub_token."
             )
         return self
+
+    def check_sampling_steps(self, num_train_timesteps: int) -> None:
+        """A ``ValueError`` when the grids' or the evaluations' sampler would take more steps than the
+        ``num_train_timesteps`` of the schedule."""
+        steps = {"validation_inference_steps": self.validation_inference_steps}
+        if self.eval_steps or (self.eval_count and self.uses_time_budget):
+            steps["eval_inference_steps"] = self.eval_inference_steps
+        for name, value in steps.items():
+            if value > num_train_timesteps:
+                raise ValueError(
+                    f"--{name} {value} is more than the {num_train_timesteps} diffusion steps of the schedule"
+                    f" (--ddpm_num_steps); use at most {num_train_timesteps}, or more --ddpm_num_steps."
+                )
 
     def recipe(self, *, gpu: bool = False, cpu: bool = False) -> dict:
         """The values of :data:`RECIPE_FIELDS` this run trains with: the flags given, else, without
@@ -589,10 +628,20 @@ class TrainConfig:
         return self.max_train_steps is None and self.num_epochs is None and self.max_train_minutes > 0
 
     def check_output_dir(self) -> Path:
-        """The output folder, created if needed; a clear error when it is a file or cannot be written."""
+        """The output folder, created if needed; a clear error when it is a file, cannot be written, or holds an
+        earlier run that this one would replace (unless it resumes that run or --overwrite_output_dir is given)."""
         path = Path(self.output_dir)
         if path.exists() and not path.is_dir():
             raise ValueError(f"--output_dir {self.output_dir!r} is a file, not a folder; pass a folder path.")
+        earlier = earlier_run(path) if path.is_dir() and not self.overwrite_output_dir else None
+        resumes = self.resume_from_checkpoint is not None
+        if earlier and (not resumes or (self.resume_from_checkpoint == "latest" and "checkpoints" not in earlier)):
+            what = "no checkpoint to resume, so this run would start again from step 0" if resumes else "a new run"
+            raise ValueError(
+                f"--output_dir {self.output_dir!r} holds an earlier run ({earlier}), and {what} would replace it."
+                " Pass --resume_from_checkpoint latest to continue it (when it has checkpoints),"
+                " --overwrite_output_dir to replace it, or another --output_dir."
+            )
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / f".hfddpm-write-test-{os.getpid()}"
@@ -654,6 +703,33 @@ class TrainConfig:
     @classmethod
     def from_args(cls, namespace: argparse.Namespace) -> TrainConfig:
         return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+
+
+# Flags of diffusers' train_unconditional.py that train.py does not take, and what to use instead.
+DIFFUSERS_ONLY_FLAGS = {
+    "--ddpm_beta_schedule": "--noise_schedule ("
+    + ", ".join(f"{beta} is {noise}" for beta, noise in BETA_SCHEDULES.items())
+    + ")",
+    "--ddpm_num_inference_steps": "--validation_inference_steps (the grids' sampler steps)",
+    "--save_images_epochs": "--validation_steps N (a grid every N steps)",
+    "--save_model_epochs": "--checkpointing_steps N (a resumable checkpoint every N steps; the pipeline is saved"
+    " at the end)",
+    "--enable_xformers_memory_efficient_attention": "nothing (attention runs in PyTorch's fused"
+    " scaled_dot_product_attention)",
+    "--local_rank": "nothing (accelerate launch gives each process its rank)",
+}
+
+
+def unknown_flags_message(unknown: list[str]) -> str:
+    """The error for flags train.py does not take, saying what replaces those of diffusers' example.
+
+    Example:
+        >>> unknown_flags_message(["--save_images_epochs", "10"]).split(" (", 1)[1]
+        'instead of --save_images_epochs: --validation_steps N (a grid every N steps))'
+    """
+    flags = dict.fromkeys(arg.split("=")[0] for arg in unknown if arg.startswith("--"))
+    hints = [f"instead of {flag}: {DIFFUSERS_ONLY_FLAGS[flag]}" for flag in flags if flag in DIFFUSERS_ONLY_FLAGS]
+    return f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def fallback(name: str):

@@ -291,6 +291,7 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         unet = build_training_unet(config, columns.num_classes, sample_size=latent_size)
         resolution = check_latent_unet(unet, vae, config.resolution, source=config.unet_config or config.preset)
         noise_scheduler = build_scheduler(config, unet.config.sample_size)  # a shifted schedule sees the latent size
+        config.check_sampling_steps(noise_scheduler.config.num_train_timesteps)
         return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, vae=vae)
     unet = build_training_unet(config, columns.num_classes, channels=1 if mel is not None else None)
     resolution = config.resolution
@@ -310,6 +311,7 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
             " in_channels=1 and that sample_size (e.g. --preset mel64 or mel256)."
         )
     noise_scheduler = build_scheduler(config, resolution)
+    config.check_sampling_steps(noise_scheduler.config.num_train_timesteps)
     return RunSetup(
         dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, mel=mel, decode=decode
     )
@@ -317,7 +319,13 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
 
 def _has_vae(config: TrainConfig) -> bool:
     """Whether --pretrained_model_name_or_path is a latent pipeline (its model_index.json names a vae)."""
-    index = HFDDPMPipeline.load_config(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+    try:
+        index = HFDDPMPipeline.load_config(config.pretrained_model_name_or_path, cache_dir=config.cache_dir)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"--pretrained_model_name_or_path {config.pretrained_model_name_or_path!r} is not a saved pipeline: no"
+            f" model_index.json could be read ({err})."
+        ) from None
     return bool(index.get("vae")) and index["vae"][0] is not None
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -151,6 +152,29 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     if resume_path is not None:
         check_checkpoint(resume_path)
     num_examples = len(run.dataset) if not config.streaming else None
+    # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
+    eval_steps = config.eval_steps
+    image_channels = (run.vae or run.unet).config.out_channels
+    digits_chosen = "digits" in parse_metrics(config.eval_metrics)
+    auto_eval = not eval_steps and config.eval_count > 0 and config.uses_time_budget
+    if auto_eval and (
+        config.eval_num_images % accelerator.num_processes
+        or (digits_chosen and (image_channels != 1 or run.mel is not None))
+    ):
+        auto_eval = False  # the default --eval_metrics do not fit this run: only an explicit --eval_steps insists
+        logger.info(f"No evaluation during training: --eval_metrics {config.eval_metrics} do not fit this run.")
+    if eval_steps and config.eval_num_images % accelerator.num_processes:
+        raise ValueError(
+            f"--eval_num_images {config.eval_num_images} must be a multiple of the {accelerator.num_processes}"
+            " processes (each generates an equal share)."
+        )
+    if eval_steps and digits_chosen and image_channels != 1:
+        raise ValueError(
+            f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this model makes"
+            f" {image_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
+        )
+    if eval_steps:
+        _check_audio_metrics(config, run.mel)
     max_train_steps = resolve_max_train_steps(
         config, num_examples, accelerator.num_processes, recipe_steps=recipe["max_train_steps"]
     )
@@ -186,10 +210,12 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     if config.resume_from_checkpoint and resume_path is None:
         logger.warning(f"No checkpoint in {output_dir / 'checkpoints'}; starting a new run.")
     elif resume_path is None and list_checkpoints(output_dir / "checkpoints"):
-        logger.warning(
-            f"{output_dir / 'checkpoints'} holds checkpoints of an earlier run; this new run starts from step 0 (pass"
-            " --resume_from_checkpoint latest to continue that run instead)."
-        )
+        # only with --overwrite_output_dir (TrainConfig.check_output_dir refuses otherwise): the earlier run's
+        # checkpoints go, so that "latest" and --checkpoints_total_limit see this run's only
+        if accelerator.is_main_process:
+            shutil.rmtree(output_dir / "checkpoints")
+            logger.warning(f"Deleted the earlier run's checkpoints in {output_dir} (--overwrite_output_dir).")
+        accelerator.wait_for_everyone()
     if resume_path is not None:
         logger.info(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
@@ -240,7 +266,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         **{name: getattr(config, name) for name in RECIPE_FIELDS if name != "max_train_steps"},
         "channels_last": step_format.channels_last,
     }
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # after every check: a refused run leaves an earlier run's files as they were
         write_config(output_dir / CONFIG_FILE, given, resolved)
         flat = {**config.to_dict(), **resolved}
         accelerator.init_trackers("hfddpm", config={k: v for k, v in flat.items() if isinstance(v, (int, float, str))})
@@ -270,29 +296,6 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         )
     # the bad-image fraction is judged once this many images were read (or the whole dataset, if smaller)
     min_read = min(BAD_EXAMPLES_MIN_READ, num_examples) if num_examples else BAD_EXAMPLES_MIN_READ
-    # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
-    eval_steps = config.eval_steps
-    image_channels = (run.vae or run.unet).config.out_channels
-    digits_chosen = "digits" in parse_metrics(config.eval_metrics)
-    auto_eval = not eval_steps and config.eval_count > 0 and config.uses_time_budget
-    if auto_eval and (
-        config.eval_num_images % accelerator.num_processes
-        or (digits_chosen and (image_channels != 1 or run.mel is not None))
-    ):
-        auto_eval = False  # the default --eval_metrics do not fit this run: only an explicit --eval_steps insists
-        logger.info(f"No evaluation during training: --eval_metrics {config.eval_metrics} do not fit this run.")
-    if eval_steps and config.eval_num_images % accelerator.num_processes:
-        raise ValueError(
-            f"--eval_num_images {config.eval_num_images} must be a multiple of the {accelerator.num_processes}"
-            " processes (each generates an equal share)."
-        )
-    if eval_steps and digits_chosen and image_channels != 1:
-        raise ValueError(
-            f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this model makes"
-            f" {image_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
-        )
-    if eval_steps:
-        _check_audio_metrics(config, run.mel)
 
     eval_history = load_history(output_dir, up_to_step=global_step) if eval_steps or auto_eval else []
     evaluations_done = len(eval_history)  # the same on every process (the history is read from disk)
@@ -639,11 +642,6 @@ def _check_audio_metrics(config: TrainConfig, mel) -> None:
     from hfddpm.evaluation.spoken_digits import check_spectrogram_settings
 
     chosen = parse_metrics(config.eval_metrics)
-    if "fad" in chosen:
-        raise ValueError(
-            "--eval_metrics fad is not computed during training (it needs a pretrained audio network and real clips);"
-            " score the saved model with `hfddpm evaluate OUTPUT_DIR --metrics fad`."
-        )
     if mel is None and "spoken_digits" in chosen:
         raise ValueError("--eval_metrics spoken_digits scores an audio run's spectrograms; this run trains on images.")
     if mel is not None:
