@@ -389,3 +389,16 @@ def test_small_cnn_fit_learns_a_separable_task_and_keeps_the_shipped_layouts():
     assert not model.training and accuracy(model, images, labels) == 1.0
     # the shipped weights load into the shared network (same parameter names and shapes)
     assert DigitClassifier().num_features == 128 and SpokenDigitClassifier().num_features == 64
+
+
+def test_grey_metrics_of_a_colour_pipeline_fail_before_sampling(monkeypatch):
+    from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+    from hfddpm.evaluation import evaluate as evaluate_module
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the metrics were checked")
+
+    monkeypatch.setattr(evaluate_module, "generate_samples", no_sampling)
+    pipe = HFDDPMPipeline(unet=build_unet("tiny", in_channels=3, out_channels=3), scheduler=HFDDPMScheduler())
+    with pytest.raises(ValueError, match=r"The digits metrics score grey \(1-channel\) images; this pipeline makes 3-channel images"):
+        evaluate_module.evaluate_pipeline(pipe, num_images=1000, metrics="digits")

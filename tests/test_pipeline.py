@@ -148,8 +148,9 @@ def test_matches_diffusers_ddpm_pipeline_on_the_same_unet_and_scheduler():
     [
         (None, {"class_labels": [1, 2]}, "class_labels were given but this UNet is unconditional"),
         (None, {"guidance_scale": 2.0}, "guidance_scale=2.0 needs a class-conditional UNet"),
-        (10, {"class_labels": [1, 10]}, r"class_labels must be in \[0, 9\].*got \[1, 10\]"),
-        (10, {"class_labels": [-1, 3]}, r"class_labels must be in \[0, 9\]"),
+        (10, {"class_labels": [1, 10]}, r"class_labels must be in \[0, 9\].*got \[10\]\.$"),
+        (10, {"class_labels": [-1, 3]}, r"class_labels must be in \[0, 9\] .*got \[-1\]\.$"),
+        (10, {"class_labels": torch.tensor([1.5, 2.0])}, r"class_labels must be whole numbers .*got \[1.5, 2.0\]"),
         (10, {"class_labels": [1, 2, 3]}, "Got 3 class_labels for batch_size=2"),
         (10, {"guidance_scale": 2.0}, "needs class_labels"),
         (None, {"output_type": "latent"}, "output_type='latent'.*'pil', 'np', 'pt'"),

@@ -124,6 +124,24 @@ def test_every_metric_carries_its_details(digits):
     json.dumps(results, allow_nan=False)  # metrics.json holds all of it
 
 
+def test_compare_names_a_file_that_is_not_evaluate_output(tmp_path):
+    from hfddpm.evaluation.compare import read_results
+
+    cases = {
+        "config.json": (json.dumps({"seed": 0, "num_inference_steps": 20}), "it holds none of the metrics"),
+        "list.json": ("[1, 2]", "it holds none of the metrics"),
+        "README.md": ("# a card", "JSONDecodeError"),
+        "weights.bin": (b"\xb2\x00\xff", "UnicodeDecodeError"),
+    }
+    for name, (content, reason) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(ValueError, match=rf"{path} is not a metrics.json written by `hfddpm evaluate`.*{reason}"):
+            read_results(path)
+    (tmp_path / "ok.json").write_text(json.dumps({"fd_digits": 1.0}))
+    assert read_results(tmp_path / "ok.json") == {"fd_digits": 1.0}
+
+
 def test_compare_says_whether_two_results_differ_beyond_the_noise():
     def result(fd, ci, n=1000):
         info = {"ci95": ci, "num_samples": n, "feature_extractor": "f", "reference": {"sha256": "r"}}

@@ -32,7 +32,14 @@ def read_results(path: str | Path) -> dict:
             f"{file} does not exist: pass a metrics.json written by `hfddpm evaluate`, or a pipeline folder where"
             f" `hfddpm evaluate {path}` has written one."
         )
-    return json.loads(file.read_text())
+    not_results = f"{file} is not a metrics.json written by `hfddpm evaluate`"
+    try:
+        results = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{not_results} ({type(err).__name__}: {err}).") from None
+    if not isinstance(results, dict) or not set(results) & set(METRIC_REGISTRY):
+        raise ValueError(f"{not_results}: it holds none of the metrics {sorted(METRIC_REGISTRY)}.")
+    return results
 
 
 def compare_results(a: dict, b: dict) -> list[dict]:

@@ -87,6 +87,18 @@ def check_metrics_available(
     return notes
 
 
+def _check_grey_pipeline(pipe, chosen) -> None:
+    """``ValueError`` when a metric of grey images is asked of a pipeline that makes colour ones."""
+    vae = getattr(pipe, "vae", None)
+    channels = vae.config.out_channels if vae is not None else pipe.unet.config.in_channels
+    grey = [m.choice for m in chosen if "grey" in m.needs]
+    if grey and channels != 1:
+        raise ValueError(
+            f"The {', '.join(dict.fromkeys(grey))} metrics score grey (1-channel) images; this pipeline makes"
+            f" {channels}-channel images. For colour images use fid, kid or dinov2."
+        )
+
+
 def _check_training_images(chosen, train_images) -> None:
     if any_needs(chosen, "train") and train_images is None:
         raise ValueError(
@@ -261,6 +273,7 @@ def evaluate_pipeline(
     if any_needs(chosen, "spectrogram"):
         check_spectrogram_settings(pipe.mel.config)
     # before any sampling
+    _check_grey_pipeline(pipe, chosen)
     _check_training_images(chosen, metric_inputs.get("train_images"))
     sound = any_needs(chosen, "audio")
     _check_real_clips(chosen, metric_inputs.get("reference_audios"))

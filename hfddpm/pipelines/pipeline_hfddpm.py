@@ -155,7 +155,10 @@ class HFDDPMPipelineMixin:
             if guidance_scale != 1.0:
                 raise ValueError(f"guidance_scale={guidance_scale} needs class_labels to guide towards.")
             return torch.full((batch_size,), self.num_classes, dtype=torch.long)
-        labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
+        given = torch.as_tensor(class_labels).flatten()
+        if given.is_floating_point() and not torch.equal(given, given.round()):
+            raise ValueError(f"class_labels must be whole numbers (class indices), got {given.tolist()}.")
+        labels = given.long()
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size:
@@ -163,10 +166,11 @@ class HFDDPMPipelineMixin:
                 f"Got {labels.numel()} class_labels for batch_size={batch_size}; give one label per image or a single"
                 " label for all."
             )
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+        outside = (labels < 0) | (labels >= self.num_classes)
+        if outside.any():
             raise ValueError(
                 f"class_labels must be in [0, {self.num_classes - 1}] for this UNet ({self.num_classes} classes),"
-                f" got {sorted(set(labels.tolist()))}."
+                f" got {sorted(set(labels[outside].tolist()))}."
             )
         return labels
 
