@@ -400,5 +400,23 @@ def test_grey_metrics_of_a_colour_pipeline_fail_before_sampling(monkeypatch):
 
     monkeypatch.setattr(evaluate_module, "generate_samples", no_sampling)
     pipe = HFDDPMPipeline(unet=build_unet("tiny", in_channels=3, out_channels=3), scheduler=HFDDPMScheduler())
-    with pytest.raises(ValueError, match=r"The digits metrics score grey \(1-channel\) images; this pipeline makes 3-channel images"):
+    with pytest.raises(
+        ValueError, match=r"The digits metrics score grey \(1-channel\) images; this pipeline makes 3-channel images"
+    ):
         evaluate_module.evaluate_pipeline(pipe, num_images=1000, metrics="digits")
+
+
+def test_sampling_progress_counts_the_denoising_steps_of_every_batch(capsys):
+    from diffusers import HeunDiscreteScheduler
+
+    from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+    from hfddpm.evaluation.sampling import generate_samples
+
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    pipe = HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler())
+    generate_samples(pipe, 3, batch_size=2, num_inference_steps=4)
+    assert "8/8 [" in capsys.readouterr().err.split("\r")[-1]  # 2 batches x 4 steps
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    generate_samples(pipe, 3, batch_size=2, num_inference_steps=4)
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert "14/14 [" in last and "3/3 images" in last  # Heun: 2 x 4 - 1 model steps per batch

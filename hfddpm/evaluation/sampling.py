@@ -122,7 +122,18 @@ def generate_samples(
     pipe.set_progress_bar_config(disable=True)
     images, audios = [], []
     starts = range(0, num_images, batch_size)
-    for i, start in enumerate(tqdm(starts, desc="generating", unit="batch", disable=not progress)):
+    # one bar over the denoising steps of all batches (a batch of a large model takes minutes)
+    bar = tqdm(total=len(starts) * num_inference_steps, desc="generating", unit="step", disable=not progress)
+
+    def advance(pipe, step_index, timestep, callback_kwargs):
+        steps = len(pipe.scheduler.timesteps)  # a second-order solver takes more steps than asked
+        if step_index == 0 and bar.total != len(starts) * steps:
+            bar.total = len(starts) * steps
+            bar.refresh()
+        bar.update(1)
+        return callback_kwargs
+
+    for i, start in enumerate(starts):
         n = min(batch_size, num_images - start)
         labels = None if class_labels is None else class_labels[start : start + n]
         out = pipe(
@@ -135,8 +146,11 @@ def generate_samples(
             guidance_scale=guidance_scale,
             eta=eta,
             output_type="pt",
+            callback_on_step_end=advance,
         )
         images.append(out.images.float().cpu())
         if return_audios:
             audios.append(out.audios)
+        bar.set_postfix_str(f"{start + n}/{num_images} images")
+    bar.close()
     return (torch.cat(images), np.concatenate(audios)) if return_audios else torch.cat(images)
