@@ -266,6 +266,34 @@ def test_a_resume_from_a_tampered_checkpoint_stops_with_the_intact_ones(checkpoi
     assert "Traceback" not in result.stderr
 
 
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
+    import os
+    import signal
+    import time
+
+    from train_helpers import FAST
+
+    out, log = tmp_path / "out", tmp_path / "stderr.txt"
+    args = [*FAST, "--output_dir", str(out), "--max_train_steps", "500", "--checkpointing_steps", "2"]
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(TRAIN), *args], env=train_env(tmp_path), stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not (out / "checkpoints" / "checkpoint-2").is_dir():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert proc.returncode == 130 and "Traceback" not in text, text[-3000:]
+    assert re.search(r"train.py: Interrupted: the newest checkpoint is .*checkpoint-\d+; continue", text)
+
+
 def test_a_failed_push_never_shows_the_token(tmp_path):
     token = "hf_" + "Q" * 34
     out = tmp_path / "out"

@@ -25,6 +25,7 @@ STARTED = time.perf_counter()
 
 from hfddpm.training import TrainConfig, TrainingError, train  # noqa: E402
 from hfddpm.training.config import unknown_flags_message  # noqa: E402
+from hfddpm.training.loop import interrupted_message  # noqa: E402
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -59,6 +60,9 @@ def main(args: argparse.Namespace) -> None:
     except (ValueError, FileNotFoundError, TrainingError) as err:
         # Bad input or a stopped run: the message names the problem and the fix; a traceback would only bury it.
         raise SystemExit(f"train.py: error: {_redact(str(err), config.hub_token)}") from None
+    except KeyboardInterrupt:
+        print(f"train.py: {interrupted_message(config.output_dir)}", file=sys.stderr)
+        raise SystemExit(130) from None  # the shell's status for Ctrl-C
     except Exception as err:
         from hfddpm.hub import PushToHubError
 

@@ -660,6 +660,24 @@ def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:
     return done and (output_dir / "model_index.json").is_file() and (output_dir / TRAIN_METRICS_FILE).is_file()
 
 
+def interrupted_message(output_dir: str | Path) -> str:
+    """What an interrupted run (Ctrl-C) kept, and how to go on.
+
+    Example:
+        >>> interrupted_message("no-such-run")
+        'Interrupted: no checkpoint was written yet (--checkpointing_steps), so training starts again from step 0.'
+    """
+    kept = list_checkpoints(Path(output_dir) / "checkpoints")
+    if not kept:
+        return (
+            "Interrupted: no checkpoint was written yet (--checkpointing_steps), so training starts again from step 0."
+        )
+    return (
+        f"Interrupted: the newest checkpoint is {kept[-1]}; continue the run from it with the same command and"
+        " --resume_from_checkpoint latest."
+    )
+
+
 def _stop_if_diverged(loss: float, step: int, output_dir: Path) -> None:
     if math.isfinite(loss):
         return
