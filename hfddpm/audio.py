@@ -40,7 +40,6 @@ from hfddpm.data import (
     BAD_EXAMPLES_MIN_READ,
     DatasetColumns,
     check_label_column,
-    column_names,
     resolve_class_names,
 )
 from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
@@ -51,6 +50,8 @@ logger = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = tuple(sorted(AudioFolder.EXTENSIONS, key=str.lower))
 # The column of the spectrogram images that spectrogram_dataset writes.
 SPECTROGRAM_COLUMN = "image"
+# The keys of a clip's dict that decode_audio reads: undecoded (``bytes``, ``path``) or decoded (``array``).
+AUDIO_VALUE_KEYS = frozenset({"bytes", "path", "array"})
 # A stream's converter logs a summary of what it did every this many clips.
 STREAM_SUMMARY_EVERY = 1000
 
@@ -113,20 +114,68 @@ def audio_columns(dataset) -> list[str]:
 
 def resolve_audio_column(dataset, audio_column: str | None) -> str | None:
     """``audio_column`` checked against the dataset, else its only ``datasets.Audio`` column, else ``None`` (an image
-    dataset). ``ValueError`` naming the columns when the one asked for is missing or several could be meant."""
+    dataset). ``ValueError`` naming the columns when the one asked for is missing, is not audio (its feature type
+    named) or several could be meant.
+
+    A column named is audio when it has a ``datasets.Audio`` feature or holds undecoded audio: dicts with ``bytes``,
+    ``path`` or ``array`` (and ``sampling_rate``), or path strings; a stream of unknown features is judged by its
+    first example.
+
+    Example:
+        >>> import datasets
+        >>> clips = datasets.Dataset.from_dict({"clip": ["a.wav", "b.wav"], "label": [0, 1]})
+        >>> resolve_audio_column(clips, "clip"), resolve_audio_column(clips, None)
+        ('clip', None)
+        >>> resolve_audio_column(clips, "label")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Column 'label' is not audio: its feature is Value('int64'). An audio column has a ...
+    """
     found = audio_columns(dataset)
-    if audio_column is not None:
-        names = column_names(dataset)  # a stream of unknown features: those of its first example
-        if audio_column not in names:
-            hint = f" Audio columns: {found}." if found else " No column has a datasets.Audio feature."
-            raise ValueError(
-                f"Audio column {audio_column!r} not found; the dataset has columns {names}.{hint} Pass the right one"
-                " with --audio_column."
-            )
-        return audio_column
-    if len(found) > 1:
-        raise ValueError(f"The dataset has several audio columns {found}; choose one with --audio_column.")
-    return found[0] if found else None
+    if audio_column is None:
+        if len(found) > 1:
+            raise ValueError(f"The dataset has several audio columns {found}; choose one with --audio_column.")
+        return found[0] if found else None
+    hint = f"Audio columns: {found}." if found else "No column has a datasets.Audio feature."
+    if dataset.features is not None:
+        names, feature = list(dataset.features), dataset.features.get(audio_column)
+        is_audio, kind = _is_audio_feature(feature), _describe_feature(feature)
+    else:  # a stream of unknown features (e.g. json): its first example
+        first = next(iter(dataset.take(1)), None)
+        if first is None:
+            raise ValueError("The streaming dataset yielded no examples; choose a dataset with audio in it.")
+        names, value = list(first), first.get(audio_column)
+        is_audio = isinstance(value, str) or (isinstance(value, dict) and bool(AUDIO_VALUE_KEYS & set(value)))
+        kind = f"unknown; its first value is {_where(value)} ({type(value).__name__})"
+    if audio_column not in names:
+        raise ValueError(
+            f"Audio column {audio_column!r} not found; the dataset has columns {names}. {hint} Pass the right one"
+            " with --audio_column."
+        )
+    if not is_audio:
+        raise ValueError(
+            f"Column {audio_column!r} is not audio: its feature is {kind}. An audio column has a datasets.Audio"
+            " feature or holds undecoded audio (dicts with 'bytes', 'path' or 'array' and 'sampling_rate', or path"
+            f" strings). {hint} Pass the right one with --audio_column."
+        )
+    return audio_column
+
+
+def _is_audio_feature(feature) -> bool:
+    """``datasets.Audio``, the struct of an undecoded or decoded clip, or strings (paths)."""
+    if isinstance(feature, datasets.Audio):
+        return True
+    if isinstance(feature, dict):
+        return bool(AUDIO_VALUE_KEYS & set(feature))
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _describe_feature(feature) -> str:
+    if isinstance(feature, datasets.ClassLabel):
+        return f"ClassLabel (integer class labels of {feature.names[:3]}{'...' if feature.num_classes > 3 else ''})"
+    if isinstance(feature, dict):
+        return f"a struct of {sorted(feature)}"
+    return repr(feature)[:80]
 
 
 def decode_audio(value, sample_rate: int) -> tuple[np.ndarray, dict]:
@@ -135,7 +184,7 @@ def decode_audio(value, sample_rate: int) -> tuple[np.ndarray, dict]:
     ``value`` is an undecoded ``datasets.Audio`` value (``{"bytes", "path"}``), a path, or a decoded one
     (``{"array", "sampling_rate"}``). Several channels are averaged (``info["mixed_down"]`` = their number), another
     sample rate is resampled (``info["resampled_from"]``). Raises :class:`AudioDecodeError` for an unreadable or empty
-    clip.
+    clip, and for a value that is none of these (an int, a list ...).
     """
     soundfile = _soundfile()
     import librosa
@@ -148,11 +197,7 @@ def decode_audio(value, sample_rate: int) -> tuple[np.ndarray, dict]:
             raise AudioDecodeError("a decoded clip without its sampling_rate")
         data = data.reshape(-1, 1) if data.ndim == 1 else data.T  # datasets keeps channels first
     else:
-        source = value
-        if isinstance(value, dict):
-            source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value.get("path")
-        if source is None:
-            raise AudioDecodeError("an empty audio value (no bytes and no path)")
+        source = _audio_source(value)
         try:
             data, rate = soundfile.read(source, dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, OSError, TypeError) as err:
@@ -168,6 +213,24 @@ def decode_audio(value, sample_rate: int) -> tuple[np.ndarray, dict]:
         info["resampled_from"] = int(rate)
         waveform = librosa.resample(waveform, orig_sr=int(rate), target_sr=sample_rate)
     return waveform.astype(np.float32), info
+
+
+def _audio_source(value) -> str | io.BytesIO:
+    """What soundfile reads for an undecoded clip (a path, bytes, or a dict of ``bytes`` or ``path``): a path string
+    or the bytes as a file. :class:`AudioDecodeError` for anything else: soundfile would read an int as a file
+    descriptor (stdin for 0) and close it."""
+    if isinstance(value, dict):
+        value = value["bytes"] if value.get("bytes") is not None else value.get("path")
+    if value is None:
+        raise AudioDecodeError("an empty audio value (no bytes, path or array)")
+    if isinstance(value, (bytes, bytearray)):
+        return io.BytesIO(value)
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise AudioDecodeError(
+        f"not audio: {_where(value)} ({type(value).__name__}); a clip is a path, bytes, or a dict with 'bytes',"
+        " 'path' or 'array' and 'sampling_rate'"
+    )
 
 
 def write_wav(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int) -> None:

@@ -20,7 +20,7 @@ import torch
 from audio_helpers import SR, tone
 from train_helpers import ROOT, run_train
 
-from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline, build_unet
+from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline, HFDDPMScheduler, build_unet
 from hfddpm.audio import (
     AudioDecodeError,
     decode_audio,
@@ -155,6 +155,50 @@ def test_audio_columns_are_found_or_named(tmp_path):
         spectrogram_dataset(dataset, "audio", HFDDPMMel(**SMALL), "digit")
 
 
+def test_a_column_that_is_not_audio_is_refused_naming_its_feature(tmp_path):
+    dataset = load_audio_folder(_tone_folder(tmp_path / "tones"))
+    # the audiofolder's integer labels once reached soundfile, which read label 0 as stdin (file descriptor 0)
+    with pytest.raises(
+        ValueError,
+        match=r"^Column 'label' is not audio: its feature is ClassLabel \(integer class labels of \['high', 'low',"
+        r" 'mid'\]\)\. An audio column has a datasets.Audio feature or holds undecoded audio .* Audio columns:"
+        r" \['audio'\]\. Pass the right one with --audio_column\.$",
+    ):
+        resolve_audio_column(dataset, "label")
+    numbers = datasets.Dataset.from_dict({"digit": [3, 7], "pixels": [[0.5, 0.1], [0.2, 0.9]]})
+    with pytest.raises(ValueError, match=r"Column 'digit' is not audio: its feature is Value\('int64'\)\..*No column"):
+        resolve_audio_column(numbers, "digit")
+    with pytest.raises(ValueError, match=r"Column 'pixels' is not audio: its feature is List\(Value\('float64'\)\)"):
+        resolve_audio_column(numbers, "pixels")
+    # undecoded audio without a datasets.Audio feature: path strings, {bytes, path} or {array, sampling_rate} dicts
+    paths = [str(p) for p in sorted((tmp_path / "tones").rglob("*.wav"))][:2]
+    clips = [{"array": tone(440, 0.1), "sampling_rate": SR}] * 2
+    undecoded = datasets.Dataset.from_dict(
+        {"path": paths, "clip": clips, "file": [{"bytes": None, "path": p} for p in paths]}
+    )
+    assert [resolve_audio_column(undecoded, c) for c in ("path", "clip", "file")] == ["path", "clip", "file"]
+    assert resolve_audio_column(undecoded, None) is None  # found by name only
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (0, r"^not audio: 0 \(int\); a clip is a path, bytes, or a dict with 'bytes', 'path' or 'array'"),
+        (2, r"^not audio: 2 \(int\)"),
+        ({"bytes": None, "path": 1}, r"^not audio: 1 \(int\)"),
+        ({"bytes": 5, "path": "a.wav"}, r"^not audio: 5 \(int\)"),
+        ([0.1, 0.2], r"^not audio: \[0.1, 0.2\] \(list\)"),
+        (None, r"^an empty audio value"),
+        ({"bytes": None, "path": None}, r"^an empty audio value"),
+    ],
+)
+def test_decode_audio_refuses_values_that_are_not_clips(value, match):
+    # never handed to soundfile, which takes an int for a file descriptor: it would read and close stdin (0)
+    with pytest.raises(AudioDecodeError, match=match):
+        decode_audio(value, SR)
+    os.fstat(0)  # still open
+
+
 @pytest.mark.parametrize(
     "flags, match",
     [
@@ -278,6 +322,33 @@ def test_the_allowlist_refuses_a_foreign_mel_component(trained, tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"has no 'mel' entry; a pipeline needs \['unet', 'scheduler', 'mel'\]"):
         HFDDPMPipeline.from_pretrained(folder)
+
+
+@pytest.fixture
+def image_pipeline_folder(tmp_path):
+    """A saved image pipeline (no mel component) of a tiny one-channel UNet."""
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(tmp_path / "image")
+    return tmp_path / "image"
+
+
+def test_an_image_pipeline_loaded_as_audio_names_the_mel_entry_that_works(image_pipeline_folder):
+    with pytest.raises(ValueError) as error:
+        HFDDPMAudioPipeline.from_pretrained(image_pipeline_folder)
+    assert str(error.value) == (
+        f"{image_pipeline_folder / 'model_index.json'} has no 'mel' entry; a pipeline needs ['unet', 'scheduler',"
+        ' \'mel\'], each given as [library, class name], e.g. "mel": ["mel_hfddpm", "HFDDPMMel"].'
+    )
+
+
+def test_the_mel_entry_the_error_names_loads(image_pipeline_folder):
+    folder = image_pipeline_folder
+    HFDDPMMel(**SMALL).save_pretrained(folder / "mel")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["mel"] = ["mel_hfddpm", "HFDDPMMel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = HFDDPMAudioPipeline.from_pretrained(folder)
+    assert isinstance(pipe, HFDDPMAudioPipeline) and pipe.mel.config.n_mels == SMALL["n_mels"]
 
 
 def test_hfddpm_sample_writes_wav_files_and_a_spectrogram_grid(trained, tmp_path, capsys):
@@ -427,3 +498,5 @@ def test_a_dataset_with_an_audio_column_is_detected(tmp_path, monkeypatch):
     assert run.columns.image_column == "image" and run.unet.config.in_channels == 1 and len(run.dataset) == 4
     with pytest.raises(ValueError, match=r"Audio column 'audio' not found.*Audio columns: \['speech'\]"):
         setup(TrainConfig(dataset_name=str(tmp_path / "data"), audio_column="audio", **flags))
+    with pytest.raises(ValueError, match=r"Column 'label' is not audio: its feature is ClassLabel.*\['speech'\]"):
+        setup(TrainConfig(dataset_name=str(tmp_path / "data"), audio_column="label", **flags))

@@ -249,6 +249,12 @@ def test_a_stream_of_unknown_features_trains_on_the_audio_column_named(tmp_path)
     ):
         resolve_audio_column(stream, "audio")
     assert resolve_audio_column(stream, "sound") == "sound"
+    numbered = datasets.IterableDataset.from_generator(lambda: ({"sound": p, "take": i} for i, p in enumerate(paths)))
+    with pytest.raises(
+        ValueError,
+        match=r"^Column 'take' is not audio: its feature is unknown; its first value is 0 \(int\)\. .* No column has",
+    ):
+        resolve_audio_column(numbered, "take")  # judged by its first value
     with pytest.raises(ValueError, match=r"Label column 'note' is None, not a datasets.ClassLabel"):
         spectrogram_stream(stream, "sound", HFDDPMMel(**MEL), "note")
     stream, columns, convert = spectrogram_stream(stream, "sound", HFDDPMMel(**MEL))

@@ -354,7 +354,14 @@ def test_save_load_round_trip(tmp_path):
         ({"clip_sample_range": 0.0}, "clip_sample_range=0.0 is not valid: > 0"),
         ({"dynamic_thresholding_ratio": 1.5}, r"dynamic_thresholding_ratio=1.5 is not valid: a quantile in \(0, 1\]"),
         ({"steps_offset": -1}, "steps_offset=-1 is not valid: an integer >= 0"),
-        ({"eta": -0.5}, r"eta=-0.5 is not valid: >= 0 \(0 = DDIM, 1 = ancestral DDPM\)"),
+        ({"eta": -0.5}, r"eta=-0.5 is not valid: a number >= 0 \(0 = DDIM, 1 = ancestral DDPM\)"),
+        # strings (e.g. from a hand-edited config) are named, not compared
+        ({"eta": "1"}, r"^eta='1' is not valid: a number >= 0 \(0 = DDIM, 1 = ancestral DDPM\)\.$"),
+        ({"eta": float("nan")}, r"eta=nan is not valid: a number >= 0"),
+        ({"clip_sample_range": "1"}, "clip_sample_range='1' is not valid: > 0"),
+        ({"sample_max_value": None}, "sample_max_value=None is not valid: > 0"),
+        ({"noise_schedule": "linear", "beta_end": "0.02"}, r"beta_start, beta_end=\(0.0001, '0.02'\) is not valid"),
+        ({"noise_schedule": "sigmoid", "logsnr_max": "15"}, r"logsnr_min, logsnr_max=\(-15.0, '15'\) is not valid"),
     ],
 )
 def test_bad_config_errors(kwargs, match):
@@ -374,8 +381,10 @@ def test_step_errors():
     with pytest.raises(ValueError, match=r"got \[1000, 5\]"):
         s.set_timesteps(timesteps=[1000, 5])
     s.set_timesteps(5)
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match=r"eta=-1.0 is not valid: a number >= 0 \(0 = DDIM"):
         s.step(x, s.timesteps[0], x, eta=-1.0)
+    with pytest.raises(ValueError, match=r"eta='0' is not valid: a number >= 0 \(0 = DDIM"):
+        s.step(x, s.timesteps[0], x, eta="0")
     with pytest.raises(ValueError, match="either generator or variance_noise"):
         s.step(x, s.timesteps[0], x, generator=torch.manual_seed(0), variance_noise=x)
     learned = make("cosine", variance_type="learned_range")

@@ -269,6 +269,84 @@ def test_generator_reproducibility_and_variance_noise():
     assert torch.equal(s.step(ramp_model(x, t), t, x, generator=torch.manual_seed(7), return_dict=False)[0], drawn)
 
 
+# --- DDPMScheduler's step() arguments, attributes and _get_variance -----------------------------------------------
+def test_step_takes_ddpms_positional_arguments():
+    # stock DDPM code passes the generator 4th and return_dict 5th: scheduler.step(out, t, x, generator)
+    ref = DDPMScheduler()
+    s = HFDDPMScheduler.from_config(ref.config)
+
+    def positional_loop(scheduler):
+        x, generator = 3 * ramp_sample(), torch.Generator().manual_seed(0)
+        scheduler.set_timesteps(20)
+        for t in scheduler.timesteps:
+            x = scheduler.step(ramp_model(x, t), t, x, generator).prev_sample
+        return x
+
+    ours = positional_loop(s)
+    assert torch.allclose(ours, positional_loop(ref), atol=1e-5)
+    assert torch.equal(ours, inference_loop(s, 20, scale=3.0))  # the same as by keyword
+    x, t = ramp_sample(), s.timesteps[3]
+    mine = s.step(ramp_model(x, t), t, x, torch.manual_seed(1), False)
+    theirs = ref.step(ramp_model(x, t), t, x, torch.manual_seed(1), False)
+    assert isinstance(mine, tuple) and torch.allclose(mine[0], theirs[0], atol=1e-5)
+
+
+def test_ddims_options_are_keyword_only_and_a_positional_eta_is_named():
+    s = HFDDPMScheduler()
+    s.set_timesteps(10)
+    x, t = ramp_sample(), s.timesteps[2]
+    with pytest.raises(
+        ValueError,
+        match=r"^generator=0.0 is not a torch.Generator: step\(\) takes DDPMScheduler's arguments in its order"
+        r" \(model_output, timestep, sample, generator, return_dict\) and DDIMScheduler's eta,"
+        r" use_clipped_model_output and variance_noise by keyword only, e.g. step\(model_output, t, sample,"
+        r" eta=0.0\)\.$",
+    ):
+        s.step(ramp_model(x, t), t, x, 0.0)
+    with pytest.raises(TypeError, match="positional"):
+        s.step(ramp_model(x, t), t, x, None, True, 0.0)
+    generators = [torch.manual_seed(0), torch.manual_seed(1), torch.manual_seed(2), torch.manual_seed(3)]
+    assert s.step(ramp_model(x, t), t, x, generators).prev_sample.shape == x.shape  # one generator per sample
+
+
+def test_ddpms_attributes():
+    for variance_type in ("fixed_small", "learned_range"):
+        ref = DDPMScheduler(variance_type=variance_type)
+        s = HFDDPMScheduler.from_config(ref.config)
+        assert s.variance_type == ref.variance_type == variance_type
+        assert torch.equal(s.one, ref.one)
+
+
+@pytest.mark.parametrize(
+    "variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
+)
+@pytest.mark.parametrize("steps", [None, 10])
+def test_get_variance_equals_ddpms(variance_type, steps):
+    ref = DDPMScheduler(variance_type=variance_type)
+    s = HFDDPMScheduler.from_config(ref.config)
+    timesteps = [999, 500, 2, 1, 0]
+    if steps is not None:
+        s.set_timesteps(steps)
+        ref.set_timesteps(steps)
+        timesteps = ref.timesteps.tolist()
+    predicted = torch.linspace(-0.9, 0.9, 6).reshape(1, 6, 1, 1)  # the model's variance channels
+    for t in timesteps:
+        ours, theirs = s._get_variance(t, predicted), ref._get_variance(t, predicted)
+        assert ours.dtype == theirs.dtype == torch.float32 and ours.shape == theirs.shape
+        # near t=0 DDPM's float32 beta_t = 1 - a_t / a_prev is off by up to 2e-4 relative; ours is float64
+        assert torch.allclose(ours, theirs, rtol=5e-4, atol=0), (t, ours, theirs)
+        large = s._get_variance(t, variance_type="fixed_large")  # another type than the config's
+        assert torch.allclose(large, ref._get_variance(t, variance_type="fixed_large"), rtol=5e-4, atol=0)
+
+
+def test_get_variance_errors():
+    s = HFDDPMScheduler(variance_type="learned_range")
+    with pytest.raises(ValueError, match=r"variance_type='learned_range' needs the model's predicted_variance"):
+        s._get_variance(500)
+    with pytest.raises(ValueError, match=r"variance_type='small' is not valid: choose one of \('fixed_small',"):
+        s._get_variance(500, variance_type="small")
+
+
 DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -335,7 +413,7 @@ def test_ddpm_full_loop_published_sums(prediction_type, result_sum, result_mean)
 )
 def test_ddim_full_loop_published_sums(extra, result_sum, result_mean):
     ref = DDIMScheduler(**DDIM_CONFIG, **extra)
-    ours = inference_loop(HFDDPMScheduler.from_config(ref.config), 10, 0.0)  # eta positional, as DDIM's step takes it
+    ours = inference_loop(HFDDPMScheduler.from_config(ref.config), 10, eta=0.0)  # DDIM's options: keyword only
     assert ours.abs().sum().item() == pytest.approx(result_sum, abs=1e-2)
     assert ours.abs().mean().item() == pytest.approx(result_mean, abs=1e-3)
     assert torch.allclose(ours, inference_loop(ref, 10, 0.0), atol=1e-5)
@@ -462,9 +540,13 @@ def test_stock_ddim_pipeline_runs_our_schedule(tiny_unet):
     np.testing.assert_allclose(again.images, images, atol=1e-5)
 
 
-def test_step_signature_is_ddims():
-    ours = list(inspect.signature(HFDDPMScheduler.step).parameters)
-    assert ours == list(inspect.signature(DDIMScheduler.step).parameters)
+def test_step_signature_is_ddpms_with_ddims_options_by_keyword():
+    params = inspect.signature(HFDDPMScheduler.step).parameters
+    ddpm = list(inspect.signature(DDPMScheduler.step).parameters)
+    assert list(params)[: len(ddpm)] == ddpm  # stock DDPM code passes generator 4th: step(out, t, x, generator)
+    keyword_only = {name for name, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert keyword_only == set(inspect.signature(DDIMScheduler.step).parameters) - set(ddpm)
+    assert set(params) == set(ddpm) | keyword_only
     assert set(inspect.signature(DDPMScheduler.__init__).parameters) <= set(
         inspect.signature(HFDDPMScheduler.__init__).parameters
     )

@@ -46,11 +46,12 @@ LOCAL_MODULES = {
     "mel_hfddpm": "hfddpm.pipelines.mel_hfddpm",
 }
 # The base classes each component of model_index.json must have when HFDDPMPipeline.from_pretrained loads it, and
-# an example of a valid class. The autoencoder of a latent model is optional ([null, null] or absent: pixel space).
+# an example of a valid [library, class name] entry. The autoencoder of a latent model is optional ([null, null] or
+# absent: pixel space).
 COMPONENTS = {
-    "unet": ((ModelMixin,), "UNet2DModel"),
-    "scheduler": ((SchedulerMixin,), "DDPMScheduler"),
-    "vae": ((AutoencoderKL, AutoencoderTiny), "AutoencoderKL"),
+    "unet": ((ModelMixin,), ["diffusers", "UNet2DModel"]),
+    "scheduler": ((SchedulerMixin,), ["diffusers", "DDPMScheduler"]),
+    "vae": ((AutoencoderKL, AutoencoderTiny), ["diffusers", "AutoencoderKL"]),
 }
 OPTIONAL_COMPONENTS = ("vae",)
 # The pipeline code of a saved folder, one file per pipeline, by module name (file stem): sampling, and the editing
@@ -97,7 +98,8 @@ def load_model(model_cls, path: str | os.PathLike, subfolder: str | None = None,
         >>> import tempfile
         >>> from diffusers import UNet2DModel
         >>> folder = tempfile.mkdtemp()
-        >>> UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4).save_pretrained(folder)
+        >>> blocks = {"down_block_types": ("DownBlock2D",) * 2, "up_block_types": ("UpBlock2D",) * 2}
+        >>> UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4, **blocks).save_pretrained(folder)
         >>> load_model(UNet2DModel, folder).config.sample_size
         8
     """
@@ -561,13 +563,13 @@ def _component_class(index_path: str, index: dict, name: str, components: dict =
         required = [n for n in components if n not in OPTIONAL_COMPONENTS]
         raise ValueError(
             f"{index_path} has no {name!r} entry; a pipeline needs {required}, each given as"
-            f' [library, class name], e.g. "{name}": ["diffusers", "{example}"].'
+            f' [library, class name], e.g. "{name}": {json.dumps(example)}.'
         )
     entry = index[name]
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
         raise ValueError(
             f"{index_path}: {name!r} is {json.dumps(entry)}, expected [library, class name] (two strings), e.g."
-            f' ["diffusers", "{example}"].'
+            f" {json.dumps(example)}."
         )
     library, class_name = entry
     if library == "diffusers":
@@ -585,7 +587,7 @@ def _component_class(index_path: str, index: dict, name: str, components: dict =
         kinds = " or ".join(base.__name__ for base in bases)
         raise ValueError(
             f"{index_path}: {name!r} is {json.dumps(entry)}, but {library} has no {kinds} subclass"
-            f" {class_name!r}; the {name} must be a {kinds}, e.g. {example}."
+            f" {class_name!r}; the {name} must be a {kinds}, e.g. {example[1]}."
         )
     return component_cls
 

@@ -50,7 +50,7 @@ class HFDDPMAudioPipeline(HFDDPMPipeline):
     """
 
     # The components HFDDPMPipeline.from_pretrained loads, with the base class each must have.
-    _components = {**COMPONENTS, "mel": ((ConfigMixin,), "HFDDPMMel")}
+    _components = {**COMPONENTS, "mel": ((ConfigMixin,), ["mel_hfddpm", "HFDDPMMel"])}
 
     def __init__(self, unet: UNet2DModel, scheduler, mel):
         DiffusionPipeline.__init__(self)

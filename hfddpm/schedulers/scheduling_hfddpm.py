@@ -123,9 +123,20 @@ def _check(ok: bool, key: str, value, valid: str):
         raise ValueError(f"{key}={value!r} is not valid: {valid}.")
 
 
+def _is_number(*values) -> bool:
+    """Whether every value is a real number (not a bool, not a string): the check before comparing them."""
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+
+
+def _check_eta(eta):
+    """The ValueError of an ``eta`` (config or ``step``) that is not a number >= 0."""
+    _check(_is_number(eta) and eta >= 0, "eta", eta, "a number >= 0 (0 = DDIM, 1 = ancestral DDPM)")
+
+
 class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
     """Ancestral DDPM (``eta=1``, the default) and DDIM (``eta=0``) sampling with a noise schedule chosen by its
-    log-SNR; a drop-in for diffusers' ``DDPMScheduler`` that also takes ``DDIMScheduler``'s options.
+    log-SNR; a drop-in for diffusers' ``DDPMScheduler`` (its ``step`` arguments, in its order) that also takes
+    ``DDIMScheduler``'s options (``eta``, ``use_clipped_model_output``, ``variance_noise``: by keyword).
 
     The discretised betas are recorded in the config as ``trained_betas``, so diffusers' own solvers run the exact
     same schedule: ``DPMSolverMultistepScheduler.from_config(scheduler.config)``.
@@ -247,6 +258,9 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             self.alphas_cumprod[-1] = 0.0
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.init_noise_sigma = 1.0
+        # DDPMScheduler's attributes, for code written against it
+        self.one = torch.tensor(1.0)
+        self.variance_type = variance_type
 
         # Record the resolved settings and the discretised schedule, so that any diffusers scheduler built with
         # `from_config` runs it exactly. Drop `_use_default_values`: diffusers' `from_config` would give the keys
@@ -338,21 +352,28 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             f"choose one of {TIMESTEP_SPACINGS}",
         )
         _check(variance_type in VARIANCE_TYPES, "variance_type", variance_type, f"choose one of {VARIANCE_TYPES}")
-        _check(c.clip_sample_range > 0, "clip_sample_range", c.clip_sample_range, "> 0")
         _check(
-            0 < c.dynamic_thresholding_ratio <= 1,
+            _is_number(c.clip_sample_range) and c.clip_sample_range > 0,
+            "clip_sample_range",
+            c.clip_sample_range,
+            "> 0",
+        )
+        _check(
+            _is_number(c.dynamic_thresholding_ratio) and 0 < c.dynamic_thresholding_ratio <= 1,
             "dynamic_thresholding_ratio",
             c.dynamic_thresholding_ratio,
             "a quantile in (0, 1]",
         )
-        _check(c.sample_max_value > 0, "sample_max_value", c.sample_max_value, "> 0")
+        _check(
+            _is_number(c.sample_max_value) and c.sample_max_value > 0, "sample_max_value", c.sample_max_value, "> 0"
+        )
         _check(
             isinstance(c.steps_offset, numbers.Integral) and c.steps_offset >= 0,
             "steps_offset",
             c.steps_offset,
             "an integer >= 0",
         )
-        _check(c.eta >= 0, "eta", c.eta, ">= 0 (0 = DDIM, 1 = ancestral DDPM)")
+        _check_eta(c.eta)
 
     def _checked_betas(self, trained_betas) -> torch.Tensor:
         """``trained_betas`` as float64, after checking their count and that each lies in (0, 1)."""
@@ -381,7 +402,7 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         n = c.num_train_timesteps
         if noise_schedule in ("linear", "scaled_linear", "sigmoid_betas"):
             _check(
-                0 < c.beta_start < c.beta_end < 1,
+                _is_number(c.beta_start, c.beta_end) and 0 < c.beta_start < c.beta_end < 1,
                 "beta_start, beta_end",
                 (c.beta_start, c.beta_end),
                 "0 < beta_start < beta_end < 1",
@@ -397,10 +418,17 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         if noise_schedule == "cosine":
             alpha_bar = alpha_bar_cosine(t)
         else:
-            _check(c.logsnr_min < c.logsnr_max, "logsnr_min, logsnr_max", (c.logsnr_min, c.logsnr_max), "min < max")
+            _check(
+                _is_number(c.logsnr_min, c.logsnr_max) and c.logsnr_min < c.logsnr_max,
+                "logsnr_min, logsnr_max",
+                (c.logsnr_min, c.logsnr_max),
+                "min < max",
+            )
             if noise_schedule == "sigmoid":
                 _check(
-                    c.sigmoid_start < c.sigmoid_end and c.sigmoid_tau > 0,
+                    _is_number(c.sigmoid_start, c.sigmoid_end, c.sigmoid_tau)
+                    and c.sigmoid_start < c.sigmoid_end
+                    and c.sigmoid_tau > 0,
                     "sigmoid_start, sigmoid_end, sigmoid_tau",
                     (c.sigmoid_start, c.sigmoid_end, c.sigmoid_tau),
                     "start < end and tau > 0",
@@ -584,6 +612,51 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         s = s.clamp(min=1.0, max=self.config.sample_max_value)
         return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
 
+    def _alphas(self, timestep: int) -> tuple[float, float, float, float]:
+        """``(alpha_bar_t, alpha_bar_prev, beta_t, posterior variance beta~_t)`` of the step from ``timestep`` to
+        :meth:`previous_timestep` (alpha_bar_prev = ``final_alpha_cumprod`` after the last), eq. (6)-(7) of Ho et al.
+        2020."""
+        t = int(timestep)
+        prev_t = int(self.previous_timestep(t))
+        alpha_bar = self.alphas_cumprod[t].item()
+        alpha_bar_prev = (self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod).item()
+        beta_t = 1 - alpha_bar / alpha_bar_prev
+        return alpha_bar, alpha_bar_prev, beta_t, (1 - alpha_bar_prev) / (1 - alpha_bar) * beta_t
+
+    def _get_variance(
+        self, t: int, predicted_variance: torch.Tensor | None = None, variance_type: str | None = None
+    ) -> torch.Tensor:
+        """DDPMScheduler's ``_get_variance``, for code written against it: the ancestral step's variance at ``t`` in
+        the form DDPMScheduler gives it for ``variance_type`` (default: the config's). `fixed_small`: beta~_t
+        (at least 1e-20); `fixed_small_log`: its square root; `fixed_large`: beta_t; `fixed_large_log`: log beta_t;
+        `learned`: ``predicted_variance``; `learned_range`: the log variance of eq. (15) of Nichol & Dhariwal 2021.
+        :meth:`step` draws its noise from the same variances (``eta`` times the standard deviation).
+
+        Example:
+            >>> from hfddpm import HFDDPMScheduler
+            >>> scheduler = HFDDPMScheduler(noise_schedule="linear")
+            >>> round(float(scheduler._get_variance(999, variance_type="fixed_large")), 6)  # beta_999
+            0.02
+        """
+        variance_type = self.config.variance_type if variance_type is None else variance_type
+        _check(variance_type in VARIANCE_TYPES, "variance_type", variance_type, f"choose one of {VARIANCE_TYPES}")
+        _, _, beta_t, posterior_variance = self._alphas(t)
+        small = max(posterior_variance, 1e-20)
+        if variance_type == "fixed_small":
+            return torch.tensor(small)
+        if variance_type == "fixed_small_log":
+            return torch.tensor(small**0.5)
+        if variance_type == "fixed_large":
+            return torch.tensor(beta_t)
+        if variance_type == "fixed_large_log":
+            return torch.tensor(math.log(beta_t))
+        if predicted_variance is None:
+            raise ValueError(f"variance_type={variance_type!r} needs the model's predicted_variance.")
+        if variance_type == "learned":
+            return predicted_variance
+        frac = (predicted_variance + 1) / 2
+        return frac * math.log(beta_t) + (1 - frac) * math.log(small)
+
     def _noise_std(self, beta_t: float, posterior_variance: float, predicted_variance: torch.Tensor | None):
         """Standard deviation of the ancestral step's noise for ``variance_type`` (as DDPMScheduler)."""
         variance_type = self.config.variance_type
@@ -608,24 +681,29 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         model_output: torch.Tensor,
         timestep: int,
         sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        *,
         eta: float | None = None,
         use_clipped_model_output: bool | None = None,
-        generator: torch.Generator | None = None,
         variance_noise: torch.Tensor | None = None,
-        return_dict: bool = True,
     ) -> HFDDPMSchedulerOutput | tuple:
         """One reverse step ``x_t -> x_prev``: ancestral DDPM (``eta=1``), DDIM (``eta=0``) and in between.
+
+        The arguments are ``DDPMScheduler.step``'s, in its order (``step(model_output, timestep, sample, generator)``),
+        and DDIMScheduler's options by keyword only (``eta=0.0``).
 
         Args:
             model_output: the model's prediction; with a learned ``variance_type``, prediction and variance stacked on
                 the channel axis.
             timestep: the current timestep t (works before ``set_timesteps``: then the training chain, t -> t - 1).
             sample: x_t.
+            generator: the random generator (or list of them, one per sample) for the noise.
+            return_dict: return an ``HFDDPMSchedulerOutput`` rather than a tuple.
             eta: noise weight of eq. (16) of DDIM (https://arxiv.org/abs/2010.02502); None takes ``config.eta``.
             use_clipped_model_output: recompute the noise estimate from the clipped or thresholded x_0, as
                 DDIMScheduler's option. None: on at ``eta=1`` (DDPM's step), off otherwise (DDIM's default).
-            generator, variance_noise: the random generator for the noise, or the noise itself (not both).
-            return_dict: return an ``HFDDPMSchedulerOutput`` rather than a tuple.
+            variance_noise: the noise itself, instead of drawing it with ``generator`` (not both).
 
         Example:
             >>> import torch
@@ -639,17 +717,20 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             (1, 1, 4, 4)
         """
         eta = self.config.eta if eta is None else eta
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0 (0 = DDIM, 1 = ancestral DDPM), got {eta}.")
+        _check_eta(eta)
+        if not (generator is None or isinstance(generator, (torch.Generator, list))):
+            raise ValueError(
+                f"generator={generator!r} is not a torch.Generator: step() takes DDPMScheduler's arguments in its"
+                " order (model_output, timestep, sample, generator, return_dict) and DDIMScheduler's eta,"
+                " use_clipped_model_output and variance_noise by keyword only, e.g. step(model_output, t, sample,"
+                " eta=0.0)."
+            )
         if generator is not None and variance_noise is not None:
             raise ValueError("Pass either generator or variance_noise to step(), not both.")
         if use_clipped_model_output is None:
             use_clipped_model_output = eta == 1
         t = int(timestep)
-        prev_t = int(self.previous_timestep(t))
-        alpha_bar = self.alphas_cumprod[t].item()
-        alpha_bar_prev = (self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod).item()
-        beta_t = 1 - alpha_bar / alpha_bar_prev
+        alpha_bar, alpha_bar_prev, beta_t, posterior_variance = self._alphas(t)
 
         # 0. a model that learns its variance outputs [prediction, variance] (Sec. 3.1 of Nichol & Dhariwal 2021)
         predicted_variance = None
@@ -672,7 +753,6 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
             pred_epsilon = (sample - alpha_bar**0.5 * pred_original_sample) / (1 - alpha_bar) ** 0.5
 
         # 4. sigma_t(eta), eq. (16) of https://arxiv.org/abs/2010.02502; eta=1 is the DDPM posterior variance
-        posterior_variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta_t
         sigma = eta * max(posterior_variance, 0.0) ** 0.5
 
         # 5. x_prev = sqrt(a_prev) x_0 + sqrt(1 - a_prev - sigma^2) eps (+ noise), eq. (12) of DDIM
