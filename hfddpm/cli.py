@@ -118,7 +118,7 @@ def _add_edit_args(parser: argparse.ArgumentParser, *, num_inference_steps: int)
     parser.add_argument("--seed", type=_integer(0, 2**63 - 1), default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument(
-        "--out", type=Path, default=Path("edited.png"), help="the result (PNG); a grid for several images"
+        "--out", type=Path, default=Path("edited.png"), help="the result (.png, .jpg, ...); a grid for several images"
     )
 
 
@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="the grid image (PNG; default grid.png); for an audio pipeline a folder (default sounds/) that gets one"
-        " WAV file per sample and spectrograms.png",
+        help="the grid image (.png, .jpg, .webp, ...; default grid.png); for an audio pipeline a folder (default"
+        " sounds/) that gets one WAV file per sample and spectrograms.png",
     )
     sample.set_defaults(func=cmd_sample)
 
@@ -296,6 +296,62 @@ def load_pipeline(path: str, device: str | None = None):
     return pipe.to(device)
 
 
+def image_extensions() -> list[str]:
+    """The file extensions PIL writes grayscale and RGB images in (``.png``, ``.jpg``, ``.webp``, ...), sorted."""
+    return sorted(ext for ext in _save_formats() if _writes_images(ext))
+
+
+def check_image_out(path: Path, flag: str = "--out") -> None:
+    """Raise ``ValueError`` unless PIL can write the images hfddpm makes (grayscale or RGB) to ``path``: checked
+    before sampling, so that no samples are lost to a bad file name.
+
+    Example:
+        >>> check_image_out(Path("grid.png"))
+        >>> check_image_out(Path("grid.xyz"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --out 'grid.xyz' ends in '.xyz', which PIL cannot write; give a file name ending in .png, .jpg, ...
+    """
+    if path.is_dir():
+        reason = "is a folder, and an image pipeline writes one image file"
+    elif not path.suffix:
+        reason = "has no file extension (an image pipeline writes one image file, not a folder)"
+    elif not _writes_images(path.suffix.lower()):
+        reason = f"ends in {path.suffix!r}, which PIL cannot write"
+    else:
+        return
+    common = [ext for ext in (".png", ".jpg", ".webp") if _writes_images(ext)]
+    others = [ext for ext in image_extensions() if ext not in common]
+    raise ValueError(
+        f"{flag} {str(path)!r} {reason}; give a file name ending in {', '.join(common)} (or {', '.join(others)})."
+    )
+
+
+def _save_formats() -> dict[str, str]:
+    from PIL import Image
+
+    Image.init()
+    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
+def _writes_images(ext: str) -> bool:
+    """Whether PIL saves 1×1 grayscale and RGB images as ``ext`` (some formats are read-only stubs or take other
+    modes)."""
+    import io
+
+    from PIL import Image
+
+    fmt = _save_formats().get(ext)
+    if fmt is None:
+        return False
+    try:
+        for mode in ("L", "RGB"):
+            Image.new(mode, (1, 1)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
 def parse_class_labels(values: list[str] | None, num_images: int, num_classes: int) -> torch.Tensor | None:
     """``["0,1", "2"]`` -> labels ``0, 1, 2`` repeated to ``num_images``; ``None`` -> ``0..num_classes-1`` repeated
     (class-conditional) or ``None`` (unconditional)."""
@@ -334,6 +390,9 @@ def cmd_sample(args) -> int:
                 f"--out {str(folder)!r}: an audio pipeline writes a folder of WAV files and spectrograms.png; pass"
                 " --out FOLDER."
             )
+    else:
+        out = args.out if args.out is not None else Path("grid.png")
+        check_image_out(out)
     images = generate_samples(
         pipe,
         args.num_images,
@@ -360,7 +419,6 @@ def cmd_sample(args) -> int:
             f" and their spectrograms ({rows}x{cols} grid, {type(pipe.scheduler).__name__}) to {folder}"
         )
         return 0
-    out = args.out if args.out is not None else Path("grid.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     print(f"Wrote {args.num_images} samples ({rows}x{cols} grid, {type(pipe.scheduler).__name__}) to {out}")
@@ -415,6 +473,7 @@ def _save_edit(args, rows: list[list], results: list) -> str:
 def cmd_inpaint(args) -> int:
     from hfddpm import HFDDPMInpaintPipeline
 
+    check_image_out(args.out)
     images = _open_images(args.image, "--image")
     masks = _open_images(args.mask, "--mask")
     if len(masks) not in (1, len(images)):
@@ -438,6 +497,7 @@ def cmd_inpaint(args) -> int:
 def cmd_img2img(args) -> int:
     from hfddpm import HFDDPMImg2ImgPipeline
 
+    check_image_out(args.out)
     images = _open_images(args.image, "--image")
     pipe = _edit_pipeline(args, HFDDPMImg2ImgPipeline)
     results = pipe(
@@ -564,7 +624,12 @@ def cmd_push(args) -> int:
 
     try:
         url = push_to_hub(
-            args.output_dir, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message
+            args.output_dir,
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            commit_message=args.commit_message,
+            token_flag="--token",
         )
     except PushToHubError as err:
         print(f"hfddpm push: error: {err}", file=sys.stderr)

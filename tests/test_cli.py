@@ -75,6 +75,53 @@ def test_sample_bad_input(tiny_conditional_pipeline, tmp_path, capsys, extra, me
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("out", "reason"),
+    [
+        ("ldm_out/", "'ldm_out' has no file extension"),
+        ("grid", "'grid' has no file extension"),
+        ("grid.xyz", "'grid.xyz' ends in '.xyz', which PIL cannot write"),
+        ("grid.xbm", "'grid.xbm' ends in '.xbm', which PIL cannot write"),  # PIL writes only 1-bit XBM
+        ("folder", "'folder' is a folder"),
+    ],
+)
+def test_image_out_is_checked_before_sampling(tiny_pipeline, tmp_path, monkeypatch, capsys, out, reason):
+    import hfddpm.evaluation
+
+    sampled = []
+    monkeypatch.setattr(hfddpm.evaluation, "generate_samples", lambda *args, **kwargs: sampled.append(1))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    assert main(["sample", tiny_pipeline, "--num-images", "2", "--num-inference-steps", "1", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hfddpm sample: error: --out {reason}")
+    assert "; give a file name ending in .png, .jpg, .webp (or " in err
+    assert ".tiff" in err and ".xyz" not in err.split("(or")[1]
+    assert sampled == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_sample_writes_other_image_formats(tiny_pipeline, tmp_path):
+    args = ["sample", tiny_pipeline, "--num-images", "2", "--num-inference-steps", "1"]
+    for name, fmt in (("grid.jpg", "JPEG"), ("grid.WEBP", "WEBP"), ("grid.tif", "TIFF")):
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+        with Image.open(tmp_path / name) as grid:
+            assert grid.format == fmt and grid.size == (2 * 28, 28)
+
+
+@pytest.mark.parametrize("command", ["inpaint", "img2img"])
+def test_edit_out_is_checked_before_loading(tiny_pipeline, tmp_path, capsys, command):
+    Image.new("L", (28, 28), 0).save(tmp_path / "in.png")
+    args = [command, tiny_pipeline, "--image", str(tmp_path / "in.png"), "--num-inference-steps", "1"]
+    args += ["--mask", str(tmp_path / "in.png")] if command == "inpaint" else []
+    assert main([*args, "--out", str(tmp_path / "edited.xyz")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "edited.xyz").exists()
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert f"--out {str(tmp_path)!r} is a folder" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "edited.jpg")]) == 0
+    with Image.open(tmp_path / "edited.jpg") as edited:
+        assert edited.format == "JPEG" and edited.size == (28, 28)
+
+
 def test_unconditional_pipeline_rejects_class_labels(tiny_pipeline, tmp_path, capsys):
     args = ["sample", tiny_pipeline, "--num-images", "2", "--class-labels", "1", "--out", str(tmp_path / "g.png")]
     assert main(args) == 2
@@ -151,7 +198,8 @@ def test_push_calls_hub(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(hfddpm.hub, "push_to_hub", fake_push)
     assert main(["push", str(tmp_path), "--repo-id", "me/tiny", "--private", "--token", "hf_x"]) == 0
-    assert calls == [(str(tmp_path), "me/tiny", {"token": "hf_x", "private": True, "commit_message": None})]
+    kwargs = {"token": "hf_x", "private": True, "commit_message": None, "token_flag": "--token"}
+    assert calls == [(str(tmp_path), "me/tiny", kwargs)]
     assert "https://huggingface.co/me/tiny" in capsys.readouterr().out
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -24,6 +25,8 @@ from hfddpm.hub import (
     CONFIG_ROWS,
     PushToHubError,
     card_template_path,
+    check_pipeline_folder,
+    check_push_settings,
     count_parameters,
     default_commit_message,
     pipeline_files,
@@ -92,6 +95,15 @@ def saved_output(tmp_path_factory):
 @pytest.fixture
 def output(saved_output, tmp_path):
     return Path(shutil.copytree(saved_output, tmp_path / "out"))
+
+
+def build_audio_pipeline(folder: Path, num_class_embeds=4) -> Path:
+    """A tiny saved HFDDPMAudioPipeline: 16×16 spectrograms of 0.12 s clips at 8000 Hz."""
+    torch.manual_seed(0)
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16, num_class_embeds=num_class_embeds)
+    mel = hfddpm.HFDDPMMel(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
+    hfddpm.HFDDPMAudioPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler(), mel=mel).save_pretrained(folder)
+    return folder
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -168,6 +180,70 @@ def test_card_variants(tmp_path):
         write_model_card(tmp_path / "missing", training_config={})
     with pytest.raises(ValueError, match="training_config must be a dict"):
         write_model_card(folder, training_config=["preset"])
+
+
+def test_audio_card_describes_sound(tmp_path):
+    folder = build_audio_pipeline(tmp_path / "audio")
+    settings = {"preset": "tiny", "validation_inference_steps": 2, "train_data_dir": "/home/someone/tones"}
+    path = write_model_card(folder, training_config=settings, metrics={"fd_digits": 1.5}, dataset_name="tones")
+    card = ModelCard.load(path)
+    # no Hub pipeline tag fits unconditional sound; a local folder name is no Hub dataset id
+    assert card.data.pipeline_tag is None and card.data.datasets is None
+    assert "pipeline_tag" not in path.read_text() and "datasets:" not in path.read_text()
+    assert "tones" in card.data.tags  # a tag may be any word
+    result = card.data.eval_results[0]
+    assert (result.task_type, result.task_name) == ("other", "Unconditional audio generation")
+    assert result.dataset_type == "custom" and result.dataset_name == "tones"
+    text = card.text
+    assert "generates\n0.12 s sound clips in the style of **tones**, conditioned on one of 3 class labels" in text
+    assert "grayscale" not in text and "images[0]" not in text and "sample.png" not in text
+    assert "it produces 0.12 s clips at\n  8000 Hz of that kind" in text
+    assert "(`pip install diffusers torch librosa soundfile`" in text and "(`pip install 'hfddpm[audio]'`)" in text
+    snippets = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(snippets) == 2
+    for snippet in snippets:
+        assert 'soundfile.write("sample.wav", out.audios[0], out.sample_rate)' in snippet
+    # evaluating later keeps the audio task; a Hub dataset id goes to the metadata
+    card = ModelCard.load(update_card_metrics(path, {"fd_digits": 1.0}))
+    assert {r.task_type for r in card.data.eval_results} == {"other"}
+    path = write_model_card(folder, training_config=settings, dataset_name="someone/spoken-digits")
+    assert ModelCard.load(path).data.datasets == ["someone/spoken-digits"]
+    assert ModelCard.load(path).data.eval_results is None
+    card = ModelCard.load(update_card_metrics(path, {"fd_digits": 1.0}))  # first results: the task from mel/
+    assert card.data.eval_results[0].task_type == "other"
+    assert card.data.eval_results[0].dataset_type == "someone/spoken-digits"
+
+
+def test_audio_card_snippets_write_the_same_wav_with_and_without_hfddpm(tmp_path):
+    folder = build_audio_pipeline(tmp_path / "audio")
+    text = write_model_card(folder, training_config={"validation_inference_steps": 2}).read_text()
+    snippets = re.findall(r"```python\n(.*?)```", text, re.S)
+    (tmp_path / "snippet_hfddpm.py").write_text(snippets[0])
+    (tmp_path / "snippet_diffusers.py").write_text(snippets[1])
+    (tmp_path / "run.py").write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            sys.modules["hfddpm"] = None  # as if hfddpm were not installed
+            exec(open("snippet_diffusers.py").read(), {})
+            os.rename("sample.wav", "sample_diffusers.wav")
+            del sys.modules["hfddpm"]
+            exec(open("snippet_hfddpm.py").read(), {})
+            """
+        )
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run(
+        [sys.executable, "run.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    import soundfile
+
+    with_hfddpm, rate = soundfile.read(tmp_path / "sample.wav")
+    without, rate_without = soundfile.read(tmp_path / "sample_diffusers.wav")
+    assert rate == rate_without == 8000 and with_hfddpm.shape == without.shape == ((16 - 1) * 64,)
+    np.testing.assert_allclose(with_hfddpm, without, atol=1e-3)
+    assert np.abs(with_hfddpm).max() > 0
 
 
 def test_card_reads_training_config_json_by_field_name(tmp_path):
@@ -446,6 +522,129 @@ def test_cli_push(output, hub, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "HTTP 500" in err and err.rstrip().endswith(f"hfddpm push {output} --repo-id user/cli")
     assert TOKEN not in out + err
+
+
+def _drop(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _unset_in_index(name: str):
+    def edit(folder: Path) -> None:
+        index = json.loads((folder / "model_index.json").read_text())
+        del index[name]
+        (folder / "model_index.json").write_text(json.dumps(index))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("break_folder", "message"),
+    [
+        (lambda f: _drop(f / "unet"), r"unet/ is missing \(model_index.json names unet = diffusers.UNet2DModel\)"),
+        (lambda f: _drop(f / "unet" / "diffusion_pytorch_model.safetensors"), r"unet/ lacks its weights"),
+        (lambda f: _drop(f / "unet" / "config.json"), r"unet/ lacks a config \(config.json or \*_config.json\)"),
+        (lambda f: _drop(f / "scheduler" / "scheduler_config.json"), r"scheduler/ lacks a config"),
+        (lambda f: _drop(f / "scheduler" / "scheduling_hfddpm.py"), r"scheduler/ lacks its code"),
+        (lambda f: _drop(f / "pipeline_hfddpm.py"), r"pipeline_hfddpm.py \(the code of HFDDPMPipeline\) is missing"),
+        (_unset_in_index("unet"), "model_index.json names no unet"),
+    ],
+)
+def test_push_refuses_a_folder_that_is_not_a_loadable_pipeline(
+    output, hub, monkeypatch, capsys, break_folder, message
+):
+    # the folder of the report: a copy of a trained folder without unet/ (only the index, scheduler and code)
+    break_folder(output)
+    before = snapshot(output)
+    with pytest.raises(FileNotFoundError, match=message) as err:
+        push_to_hub(output, "user/x", token=TOKEN)
+    assert str(output) in str(err.value) and "is not a complete pipeline folder" in str(err.value)
+    assert snapshot(output) == before and hub.requests == []  # refused before any request, no card written
+
+    from hfddpm.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert main(["push", str(output), "--repo-id", "user/x"]) == 2
+    out, errors = capsys.readouterr()
+    assert errors.startswith("hfddpm push: error:") and re.search(message, errors) and "Pushed" not in out
+    assert hub.requests == [] and snapshot(output) == before
+
+
+def test_pipeline_folder_check_names_every_missing_component(tmp_path):
+    folder = build_audio_pipeline(tmp_path / "audio")
+    check_pipeline_folder(folder)  # complete
+    shutil.rmtree(folder / "mel")
+    shutil.rmtree(folder / "unet")
+    (folder / "pipeline_hfddpm_audio.py").unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        check_pipeline_folder(folder)
+    message = str(err.value)
+    for part in ("pipeline_hfddpm_audio.py (the code of HFDDPMAudioPipeline) is missing", "unet/ is missing",
+                 "mel/ is missing (model_index.json names mel = mel_hfddpm.HFDDPMMel)"):  # fmt: skip
+        assert part in message
+    assert "scheduler/" not in message  # complete components are not named
+    (folder / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="model_index.json must hold a JSON object of components, got list"):
+        check_pipeline_folder(folder)
+    (folder / "model_index.json").write_text("{")
+    with pytest.raises(ValueError, match="model_index.json is not valid JSON"):
+        check_pipeline_folder(folder)
+
+
+def test_check_push_settings_before_training(hub, monkeypatch):
+    from huggingface_hub import constants
+
+    # no token: no argument, no HF_TOKEN, no saved login (the fixture's empty HF_HOME); an empty token is none
+    for token in (None, "", "  "):
+        with pytest.raises(
+            ValueError, match="No Hugging Face token to push to 'user/run': .* or pass --hub_token\\.$"
+        ):
+            check_push_settings("user/run", token)
+    with pytest.raises(ValueError, match="or pass --token"):
+        check_push_settings("user/run", token_flag="--token")
+    # the same repository id rule as the push, checked first
+    for bad in ("a/b/c", "user/my run", "user/x--y", None):
+        with pytest.raises(ValueError, match=re.escape(f"repo_id={bad!r} is not a Hub repository id")):
+            check_push_settings(bad, TOKEN)
+    # a token from each place the push looks
+    check_push_settings("user/run", TOKEN)
+    check_push_settings("run", TOKEN)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    check_push_settings("user/run", "")
+    monkeypatch.delenv("HF_TOKEN")
+    Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(constants.HF_TOKEN_PATH).write_text(TOKEN)
+    check_push_settings("user/run")
+    assert hub.requests == []  # nothing was asked of the Hub
+
+
+def test_empty_token_is_no_token_and_messages_name_the_flag_used(output, hub, monkeypatch, capsys):
+    from hfddpm.cli import main
+
+    before = snapshot(output)
+    with pytest.raises(PushToHubError, match="No Hugging Face token") as err:
+        push_to_hub(output, "user/x", token="")
+    assert "--hub_token of train.py" in str(err.value) and err.value.retry_command in str(err.value)
+    assert main(["push", str(output), "--repo-id", "user/x", "--token", ""]) == 1
+    errors = capsys.readouterr().err
+    assert "No Hugging Face token to push to 'user/x'" in errors and "or pass --token." in errors
+    assert "hub_token" not in errors and "LocalProtocolError" not in errors
+    assert hub.requests == [] and snapshot(output) == before
+
+    # a refused token: the message names where it came from
+    revoked = "hf_revokedtoken0123456789abcdef"
+    assert main(["push", str(output), "--repo-id", "user/x", "--token", revoked]) == 1
+    errors = capsys.readouterr().err
+    assert "HTTP 401" in errors and "Check that the token from --token is valid" in errors
+    assert "hub_token" not in errors and revoked not in errors
+    with pytest.raises(PushToHubError, match=r"the token from the token argument \(train.py: --hub_token\)"):
+        push_to_hub(output, "user/x", token=revoked)
+    monkeypatch.setenv("HF_TOKEN", revoked)
+    assert main(["push", str(output), "--repo-id", "user/x"]) == 1
+    assert "Check that the token from HF_TOKEN is valid" in capsys.readouterr().err
+    # an empty --token falls back to HF_TOKEN, like no --token
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert main(["push", str(output), "--repo-id", "user/x", "--token", ""]) == 0
+    assert "README.md" in hub.files("user/x")
 
 
 def test_training_pushes_to_hub(hub, tmp_path):

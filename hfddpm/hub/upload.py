@@ -12,14 +12,15 @@ import shlex
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, ModelCard, get_token
+from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-from huggingface_hub.utils import filter_repo_objects, validate_repo_id
+from huggingface_hub.utils import filter_repo_objects
 
 from hfddpm.evaluation.registry import METRIC_REGISTRY
 from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES
 
 from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_metrics, write_model_card
+from .checks import check_pipeline_folder, check_repo_id, clean_token, no_token_message, token_source
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +59,10 @@ def pipeline_files(output_dir) -> list[str]:
 
     The files matching ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm*.py``, ``unet/*``,
     ``scheduler/*``), ``README.md``, ``samples/final.png`` and the images the card links to, minus
-    ``IGNORE_PATTERNS``.
+    ``IGNORE_PATTERNS``. A folder that is not a complete pipeline is refused (``check_pipeline_folder``).
     """
     root = Path(output_dir)
-    if not (root / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"{root} has no model_index.json: it is not a saved pipeline. Point at a training output folder (or a"
-            " folder written by HFDDPMPipeline.save_pretrained)."
-        )
+    check_pipeline_folder(root)
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     files = set(filter_repo_objects(files, allow_patterns=list(PIPELINE_FILES)))
     readme = root / "README.md"
@@ -113,7 +110,9 @@ def default_commit_message(output_dir) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
-def push_to_hub(output_dir, repo_id: str, *, token=None, private: bool = False, commit_message=None) -> str:
+def push_to_hub(
+    output_dir, repo_id: str, *, token=None, private: bool = False, commit_message=None, token_flag: str | None = None
+) -> str:
     """Upload the pipeline in ``output_dir`` to the Hub model repository ``repo_id`` (created when missing).
 
     Pushing again updates the repository in place: unchanged files are skipped and pipeline files that no longer
@@ -124,41 +123,47 @@ def push_to_hub(output_dir, repo_id: str, *, token=None, private: bool = False, 
     Args:
         output_dir: a training output folder or a ``save_pretrained`` folder.
         repo_id: ``"namespace/name"`` (or ``"name"`` for the token owner's namespace).
-        token: a Hub token with write access; defaults to ``HF_TOKEN`` or the login saved by ``hf auth login``.
+        token: a Hub token with write access; defaults to ``HF_TOKEN`` or the login saved by ``hf auth login`` (an
+            empty token counts as none).
         private: create the repository as private (an existing repository keeps its visibility).
         commit_message: defaults to the training step and metrics read from ``train_metrics.json``/``metrics.json``.
+        token_flag: the command-line flag that gave ``token`` (``"--token"`` for ``hfddpm push``), named by the
+            messages about a missing or refused token; default: the ``token`` argument and train.py's ``--hub_token``.
 
     Returns:
         The URL of the repository.
 
     Raises:
-        PushToHubError: the Hub could not be reached or refused the upload (the message names the repository, the
-            HTTP status and the ``hfddpm push`` command that retries); the local folder is left as it was.
+        FileNotFoundError: ``output_dir`` is not a complete pipeline folder (``check_pipeline_folder``); nothing is
+            uploaded.
+        ValueError: ``repo_id`` is not a repository id (``check_repo_id``).
+        PushToHubError: there is no token, or the Hub could not be reached or refused the upload (the message names
+            the repository, the HTTP status and the ``hfddpm push`` command that retries); the local folder is left as
+            it was.
     """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"output_dir {output_dir} does not exist; train or save a pipeline there first.")
-    files = pipeline_files(output_dir)
-    try:
-        validate_repo_id(repo_id)
-    except ValueError as err:
-        raise ValueError(
-            f"repo_id={repo_id!r} is not a Hub repository id ('namespace/name' or 'name'): {err}"
-        ) from None
+    # 1. local checks, before anything is sent: a loadable pipeline, a repository id, a token
+    pipeline_files(output_dir)
+    check_repo_id(repo_id)
     retry = f"hfddpm push {shlex.quote(str(output_dir))} --repo-id {shlex.quote(repo_id)}"
     retry += " --private" if private else ""
-    if token is None and get_token() is None:
+    token = clean_token(token)
+    source = token_source(token, token_flag=token_flag)
+    if source is None:
         raise PushToHubError(
-            f"No Hugging Face token to push {output_dir} to {repo_id!r}: set HF_TOKEN, run `hf auth login`, or pass"
-            f" a token (--hub_token in training). Then retry with:\n    {retry}",
+            f"{no_token_message(repo_id, token_flag=token_flag)} Then retry with:\n    {retry}",
             repo_id=repo_id,
             retry_command=retry,
         )
+    # 2. the commit: message and description carry the training step and metrics
     if commit_message is None:
         commit_message, commit_description = default_commit_message(output_dir)
     else:
         commit_description = None
 
+    # 3. create the repository, point the card at it, upload the pipeline files and delete stale ones
     api = HfApi(token=token)
     readme = output_dir / "README.md"
     readme_before = readme.read_bytes() if readme.is_file() else None
@@ -181,7 +186,7 @@ def push_to_hub(output_dir, repo_id: str, *, token=None, private: bool = False, 
         )
     except (httpx2.HTTPError, OfflineModeIsEnabled) as err:
         _restore(readme, readme_before)
-        raise _push_error(err, output_dir, repo_id, retry, api.endpoint) from None
+        raise _push_error(err, output_dir, repo_id, retry, api.endpoint, source) from None
     except BaseException:
         _restore(readme, readme_before)
         raise
@@ -224,7 +229,9 @@ def _restore(path: Path, content: bytes | None) -> None:
         path.write_bytes(content)
 
 
-def _push_error(err: Exception, output_dir: Path, repo_id: str, retry: str, endpoint: str) -> PushToHubError:
+def _push_error(
+    err: Exception, output_dir: Path, repo_id: str, retry: str, endpoint: str, token_from: str
+) -> PushToHubError:
     status = None
     if isinstance(err, HfHubHTTPError) and err.response is not None:
         status = err.response.status_code
@@ -235,7 +242,7 @@ def _push_error(err: Exception, output_dir: Path, repo_id: str, retry: str, endp
     else:
         what = f"could not reach {endpoint} ({type(err).__name__}: {err})"
     hint = {
-        401: " Check that the token (--hub_token, HF_TOKEN or `hf auth login`) is valid and has write access.",
+        401: f" Check that the token from {token_from} is valid and has write access.",
         403: " The token has no write access to this namespace; use your own namespace or a token with access.",
         404: " Check the repository id and namespace.",
     }.get(status, "")

@@ -1,0 +1,176 @@
+# Copyright 2026 The hfddpm authors. Apache-2.0.
+"""Checks that run before an upload, without contacting the Hub: is the folder a loadable pipeline
+(``check_pipeline_folder``), are the repository id and a token there (``check_push_settings``).
+
+``push_to_hub`` runs both before it uploads anything; a training run can call ``check_push_settings`` at startup so
+that a bad ``--hub_model_id`` or a missing token stops it before it trains, not after.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from diffusers import ModelMixin
+from huggingface_hub import get_token
+from huggingface_hub.utils import validate_repo_id
+
+from hfddpm.pipelines.pipeline_hfddpm import COMPONENTS, LOCAL_MODULES, LOCAL_PIPELINES, OPTIONAL_COMPONENTS
+
+# Components that are models: their folder holds safetensors weights besides the config.
+MODEL_COMPONENTS = tuple(
+    name for name, (bases, _) in COMPONENTS.items() if all(issubclass(b, ModelMixin) for b in bases)
+)
+REQUIRED_COMPONENTS = tuple(name for name in COMPONENTS if name not in OPTIONAL_COMPONENTS)
+
+
+def check_pipeline_folder(output_dir) -> None:
+    """Raise unless ``output_dir`` holds a pipeline that loads: ``model_index.json``, and for each of its non-null
+    components a subfolder with its config (``config.json`` or ``*_config.json``), the safetensors weights of models
+    (``unet``, ``vae``) and the code of hfddpm's own classes (``pipeline_hfddpm*.py``,
+    ``scheduler/scheduling_hfddpm.py``, ``mel/mel_hfddpm.py``). Only files are looked at; nothing is loaded.
+
+    Example:
+        >>> import tempfile
+        >>> from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+        >>> folder = tempfile.mkdtemp()
+        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+        >>> HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(folder)
+        >>> check_pipeline_folder(folder)  # complete: no error
+        >>> import shutil; shutil.rmtree(f"{folder}/unet")
+        >>> check_pipeline_folder(folder)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: ... is not a complete pipeline folder: unet/ is missing ...
+
+    Raises:
+        FileNotFoundError: a file is missing; the message names each incomplete component folder.
+        ValueError: ``model_index.json`` is not a JSON object.
+    """
+    root = Path(output_dir)
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"{root} has no model_index.json: it is not a saved pipeline. Point at a training output folder (or a"
+            " folder written by HFDDPMPipeline.save_pretrained)."
+        )
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{index_path} is not valid JSON ({err}); save the pipeline again.") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path} must hold a JSON object of components, got {type(index).__name__}.")
+
+    # 1. the pipeline code the index names (hfddpm's pipelines import pipeline_hfddpm.py)
+    problems = []
+    class_name = index.get("_class_name")
+    if isinstance(class_name, list) and class_name and class_name[0] in LOCAL_PIPELINES:
+        for module in dict.fromkeys((class_name[0], "pipeline_hfddpm")):
+            if not (root / f"{module}.py").is_file():
+                problems.append(f"{module}.py (the code of {class_name[-1]}) is missing")
+    # 2. every component the index names: its folder, config, weights and code
+    for name in REQUIRED_COMPONENTS:
+        if not _is_set(index.get(name)):
+            problems.append(f"model_index.json names no {name}")
+    for name, entry in index.items():
+        if name.startswith("_") or not _is_set(entry):
+            continue
+        folder = root / name
+        if not folder.is_dir():
+            problems.append(f"{name}/ is missing (model_index.json names {name} = {_describe(entry)})")
+            continue
+        missing = []
+        if not [p for p in folder.glob("*config.json") if p.name == "config.json" or p.name.endswith("_config.json")]:
+            missing.append("a config (config.json or *_config.json)")
+        if name in MODEL_COMPONENTS and not any(folder.glob("*.safetensors")):
+            missing.append("its weights (*.safetensors)")
+        module = entry[0] if isinstance(entry, list) else None
+        if module in LOCAL_MODULES and not (folder / f"{module}.py").is_file():
+            missing.append(f"its code ({module}.py)")
+        if missing:
+            problems.append(f"{name}/ lacks {' and '.join(missing)}")
+    if problems:
+        raise FileNotFoundError(
+            f"{root} is not a complete pipeline folder: {'; '.join(problems)}. It would not load after the upload;"
+            " push the folder that training (or HFDDPMPipeline.save_pretrained) wrote, with all of its component"
+            " folders."
+        )
+
+
+def check_repo_id(repo_id) -> None:
+    """Raise ``ValueError`` unless ``repo_id`` is a Hub model repository id: ``"namespace/name"``, or ``"name"`` for
+    the token owner's namespace (``huggingface_hub``'s rule, checked locally).
+
+    Example:
+        >>> check_repo_id("user/hfddpm-mnist")
+        >>> check_repo_id("user/my model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: repo_id='user/my model' is not a Hub repository id ('namespace/name' or 'name'): ...
+    """
+    try:
+        if not isinstance(repo_id, str):
+            raise ValueError(f"a repository id is a string, got {type(repo_id).__name__}")
+        validate_repo_id(repo_id)
+    except ValueError as err:
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a Hub repository id ('namespace/name' or 'name'): {err}"
+        ) from None
+
+
+def clean_token(token):
+    """``token`` with surrounding whitespace removed; ``None`` for an empty one (so it counts as not given)."""
+    if isinstance(token, str):
+        return token.strip() or None
+    return token
+
+
+def token_source(token=None, *, token_flag: str | None = None) -> str | None:
+    """Where the token of a push comes from, in words (``None``: there is none): the ``token`` argument (named by
+    ``token_flag``, e.g. ``"--token"``), else ``HF_TOKEN``, else the saved login (``huggingface_hub.get_token``).
+    The token itself is never returned."""
+    if clean_token(token) is not None:
+        return token_flag or "the token argument (train.py: --hub_token)"
+    if get_token() is None:
+        return None
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # huggingface_hub's order
+        if os.environ.get(variable, "").strip():
+            return variable
+    return "the login saved by `hf auth login`"
+
+
+def no_token_message(repo_id: str, *, token_flag: str | None = None) -> str:
+    """What to do when there is no token to push to ``repo_id``, naming the token flag of the command that ran."""
+    given = f"pass {token_flag}" if token_flag else "pass token= (--hub_token of train.py)"
+    return f"No Hugging Face token to push to {repo_id!r}: set HF_TOKEN, run `hf auth login`, or {given}."
+
+
+def check_push_settings(repo_id, token=None, *, token_flag: str | None = "--hub_token") -> None:
+    """Check, without contacting the Hub, the settings of a later ``push_to_hub``: ``repo_id`` is a repository id
+    (``check_repo_id``) and a token is available (the ``token`` argument, ``HF_TOKEN`` or the saved login; an empty
+    token counts as none), so that a run can stop before it trains rather than fail to upload at the end.
+    ``token_flag`` names the flag the messages tell the user to pass (default: train.py's ``--hub_token``).
+
+    Example:
+        >>> check_push_settings("user/hfddpm-mnist", token="hf_xxx")  # at the start of a run with --push_to_hub
+        >>> check_push_settings("user/hfddpm mnist", token="hf_xxx")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: repo_id='user/hfddpm mnist' is not a Hub repository id ('namespace/name' or 'name'): ...
+
+    Raises:
+        ValueError: the repository id is not one, or there is no token; the message says which and what to do.
+    """
+    check_repo_id(repo_id)
+    if token_source(token, token_flag=token_flag) is None:
+        raise ValueError(no_token_message(repo_id, token_flag=token_flag))
+
+
+def _is_set(entry) -> bool:
+    """Whether a model_index.json entry names a component (``[null, null]`` and ``null`` do not)."""
+    if isinstance(entry, list):
+        return any(item is not None for item in entry)
+    return entry is not None
+
+
+def _describe(entry) -> str:
+    return ".".join(str(item) for item in entry) if isinstance(entry, list) else str(entry)
