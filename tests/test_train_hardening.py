@@ -37,6 +37,7 @@ BAD_FLAGS = [
     (["--eval_steps", "5", "--eval_metrics", "fad"], r"--eval_metrics fad is not computed during training"),
     (["--pretrained_model_name_or_path", "/no/such"], r"--pretrained_model_name_or_path '/no/such' is neither"),
     (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], r"--overwrite_output_dir starts a new run"),
+    (["--push_to_hub", "--hub_model_id", "me/bad name!", "--hub_token", "hf_x"], r"repo_id='me/bad name!' is not a"),
 ]
 
 
@@ -50,6 +51,19 @@ def test_bad_flag_is_one_clear_line_and_writes_nothing(train_script, argv, match
     out = tmp_path / "out"
     args = train_script.parse_args([*argv, "--output_dir", str(out)])
     with pytest.raises(SystemExit, match=rf"^train.py: error: {match}"):
+        train_script.main(args)
+    assert not out.exists()
+
+
+def test_push_without_a_token_stops_before_training(train_script, tmp_path, monkeypatch):
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no saved login there
+    out = tmp_path / "out"
+    args = train_script.parse_args(["--push_to_hub", "--hub_model_id", "me/model", "--output_dir", str(out)])
+    with pytest.raises(
+        SystemExit, match=r"^train.py: error: No Hugging Face token to push to 'me/model': set HF_TOKEN"
+    ):
         train_script.main(args)
     assert not out.exists()
 

@@ -106,6 +106,10 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     # 1. processes, threads, trackers
     trackers = check_trackers(config.report_to)
     resolve_mixed_precision(config.mixed_precision)  # fp16 on a CPU is refused here, before any file is written
+    if config.push_to_hub:  # a bad repository id or a missing token stops the run now, not after training
+        from hfddpm.hub import check_push_settings
+
+        check_push_settings(config.hub_model_id or Path(config.output_dir).name, config.hub_token)
     output_dir = config.check_output_dir()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
