@@ -292,8 +292,49 @@ def load_pipeline(path: str, device: str | None = None):
             ) from None
     else:
         pipe = HFDDPMPipeline.from_pretrained(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return pipe.to(device)
+    return pipe.to(check_device(device))
+
+
+def check_device(device: str | None) -> torch.device:
+    """``--device`` as a torch device (default: cuda when available, else cpu); ``ValueError`` for a name torch does
+    not know or a device this machine does not have.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("gpu")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps.") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (parsed.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(parsed.type, False):
+        raise ValueError(f"--device {device!r} is not available on this machine (torch {torch.__version__}); use cpu.")
+    return parsed
+
+
+def check_json_out(path: Path, flag: str = "--out") -> None:
+    """``ValueError`` unless ``path`` can become a JSON file: not a folder, and no file where a folder of its path
+    would be. Checked before the work whose result it holds."""
+    _check_parents(path, flag)
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a folder; pass a file path, e.g. {str(path / 'metrics.json')!r}.")
+
+
+def _check_parents(path: Path, flag: str) -> None:
+    blocking = next((parent for parent in path.parents if parent.is_file()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {str(path)!r}: {str(blocking)!r} is a file, not a folder; pass another path.")
 
 
 def image_extensions() -> list[str]:
@@ -312,6 +353,7 @@ def check_image_out(path: Path, flag: str = "--out") -> None:
         ...
         ValueError: --out 'grid.xyz' ends in '.xyz', which PIL cannot write; give a file name ending in .png, .jpg, ...
     """
+    _check_parents(path, flag)
     if path.is_dir():
         reason = "is a folder, and an image pipeline writes one image file"
     elif not path.suffix:
@@ -451,8 +493,15 @@ def _edit_pipeline(args, pipeline_cls):
 
 
 def _edit_labels(args, pipe, num_images: int):
+    """The class label of each edited image: one for all, or one per image (never cycled)."""
     if args.class_labels is None:
         return None
+    given = len([item for value in args.class_labels for item in value.split(",") if item.strip()])
+    if given not in (1, num_images):
+        raise ValueError(
+            f"--class-label got {given} labels for {num_images} image(s); give one label for all images or one per"
+            " image."
+        )
     return parse_class_labels(args.class_labels, num_images, pipe.num_classes)
 
 
@@ -585,6 +634,9 @@ def cmd_evaluate(args) -> int:
     out = args.out
     if out is None:
         out = Path(args.pipeline) / "metrics.json" if local else Path("metrics.json")
+    check_json_out(out)
+    card = Path(args.pipeline) / "README.md"
+    updates_card = local and card.is_file() and not args.no_update_card
     extra = memorization_inputs(args, pipe) if "memorization" in metrics else {}
     if "fad" in metrics and hasattr(pipe, "mel"):  # an image pipeline: evaluate_pipeline says which metrics fit
         extra.update(fad_inputs(args, pipe))
@@ -604,7 +656,7 @@ def cmd_evaluate(args) -> int:
         dinov2_model=args.dinov2_model or DEFAULT_DINOV2_MODEL,
         fad_model=args.fad_model or DEFAULT_FAD_MODEL,
         cache_dir=args.cache_dir,
-        output_dir=out.parent,
+        output_dir=card.parent if updates_card else out.parent,  # the pairs picture, beside the card that links it
         **extra,
     )
     results = {"pipeline": str(args.pipeline), **results}
@@ -612,10 +664,12 @@ def cmd_evaluate(args) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     print(f"Wrote {out}")
-    card = Path(args.pipeline) / "README.md"
-    if local and card.is_file() and not args.no_update_card:
-        update_model_card(card, results)
-        print(f"Updated the model-index metrics of {card}")
+    if updates_card:
+        try:
+            update_model_card(card, results)
+            print(f"Updated the evaluation in {card} (its earlier metrics replaced)")
+        except ValueError as err:  # no metric computed (e.g. --fid-fallback skip): the card keeps what it has
+            print(str(err))
     return 0
 
 

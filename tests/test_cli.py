@@ -83,6 +83,7 @@ def test_sample_bad_input(tiny_conditional_pipeline, tmp_path, capsys, extra, me
         ("grid.xyz", "'grid.xyz' ends in '.xyz', which PIL cannot write"),
         ("grid.xbm", "'grid.xbm' ends in '.xbm', which PIL cannot write"),  # PIL writes only 1-bit XBM
         ("folder", "'folder' is a folder"),
+        ("taken.png/grid.png", "'taken.png/grid.png': 'taken.png' is a file, not a folder"),
     ],
 )
 def test_image_out_is_checked_before_sampling(tiny_pipeline, tmp_path, monkeypatch, capsys, out, reason):
@@ -92,12 +93,14 @@ def test_image_out_is_checked_before_sampling(tiny_pipeline, tmp_path, monkeypat
     monkeypatch.setattr(hfddpm.evaluation, "generate_samples", lambda *args, **kwargs: sampled.append(1))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "folder").mkdir()
+    (tmp_path / "taken.png").write_bytes(b"")
     assert main(["sample", tiny_pipeline, "--num-images", "2", "--num-inference-steps", "1", "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"hfddpm sample: error: --out {reason}")
-    assert "; give a file name ending in .png, .jpg, .webp (or " in err
-    assert ".tiff" in err and ".xyz" not in err.split("(or")[1]
-    assert sampled == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+    if "taken" not in out:
+        assert "; give a file name ending in .png, .jpg, .webp (or " in err
+        assert ".tiff" in err and ".xyz" not in err.split("(or")[1]
+    assert sampled == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder", "taken.png"]
 
 
 def test_sample_writes_other_image_formats(tiny_pipeline, tmp_path):
@@ -150,7 +153,7 @@ def test_evaluate_unconditional_writes_metrics_and_card(tmp_path, capsys):
     card = ModelCard.load(tmp_path / "pipe" / "README.md")
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values["fd_digits"] == pytest.approx(results["fd_digits"], rel=1e-5)
-    assert "Updated the model-index metrics" in capsys.readouterr().out
+    assert "Updated the evaluation in" in capsys.readouterr().out
     # a metric against --reference records it
     out = tmp_path / "pr.json"
     assert main([*args, "--metrics", "pr_digits", "--no-update-card", "--out", str(out)]) == 0
@@ -225,3 +228,40 @@ def test_help_lists_the_subcommands_and_schedulers(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     assert "--num-inference-steps" in capsys.readouterr().out
+
+
+def test_evaluate_out_is_checked_before_sampling(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    import hfddpm.evaluation.evaluate
+
+    monkeypatch.setattr(hfddpm.evaluation.evaluate, "generate_samples", lambda *a, **k: pytest.fail("sampled"))
+    (tmp_path / "taken").write_bytes(b"")
+    for out, reason in ((tmp_path, "is a folder; pass a file path"), (tmp_path / "taken" / "m.json", "is a file")):
+        assert main(["evaluate", tiny_pipeline, "--num-images", "2", "--out", str(out)]) == 2
+        assert reason in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu", "--device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps."), ("cuda:7", "is not available")],
+)
+def test_a_bad_device_is_one_line(tiny_pipeline, capsys, device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert main(["sample", tiny_pipeline, "--num-images", "1", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfddpm sample: error: --device") and message in err and "Traceback" not in err
+
+
+def test_edits_take_one_label_for_all_or_one_per_image(tiny_conditional_pipeline, tmp_path, capsys):
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("L", (28, 28), 0).save(tmp_path / name)
+    base = ["img2img", tiny_conditional_pipeline, "--num-inference-steps", "1", "--out", str(tmp_path / "o.png")]
+    cases = [
+        (["a.png"], ["1", "2", "3"], "got 3 labels for 1 image(s)"),
+        (["a.png", "b.png", "c.png"], ["1,2"], "got 2"),
+    ]
+    for images, labels, message in cases:
+        args = [*base, "--image", *(str(tmp_path / i) for i in images), "--class-label", *labels]
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

@@ -295,8 +295,9 @@ def test_update_card_metrics(output):
     path = update_card_metrics(output, {"fd_digits": 3.5, "label_accuracy": 0.9, "num_inference_steps": 20})
     card = ModelCard.load(path)
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert values == {"confident_share": 0.75, "fd_digits": 3.5, "label_accuracy": 0.9}
+    assert values == {"fd_digits": 3.5, "label_accuracy": 0.9}  # the card's earlier confident_share is gone
     assert "| Fréchet distance of digit-classifier features (`fd_digits`) | 3.5 |  |  | lower is better |" in card.text
+    assert "`confident_share`" not in card.text
     assert "4.25" not in card.text and "Computed with num_inference_steps = 20." in card.text
     assert card.text.count("## Evaluation") == 1 and "## Limitations" in card.text
 
@@ -304,6 +305,12 @@ def test_update_card_metrics(output):
         update_card_metrics(output / "unet", {"fd_digits": 1.0})
     with pytest.raises(ValueError, match="metrics must be a dict"):
         update_card_metrics(path, [1.0])
+    before = path.read_text()
+    with pytest.raises(
+        ValueError, match=r"No metric value to write .*\['notes', 'num_samples'\]\); the card is unchanged"
+    ):
+        update_card_metrics(path, {"num_samples": 10, "notes": ["fid skipped"]})
+    assert path.read_text() == before
 
 
 def test_update_model_card_writes_model_index(tmp_path):
@@ -315,10 +322,12 @@ def test_update_model_card_writes_model_index(tmp_path):
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values["fd_digits"] == pytest.approx(12.5) and values["confident_share"] == pytest.approx(0.75)
     assert "class_histogram" not in values and "num_samples" not in values
-    # a second evaluation replaces the values
-    update_model_card(card_path, {"fd_digits": 3.0})
-    values = {r.metric_type: r.metric_value for r in ModelCard.load(card_path).data.eval_results}
-    assert values["fd_digits"] == pytest.approx(3.0) and values["confident_share"] == pytest.approx(0.75)
+    # a second evaluation replaces the first one's results, those it did not compute too (their settings differ)
+    update_model_card(card_path, {"fd_digits": 3.0, "num_samples": 40})
+    card = ModelCard.load(card_path)
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"fd_digits": pytest.approx(3.0)}
+    assert "`confident_share`" not in card.text and "Computed with num_samples = 40." in card.text
+    assert card.text.count("## Evaluation") == 1
     assert json.loads(json.dumps(ModelCard.load(card_path).data.to_dict()))["license"] == "apache-2.0"
 
 

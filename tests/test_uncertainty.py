@@ -276,6 +276,14 @@ def test_evaluate_memorization_card_and_compare(tiny_pipeline, tmp_path, capsys)
     assert main([*args, "--metrics", "memorization", "--train-data-dir", str(folder), "--max-train-images", "20",
                  "--out", str(out), "--no-update-card"]) == 0  # fmt: skip
     assert json.loads(out.read_text())["details"]["memorization_share"]["train_images"] == 20
+    assert (tmp_path / "memorization_pairs.png").is_file()  # beside --out: the card (not updated) keeps its own
+    # with the card updated and --out elsewhere, the picture goes beside the card that links it
+    (tiny_pipeline / "memorization_pairs.png").unlink()
+    assert main([*args, "--metrics", "memorization", "--out", str(tmp_path / "elsewhere" / "m.json")]) == 0
+    assert (tiny_pipeline / "memorization_pairs.png").is_file()
+    assert (
+        "![closest samples and training images](memorization_pairs.png)" in (tiny_pipeline / "README.md").read_text()
+    )
 
     # --compare: the same pipeline evaluated with another seed is within the noise on fd_digits
     other = tmp_path / "other.json"

@@ -235,9 +235,11 @@ def write_model_card(
 
 
 def update_card_metrics(card_path, metrics: dict) -> Path:
-    """Refresh the evaluation results of an hfddpm model card (model-index metadata and the Evaluation section).
+    """Write an evaluation's results into an hfddpm model card (model-index metadata and the Evaluation section).
 
-    Metrics with the same names replace the old ones; others already in the card are kept.
+    The card shows one evaluation: its metrics replace all earlier ones, whose samples and settings differ (the
+    settings line and the intervals belong to this evaluation only). Evaluate all the metrics you want shown in one
+    run. ``ValueError`` when ``metrics`` holds no metric value (the card is left as it was).
 
     Args:
         card_path: the ``README.md`` written by ``write_model_card``, or the folder that holds it.
@@ -261,21 +263,20 @@ def update_card_metrics(card_path, metrics: dict) -> Path:
         task = (old[0].task_type, old[0].task_name)
     else:
         task = _TASKS["audio" if _mel_config(card_path.parent) else "image"]
-    new = _eval_results(_scores(metrics), dataset_name, dataset_type=dataset_type, task=task)
-    kept = [r for r in old if r.metric_type not in {r.metric_type for r in new}]
-    if kept or new:
-        marker = REPO_MARKER.search(card.text)
-        repo_id = json.loads(marker.group(1)) if marker else card_path.resolve().parent.name
-        card.data.model_name = card.data.model_name or repo_id.rstrip("/").split("/")[-1]
-        card.data.eval_results = kept + new
-
-    merged = {r.metric_type: r.metric_value for r in kept}
-    merged.update(metrics)
-    section = _metrics_section(merged)
+    scores = _scores(metrics)
+    if not scores:
+        raise ValueError(f"No metric value to write into {card_path} (got {sorted(metrics)}); the card is unchanged.")
+    marker = REPO_MARKER.search(card.text)
+    repo_id = json.loads(marker.group(1)) if marker else card_path.resolve().parent.name
+    card.data.model_name = card.data.model_name or repo_id.rstrip("/").split("/")[-1]
+    card.data.eval_results = _eval_results(scores, dataset_name, dataset_type=dataset_type, task=task)
+    section = _metrics_section(metrics)
     if _METRICS_SECTION.search(card.text):
         card.text = _METRICS_SECTION.sub(lambda m: m.group(1) + section + m.group(3), card.text, count=1)
     else:
-        card.text = card.text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
+        # with the markers, so that the next evaluation replaces this section rather than adding another
+        start, end = "<!-- hfddpm:metrics:start -->", "<!-- hfddpm:metrics:end -->"
+        card.text = card.text.rstrip("\n") + f"\n\n## Evaluation\n\n{start}\n{section}\n{end}\n"
     card.save(card_path)
     return card_path
 
