@@ -249,3 +249,11 @@ def test_pickled_weights_are_refused_for_vae_and_pretrained_unet(saved, tmp_path
     with pytest.raises(FileNotFoundError, match=r"pipe/unet holds no safetensors weights"):
         build_training_unet(TrainConfig(pretrained_model_name_or_path=str(folder)), num_classes=0)
     assert not marker.exists()
+
+
+def test_truncated_weights_are_named(saved, tmp_path):
+    folder = copy_with_index(saved, tmp_path)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"pipe/unet/diffusion_pytorch_model.safetensors cannot be read \(truncated"):
+        HFDDPMPipeline.from_pretrained(folder)

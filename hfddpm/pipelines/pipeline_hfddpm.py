@@ -109,6 +109,11 @@ def load_model(model_cls, path: str | os.PathLike, subfolder: str | None = None,
         if ".safetensors" not in str(err):
             raise
         where = os.path.join(str(path), subfolder) if subfolder else str(path)
+        weights = os.path.join(where, SAFETENSORS_WEIGHTS_NAME)
+        if os.path.isfile(weights):  # there, but unreadable
+            raise ValueError(
+                f"{weights} cannot be read (truncated or not a safetensors file?): save or download it again."
+            ) from None
         raise FileNotFoundError(
             f"{where} holds no safetensors weights ({SAFETENSORS_WEIGHTS_NAME}). hfddpm loads weights from"
             " safetensors only: pickled weights (.bin, .pt, .ckpt) can run code when loaded. To use pickled weights"
