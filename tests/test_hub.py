@@ -214,12 +214,17 @@ def test_audio_card_describes_sound(tmp_path):
     assert card.data.eval_results[0].dataset_type == "someone/spoken-digits"
 
 
+def write_card_snippets(card_text: str, folder) -> None:
+    """The card's two usage snippets as snippet_hfddpm.py (with hfddpm) and snippet_diffusers.py (diffusers only)."""
+    snippets = re.findall(r"```python\n(.*?)```", card_text, re.S)
+    (folder / "snippet_hfddpm.py").write_text(snippets[0])
+    (folder / "snippet_diffusers.py").write_text(snippets[1])
+
+
 def test_audio_card_snippets_write_the_same_wav_with_and_without_hfddpm(tmp_path):
     folder = build_audio_pipeline(tmp_path / "audio")
     text = write_model_card(folder, training_config={"validation_inference_steps": 2}).read_text()
-    snippets = re.findall(r"```python\n(.*?)```", text, re.S)
-    (tmp_path / "snippet_hfddpm.py").write_text(snippets[0])
-    (tmp_path / "snippet_diffusers.py").write_text(snippets[1])
+    write_card_snippets(text, tmp_path)
     (tmp_path / "run.py").write_text(
         textwrap.dedent(
             """
@@ -362,11 +367,9 @@ def test_push_then_load_by_repo_id_in_fresh_processes(output, hub, tmp_path):
     assert readme == (output / "README.md").read_text()  # the local card now names the repository too
     assert readme.count('from_pretrained("user/hfddpm-tiny"') == 2
     assert ModelCard(readme).data.eval_results[0].metric_value == 4.25
-    snippets = re.findall(r"```python\n(.*?)```", readme, re.S)
 
     # One fresh process (imports are slow): first without hfddpm, then with it.
-    (tmp_path / "snippet_hfddpm.py").write_text(snippets[0])
-    (tmp_path / "snippet_diffusers.py").write_text(snippets[1])
+    write_card_snippets(readme, tmp_path)
     (tmp_path / "load.py").write_text(
         textwrap.dedent(
             """
