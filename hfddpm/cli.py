@@ -267,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("output_dir", help="the training output_dir / saved pipeline folder")
     push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
     push.add_argument("--private", action="store_true", help="create the repository as private")
-    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    push.add_argument(
+        "--token",
+        default=None,
+        help="Hub token (default: HF_TOKEN or the saved login; prefer those, a token on the command line ends up in"
+        " shell history)",
+    )
     push.add_argument("--commit-message", default=None)
     push.set_defaults(func=cmd_push)
     parser.epilog += f"\n\nSchedulers: {', '.join(SCHEDULERS)}"
