@@ -192,6 +192,10 @@ def test_repaint_schedule():
         (dict(mask_image=torch.full((1, 1, 16, 16), 0.5)), r"mask_image must be binary .* got values \[0.5\]"),
         (dict(mask_image=torch.ones(1, 1, 8, 16)), r"mask_image must have the image's size \(16, 16\).*\(8, 16\)"),
         (dict(mask_image=torch.ones(3, 1, 16, 16)), r"Got 3 masks for 2 images"),
+        (dict(mask_image=torch.zeros(1, 3, 16, 16)), r"mask_image must have one channel .* got 3 channels"),
+        (dict(mask_image=np.zeros((1, 16, 16, 3), np.float32)), r"mask_image must have one channel .* got 3"),
+        # a 3-D torch tensor is CHW, as documented: an RGB image for this grey model, not 3 grey images
+        (dict(image=torch.rand(3, 16, 16)), r"image must be 1x16x16 .* got images of shape \(3, 16, 16\)"),
         (dict(jump_length=0), r"jump_length must be an integer >= 1, got 0"),
         (dict(jump_n_sample=1.5), r"jump_n_sample must be an integer >= 1, got 1.5"),
         (dict(class_labels=[10, 1]), r"class_labels must be in \[0, 9\]"),

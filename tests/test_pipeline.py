@@ -154,10 +154,17 @@ def test_matches_diffusers_ddpm_pipeline_on_the_same_unet_and_scheduler():
         (10, {"class_labels": [1, 2, 3]}, "Got 3 class_labels for batch_size=2"),
         (10, {"guidance_scale": 2.0}, "needs class_labels"),
         (None, {"output_type": "latent"}, "output_type='latent'.*'pil', 'np', 'pt'"),
-        (None, {"batch_size": 0}, "batch_size must be >= 1"),
+        (None, {"batch_size": 0}, "batch_size must be an integer >= 1"),
+        (None, {"batch_size": 2.0}, r"batch_size must be an integer >= 1, got 2.0"),
+        (None, {"num_inference_steps": 2.5}, r"num_inference_steps must be an integer >= 1, got 2.5"),
     ],
 )
 def test_input_errors(num_classes, kwargs, match):
     pipe = tiny_pipe(num_classes=num_classes)
     with pytest.raises(ValueError, match=match):
         sample(pipe, **kwargs)
+
+
+def test_a_generator_list_has_one_generator_per_image():
+    with pytest.raises(ValueError, match=r"Got a list of 3 generators for 2 images; pass one generator, or one per"):
+        tiny_pipe()(batch_size=2, num_inference_steps=2, generator=[torch.Generator() for _ in range(3)])

@@ -415,3 +415,9 @@ def test_num_train_timesteps_must_be_a_positive_integer(value):
         ValueError, match=f"num_train_timesteps={value!r} is not valid: a positive integer \\(e.g. 1000\\)"
     ):
         HFDDPMScheduler(num_train_timesteps=value)
+
+
+@pytest.mark.parametrize("gamma", [float("nan"), "5", 0.0])
+def test_loss_weights_refuse_a_gamma_that_is_not_a_positive_number(gamma):
+    with pytest.raises(ValueError, match=r"snr_gamma must be a number > 0 \(5.0 is the paper's choice\), got"):
+        HFDDPMScheduler().loss_weights(torch.tensor([5]), gamma)

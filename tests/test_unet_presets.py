@@ -65,3 +65,9 @@ def test_training_flops_are_measured_and_scale_with_batch():
     assert all(p.grad is None for p in unet.parameters())
     # a forward pass is at least 2 * params multiply-adds per output pixel-position of the first conv alone
     assert one > 2 * 3 * 8 * 9 * 32 * 32
+
+
+def test_a_misspelled_override_is_refused_naming_the_valid_ones():
+    valid = r"valid overrides: .*'num_class_embeds'"
+    with pytest.raises(ValueError, match=rf"\['num_classes'\] are not UNet2DModel settings; {valid}"):
+        build_unet("tiny", num_classes=10)

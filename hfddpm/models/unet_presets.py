@@ -11,6 +11,7 @@ Example:
 """
 
 import copy
+import inspect
 
 import torch
 from diffusers import UNet2DModel
@@ -160,6 +161,10 @@ def build_unet(name: str, **overrides) -> UNet2DModel:
     """
     if name not in UNET_PRESETS:
         raise ValueError(f"Unknown UNet preset {name!r}; choose one of {sorted(UNET_PRESETS)}.")
+    settings = set(inspect.signature(UNet2DModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - settings)
+    if unknown:  # diffusers would only warn and drop them
+        raise ValueError(f"{unknown} are not UNet2DModel settings; valid overrides: {sorted(settings)}.")
     config = copy.deepcopy(UNET_PRESETS[name])
     config.update(overrides)
     return UNet2DModel.from_config(config)

@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import sys
@@ -224,6 +225,15 @@ class HFDDPMPipelineMixin:
         kwargs = {"eta": eta, "generator": generator}
         return {k: v for k, v in kwargs.items() if k in step_params}
 
+    def _initial_noise(self, batch_size: int, generator, device, dtype) -> torch.Tensor:
+        """x_T ~ N(0, I) for ``batch_size`` samples (one generator, or one per sample)."""
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"Got a list of {len(generator)} generators for {batch_size} images; pass one generator, or one per"
+                " image."
+            )
+        return randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
+
     def _sample_shape(self, batch_size: int) -> tuple[int, ...]:
         """``(batch_size, channels, height, width)`` of the UNet's samples."""
         size = self.unet.config.sample_size
@@ -254,11 +264,18 @@ class HFDDPMPipelineMixin:
         processor = VaeImageProcessor(
             do_resize=False, do_normalize=False, do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3
         )
+
+        def as_nchw(array):  # torch HW and CHW as documented (diffusers would read a 3-D tensor as N grey images)
+            array = array.float()
+            return array[None, None] if array.ndim == 2 else array[None] if array.ndim == 3 else array
+
         try:
             if isinstance(images, torch.Tensor):
-                images = images.float()
+                images = as_nchw(images)
             elif isinstance(images, (list, tuple)):
-                images = [a.float() if isinstance(a, torch.Tensor) else a for a in images]
+                images = [as_nchw(a) if isinstance(a, torch.Tensor) else a for a in images]
+                if images and all(isinstance(a, torch.Tensor) for a in images):
+                    images = torch.cat(images)
             tensor = processor.preprocess(images)
         except (ValueError, TypeError) as err:
             raise ValueError(
@@ -266,6 +283,11 @@ class HFDDPMPipelineMixin:
             ) from None
         tensor = tensor.float()
         expected = self._image_shape()
+        if mask and tensor.shape[1] != 1:
+            raise ValueError(
+                f"{name} must have one channel (1 = repaint, 0 = keep), got {tensor.shape[1]} channels; give a grey"
+                " mask (PIL masks are converted to grey)."
+            )
         if not mask and tuple(tensor.shape[1:]) != (channels, *expected[1:]):
             raise ValueError(
                 f"{name} must be {channels}x{expected[1]}x{expected[2]} (channels x height x width, as this UNet's"
@@ -470,8 +492,8 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
 
     def _check_inputs(self, batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
         self._check_output_type(output_type)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
         return self._check_class_labels(batch_size, class_labels, guidance_scale)
 
@@ -514,12 +536,12 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             labels = labels.to(device)
 
         # 2. initial noise x_T ~ N(0, I), scaled for schedulers that work in sigma space
-        latents = randn_tensor(
-            self._sample_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype
-        )
+        latents = self._initial_noise(batch_size, generator, device, self.unet.dtype)
         latents = latents * self.scheduler.init_noise_sigma
 
         # 3. timesteps, and the step() keywords this scheduler understands
+        if not (isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)):
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = self._step_kwargs(generator, eta)
 

@@ -8,11 +8,11 @@ trust_remote_code=True)`` runs it with plain diffusers: it imports nothing from 
 ``pipeline_hfddpm.py``.
 """
 
+import numbers
 from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
-from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_hfddpm import HFDDPMPipelineMixin
 
@@ -102,10 +102,10 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
         """
         # 1. check inputs
-        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        if not isinstance(strength, numbers.Real) or isinstance(strength, bool) or not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be a number in [0, 1] (0 keeps the image, 1 ignores it), got {strength}.")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        if not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
         self._check_output_type(output_type)
         self._check_scheduler()
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
@@ -129,7 +129,7 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
 
         # 3. x_t0 ~ q(x_t0 | x_0), eq. (4) of https://arxiv.org/abs/2006.11239 (Sec. 3 of SDEdit); at strength 1,
         #    pure noise x_T as in sampling, so the result does not depend on the image
-        noise = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=self.unet.dtype)
+        noise = self._initial_noise(batch_size, generator, device, self.unet.dtype)
         if num_steps == num_inference_steps:
             latents = noise * self.scheduler.init_noise_sigma
         else:

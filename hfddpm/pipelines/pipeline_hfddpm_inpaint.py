@@ -8,6 +8,7 @@ trust_remote_code=True)`` runs it with plain diffusers: it imports nothing from 
 ``pipeline_hfddpm.py``.
 """
 
+import numbers
 from typing import Callable
 
 import torch
@@ -161,7 +162,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             ("jump_length", jump_length),
             ("jump_n_sample", jump_n_sample),
         ):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         self._check_output_type(output_type)
         self._check_scheduler()
@@ -189,7 +190,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         step_kwargs = self._step_kwargs(generator, eta=1.0)  # ancestral DDPM: HFDDPMScheduler's eta=1
 
         # 3. x_T ~ N(0, I)
-        latents = randn_tensor(self._sample_shape(batch_size), generator=generator, device=device, dtype=dtype)
+        latents = self._initial_noise(batch_size, generator, device, dtype)
         latents = latents * self.scheduler.init_noise_sigma
 
         with self.progress_bar(total=len(positions) - 1) as progress_bar:

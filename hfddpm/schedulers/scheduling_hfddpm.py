@@ -507,8 +507,8 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         timesteps = torch.as_tensor(timesteps)
         if snr_gamma is None:
             return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
-        if snr_gamma <= 0:
-            raise ValueError(f"snr_gamma must be > 0 (5.0 is the paper's choice), got {snr_gamma}.")
+        if not (_is_number(snr_gamma) and snr_gamma > 0):  # NaN fails too
+            raise ValueError(f"snr_gamma must be a number > 0 (5.0 is the paper's choice), got {snr_gamma!r}.")
         snr = self.snr(timesteps)
         clipped = snr.clamp(max=snr_gamma)
         if self.config.prediction_type == "epsilon":
