@@ -335,3 +335,15 @@ def test_a_failed_push_never_shows_the_token(tmp_path):
 def test_train_py_has_no_test_hooks():
     source = "\n".join(p.read_text() for p in [TRAIN, *Path(ROOT, "hfddpm", "training").glob("*.py")])
     assert "HFDDPM_TEST" not in source and "time.sleep" not in source
+
+
+def test_config_from_python_takes_numpy_numbers_and_refuses_missing_strings():
+    import numpy as np
+
+    config = TrainConfig(train_batch_size=np.int64(8), learning_rate=np.float32(1e-3)).validate()
+    assert type(config.train_batch_size) is int and type(config.learning_rate) is float
+    json.dumps(config.to_dict())  # training_config.json
+    with pytest.raises(ValueError, match=r"--preset None is invalid: it must be given \(default 'mnist'\)"):
+        TrainConfig(preset=None).validate()
+    with pytest.raises(ValueError, match=r"--output_dir 123 is invalid: it must be a string"):
+        TrainConfig(output_dir=123).validate()

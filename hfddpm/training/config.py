@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 import types
 import typing
@@ -506,16 +507,22 @@ class TrainConfig:
         """
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None:
-                continue
             kind = _base_type(f)
+            if value is None:
+                if _type_hints()[f.name] is kind:  # not optional (e.g. --preset, --output_dir)
+                    raise ValueError(f"--{f.name} None is invalid: it must be given (default {f.default!r}).")
+                continue
+            if kind is str and not isinstance(value, str):
+                raise ValueError(f"--{f.name} {value!r} is invalid: it must be a string.")
             if kind is bool and not isinstance(value, bool):
                 raise ValueError(f"--{f.name} {value!r} is invalid: it must be True or False.")
-            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            if kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise ValueError(f"--{f.name} {value!r} is invalid: it must be an integer.")
             if kind is float:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                     raise ValueError(f"--{f.name} {value!r} is invalid: it must be a finite number.")
+            if kind in (int, float) and type(value) is not kind and not (kind is float and type(value) is int):
+                setattr(self, f.name, kind(value))  # numpy scalars as plain numbers: training_config.json is JSON
             if f.metadata["choices"] is not None and value not in f.metadata["choices"]:
                 raise ValueError(f"--{f.name} {value!r} is invalid; choose one of {tuple(f.metadata['choices'])}.")
             check = f.metadata["check"]
