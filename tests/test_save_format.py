@@ -163,3 +163,18 @@ def test_is_repo_id(path, expected, tmp_path, monkeypatch):
     unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
     with pytest.raises(ValueError, match="safetensors only"):
         HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(tmp_path, safe_serialization=False)
+
+
+def test_from_pretrained_takes_diffusers_dtype_forms(tmp_path):
+    from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(tmp_path / "pipe")
+    for kwargs in ({"dtype": torch.bfloat16}, {"torch_dtype": {"unet": torch.bfloat16, "default": torch.float32}}):
+        assert HFDDPMPipeline.from_pretrained(tmp_path / "pipe", **kwargs).unet.dtype == torch.bfloat16
+    half = HFDDPMPipeline.from_pretrained(tmp_path / "pipe", dtype={"default": torch.float16})
+    assert half.unet.dtype == torch.float16
+    with pytest.raises(ValueError, match=r"dtype must be a torch.dtype .*: 'bfloat16'"):
+        HFDDPMPipeline.from_pretrained(tmp_path / "pipe", dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"Unexpected arguments \['variant'\]; .*takes the components unet,"):
+        HFDDPMPipeline.from_pretrained(tmp_path / "pipe", variant="fp16")

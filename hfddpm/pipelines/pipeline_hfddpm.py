@@ -416,7 +416,8 @@ class HFDDPMPipelineMixin:
         Any hfddpm pipeline class loads any saved hfddpm folder (``HFDDPMInpaintPipeline.from_pretrained(folder)``
         on a folder of sampling weights), whatever pipeline saved it.
 
-        Keyword arguments: ``unet``/``scheduler``/``vae`` (use these instead of loading), ``torch_dtype``, and the Hub
+        Keyword arguments: ``unet``/``scheduler``/``vae`` (use these instead of loading), ``dtype`` (or its older name
+        ``torch_dtype``: one dtype, or a dict by component with a ``"default"``, as diffusers takes), and the Hub
         arguments ``revision``, ``cache_dir``, ``token``, ``local_files_only``.
 
         Runs no code from the folder: ``model_index.json`` may name diffusers classes and hfddpm's own, nothing else
@@ -442,7 +443,13 @@ class HFDDPMPipelineMixin:
         index = _read_index(index_path)
         cls = _pipeline_class(index, cls)
 
-        torch_dtype = kwargs.pop("torch_dtype", None)
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        if dtype is not None and torch_dtype is not None:
+            raise ValueError("Pass dtype or torch_dtype (its older name), not both.")
+        dtype = dtype if dtype is not None else torch_dtype
+        for given in dtype.values() if isinstance(dtype, dict) else [dtype]:
+            if given is not None and not isinstance(given, torch.dtype):
+                raise ValueError(f"dtype must be a torch.dtype (e.g. torch.bfloat16) or a dict of those: {given!r}.")
         components = {}
         for name in cls._components:
             if name in kwargs:
@@ -452,12 +459,15 @@ class HFDDPMPipelineMixin:
                 continue  # a pixel-space model
             component_cls = _component_class(index_path, index, name, cls._components)
             is_model = name in ("unet", "vae")
-            load_kwargs = {"torch_dtype": torch_dtype} if is_model and torch_dtype is not None else {}
+            model_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
+            load_kwargs = {"torch_dtype": model_dtype} if is_model and model_dtype is not None else {}
             load = functools.partial(load_model, component_cls) if is_model else component_cls.from_pretrained
             components[name] = load(folder, subfolder=name, **load_kwargs)
         if kwargs:
             raise ValueError(
-                f"Unexpected arguments {sorted(kwargs)}; {cls.__name__} takes {', '.join(cls._components)}."
+                f"Unexpected arguments {sorted(kwargs)}; {cls.__name__}.from_pretrained takes the components"
+                f" {', '.join(cls._components)}, dtype (or torch_dtype) and revision, cache_dir, token,"
+                " local_files_only."
             )
         return cls(**components)
 
