@@ -684,3 +684,21 @@ def test_training_pushes_to_hub(hub, tmp_path):
     assert 'HFDDPMPipeline.from_pretrained("user/trained")' in readme and "class_labels=[0, 1, 2, 3]" in readme
     assert TOKEN not in run.stdout + run.stderr
     assert not [path for path, data in snapshot(out).items() if TOKEN.encode() in data]
+
+
+def test_a_vae_folder_the_index_does_not_name_is_not_part_of_the_pipeline(tmp_path):
+    # a pixel pipeline saved where a latent one was: model_index.json says vae [null, null], the old vae/ stays
+    from diffusers import AutoencoderKL
+
+    from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+
+    folder = tmp_path / "pipe"
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4)
+    latent_unet = build_unet("tiny", in_channels=4, out_channels=4, sample_size=8)
+    HFDDPMPipeline(unet=latent_unet, scheduler=HFDDPMScheduler(), vae=vae).save_pretrained(folder)
+    pixel_unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    HFDDPMPipeline(unet=pixel_unet, scheduler=HFDDPMScheduler()).save_pretrained(folder)
+    assert (folder / "vae" / "config.json").is_file()
+    assert not [f for f in pipeline_files(folder) if f.startswith("vae/")]
+    text = write_model_card(folder).read_text()
+    assert "Latent" not in text and "latents of the autoencoder" not in text and "pixel-space" in text

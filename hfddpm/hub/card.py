@@ -156,7 +156,7 @@ def write_model_card(
 
     channels = unet_config.get("in_channels", 3)
     # a latent model: the UNet's shape is the latents', the autoencoder in vae/ makes the images
-    vae_config = read_json(output_dir / "vae" / "config.json")
+    vae_config = read_json(output_dir / "vae" / "config.json") if _names(output_dir, "vae") else None
     latent = None
     if isinstance(vae_config, dict) and size is not None:
         from hfddpm.latents import downsample_factor
@@ -408,8 +408,19 @@ def hub_dataset_id(dataset: str | None) -> str | None:
 
 def _mel_config(folder: Path) -> dict | None:
     """The ``mel/mel_config.json`` of an audio pipeline folder (``None``: not an audio pipeline)."""
-    config = read_json(Path(folder) / "mel" / "mel_config.json")
+    config = read_json(Path(folder) / "mel" / "mel_config.json") if _names(folder, "mel") else None
     return config if isinstance(config, dict) and config.get("sample_rate") else None
+
+
+def _names(folder: Path, component: str) -> bool:
+    """Whether the folder's ``model_index.json`` names ``component`` (a ``vae/`` or ``mel/`` an earlier save left
+    beside a pipeline that has none is not part of it); a folder without an index: whether the component's folder
+    is there."""
+    index = read_json(Path(folder) / "model_index.json")
+    if not isinstance(index, dict):
+        return (Path(folder) / component).is_dir()
+    entry = index.get(component)
+    return isinstance(entry, list) and any(item is not None for item in entry)
 
 
 def _eval_results(

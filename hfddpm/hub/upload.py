@@ -65,6 +65,10 @@ def pipeline_files(output_dir) -> list[str]:
     check_pipeline_folder(root)
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     files = set(filter_repo_objects(files, allow_patterns=list(PIPELINE_FILES)))
+    # only the components model_index.json names: not a vae/ an earlier save of a latent model left behind
+    index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
+    named = {name for name, entry in index.items() if isinstance(entry, list) and any(entry)}
+    files = {f for f in files if "/" not in f or f.split("/", 1)[0] in named}
     readme = root / "README.md"
     if readme.is_file():
         files.add("README.md")
