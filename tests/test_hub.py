@@ -702,3 +702,17 @@ def test_a_vae_folder_the_index_does_not_name_is_not_part_of_the_pipeline(tmp_pa
     assert not [f for f in pipeline_files(folder) if f.startswith("vae/")]
     text = write_model_card(folder).read_text()
     assert "Latent" not in text and "latents of the autoencoder" not in text and "pixel-space" in text
+
+
+def test_a_pipeline_objects_push_to_hub_uploads_hfddpms_card(hub):
+    import hfddpm
+
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    pipe = hfddpm.HFDDPMPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler())
+    pipe.push_to_hub("user/from-python", token=TOKEN)
+    files = hub.files("user/from-python")
+    card = files["README.md"].decode()
+    assert "library_name: diffusers" in card and "[More Information Needed]" not in card
+    assert "unet/diffusion_pytorch_model.safetensors" in files and "pipeline_hfddpm.py" in files
+    with pytest.raises(ValueError, match=r"Unexpected arguments \['variant'\]"):
+        pipe.push_to_hub("user/from-python", token=TOKEN, variant="fp16")

@@ -19,6 +19,7 @@ import numbers
 import os
 import re
 import sys
+import tempfile
 from typing import Callable
 
 import diffusers
@@ -373,6 +374,24 @@ class HFDDPMPipelineMixin:
             )
         super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
         self._write_remote_code(save_directory)
+
+    def push_to_hub(
+        self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None, **kwargs
+    ):
+        """Upload the pipeline with a generated model card: ``save_pretrained`` into a temporary folder, then
+        ``hfddpm.hub.push_to_hub`` (diffusers' own would upload a placeholder card). Where hfddpm is not installed (a
+        folder loaded with ``trust_remote_code``), diffusers' ``push_to_hub``."""
+        try:
+            from hfddpm.hub import push_to_hub
+        except ImportError:
+            return super().push_to_hub(repo_id, commit_message=commit_message, private=private, token=token, **kwargs)
+        if kwargs:
+            raise ValueError(
+                f"Unexpected arguments {sorted(kwargs)}; push_to_hub takes commit_message, private, token."
+            )
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return push_to_hub(folder, repo_id, token=token, private=bool(private), commit_message=commit_message)
 
     def _write_remote_code(self, save_directory):
         """Copy the source of the pipelines and of custom components next to their configs (generated each save)."""
