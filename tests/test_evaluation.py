@@ -420,3 +420,46 @@ def test_sampling_progress_counts_the_denoising_steps_of_every_batch(capsys):
     generate_samples(pipe, 3, batch_size=2, num_inference_steps=4)
     last = capsys.readouterr().err.split("\r")[-1]
     assert "14/14 [" in last and "3/3 images" in last  # Heun: 2 x 4 - 1 model steps per batch
+
+
+FID_ON_RANK_0 = """
+import os, sys, time, torch, torch.distributed as dist
+from torch import nn
+from hfddpm.evaluation.inception import fid_kid
+
+class Flat(nn.Module):
+    num_features = 16
+    def forward(self, x):
+        return x.flatten(1)[:, :16]
+
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+if rank == 0:  # training gathers the samples and evaluates on the main process only
+    g = torch.Generator().manual_seed(0)
+    fake, real = torch.rand(12, 1, 4, 4, generator=g), torch.rand(12, 1, 4, 4, generator=g)
+    results = fid_kid(fake, real, feature=Flat(), kid_subsets=2, kid_subset_size=6)
+    open(sys.argv[3], "w").write(repr(round(results["fid"], 6)))
+else:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+def test_fid_kid_on_one_of_two_processes_does_not_wait_for_the_other(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    script, done = tmp_path / "fid.py", tmp_path / "done.txt"
+    script.write_text(FID_ON_RANK_0)
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), port, str(done)]) for r in (0, 1)]
+    try:
+        assert procs[0].wait(timeout=120) == 0  # torchmetrics' default sync_on_compute waited here forever
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert float(done.read_text()) > 0

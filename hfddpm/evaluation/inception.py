@@ -125,7 +125,9 @@ def fid_kid(
     identity = _Identity(features["real"].shape[1])
     results = {}
     if "fid" in metrics:
-        fid = FrechetInceptionDistance(feature=identity)
+        # sync_on_compute=False: the caller holds every image (training gathers them to one process, which computes
+        # alone); torchmetrics' default all-gather would wait forever for the other processes
+        fid = FrechetInceptionDistance(feature=identity, sync_on_compute=False)
         fid.update(features["real"], real=True)
         fid.update(features["fake"], real=False)
         results["fid"] = float(fid.compute())
@@ -133,7 +135,9 @@ def fid_kid(
         subset_size = min(kid_subset_size, len(real), len(fake))
         with warnings.catch_warnings():  # "KID will save all extracted features": we pass features, not images
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            kid = KernelInceptionDistance(feature=identity, subsets=kid_subsets, subset_size=subset_size)
+            kid = KernelInceptionDistance(
+                feature=identity, subsets=kid_subsets, subset_size=subset_size, sync_on_compute=False
+            )
         kid.update(features["real"], real=True)
         kid.update(features["fake"], real=False)
         with torch.random.fork_rng(devices=[]):
