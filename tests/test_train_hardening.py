@@ -2,6 +2,7 @@
 written, a diverged run stops, a finished run resumed changes nothing, broken images never cost a finished run,
 damaged checkpoints are named, and a failed push never shows the token."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -306,6 +307,18 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
     text = log.read_text()
     assert proc.returncode == 130 and "Traceback" not in text, text[-3000:]
     assert re.search(r"train.py: Interrupted: the newest checkpoint is .*checkpoint-\d+; continue", text)
+
+
+def test_fid_during_training_without_inception_is_settled_before_training(tmp_path, monkeypatch):
+    from hfddpm.evaluation import inception
+
+    monkeypatch.setattr(inception.torch.hub, "get_dir", lambda: str(tmp_path / "no-hub"))  # no weights there
+    from hfddpm.training import train
+
+    colour = TrainConfig(preset="tiny", train_batch_size=8, max_train_steps=4, eval_steps=2, eval_metrics="fid")
+    with pytest.raises(ValueError, match=r"--eval_metrics fid: FID/KID with Inception-v3 are unavailable.* 3-channel"):
+        train(dataclasses.replace(colour, output_dir=str(tmp_path / "colour")))
+    assert not (tmp_path / "colour" / "training_config.json").exists()
 
 
 def test_a_failed_push_never_shows_the_token(tmp_path):

@@ -179,6 +179,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         )
     if eval_steps:
         _check_audio_metrics(config, run.mel)
+        _check_inception(config, image_channels)
     max_train_steps = resolve_max_train_steps(
         config, num_examples, accelerator.num_processes, recipe_steps=recipe["max_train_steps"]
     )
@@ -656,6 +657,37 @@ def _check_audio_metrics(config: TrainConfig, mel) -> None:
             )
         if "spoken_digits" in chosen:
             check_spectrogram_settings(mel.config)
+
+
+def _check_inception(config: TrainConfig, image_channels: int) -> None:
+    """FID/KID during training without Inception-v3 weights: the evaluations fall back to the digit classifier's
+    features (``fid_digits``, ``kid_digits``), which suit grey images only. Refused before training for colour images
+    and for a ``--keep_best`` that would then never be computed; said once otherwise."""
+    from hfddpm.evaluation import MetricUnavailableError
+    from hfddpm.evaluation.inception import find_inception_weights
+
+    asked = [m for m in ("fid", "kid") if m in parse_metrics(config.eval_metrics)]
+    if not asked:
+        return
+    try:
+        find_inception_weights()
+    except MetricUnavailableError as err:
+        unavailable = str(err).split(". Options:")[0]
+        if image_channels != 1:
+            raise ValueError(
+                f"--eval_metrics {config.eval_metrics}: {unavailable}. Their fallback during training, the digit"
+                f" classifier's features, scores grey images, and this model makes {image_channels}-channel images:"
+                " put the Inception weights in place, or evaluate with --eval_metrics dinov2."
+            ) from None
+        if config.keep_best in asked:
+            raise ValueError(
+                f"--keep_best {config.keep_best}: {unavailable}, so the evaluations compute {config.keep_best}_digits"
+                f" (digit-classifier features) instead; pass --keep_best {config.keep_best}_digits."
+            ) from None
+        logger.warning(
+            f"{unavailable}: the evaluations report {', '.join(f'{m}_digits' for m in asked)} (digit-classifier"
+            " features, comparable only with other hfddpm runs) instead."
+        )
 
 
 def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:
