@@ -381,8 +381,8 @@ class HFDDPMPipelineMixin:
         """Upload the pipeline with a generated model card: ``save_pretrained`` into a temporary folder, then
         ``hfddpm.hub.push_to_hub`` (diffusers' own would upload a placeholder card). Where hfddpm is not installed (a
         folder loaded with ``trust_remote_code``), diffusers' ``push_to_hub``."""
-        try:
-            from hfddpm.hub import push_to_hub
+        try:  # by name: diffusers scans a remote-code file's import statements and imports what they name
+            push_to_hub = importlib.import_module("hfddpm.hub").push_to_hub
         except ImportError:
             return super().push_to_hub(repo_id, commit_message=commit_message, private=private, token=token, **kwargs)
         if kwargs:
