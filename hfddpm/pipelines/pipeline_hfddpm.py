@@ -56,6 +56,8 @@ COMPONENTS = {
     "vae": ((AutoencoderKL, AutoencoderTiny), ["diffusers", "AutoencoderKL"]),
 }
 OPTIONAL_COMPONENTS = ("vae",)
+# The Hub arguments from_pretrained passes on to huggingface_hub.snapshot_download.
+HUB_ARGUMENTS = ("revision", "cache_dir", "token", "local_files_only")
 # The pipeline code of a saved folder, one file per pipeline, by module name (file stem): sampling, and the editing
 # pipelines that run on the same weights. Every save writes all of them, so a folder or Hub repository runs any of
 # them with plain diffusers (``custom_pipeline="pipeline_hfddpm_inpaint"``). Module names are public API.
@@ -87,6 +89,19 @@ def is_repo_id(path: str | os.PathLike) -> bool:
     """
     path = str(path)
     return not os.path.exists(path) and _REPO_ID.fullmatch(path) is not None and ".." not in path and "--" not in path
+
+
+def check_count(name: str, value) -> None:
+    """``ValueError`` unless ``value`` is an integer >= 1 (numpy integers too, not bools): batch sizes, steps.
+
+    Example:
+        >>> check_count("num_inference_steps", 2.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_inference_steps must be an integer >= 1, got 2.5.
+    """
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
 
 
 def load_model(model_cls, path: str | os.PathLike, subfolder: str | None = None, **kwargs):
@@ -444,7 +459,7 @@ class HFDDPMPipelineMixin:
         trust_remote_code=True)``, after you have read their code.
         """
         path = str(pretrained_model_name_or_path)
-        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_ARGUMENTS if k in kwargs}
         if os.path.isdir(path):
             folder = path
         elif not is_repo_id(path):
@@ -485,8 +500,7 @@ class HFDDPMPipelineMixin:
         if kwargs:
             raise ValueError(
                 f"Unexpected arguments {sorted(kwargs)}; {cls.__name__}.from_pretrained takes the components"
-                f" {', '.join(cls._components)}, dtype (or torch_dtype) and revision, cache_dir, token,"
-                " local_files_only."
+                f" {', '.join(cls._components)}, dtype (or torch_dtype) and {', '.join(HUB_ARGUMENTS)}."
             )
         return cls(**components)
 
@@ -521,8 +535,7 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
 
     def _check_inputs(self, batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
         self._check_output_type(output_type)
-        if not (isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        check_count("batch_size", batch_size)
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
         return self._check_class_labels(batch_size, class_labels, guidance_scale)
 
@@ -557,6 +570,7 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
         """
         # 1. check inputs
+        check_count("num_inference_steps", num_inference_steps)
         labels = self._check_inputs(
             batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs
         )
@@ -569,8 +583,6 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
 
         # 3. timesteps, and the step() keywords this scheduler understands
-        if not (isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)):
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = self._step_kwargs(generator, eta)
 

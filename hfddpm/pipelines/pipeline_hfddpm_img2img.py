@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
-from .pipeline_hfddpm import HFDDPMPipelineMixin
+from .pipeline_hfddpm import HFDDPMPipelineMixin, check_count
 
 
 class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
@@ -104,8 +104,7 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         # 1. check inputs
         if not isinstance(strength, numbers.Real) or isinstance(strength, bool) or not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be a number in [0, 1] (0 keeps the image, 1 ignores it), got {strength}.")
-        if not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
+        check_count("num_inference_steps", num_inference_steps)
         self._check_output_type(output_type)
         self._check_scheduler()
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)

@@ -8,14 +8,13 @@ trust_remote_code=True)`` runs it with plain diffusers: it imports nothing from 
 ``pipeline_hfddpm.py``.
 """
 
-import numbers
 from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_hfddpm import HFDDPMPipelineMixin
+from .pipeline_hfddpm import HFDDPMPipelineMixin, check_count
 
 # RePaint runs the ancestral DDPM reverse step and re-noises with the forward process between steps: it is defined
 # for these schedulers (by class name, so the copies that plain diffusers loads from a saved folder count too).
@@ -162,8 +161,7 @@ class HFDDPMInpaintPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             ("jump_length", jump_length),
             ("jump_n_sample", jump_n_sample),
         ):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+            check_count(name, value)
         self._check_output_type(output_type)
         self._check_scheduler()
         self._check_callback_inputs(callback_on_step_end_tensor_inputs)
