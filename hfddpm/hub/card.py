@@ -19,6 +19,8 @@ from hfddpm.evaluation.uncertainty import DETAILS_KEY
 from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, read_config
 
+from .checks import named_components
+
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
 SAMPLE_GRID = "samples/final.png"
 TRAIN_METRICS_FILE = "train_metrics.json"
@@ -416,11 +418,9 @@ def _names(folder: Path, component: str) -> bool:
     """Whether the folder's ``model_index.json`` names ``component`` (a ``vae/`` or ``mel/`` an earlier save left
     beside a pipeline that has none is not part of it); a folder without an index: whether the component's folder
     is there."""
-    index = read_json(Path(folder) / "model_index.json")
-    if not isinstance(index, dict):
+    if not isinstance(read_json(Path(folder) / "model_index.json"), dict):
         return (Path(folder) / component).is_dir()
-    entry = index.get(component)
-    return isinstance(entry, list) and any(item is not None for item in entry)
+    return component in named_components(folder)
 
 
 def _eval_results(

@@ -165,6 +165,13 @@ def check_push_settings(repo_id, token=None, *, token_flag: str | None = "--hub_
         raise ValueError(no_token_message(repo_id, token_flag=token_flag))
 
 
+def named_components(output_dir) -> set[str]:
+    """The components the ``model_index.json`` of ``output_dir`` names (entries that are not ``[null, null]``): a
+    ``vae/`` or ``mel/`` an earlier save left beside a pipeline that has none is not part of it."""
+    index = json.loads((Path(output_dir) / "model_index.json").read_text(encoding="utf-8"))
+    return {name for name, entry in index.items() if not name.startswith("_") and _is_set(entry)}
+
+
 def _is_set(entry) -> bool:
     """Whether a model_index.json entry names a component (``[null, null]`` and ``null`` do not)."""
     if isinstance(entry, list):

@@ -20,7 +20,14 @@ from hfddpm.evaluation.registry import METRIC_REGISTRY
 from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES
 
 from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_metrics, write_model_card
-from .checks import check_pipeline_folder, check_repo_id, clean_token, no_token_message, token_source
+from .checks import (
+    check_pipeline_folder,
+    check_repo_id,
+    clean_token,
+    named_components,
+    no_token_message,
+    token_source,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +72,7 @@ def pipeline_files(output_dir) -> list[str]:
     check_pipeline_folder(root)
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     files = set(filter_repo_objects(files, allow_patterns=list(PIPELINE_FILES)))
-    # only the components model_index.json names: not a vae/ an earlier save of a latent model left behind
-    index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
-    named = {name for name, entry in index.items() if isinstance(entry, list) and any(entry)}
+    named = named_components(root)  # not a vae/ an earlier save of a latent model left behind
     files = {f for f in files if "/" not in f or f.split("/", 1)[0] in named}
     readme = root / "README.md"
     if readme.is_file():
@@ -149,7 +154,7 @@ def push_to_hub(
     if not output_dir.is_dir():
         raise FileNotFoundError(f"output_dir {output_dir} does not exist; train or save a pipeline there first.")
     # 1. local checks, before anything is sent: a loadable pipeline, a repository id, a token
-    pipeline_files(output_dir)
+    check_pipeline_folder(output_dir)
     check_repo_id(repo_id)
     retry = f"hfddpm push {shlex.quote(str(output_dir))} --repo-id {shlex.quote(repo_id)}"
     retry += " --private" if private else ""
