@@ -89,8 +89,7 @@ def check_metrics_available(
 
 def _check_grey_pipeline(pipe, chosen) -> None:
     """``ValueError`` when a metric of grey images is asked of a pipeline that makes colour ones."""
-    vae = getattr(pipe, "vae", None)
-    channels = vae.config.out_channels if vae is not None else pipe.unet.config.in_channels
+    channels = pipe._image_shape()[0]
     grey = [m.choice for m in chosen if "grey" in m.needs]
     if grey and channels != 1:
         raise ValueError(

@@ -56,16 +56,16 @@ def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str) -> 
     return path
 
 
-def earlier_run(output_dir: Path) -> str | None:
+def earlier_run(output_dir: Path) -> tuple[str | None, bool]:
     """What an earlier run left in ``output_dir`` that a new run would replace (a saved pipeline, checkpoints), in
-    words; None when there is neither."""
+    words (None when there is neither), and whether it can be resumed (it has checkpoints)."""
     found = []
     if (output_dir / "model_index.json").is_file():
         found.append("a saved pipeline")
     checkpoints = list_checkpoints(output_dir / "checkpoints")
     if checkpoints:
         found.append(f"checkpoints up to {checkpoints[-1].name}")
-    return " and ".join(found) or None
+    return " and ".join(found) or None, bool(checkpoints)
 
 
 def read_training_state(path: Path) -> dict:

@@ -640,9 +640,9 @@ class TrainConfig:
         path = Path(self.output_dir)
         if path.exists() and not path.is_dir():
             raise ValueError(f"--output_dir {self.output_dir!r} is a file, not a folder; pass a folder path.")
-        earlier = earlier_run(path) if path.is_dir() and not self.overwrite_output_dir else None
+        earlier, resumable = earlier_run(path) if path.is_dir() and not self.overwrite_output_dir else (None, False)
         resumes = self.resume_from_checkpoint is not None
-        if earlier and (not resumes or (self.resume_from_checkpoint == "latest" and "checkpoints" not in earlier)):
+        if earlier and (not resumes or (self.resume_from_checkpoint == "latest" and not resumable)):
             what = "no checkpoint to resume, so this run would start again from step 0" if resumes else "a new run"
             raise ValueError(
                 f"--output_dir {self.output_dir!r} holds an earlier run ({earlier}), and {what} would replace it."
