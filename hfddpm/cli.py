@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -381,6 +382,7 @@ def _save_formats() -> dict[str, str]:
     return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
 
 
+@functools.lru_cache(maxsize=None)
 def _writes_images(ext: str) -> bool:
     """Whether PIL saves 1×1 grayscale and RGB images as ``ext`` (some formats are read-only stubs or take other
     modes)."""
@@ -410,7 +412,7 @@ def parse_class_labels(values: list[str] | None, num_images: int, num_classes: i
         raise ValueError(
             "--class-labels were given but the pipeline's UNet is unconditional (num_class_embeds is None)."
         )
-    items = [item for value in values for item in value.split(",") if item.strip()]
+    items = _label_items(values)
     try:
         labels = torch.tensor([int(item) for item in items])
     except ValueError:
@@ -419,6 +421,11 @@ def parse_class_labels(values: list[str] | None, num_images: int, num_classes: i
     if bad or labels.numel() == 0:
         raise ValueError(f"--class-labels must be in [0, {num_classes - 1}] for this pipeline, got {bad or values}.")
     return labels[torch.arange(num_images) % labels.numel()]
+
+
+def _label_items(values: list[str]) -> list[str]:
+    """The labels of ``--class-labels`` values, each value a label or a comma-separated list: ``["0,1", "2"]``."""
+    return [item for value in values for item in value.split(",") if item.strip()]
 
 
 def cmd_sample(args) -> int:
@@ -501,7 +508,7 @@ def _edit_labels(args, pipe, num_images: int):
     """The class label of each edited image: one for all, or one per image (never cycled)."""
     if args.class_labels is None:
         return None
-    given = len([item for value in args.class_labels for item in value.split(",") if item.strip()])
+    given = len(_label_items(args.class_labels))
     if given not in (1, num_images):
         raise ValueError(
             f"--class-label got {given} labels for {num_images} image(s); give one label for all images or one per"
