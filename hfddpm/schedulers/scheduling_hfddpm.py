@@ -640,26 +640,29 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
         """
         variance_type = self.config.variance_type if variance_type is None else variance_type
         _check(variance_type in VARIANCE_TYPES, "variance_type", variance_type, f"choose one of {VARIANCE_TYPES}")
-        _, _, beta_t, posterior_variance = self._alphas(t)
-        small = max(posterior_variance, 1e-20)
-        if variance_type == "fixed_small":
-            return torch.tensor(small)
-        if variance_type == "fixed_small_log":
-            return torch.tensor(small**0.5)
-        if variance_type == "fixed_large":
-            return torch.tensor(beta_t)
-        if variance_type == "fixed_large_log":
-            return torch.tensor(math.log(beta_t))
-        if predicted_variance is None:
+        if variance_type.startswith("learned") and predicted_variance is None:
             raise ValueError(f"variance_type={variance_type!r} needs the model's predicted_variance.")
         if variance_type == "learned":
             return predicted_variance
-        frac = (predicted_variance + 1) / 2
-        return frac * math.log(beta_t) + (1 - frac) * math.log(small)
+        # the step's own standard deviation (_noise_std), in the form DDPMScheduler gives for this variance_type
+        _, _, beta_t, posterior_variance = self._alphas(t)
+        std = torch.as_tensor(self._noise_std(beta_t, posterior_variance, predicted_variance, variance_type))
+        if variance_type == "fixed_small_log":
+            return std
+        if variance_type in ("fixed_large_log", "learned_range"):
+            return 2 * torch.log(std)
+        return std**2
 
-    def _noise_std(self, beta_t: float, posterior_variance: float, predicted_variance: torch.Tensor | None):
-        """Standard deviation of the ancestral step's noise for ``variance_type`` (as DDPMScheduler)."""
-        variance_type = self.config.variance_type
+    def _noise_std(
+        self,
+        beta_t: float,
+        posterior_variance: float,
+        predicted_variance: torch.Tensor | None,
+        variance_type: str | None = None,
+    ):
+        """Standard deviation of the ancestral step's noise for ``variance_type`` (default: the config's), as
+        DDPMScheduler."""
+        variance_type = self.config.variance_type if variance_type is None else variance_type
         small = max(posterior_variance, 1e-20)
         if variance_type in ("fixed_small", "fixed_small_log"):
             return small**0.5  # beta~_t, eq. (7) of Ho et al. 2020
