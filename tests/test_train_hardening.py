@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_security import RunsCode
 from train_helpers import ROOT, TRAIN, accelerate_launcher, load_train_script, run_train, train_env
 
 from hfddpm.training import TrainConfig, TrainingError
@@ -189,16 +190,6 @@ def test_a_truncated_checkpoint_is_named_with_the_intact_ones(tmp_path):
     assert result.returncode == 1
     assert "unet/diffusion_pytorch_model.safetensors cannot be read" in result.stderr
     assert "Intact checkpoints: " in result.stderr and "checkpoint-2" in result.stderr
-
-
-class RunsCode:
-    """Pickles to a call that writes ``marker``: what a tampered state file would hold."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('the pickle ran')",))
 
 
 @pytest.fixture(scope="module")
