@@ -10,8 +10,9 @@ import pytest
 import soundfile
 import torch
 import torch.nn.functional as F
+from audio_helpers import build_audio_pipeline
 
-from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline, HFDDPMScheduler, build_unet
+from hfddpm import HFDDPMAudioPipeline, HFDDPMPipeline, HFDDPMScheduler, build_unet
 from hfddpm.cli import main
 from hfddpm.evaluation import MetricUnavailableError, compute_metrics, evaluate_pipeline, feature_statistics
 from hfddpm.evaluation.fad import DEFAULT_FAD_MODEL, audio_embeddings, fad, fad_with_details, load_fad_model
@@ -183,9 +184,6 @@ def test_fad_needs_sound_and_real_clips(clap_folder):
 # ---------------------------------------------------------------------------------------------------------------------
 # hfddpm evaluate
 # ---------------------------------------------------------------------------------------------------------------------
-MEL = dict(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
-
-
 @pytest.fixture(scope="module")
 def audio_model(tmp_path_factory):
     """A tiny untrained audio pipeline folder (8 kHz, 0.12 s clips) and a folder of real tones."""
@@ -198,10 +196,7 @@ def audio_model(tmp_path_factory):
         (clips / label).mkdir(parents=True)
         for i, clip in enumerate(tones([freq] * 3, seconds=0.2, rate=8000, seed=len(label))):
             soundfile.write(clips / label / f"{i}.wav", clip, 8000)
-    torch.manual_seed(0)
-    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
-    pipe = HFDDPMAudioPipeline(unet=unet, scheduler=HFDDPMScheduler(), mel=HFDDPMMel(**MEL))
-    pipe.save_pretrained(root / "model")
+    build_audio_pipeline(root / "model")
     # the run's training source, as training_config.json records it
     write_config(root / "model" / "training_config.json", TrainConfig(train_data_dir=str(clips)), {})
     return root / "model", clips

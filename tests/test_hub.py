@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from audio_helpers import build_audio_pipeline
 from hub_server import USER_TOKEN as TOKEN
 from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import RepositoryNotFoundError
@@ -97,15 +98,6 @@ def output(saved_output, tmp_path):
     return Path(shutil.copytree(saved_output, tmp_path / "out"))
 
 
-def build_audio_pipeline(folder: Path, num_class_embeds=4) -> Path:
-    """A tiny saved HFDDPMAudioPipeline: 16×16 spectrograms of 0.12 s clips at 8000 Hz."""
-    torch.manual_seed(0)
-    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16, num_class_embeds=num_class_embeds)
-    mel = hfddpm.HFDDPMMel(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
-    hfddpm.HFDDPMAudioPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler(), mel=mel).save_pretrained(folder)
-    return folder
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -183,7 +175,7 @@ def test_card_variants(tmp_path):
 
 
 def test_audio_card_describes_sound(tmp_path):
-    folder = build_audio_pipeline(tmp_path / "audio")
+    folder = build_audio_pipeline(tmp_path / "audio", num_class_embeds=4)
     settings = {"preset": "tiny", "validation_inference_steps": 2, "train_data_dir": "/home/someone/tones"}
     path = write_model_card(folder, training_config=settings, metrics={"fd_digits": 1.5}, dataset_name="tones")
     card = ModelCard.load(path)
@@ -222,7 +214,7 @@ def write_card_snippets(card_text: str, folder) -> None:
 
 
 def test_audio_card_snippets_write_the_same_wav_with_and_without_hfddpm(tmp_path):
-    folder = build_audio_pipeline(tmp_path / "audio")
+    folder = build_audio_pipeline(tmp_path / "audio", num_class_embeds=4)
     text = write_model_card(folder, training_config={"validation_inference_steps": 2}).read_text()
     write_card_snippets(text, tmp_path)
     (tmp_path / "run.py").write_text(
@@ -454,6 +446,135 @@ def test_push_writes_a_card_when_there_is_none(tmp_path, hub):
     assert (folder / "README.md").read_bytes() == hub.files("user/carded")["README.md"]
 
 
+def build_diffusers_pipeline(folder: Path) -> Path:
+    """A plain diffusers DDPMPipeline folder (no hfddpm code or training files), with 10 timesteps to sample fast."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
+        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(folder)
+    return folder
+
+
+DIFFUSERS_PIPELINE = [
+    "README.md",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+]
+
+
+@pytest.mark.parametrize("kind", ["hfddpm", "diffusers"])
+def test_push_writes_the_card_of_what_the_folder_is(kind, tmp_path, hub, monkeypatch, capsys):
+    from hfddpm.cli import main
+
+    if kind == "hfddpm":
+        folder = build_output(tmp_path / "out", card=False)
+    else:
+        folder = build_diffusers_pipeline(tmp_path / "out")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert main(["push", str(folder), "--repo-id", f"user/{kind}"]) == 0, capsys.readouterr().err
+    files = hub.files(f"user/{kind}")
+    card = ModelCard(files["README.md"].decode())
+    snippets = re.findall(r"```python\n(.*?)```", card.text, re.S)
+    if kind == "hfddpm":
+        assert sorted(files) == sorted([".gitattributes", *PIPELINE])
+        assert "It was trained with hfddpm" in card.text and "hfddpm" in card.data.tags
+        assert [s.count(f'from_pretrained("user/{kind}"') for s in snippets] == [1, 1]
+        assert "HFDDPMPipeline.from_pretrained(" in snippets[0] and "trust_remote_code=True" in snippets[1]
+        assert hub.commits(f"user/{kind}")[-1].title.startswith("Upload hfddpm pipeline at step 10")
+        return
+
+    # a diffusers DDPMPipeline: its own files only, and a card of what the folder says, loaded with diffusers
+    assert sorted(files) == sorted([".gitattributes", *DIFFUSERS_PIPELINE])
+    assert hub.commits(f"user/{kind}")[-1].title == "Upload diffusers DDPMPipeline"
+    assert card.data.library_name == "diffusers" and card.data.tags == ["diffusers"]
+    assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.license is None
+    text = card.text
+    shown = re.sub(r"<!--.*?-->", "", text, flags=re.S)  # what the Hub page shows
+    for claim in ("hfddpm", "HFDDPM", "trust_remote_code", "trained with", "Training", "Evaluation", "Min-SNR"):
+        assert claim not in shown
+    assert "# DDPMPipeline\n\nA 🤗 diffusers `DDPMPipeline` that generates 16×16 grayscale images.\n" in text
+    assert "how, on what data and for how long the model was\ntrained is not known here" in text
+    n_params = count_parameters(folder / "unet")
+    assert f"| `unet` | `diffusers.UNet2DModel` | {n_params:,} |" in text
+    assert "| `scheduler` | `diffusers.DDPMScheduler` | — |" in text
+    assert len(snippets) == 1
+    assert 'pipe = DiffusionPipeline.from_pretrained("user/diffusers")  # a DDPMPipeline\n' in snippets[0]
+    assert "    batch_size=4,\n    num_inference_steps=10,\n" in snippets[0]  # the whole chain of this scheduler
+    # the snippet, as written, loads the pushed repository with diffusers alone and samples (a fresh process: the
+    # endpoint of the fake Hub is read at import)
+    (tmp_path / "snippet.py").write_text(snippets[0])
+    script = (
+        'import sys; sys.modules["hfddpm"] = None; ns = {}; exec(open("snippet.py").read(), ns)\n'
+        'print(type(ns["pipe"]).__module__, type(ns["pipe"]).__name__)'
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["diffusers.pipelines.ddpm.pipeline_ddpm", "DDPMPipeline"]
+    assert Image.open(tmp_path / "sample.png").size == (16, 16)
+
+
+def test_diffusers_card_shows_only_what_it_is_given(tmp_path):
+    folder = build_diffusers_pipeline(tmp_path / "plain")
+    (folder / "train_metrics.json").write_text(json.dumps({"device": "cpu", "wall_time_s": 75.4}))
+    settings = {"max_train_steps": 5, "train_batch_size": 8, "hub_token": TOKEN}
+    path = write_model_card(folder, training_config=settings, metrics={"fd_digits": 2.0}, dataset_name="mnist")
+    card = ModelCard.load(path)
+    assert card.data.datasets == ["ylecun/mnist"] and card.data.tags == ["diffusers", "mnist"]
+    assert card.data.eval_results[0].metric_value == 2.0
+    assert card.data.eval_results[0].task_type == "unconditional-image-generation"
+    assert "16×16 grayscale images, trained on **mnist**." in card.text and "not known here" not in card.text
+    rows = re.findall(r"^\| (.+?) \|", card.text.split("## Training")[1].split("## Evaluation")[0], re.M)
+    assert rows == ["Setting", "Training steps", "Batch size"]  # nothing from the folder's train_metrics.json
+    assert TOKEN not in path.read_text() and "| Fréchet distance of digit-classifier features" in card.text
+    # another diffusers pipeline: loaded, not sampled (its call arguments are its own), no image task
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "LDMPipeline"}))
+    card = ModelCard.load(write_model_card(folder))
+    assert card.data.pipeline_tag is None and "= pipe(" not in card.text and "images" not in card.text
+    assert "For the arguments of `pipe(...)`, see `LDMPipeline` in the diffusers documentation." in card.text
+
+
+def test_a_diffusers_pipeline_saved_over_an_hfddpm_one_pushes_none_of_its_code(tmp_path, hub):
+    folder = build_output(tmp_path / "out", card=False)
+    hfddpm.HFDDPMPipeline.from_pretrained(folder).save_pretrained(folder)
+    push_to_hub(folder, "user/swap", token=TOKEN)
+    assert {"pipeline_hfddpm.py", "scheduler/scheduling_hfddpm.py"} <= set(hub.files("user/swap"))
+    # the same folder, saved again as a diffusers DDPMPipeline: hfddpm's code and card stay behind on disk
+    (folder / "README.md").unlink()
+    build_diffusers_pipeline(folder)
+    assert (folder / "pipeline_hfddpm.py").is_file() and (folder / "scheduler" / "scheduling_hfddpm.py").is_file()
+    assert pipeline_files(folder) == sorted([*DIFFUSERS_PIPELINE[1:], "samples/final.png"])  # no README.md yet
+    push_to_hub(folder, "user/swap", token=TOKEN)
+    files = hub.files("user/swap")
+    assert sorted(files) == sorted([".gitattributes", *DIFFUSERS_PIPELINE, "samples/final.png"])  # stale code deleted
+    assert "trust_remote_code" not in files["README.md"].decode()
+    # an hfddpm pipeline with diffusers' scheduler: its own code, not the scheduler code an earlier save left
+    from diffusers import DDPMScheduler
+
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    hfddpm.HFDDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+    files = pipeline_files(folder)
+    assert "pipeline_hfddpm.py" in files and "scheduler/scheduling_hfddpm.py" not in files
+
+
+def test_push_refuses_a_pipeline_with_code_that_is_not_hfddpms(tmp_path, hub):
+    folder = build_diffusers_pipeline(tmp_path / "custom")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": ["my_pipeline", "MyPipeline"]}))
+    (folder / "my_pipeline.py").write_text("class MyPipeline: ...\n")
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match=r"names the pipeline my_pipeline\.MyPipeline, whose code is not") as e:
+        push_to_hub(folder, "user/custom", token=TOKEN)
+    assert "pipeline_hfddpm.py" in str(e.value) and "HfApi().upload_folder" in str(e.value)
+    assert hub.requests == [] and snapshot(folder) == before
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -582,7 +703,7 @@ def test_push_refuses_a_folder_that_is_not_a_loadable_pipeline(
 
 
 def test_pipeline_folder_check_names_every_missing_component(tmp_path):
-    folder = build_audio_pipeline(tmp_path / "audio")
+    folder = build_audio_pipeline(tmp_path / "audio", num_class_embeds=4)
     check_pipeline_folder(folder)  # complete
     shutil.rmtree(folder / "mel")
     shutil.rmtree(folder / "unet")

@@ -2,7 +2,8 @@
 """hfddpm model cards: written from a saved pipeline folder and its training settings, refreshed with metrics.
 
 The training table reads each setting by its name in ``training_config.json`` (``CONFIG_ROWS``); the labels and
-directions of metrics come from ``hfddpm.evaluation.METRIC_REGISTRY``.
+directions of metrics come from ``hfddpm.evaluation.METRIC_REGISTRY``. A folder of a pipeline hfddpm did not make (a
+diffusers ``DDPMPipeline``) gets a card of its own template: its class and components, loaded with diffusers.
 """
 
 import json
@@ -19,9 +20,11 @@ from hfddpm.evaluation.uncertainty import DETAILS_KEY
 from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, read_config
 
-from .checks import named_components
+from .checks import hfddpm_pipeline_class, named_components, pipeline_class_name
 
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
+# The card of a pipeline folder hfddpm did not make (model_index.json names no hfddpm pipeline).
+DIFFUSERS_CARD_TEMPLATE_NAME = "diffusers_card_template.md"
 SAMPLE_GRID = "samples/final.png"
 TRAIN_METRICS_FILE = "train_metrics.json"
 EVAL_METRICS_FILES = ("eval_metrics.json", "metrics.json")
@@ -67,23 +70,26 @@ _TASKS = {
     "image": ("unconditional-image-generation", "Unconditional image generation"),
     "audio": ("other", "Unconditional audio generation"),
 }
+# diffusers pipelines that make images from noise alone, called as pipe(batch_size=..., generator=...,
+# num_inference_steps=...), with their default number of steps: their card has the image task and a usage snippet
+# that samples (with at most the scheduler's num_train_timesteps steps); other pipelines' cards only load them.
+_DIFFUSERS_UNCONDITIONAL = {"DDPMPipeline": 1000, "DDIMPipeline": 50}
 REPO_MARKER = re.compile(r"<!-- hfddpm:repo_id (\".*?\") -->")
 _METRICS_SECTION = re.compile(r"(<!-- hfddpm:metrics:start -->\n)(.*?)(\n<!-- hfddpm:metrics:end -->)", re.S)
 
 
-def card_template_path() -> Path:
-    """The Jinja template of hfddpm model cards (installed as ``hfddpm.model_cards``, else the repository's copy)."""
+def card_template_path(name: str = CARD_TEMPLATE_NAME) -> Path:
+    """The Jinja template ``name`` of model cards (installed as ``hfddpm.model_cards``, else the repository's copy):
+    ``CARD_TEMPLATE_NAME`` for hfddpm's pipelines, ``DIFFUSERS_CARD_TEMPLATE_NAME`` for other pipeline folders."""
     try:
-        installed = resources.files("hfddpm.model_cards") / CARD_TEMPLATE_NAME
+        installed = resources.files("hfddpm.model_cards") / name
         if installed.is_file():
             return Path(str(installed))
     except ModuleNotFoundError:
         pass
-    path = Path(__file__).resolve().parents[2] / "model_cards" / CARD_TEMPLATE_NAME
+    path = Path(__file__).resolve().parents[2] / "model_cards" / name
     if not path.is_file():
-        raise FileNotFoundError(
-            f"The model card template {CARD_TEMPLATE_NAME} is neither installed with hfddpm nor at {path}."
-        )
+        raise FileNotFoundError(f"The model card template {name} is neither installed with hfddpm nor at {path}.")
     return path
 
 
@@ -107,6 +113,10 @@ def write_model_card(
     repo_id: str | None = None,
 ) -> Path:
     """Render ``output_dir/README.md`` from the hfddpm card template with ``huggingface_hub.ModelCard``.
+
+    A folder whose ``model_index.json`` names a pipeline that is not hfddpm's (a diffusers ``DDPMPipeline``) gets the
+    diffusers card template instead: the pipeline class and its components, ``DiffusionPipeline.from_pretrained``
+    to load it, and of its training only what ``training_config``, ``dataset_name`` and ``metrics`` say.
 
     Args:
         output_dir: a saved pipeline folder (``save_pretrained``). Its UNet and scheduler configs and weights are
@@ -138,6 +148,10 @@ def write_model_card(
     scheduler_config = read_json(output_dir / "scheduler" / "scheduler_config.json") or {}
     dataset = dataset_name or config.get("dataset_name")
     dataset = str(dataset) if dataset else None
+    repo_id = str(output_dir) if repo_id is None else repo_id
+    index = read_json(output_dir / "model_index.json")
+    if isinstance(index, dict) and not hfddpm_pipeline_class(index):
+        return _write_diffusers_card(output_dir, index, config, metrics or {}, dataset, repo_id)
 
     # the saved folder is the authority on the model it holds
     size = unet_config.get("sample_size")
@@ -193,7 +207,6 @@ def write_model_card(
         guidance = config.get("validation_guidance_scale", TrainConfig.validation_guidance_scale)
         call_args += [f"class_labels={[i % num_classes for i in range(4)]}", f"guidance_scale={float(guidance)}"]
 
-    repo_id = str(output_dir) if repo_id is None else repo_id
     model_name = repo_id.rstrip("/").split("/")[-1] or "hfddpm-model"
     tags = ["hfddpm", "diffusers", "ddpm"]
     if dataset:
@@ -222,7 +235,7 @@ def write_model_card(
         repo_id_literal=json.dumps(repo_id),
         dataset=dataset,
         resolution=config.get("resolution", "?"),
-        color={1: "grayscale", 3: "RGB"}.get(channels, f"{channels}-channel"),
+        color=_color(channels),
         num_classes=num_classes,
         sample_grid=sample_grid if show_grid else None,
         num_inference_steps=steps,
@@ -230,6 +243,62 @@ def write_model_card(
         config_rows=config_rows,
         extra_rows=extra_rows,
         metrics_section=_metrics_section(metrics or {}),
+    )
+    path = output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def _write_diffusers_card(
+    output_dir: Path, index: dict, config: dict, metrics: dict, dataset: str | None, repo_id: str
+) -> Path:
+    """``write_model_card`` for a pipeline hfddpm did not make: its class and components as ``model_index.json``
+    names them, a diffusers snippet that loads it, and only the training settings and metrics given."""
+    pipeline_class = pipeline_class_name(index)
+    samples = pipeline_class in _DIFFUSERS_UNCONDITIONAL
+    call_args = None
+    if samples:
+        scheduler_config = read_json(output_dir / "scheduler" / "scheduler_config.json") or {}
+        steps = min(_DIFFUSERS_UNCONDITIONAL[pipeline_class], scheduler_config.get("num_train_timesteps", 1000))
+        call_args = ["batch_size=4", f"num_inference_steps={steps}", "generator=generator"]
+    unet_config = read_json(output_dir / "unet" / "config.json") or {}
+    size = unet_config.get("sample_size")
+    resolution = color = None
+    if samples and size is not None:
+        height, width = (size, size) if isinstance(size, int) else size
+        resolution, color = f"{height}×{width}", _color(unet_config.get("in_channels", 3))
+    named = named_components(output_dir)
+    components = []
+    for name, entry in index.items():
+        if name in named:
+            n_params = count_parameters(output_dir / name)
+            library_class = ".".join(map(str, entry)) if isinstance(entry, list) else str(entry)
+            components.append((name, library_class, format_value("num_parameters", n_params) if n_params else "—"))
+    eval_results = _eval_results(_scores(metrics), dataset, task=_TASKS["image"] if samples else ("other", "Other"))
+    hub_dataset = hub_dataset_id(dataset)
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag=_PIPELINE_TAGS["image"] if samples else None,
+        tags=["diffusers", *([dataset.split("/")[-1].lower()] if dataset else [])],
+        datasets=[hub_dataset] if hub_dataset else None,
+        model_name=(repo_id.rstrip("/").split("/")[-1] or pipeline_class) if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    config_rows, extra_rows = _config_rows(config)
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(card_template_path(DIFFUSERS_CARD_TEMPLATE_NAME)),
+        title=pipeline_class + (f" for {dataset}" if dataset else ""),
+        pipeline_class=pipeline_class,
+        repo_id_literal=json.dumps(repo_id),
+        dataset=dataset,
+        resolution=resolution,
+        color=color,
+        call_args=call_args,
+        components=components,
+        config_rows=config_rows,
+        extra_rows=extra_rows,
+        metrics_section=_metrics_section(metrics) if metrics else None,
     )
     path = output_dir / "README.md"
     card.save(path)
@@ -375,6 +444,11 @@ def _config_rows(config: dict) -> tuple[list[tuple[str, str]], list[tuple[str, s
         if len(text) <= 80:
             extra.append((f"`{key}`", text))
     return rows, extra
+
+
+def _color(channels: int) -> str:
+    """The card's word for images of ``channels`` channels."""
+    return {1: "grayscale", 3: "RGB"}.get(channels, f"{channels}-channel")
 
 
 def _looks_like_local_path(value) -> bool:

@@ -44,7 +44,8 @@ def check_pipeline_folder(output_dir) -> None:
 
     Raises:
         FileNotFoundError: a file is missing; the message names each incomplete component folder.
-        ValueError: ``model_index.json`` is not a JSON object.
+        ValueError: ``model_index.json`` is not a JSON object, or names a pipeline class from code that is neither
+            hfddpm's nor diffusers' (``["my_pipeline", "MyPipeline"]``).
     """
     root = Path(output_dir)
     index_path = root / "model_index.json"
@@ -60,10 +61,16 @@ def check_pipeline_folder(output_dir) -> None:
     if not isinstance(index, dict):
         raise ValueError(f"{index_path} must hold a JSON object of components, got {type(index).__name__}.")
 
-    # 1. the pipeline code the index names (hfddpm's pipelines import pipeline_hfddpm.py)
+    # 1. the pipeline's code: hfddpm's ships in the folder (all import pipeline_hfddpm.py), diffusers' in diffusers
     problems = []
     class_name = index.get("_class_name")
-    if isinstance(class_name, list) and class_name and class_name[0] in LOCAL_PIPELINES:
+    if isinstance(class_name, list) and not hfddpm_pipeline_class(index):
+        raise ValueError(
+            f"{index_path} names the pipeline {_describe(class_name)}, whose code is not hfddpm's or diffusers': only"
+            f" hfddpm's pipelines ({', '.join(f'{m}.py' for m in LOCAL_PIPELINES)}) and diffusers' own (e.g."
+            " DDPMPipeline) are pushed. Upload this folder with huggingface_hub.HfApi().upload_folder instead."
+        )
+    if hfddpm_pipeline_class(index):
         for module in dict.fromkeys((class_name[0], "pipeline_hfddpm")):
             if not (root / f"{module}.py").is_file():
                 problems.append(f"{module}.py (the code of {class_name[-1]}) is missing")
@@ -163,6 +170,29 @@ def check_push_settings(repo_id, token=None, *, token_flag: str | None = "--hub_
     check_repo_id(repo_id)
     if token_source(token, token_flag=token_flag) is None:
         raise ValueError(no_token_message(repo_id, token_flag=token_flag))
+
+
+def hfddpm_pipeline_class(index: dict) -> str | None:
+    """The name of the hfddpm pipeline class that a ``model_index.json`` (read as a dict) names, whose code ships in
+    the folder (``LOCAL_PIPELINES``); ``None`` for any other pipeline, e.g. a plain diffusers ``DDPMPipeline``.
+
+    Example:
+        >>> hfddpm_pipeline_class({"_class_name": ["pipeline_hfddpm_audio", "HFDDPMAudioPipeline"]})
+        'HFDDPMAudioPipeline'
+        >>> print(hfddpm_pipeline_class({"_class_name": "DDPMPipeline"}))
+        None
+    """
+    entry = index.get("_class_name")
+    if isinstance(entry, list) and entry and entry[0] in LOCAL_PIPELINES:
+        return str(entry[-1])
+    return None
+
+
+def pipeline_class_name(index: dict) -> str:
+    """The pipeline class a ``model_index.json`` (read as a dict) names, without its module: ``"DDPMPipeline"`` for
+    ``"_class_name": "DDPMPipeline"``, ``"HFDDPMPipeline"`` for ``["pipeline_hfddpm", "HFDDPMPipeline"]``."""
+    entry = index.get("_class_name")
+    return str(entry[-1] if isinstance(entry, list) and entry else entry)
 
 
 def named_components(output_dir) -> set[str]:

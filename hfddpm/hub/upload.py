@@ -3,6 +3,7 @@
 
 The files that make a pipeline are ``PIPELINE_FILES`` of ``hfddpm/pipelines/pipeline_hfddpm.py`` (what
 ``HFDDPMPipeline.from_pretrained`` downloads), plus ``README.md``, the sample grid and the images the card links to.
+A diffusers pipeline (``DDPMPipeline``) is its ``model_index.json`` and component folders, without hfddpm's code.
 """
 
 import json
@@ -17,15 +18,17 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
 from hfddpm.evaluation.registry import METRIC_REGISTRY
-from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES
+from hfddpm.pipelines.pipeline_hfddpm import LOCAL_MODULES, PIPELINE_FILES
 
-from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_metrics, write_model_card
+from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_json, read_metrics, write_model_card
 from .checks import (
     check_pipeline_folder,
     check_repo_id,
     clean_token,
+    hfddpm_pipeline_class,
     named_components,
     no_token_message,
+    pipeline_class_name,
     token_source,
 )
 
@@ -65,15 +68,20 @@ def pipeline_files(output_dir) -> list[str]:
     """Files of ``output_dir`` that ``push_to_hub`` uploads (paths relative to it, sorted).
 
     The files matching ``PIPELINE_FILES`` (``model_index.json``, ``pipeline_hfddpm*.py``, ``unet/*``,
-    ``scheduler/*``), ``README.md``, ``samples/final.png`` and the images the card links to, minus
-    ``IGNORE_PATTERNS``. A folder that is not a complete pipeline is refused (``check_pipeline_folder``).
+    ``scheduler/*``) for an hfddpm pipeline, ``model_index.json`` and the component folders for a diffusers one
+    (``_allow_patterns``), ``README.md``, ``samples/final.png`` and the images the card links to, minus
+    ``IGNORE_PATTERNS``. Component folders and hfddpm code that ``model_index.json`` does not name (left by an
+    earlier save of another pipeline) are left out. A folder that is not a complete pipeline is refused
+    (``check_pipeline_folder``).
     """
     root = Path(output_dir)
     check_pipeline_folder(root)
+    index = read_json(root / "model_index.json")
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    files = set(filter_repo_objects(files, allow_patterns=list(PIPELINE_FILES)))
+    files = set(filter_repo_objects(files, allow_patterns=_allow_patterns(index)))
     named = named_components(root)  # not a vae/ an earlier save of a latent model left behind
     files = {f for f in files if "/" not in f or f.split("/", 1)[0] in named}
+    files -= _unused_component_code(index)  # not a scheduler/scheduling_hfddpm.py a DDPMScheduler was saved over
     readme = root / "README.md"
     if readme.is_file():
         files.add("README.md")
@@ -102,7 +110,10 @@ def default_commit_message(output_dir) -> tuple[str, str]:
         card_results = ModelCard.load(readme, ignore_metadata_errors=True).data.eval_results or []
         evaluation = {**{r.metric_type: r.metric_value for r in card_results}, **evaluation}
     step = train.get("steps")
-    title = "Upload hfddpm pipeline" + (f" at step {step}" if step is not None else "")
+    index = read_json(Path(output_dir) / "model_index.json")
+    plain = isinstance(index, dict) and not hfddpm_pipeline_class(index)  # a diffusers pipeline, e.g. DDPMPipeline
+    title = f"Upload diffusers {pipeline_class_name(index)}" if plain else "Upload hfddpm pipeline"
+    title += f" at step {step}" if step is not None else ""
     headline = {"final_loss": train["final_loss"]} if "final_loss" in train else {}
     for key, value in evaluation.items():
         metric = METRIC_REGISTRY.get(key)
@@ -182,7 +193,8 @@ def push_to_hub(
         _prepare_card(output_dir, repo_id)
         files = pipeline_files(output_dir)
         remote = api.list_repo_files(repo_id)
-        stale = [path for path in remote if _is_pipeline_path(path) and path not in files]
+        patterns = [*PIPELINE_FILES, *_allow_patterns(read_json(output_dir / "model_index.json"))]
+        stale = [path for path in remote if _is_pipeline_path(path, patterns) and path not in files]
         logger.info(f"Uploading {len(files)} files of {output_dir} to {repo_id} ({len(stale)} stale files to delete)")
         api.upload_folder(
             repo_id=repo_id,
@@ -202,9 +214,32 @@ def push_to_hub(
     return str(repo_url)
 
 
-def _is_pipeline_path(path: str) -> bool:
-    """Whether a file of the repository belongs to the pipeline that push_to_hub manages (else it is left alone)."""
-    return path == SAMPLE_GRID or bool(list(filter_repo_objects([path], allow_patterns=list(PIPELINE_FILES))))
+def _is_pipeline_path(path: str, patterns: list[str]) -> bool:
+    """Whether a file of the repository belongs to the pipeline that push_to_hub manages, whose files match
+    ``patterns`` (else it is left alone)."""
+    return path == SAMPLE_GRID or bool(list(filter_repo_objects([path], allow_patterns=patterns)))
+
+
+def _allow_patterns(index: dict) -> list[str]:
+    """The files of a pipeline, as Hub allow-patterns: ``PIPELINE_FILES`` for hfddpm's pipelines; for a diffusers
+    pipeline, whose code is in diffusers, its ``model_index.json`` and the folders of the components it names."""
+    if hfddpm_pipeline_class(index):
+        return list(PIPELINE_FILES)
+    return ["model_index.json", *(f"{name}/*" for name in index if not name.startswith("_"))]
+
+
+def _unused_component_code(index: dict) -> set[str]:
+    """The code files of hfddpm's components (``LOCAL_MODULES``, e.g. ``scheduler/scheduling_hfddpm.py``) that
+    ``model_index.json`` does not name as the component's module: an earlier save left them, the pipeline does not
+    use them."""
+    unused = set()
+    for name, entry in index.items():
+        if name.startswith("_"):
+            continue
+        module = entry[0] if isinstance(entry, list) and entry else None
+        module = module.rsplit(".", 1)[-1] if isinstance(module, str) else None
+        unused |= {f"{name}/{stem}.py" for stem in LOCAL_MODULES if stem != module}
+    return unused
 
 
 def _escape_pattern(path: str) -> str:
