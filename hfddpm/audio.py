@@ -52,6 +52,8 @@ AUDIO_EXTENSIONS = tuple(sorted(AudioFolder.EXTENSIONS, key=str.lower))
 SPECTROGRAM_COLUMN = "image"
 # The keys of a clip's dict that decode_audio reads: undecoded (``bytes``, ``path``) or decoded (``array``).
 AUDIO_VALUE_KEYS = frozenset({"bytes", "path", "array"})
+# The first values of a column of strings that must be paths of existing files for it to be taken as audio.
+AUDIO_PATHS_CHECKED = 5
 # A stream's converter logs a summary of what it did every this many clips.
 STREAM_SUMMARY_EVERY = 1000
 
@@ -119,17 +121,24 @@ def resolve_audio_column(dataset, audio_column: str | None) -> str | None:
 
     A column named is audio when it has a ``datasets.Audio`` feature or holds undecoded audio: dicts with ``bytes``,
     ``path`` or ``array`` (and ``sampling_rate``), or path strings; a stream of unknown features is judged by its
-    first example.
+    first example. A column of strings is audio only if its first ``AUDIO_PATHS_CHECKED`` values are paths of
+    existing files (not words, not URLs, which are not downloaded).
 
     Example:
-        >>> import datasets
-        >>> clips = datasets.Dataset.from_dict({"clip": ["a.wav", "b.wav"], "label": [0, 1]})
+        >>> import datasets, tempfile
+        >>> wav = tempfile.NamedTemporaryFile(suffix=".wav").name
+        >>> write_wav(wav, np.zeros(800), 8000)
+        >>> clips = datasets.Dataset.from_dict({"clip": [wav, wav], "word": ["yes", "no"], "label": [0, 1]})
         >>> resolve_audio_column(clips, "clip"), resolve_audio_column(clips, None)
         ('clip', None)
         >>> resolve_audio_column(clips, "label")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: Column 'label' is not audio: its feature is Value('int64'). An audio column has a ...
+        >>> resolve_audio_column(clips, "word")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Column 'word' holds strings that are not paths of audio files: its value in row 0, 'yes', is ...
     """
     found = audio_columns(dataset)
     if audio_column is None:
@@ -152,13 +161,31 @@ def resolve_audio_column(dataset, audio_column: str | None) -> str | None:
             f"Audio column {audio_column!r} not found; the dataset has columns {names}. {hint} Pass the right one"
             " with --audio_column."
         )
+    holds = (
+        "An audio column has a datasets.Audio feature or holds undecoded audio (dicts with 'bytes', 'path' or"
+        f" 'array' and 'sampling_rate', or paths of audio files). {hint} Pass the right one with --audio_column."
+    )
     if not is_audio:
-        raise ValueError(
-            f"Column {audio_column!r} is not audio: its feature is {kind}. An audio column has a datasets.Audio"
-            " feature or holds undecoded audio (dicts with 'bytes', 'path' or 'array' and 'sampling_rate', or path"
-            f" strings). {hint} Pass the right one with --audio_column."
-        )
+        raise ValueError(f"Column {audio_column!r} is not audio: its feature is {kind}. {holds}")
+    if not isinstance(dataset.features.get(audio_column) if dataset.features else None, (datasets.Audio, dict)):
+        _check_audio_paths(dataset, audio_column, holds)
     return audio_column
+
+
+def _check_audio_paths(dataset, audio_column: str, holds: str) -> None:
+    """A ``ValueError`` unless the first ``AUDIO_PATHS_CHECKED`` strings of the column are paths of existing files
+    (a column of words or URLs would otherwise fail clip by clip, after the others were read)."""
+    if isinstance(dataset, datasets.Dataset):
+        values = dataset.select(range(min(AUDIO_PATHS_CHECKED, len(dataset))))[audio_column]
+    else:
+        values = [row[audio_column] for row in dataset.select_columns([audio_column]).take(AUDIO_PATHS_CHECKED)]
+    for row, value in enumerate(values):
+        if isinstance(value, str) and not os.path.isfile(value):
+            url = " (URLs are not downloaded: fetch the files first)" if "://" in value else ""
+            raise ValueError(
+                f"Column {audio_column!r} holds strings that are not paths of audio files: its value in row {row},"
+                f" {_where(value)!r}, is no existing file{url}. {holds}"
+            )
 
 
 def _is_audio_feature(feature) -> bool:

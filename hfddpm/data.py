@@ -12,7 +12,8 @@ Three sources, one result (an ``image`` column and an optional class-label colum
 :func:`make_train_dataloader` turns a dataset into an endless, sharded, resumable stream of batches. Every random
 choice (shuffle order, crop, flip) is a pure function of ``(seed, epoch, example)``, so a run resumed from a
 ``position`` reads exactly the batches that the uninterrupted run would have read. Images are decoded and transformed
-inside the DataLoader workers; undecodable images are skipped and counted in each batch's ``num_bad_images``.
+inside the DataLoader workers; undecodable images are skipped, counted once each (``num_bad_images`` of
+``num_read_images`` distinct examples) and named (``bad_examples``, and a warning for the first few).
 
 Example:
     >>> from hfddpm.data import load_mnist_5k, make_train_dataloader, resolve_columns
@@ -74,10 +75,67 @@ def load_mnist_5k() -> datasets.Dataset:
     return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
 
+# Data files that --dataset_name may name, by extension: the 🤗 datasets packaged builder that reads them.
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+# The files that Dataset.save_to_disk (both) and DatasetDict.save_to_disk (the last) write into a folder.
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json")
+SAVED_DATASET_DICT_FILE = "dataset_dict.json"
+# The most shards a map-style dataset is cut into when it is streamed.
+STREAM_SHARDS = 8
+
+
 def _check_single_split(split: str, source: str) -> None:
     """A ``ValueError`` for a split other than "train" of a source that has no other."""
     if split != "train":
         raise ValueError(f"--dataset_split {split!r}: {source} has only the split 'train'.")
+
+
+def _as_stream(dataset: datasets.Dataset) -> datasets.IterableDataset:
+    """A map-style dataset as a stream of up to ``STREAM_SHARDS`` shards (no more shards than rows)."""
+    return dataset.to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(dataset))))
+
+
+def data_file_builder(path: str) -> str:
+    """The packaged builder of 🤗 datasets that reads the data file ``path`` (``DATA_FILE_BUILDERS``, by extension).
+
+    Example:
+        >>> data_file_builder("train.jsonl"), data_file_builder("x.parquet")
+        ('json', 'parquet')
+        >>> data_file_builder("x.txt")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --dataset_name 'x.txt' is a file with the extension '.txt', which is not a data file ...
+    """
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in DATA_FILE_BUILDERS:
+        raise ValueError(
+            f"--dataset_name {path!r} is a file with the extension {extension!r}, which is not a data file this reads;"
+            f" data files are {', '.join(DATA_FILE_BUILDERS)}. Pass a folder of images with --train_data_dir, or a"
+            " dataset folder or Hub id with --dataset_name."
+        )
+    return DATA_FILE_BUILDERS[extension]
+
+
+def is_saved_dataset(folder: str) -> bool:
+    """Whether ``folder`` was written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (read it with
+    ``datasets.load_from_disk``)."""
+    if os.path.isfile(os.path.join(folder, SAVED_DATASET_DICT_FILE)):
+        return True
+    return all(os.path.isfile(os.path.join(folder, name)) for name in SAVED_DATASET_FILES)
+
+
+def _load_saved_dataset(folder: str, split: str) -> datasets.Dataset:
+    """The ``split`` of a ``save_to_disk`` folder: its one ``Dataset``, or that split of its ``DatasetDict``."""
+    saved = datasets.load_from_disk(folder)
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise ValueError(
+                f"--dataset_split {split!r} is not a split of the saved dataset {folder!r}; its splits are"
+                f" {list(saved)}."
+            )
+        return saved[split]
+    _check_single_split(split, f"the saved dataset {folder!r} (one Dataset)")
+    return saved
 
 
 def load_train_dataset(
@@ -89,28 +147,47 @@ def load_train_dataset(
     streaming: bool = False,
     cache_dir: str | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Load the training split: ``dataset_name`` (Hub id, cached id or local path), else the image folder
-    ``train_data_dir``, else the embedded MNIST-5k.
+    """Load the training split: ``dataset_name``, else the image folder ``train_data_dir``, else the embedded
+    MNIST-5k.
 
-    With ``HF_HUB_OFFLINE=1`` Hub datasets load from the local cache. Raises ``FileNotFoundError`` for a dataset or
-    folder that does not exist (or is not cached while offline) and ``ValueError`` for an empty dataset.
+    ``dataset_name`` is a Hub id, a cached id or a local dataset folder (``datasets.load_dataset``), a folder written
+    by ``save_to_disk`` (``datasets.load_from_disk``; ``split`` picks a split of a ``DatasetDict``), or one data file
+    (``DATA_FILE_BUILDERS``: .parquet, .csv, .json/.jsonl, .arrow, read by the packaged builder of that name). With
+    ``HF_HUB_OFFLINE=1`` Hub datasets load from the local cache. Raises ``FileNotFoundError`` for a dataset or folder
+    that does not exist (or is not cached while offline) and ``ValueError`` for an empty dataset, a split that the
+    source lacks or a file that is not a data file.
     """
     if dataset_name is not None:
-        try:
-            dataset = datasets.load_dataset(
-                dataset_name, dataset_config_name, split=split, streaming=streaming, cache_dir=cache_dir
-            )
-        except (FileNotFoundError, ConnectionError) as e:
-            offline = " (HF_HUB_OFFLINE is set: only datasets already in the local cache load)" if _offline() else ""
-            raise FileNotFoundError(
-                f"Could not load dataset {dataset_name!r}{offline}: {e}. Pass an existing Hub dataset id, a local"
-                " dataset folder or data files with --dataset_name, a folder of images with --train_data_dir, or"
-                " neither to train on the embedded MNIST-5k."
-            ) from e
-        except ValueError as e:
-            _raise_if_empty(e, f"dataset {dataset_name!r}", split)
-            raise
         source = f"dataset {dataset_name!r}"
+        if os.path.isdir(dataset_name) and is_saved_dataset(dataset_name):
+            # 1. a save_to_disk folder, which load_dataset refuses
+            dataset = _load_saved_dataset(dataset_name, split)
+            if streaming and len(dataset):
+                dataset = _as_stream(dataset)
+        else:
+            builder, data_files, name = dataset_name, None, dataset_config_name
+            if os.path.isfile(dataset_name):
+                # 2. one data file, read by the packaged builder of its extension (its one split is "train")
+                builder, data_files, name = data_file_builder(dataset_name), dataset_name, None
+                _check_single_split(split, f"the data file {dataset_name!r}")
+            # 3. a Hub id, a cached id or a dataset folder
+            try:
+                dataset = datasets.load_dataset(
+                    builder, name, data_files=data_files, split=split, streaming=streaming, cache_dir=cache_dir
+                )
+            except (FileNotFoundError, ConnectionError) as e:
+                offline = (
+                    " (HF_HUB_OFFLINE is set: only datasets already in the local cache load)" if _offline() else ""
+                )
+                raise FileNotFoundError(
+                    f"Could not load dataset {dataset_name!r}{offline}: {e}. Pass an existing Hub dataset id, a local"
+                    f" dataset folder, a save_to_disk folder or a data file ({', '.join(DATA_FILE_BUILDERS)}) with"
+                    " --dataset_name, a folder of images with --train_data_dir, or neither to train on the embedded"
+                    " MNIST-5k."
+                ) from e
+            except ValueError as e:
+                _raise_if_empty(e, source, split)
+                raise
     elif train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise FileNotFoundError(
@@ -122,7 +199,7 @@ def load_train_dataset(
         if is_audio_folder(train_data_dir):  # audio files and no images: clips with labels from sub-folders
             _check_single_split(split, f"the audio folder {train_data_dir!r}")
             dataset = load_audio_folder(train_data_dir)
-            return dataset.to_iterable_dataset(num_shards=8) if streaming else dataset
+            return _as_stream(dataset) if streaming else dataset
         try:
             dataset = datasets.load_dataset(
                 "imagefolder", data_dir=train_data_dir, split=split, streaming=streaming, cache_dir=cache_dir
@@ -140,7 +217,7 @@ def load_train_dataset(
         _check_single_split(split, f"the embedded {EMBEDDED_DATASET_NAME}")
         dataset = load_mnist_5k()
         if streaming:
-            dataset = dataset.to_iterable_dataset(num_shards=8)
+            dataset = _as_stream(dataset)
         source = f"embedded dataset {EMBEDDED_DATASET_NAME!r}"
 
     if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
@@ -250,20 +327,34 @@ def check_label_column(names: list[str], label_column: str) -> None:
 
 
 def resolve_class_names(dataset, label_column: str) -> list[str]:
-    """The classes of ``label_column``: its ``ClassLabel`` names, or ``0..max`` for integer labels of a map-style
-    dataset (whose labels are checked here; a stream's are checked as they are read). ``ValueError`` otherwise."""
+    """The classes of ``label_column``: its ``ClassLabel`` names, or ``0..max`` for numeric labels (ints, or floats
+    that are whole numbers). Every label follows :func:`class_label`; they are checked here, before training, except
+    those of a stream with a ``ClassLabel`` feature (checked as they are read). A stream of numeric labels (or of
+    unknown features) is read once, label column only, to count its classes. Classes without examples are logged as
+    a warning (:func:`empty_classes`). ``ValueError`` for a column of other values (strings ...)."""
     check_label_column(column_names(dataset), label_column)
     feature = (dataset.features or {}).get(label_column)
+    stream = not isinstance(dataset, datasets.Dataset)
+    numeric = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint", "float"))
+    counts = None
     if isinstance(feature, datasets.ClassLabel):
         class_names = list(feature.names)
-        if isinstance(dataset, datasets.Dataset):
-            _check_labels(dataset, label_column, len(class_names))
-    elif (
-        isinstance(feature, datasets.Value)
-        and feature.dtype.startswith(("int", "uint"))
-        and isinstance(dataset, datasets.Dataset)
-    ):
-        class_names = [str(i) for i in range(_check_labels(dataset, label_column) + 1)]
+        if not stream:
+            counts = _check_labels(dataset, label_column, len(class_names))
+    elif numeric or (stream and feature is None):
+        if stream:
+            logger.info(
+                f"Reading the stream's label column {label_column!r} once to count its classes (a datasets.ClassLabel"
+                " feature would name them and spare this pass)."
+            )
+            counts = _count_labels(
+                (row[label_column] for row in dataset.select_columns([label_column])),
+                label_column,
+                where="example {} of the stream",
+            )
+        else:
+            counts = _check_labels(dataset, label_column)
+        class_names = [str(i) for i in range(len(counts))]
     else:
         raise ValueError(
             f"Label column {label_column!r} is {feature!r}, not a datasets.ClassLabel, so the number of classes is"
@@ -271,7 +362,49 @@ def resolve_class_names(dataset, label_column: str) -> list[str]:
         )
     if not class_names:
         raise ValueError(f"Label column {label_column!r} declares no classes.")
+    if counts is not None and (empty := empty_classes(class_names, counts)):
+        shown = empty if len(empty) <= 10 else [*empty[:10], "..."]
+        logger.warning(
+            f"{len(empty)} of the {len(class_names)} classes of label column {label_column!r} have no examples:"
+            f" {shown}. The model gets a class embedding for each but learns nothing for these; drop them from the"
+            " ClassLabel names or add their images."
+        )
     return class_names
+
+
+def class_label(value, label_column: str, num_classes: int | None, where: str) -> int:
+    """One class label as an ``int``: a whole number of any numeric type (``3``, ``np.int64(3)``, ``3.0``) in
+    ``[0, num_classes - 1]`` (any ``>= 0`` when ``num_classes`` is None). The one rule of both readers: map-style
+    labels are checked with it up front, a stream's as they are read. ``ValueError`` naming ``where`` otherwise.
+
+    Example:
+        >>> class_label(np.float32(2.0), "label", 10, "row 0"), class_label(np.int64(9), "label", 10, "row 1")
+        (2, 9)
+        >>> class_label(2.5, "label", 10, "row 7")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Label column 'label' has label 2.5 in row 7; class labels must be integers in [0, 9]. ...
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    whole = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+    if whole and 0 <= value and (not num_classes or value < num_classes):
+        return int(value)
+    valid = f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
+    raise ValueError(
+        f"Label column {label_column!r} has label {value!r} in {where}; class labels must be integers in {valid}."
+        " Drop or relabel those rows first (dataset.filter or dataset.map)."
+    )
+
+
+def empty_classes(class_names: list[str], counts: np.ndarray) -> list[str]:
+    """The classes with no examples, given the number of examples of each class (``counts[i]`` for class ``i``).
+
+    Example:
+        >>> empty_classes(["cat", "dog", "fox"], np.array([4, 0, 0]))
+        ['dog', 'fox']
+    """
+    return [name for name, n in zip(class_names, counts, strict=True) if n == 0]
 
 
 def _check_image_column(dataset, image_column: str, hint: str):
@@ -303,28 +436,25 @@ def _check_image_column(dataset, image_column: str, hint: str):
     )
 
 
-def _check_labels(dataset: datasets.Dataset, label_column: str, num_classes: int | None = None) -> int:
-    """Raise on a missing (None) or out-of-range label, naming its row; return the largest label (-1 if none)."""
+def _check_labels(dataset: datasets.Dataset, label_column: str, num_classes: int | None = None) -> np.ndarray:
+    """Check every label of a map-style dataset (:func:`class_label`; missing ones are counted and the first row
+    named); return the number of examples of each class (``num_classes`` long, else up to the largest label)."""
     labels = dataset.with_format("arrow")[label_column]
-    valid = f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
     if labels.null_count:
+        valid = f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
         row = pc.index(labels.is_null(), True).as_py()
         raise ValueError(
             f"Label column {label_column!r} has {labels.null_count} missing labels (None), the first in row {row};"
             f" class labels must be integers in {valid}. Drop those rows first, e.g."
             f" dataset.filter(lambda row: row[{label_column!r}] is not None)."
         )
-    high = pc.max(labels).as_py()
-    out_of_range = pc.less(labels, 0)
-    if num_classes:
-        out_of_range = pc.or_(out_of_range, pc.greater_equal(labels, num_classes))
-    row = pc.index(out_of_range, True).as_py()
-    if row >= 0:
-        raise ValueError(
-            f"Label column {label_column!r} has label {labels[row].as_py()} in row {row}; class labels must be"
-            f" integers in {valid}. Drop or relabel those rows first (dataset.filter or dataset.map)."
-        )
-    return -1 if high is None else high
+    return _count_labels(labels.to_pylist(), label_column, num_classes, where="row {}")
+
+
+def _count_labels(values, label_column: str, num_classes: int | None = None, *, where: str) -> np.ndarray:
+    """Every value through :func:`class_label` (``where.format(i)`` names the ``i``-th); the examples per class."""
+    labels = [class_label(value, label_column, num_classes, where.format(i)) for i, value in enumerate(values)]
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes or 0)
 
 
 def check_resolution(resolution: int, block_out_channels) -> None:
@@ -465,11 +595,44 @@ def _undecoded(dataset, image_column: str):
     return dataset
 
 
-def _collate(samples: list[dict], num_bad: int, position: tuple[int, int], with_labels: bool) -> dict:
+def describe_example(where: str, value) -> str:
+    """``where`` an example is, and the path of its value when it has one: how broken examples are named.
+
+    Example:
+        >>> describe_example("row 3", {"bytes": None, "path": "cats/7.png"}), describe_example("row 4", b"...")
+        ('row 3 (cats/7.png)', 'row 4')
+    """
+    path = value.get("path") if isinstance(value, dict) else value
+    return f"{where} ({os.fspath(path)})" if isinstance(path, (str, os.PathLike)) and path else where
+
+
+class BadExampleLog:
+    """The broken examples that a reader met for the first time: a warning names each of the first ``max_named``,
+    and each batch lists those it met in ``bad_examples`` (row or example, and path)."""
+
+    max_named = 3
+
+    def __init__(self):
+        self.num_logged = 0
+
+    def __call__(self, description: str) -> str:
+        if self.num_logged < self.max_named:
+            self.num_logged += 1
+            more = "; further ones are counted, not logged" if self.num_logged == self.max_named else ""
+            logger.warning(f"Skipping an image that could not be decoded: {description}{more}.")
+        return description
+
+
+def _collate(
+    samples: list[dict], counts: tuple[int, int], bad: list[str], position: tuple[int, int], with_labels: bool
+) -> dict:
+    num_bad, num_read = counts
     batch = {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        # distinct examples: those read (and found broken) for the first time, not again in a later epoch
         "num_bad_images": torch.tensor(num_bad, dtype=torch.long),
-        "num_read_images": torch.tensor(len(samples) + num_bad, dtype=torch.long),
+        "num_read_images": torch.tensor(num_read, dtype=torch.long),
+        "bad_examples": bad,
         # (epoch, offset within this process' share of the epoch) just after this batch: where a resume starts.
         "position": torch.tensor(position, dtype=torch.long),
     }
@@ -505,13 +668,37 @@ class EpochShardSampler(torch.utils.data.Sampler):
             )
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.start = start
+        self._unseen: list[set[int]] = []  # filled by is_first_read
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self.shuffle:
+            return _example_rng(self.seed, epoch).permutation(self.num_examples)
+        return np.arange(self.num_examples)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        if self.shuffle:
-            order = _example_rng(self.seed, epoch).permutation(self.num_examples)
-        else:
-            order = np.arange(self.num_examples)
-        return order[self.rank :: self.world_size][: self.per_process]
+        return self._permutation(epoch)[self.rank :: self.world_size][: self.per_process]
+
+    def is_first_read(self, index: int, epoch: int) -> bool:
+        """Whether ``epoch`` is the first epoch in which any process reads example ``index`` (which the processes
+        read in ``epoch``): all of epoch 0, then only those that every earlier epoch left over (the last
+        ``num_examples % world_size`` of its permutation). Counting these counts distinct examples, on every process
+        and DataLoader worker alike.
+
+        Example:
+            >>> sampler = EpochShardSampler(5, seed=0, world_size=2)  # each epoch leaves one example over
+            >>> left = int(sampler._permutation(0)[-1])
+            >>> sampler.is_first_read(left, 1), sampler.is_first_read((left + 1) % 5, 1)
+            (True, False)
+        """
+        if epoch == 0:
+            return True
+        unseen = self._unseen
+        if not unseen:  # unseen[e]: the examples no process read in epochs 0 .. e
+            unseen = self._unseen = [set(self._permutation(0)[self.per_process * self.world_size :].tolist())]
+        while len(unseen) < epoch and unseen[-1]:
+            left = self._permutation(len(unseen))[self.per_process * self.world_size :]
+            unseen.append(unseen[-1] & set(left.tolist()))
+        return index in unseen[min(epoch, len(unseen)) - 1]
 
     def __iter__(self):
         epoch, offset = self.start
@@ -525,17 +712,27 @@ class EpochShardSampler(torch.utils.data.Sampler):
 class MapStyleImageDataset(torch.utils.data.Dataset):
     """Reads batches of sampler keys ``(index, epoch, offset)``: fetch rows, decode, transform and collate.
 
-    An undecodable image is replaced by the next readable example (index + 1, + 2, ...) and counted, so every
-    batch keeps its size.
+    An undecodable image is replaced by the next readable example (index + 1, + 2, ...), so every batch keeps its
+    size. Batches count distinct examples: an example is counted as read (and, if broken, as bad and named in
+    ``bad_examples``) only when ``first_read(index, epoch)`` says that this is its first epoch.
     """
 
     max_substitutions = 64
 
-    def __init__(self, dataset: datasets.Dataset, columns: DatasetColumns, transform: ImageTransform, seed: int):
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        columns: DatasetColumns,
+        transform: ImageTransform,
+        seed: int,
+        first_read: Callable[[int, int], bool],
+    ):
         self.dataset = _undecoded(dataset, columns.image_column)
         self.columns = columns
         self.transform = transform
         self.seed = seed
+        self.first_read = first_read  # (index, epoch) -> counted? (EpochShardSampler.is_first_read)
+        self.log_bad = BadExampleLog()
 
     def __len__(self):
         return len(self.dataset)
@@ -557,14 +754,20 @@ class MapStyleImageDataset(torch.utils.data.Dataset):
         rows = self.dataset[indices]
         images = rows[self.columns.image_column]
         labels = rows[self.columns.label_column] if self.columns.label_column else [None] * len(keys)
-        samples, num_bad = [], 0
+        samples, bad, num_read = [], [], 0
         for (index, epoch, _), image, label in zip(keys, images, labels, strict=True):
+            # a broken example is counted (and named) once: on the first read of its own key, not as a neighbour's
+            # substitute nor in later epochs
+            counted = self.first_read(index, epoch)
+            num_read += counted
             for _ in range(self.max_substitutions):
                 try:
                     samples.append(self._load(index, image, label, epoch))
                     break
                 except DECODE_ERRORS:
-                    num_bad += 1
+                    if counted:
+                        bad.append(self.log_bad(describe_example(f"row {index}", image)))
+                        counted = False
                     index = (index + 1) % len(self.dataset)
                     image, label = self._row(index)
             else:
@@ -573,7 +776,7 @@ class MapStyleImageDataset(torch.utils.data.Dataset):
                     " check the image column and the image files."
                 )
         epoch, offset = keys[-1][1], keys[-1][2] + 1
-        return _collate(samples, num_bad, (epoch, offset), self.columns.label_column is not None)
+        return _collate(samples, (len(bad), num_read), bad, (epoch, offset), self.columns.label_column is not None)
 
     def __getitem__(self, key):
         return self.__getitems__([key])
@@ -612,28 +815,28 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         self.batch_size = batch_size
         self.seed, self.rank = seed, rank
         self.start = start
+        self.log_bad = BadExampleLog()
 
-    def _decode_batch(self, rows: list[dict], epoch: int, first_offset: int) -> tuple[list[dict], int]:
-        samples, num_bad = [], 0
+    def _decode_batch(self, rows: list[dict], epoch: int, first_offset: int) -> tuple[list[dict], list[str]]:
+        samples, bad = [], []
         for offset, row in enumerate(rows, start=first_offset):
-            image = self.decode(row[self.columns.image_column])
+            value = row[self.columns.image_column]
+            image = self.decode(value)
             if image is None:
-                num_bad += 1
+                if epoch == 0:  # counted and named once: later epochs read the same examples again
+                    where = f"example {offset} of process {self.rank}'s share of the stream"
+                    bad.append(self.log_bad(describe_example(where, value)))
                 continue
             rng = _example_rng(self.seed, self.rank, epoch, offset) if self.transform.is_random else None
             sample = {"pixel_values": self.transform(image, rng)}
             if self.columns.label_column is not None:
-                label = row[self.columns.label_column]
-                if label is None or not 0 <= label < self.columns.num_classes:
-                    # a stream's labels cannot be checked up front (resolve_columns does that for map-style data)
-                    raise ValueError(
-                        f"Label column {self.columns.label_column!r} has label {label!r} in example {offset} of epoch"
-                        f" {epoch} (process {self.rank}); class labels must be integers in"
-                        f" [0, {self.columns.num_classes - 1}]."
-                    )
-                sample["class_labels"] = int(label)
+                # the rule of resolve_columns' up-front check; a ClassLabel stream is checked here, as it is read
+                where = f"example {offset} of epoch {epoch} (process {self.rank})"
+                sample["class_labels"] = class_label(
+                    row[self.columns.label_column], self.columns.label_column, self.columns.num_classes, where
+                )
             samples.append(sample)
-        return samples, num_bad
+        return samples, bad
 
     def _rows(self, dataset, epoch: int):
         dataset.set_epoch(epoch)
@@ -677,9 +880,10 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             epoch, offset = epoch + 1, 0
 
     def _emit(self, rows, epoch, first, end, with_labels):
-        samples, num_bad = self._decode_batch(rows, epoch, first)
-        if samples:  # a batch of only undecodable images is dropped (and its images not counted twice)
-            yield _collate(samples, num_bad, (epoch, end), with_labels)
+        samples, bad = self._decode_batch(rows, epoch, first)
+        # a batch of only undecodable images is dropped (and its images not counted twice); epoch 0 is counted
+        if samples:
+            yield _collate(samples, (len(bad), len(rows) if epoch == 0 else 0), bad, (epoch, end), with_labels)
 
 
 def make_train_dataloader(
@@ -749,7 +953,7 @@ def make_train_dataloader(
         if resident is not None:
             return resident
     return torch.utils.data.DataLoader(
-        MapStyleImageDataset(dataset, columns, transform, seed),
+        MapStyleImageDataset(dataset, columns, transform, seed, sampler.is_first_read),
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=_identity,
@@ -874,7 +1078,7 @@ def resident_batches(
         batch = {
             "pixel_values": pick(index, chunk),
             "num_bad_images": torch.tensor(0),
-            "num_read_images": torch.tensor(batch_size),
+            "num_read_images": torch.tensor(sum(sampler.is_first_read(k[0], k[1]) for k in chunk)),
             "position": torch.tensor((chunk[-1][1], chunk[-1][2] + 1)),
         }
         if labels is not None:

@@ -180,6 +180,31 @@ def test_a_column_that_is_not_audio_is_refused_naming_its_feature(tmp_path):
     assert resolve_audio_column(undecoded, None) is None  # found by name only
 
 
+def test_a_column_of_words_or_urls_is_refused_before_any_clip_is_read(tmp_path):
+    paths = [str(p) for p in sorted(_tone_folder(tmp_path / "tones").rglob("*.wav"))][:3]
+    words = datasets.Dataset.from_dict({"path": paths, "word": ["yes", "no", "up"], "label": [0, 1, 2]})
+    assert resolve_audio_column(words, "path") == "path"
+    assert resolve_audio_column(words.to_iterable_dataset(), "path") == "path"
+    message = (
+        r"^Column 'word' holds strings that are not paths of audio files: its value in row 0, 'yes', is no existing"
+        r" file\. An audio column has a datasets\.Audio feature or holds undecoded audio .* paths of audio files\)\."
+        r" No column has a datasets\.Audio feature\. Pass the right one with --audio_column\.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        resolve_audio_column(words, "word")
+    with pytest.raises(ValueError, match=message):
+        resolve_audio_column(words.to_iterable_dataset(), "word")
+    # one path of the first few missing, or a URL (never downloaded), is refused too
+    missing = words.map(lambda row, i: {"path": row["path"] if i != 2 else "gone.wav"}, with_indices=True)
+    with pytest.raises(ValueError, match=r"its value in row 2, 'gone\.wav', is no existing file\. An audio column"):
+        resolve_audio_column(missing, "path")
+    urls = datasets.Dataset.from_dict({"url": ["https://example.org/a.wav"]})
+    with pytest.raises(
+        ValueError, match=r"'https://example\.org/a\.wav', is no existing file \(URLs are not downloaded"
+    ):
+        resolve_audio_column(urls, "url")
+
+
 @pytest.mark.parametrize(
     "value, match",
     [

@@ -99,7 +99,10 @@ def test_dataloader_workers_give_the_batches_of_one_reader(tmp_path):
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["class_labels"], b["class_labels"])
         assert torch.equal(a["position"], b["position"]) and int(a["num_bad_images"]) == int(b["num_bad_images"])
     assert [b["position"].tolist() for b in loaders[0]] == [[0, 4], [0, 8], [0, 10], [1, 4], [1, 8], [1, 10]]
-    assert sum(int(b["num_bad_images"]) for b in loaders[0]) == 2  # the broken clip, once an epoch
+    # the broken clip, read in both epochs, is counted and named once
+    assert sum(int(b["num_bad_images"]) for b in loaders[0]) == 1
+    assert [e for b in loaders[2] for e in b["bad_examples"]] == [e for b in loaders[0] for e in b["bad_examples"]]
+    assert re.fullmatch(r"example \d+ .* \(.*broken0\.wav\)", *[e for b in loaders[0] for e in b["bad_examples"]])
 
 
 def test_a_22050_hz_clip_in_a_16000_hz_stream_is_resampled_and_logged_once(tmp_path, caplog):
@@ -131,7 +134,11 @@ def test_a_stream_with_too_many_broken_clips_stops_naming_them(tmp_path):
     stream, columns, convert = spectrogram_stream(dataset, "audio", HFDDPMMel(**MEL), "label", max_bad_fraction=0.3)
     kwargs = dict(resolution=16, channels=1, batch_size=4, seed=0)
     batches = _batches(make_train_dataloader(stream, columns, decode=convert, **kwargs), 60)  # 240 clips: allowed
-    assert sum(int(b["num_bad_images"]) for b in batches) == convert.num_bad == 60 and convert.num_read == 240
+    # the batches count distinct clips (those of the first epoch), the converter every clip it reads
+    assert (
+        sum(int(b["num_bad_images"]) for b in batches) == 3 and sum(int(b["num_read_images"]) for b in batches) == 12
+    )
+    assert convert.num_bad == 60 and convert.num_read == 240
     stream, columns, convert = spectrogram_stream(dataset, "audio", HFDDPMMel(**MEL), "label", max_bad_fraction=0.2)
     loader = iter(make_train_dataloader(stream, columns, decode=convert, **kwargs))
     for _ in range(49):  # judged only after 200 clips (49 batches of 4 = 196)
@@ -182,8 +189,8 @@ def test_streamed_audio_run_trains_resumes_and_saves_a_pipeline_that_makes_sound
     result = run_train([*args, "--output_dir", str(out)], tmp_path)
     assert result.stderr.count("Resampling clips from 22050 Hz to 16000 Hz") == 1
     state = json.loads((out / "checkpoints" / "checkpoint-6" / "training_state.json").read_text())
-    # 10 clips an epoch (one broken: skipped, counted), batches of 4: two epochs in 6 steps
-    assert state["data_positions"] == [[1, 10]] and state["num_read_images"] == 20 and state["num_bad_images"] == 2
+    # 10 clips an epoch (one broken: skipped, counted once), batches of 4: two epochs in 6 steps
+    assert state["data_positions"] == [[1, 10]] and state["num_read_images"] == 10 and state["num_bad_images"] == 1
     resolved = json.loads((out / "training_config.json").read_text())["resolved"]
     assert resolved["class_names"] == ["high", "low", "mid"] and resolved["mel"]["sample_rate"] == SR
 
@@ -193,7 +200,7 @@ def test_streamed_audio_run_trains_resumes_and_saves_a_pipeline_that_makes_sound
     result = run_train([*args, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], tmp_path)
     assert "Resuming from" in result.stderr and "checkpoint-3" in result.stderr
     again = json.loads((resumed / "checkpoints" / "checkpoint-6" / "training_state.json").read_text())
-    assert again["data_positions"] == [[1, 10]] and again["num_read_images"] == 20
+    assert again["data_positions"] == [[1, 10]] and again["num_read_images"] == 10
     for sub in ("unet", "unet_ema"):
         a, b = (
             _weights(out / "checkpoints" / "checkpoint-6" / sub),

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 
 import datasets
 import numpy as np
@@ -242,9 +243,10 @@ def test_image_folder_labels_and_undecodable_files(tmp_path):
     assert columns.class_names == ["cat", "dog"]
     loader = make_train_dataloader(ds, columns, resolution=16, channels=3, batch_size=11, seed=0, center_crop=True)
     batch = next(iter(loader))
-    # the broken file is replaced by a readable neighbour and counted; the batch keeps its size
+    # the broken file is replaced by a readable neighbour, counted once and named; the batch keeps its size
     assert batch["pixel_values"].shape == (11, 3, 16, 16)
-    assert batch["num_bad_images"].item() == 1 and batch["num_read_images"].item() == 12
+    assert batch["num_bad_images"].item() == 1 and batch["num_read_images"].item() == 11
+    assert [b.split(" (")[1] for b in batch["bad_examples"]] == [f"{tmp_path / 'imgs' / 'cat' / 'broken0.png'})"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -331,3 +333,170 @@ def test_batch_indices_reach_the_gpu_without_waiting_for_it():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert index.device.type == "cuda" and index.tolist() == [3, 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data files and save_to_disk folders as --dataset_name
+# ---------------------------------------------------------------------------------------------------------------------
+def _image_table(tmp_path, n=6):
+    """n small RGB images as PNG files, with labels 0, 1, 0, 1 ...: (paths, bytes, labels)."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "png").mkdir()
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / "png" / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(paths[-1])
+    return paths, [open(p, "rb").read() for p in paths], [i % 2 for i in range(n)]
+
+
+def test_a_single_data_file_loads_through_its_packaged_builder(tmp_path):
+    import pandas as pd
+
+    paths, blobs, labels = _image_table(tmp_path)
+    images = [{"bytes": b, "path": None} for b in blobs]
+    pd.DataFrame({"image": images, "label": labels}).to_parquet(tmp_path / "x.parquet")
+    pd.DataFrame({"file": paths, "label": labels}).to_csv(tmp_path / "x.csv", index=False)
+    pd.DataFrame({"file": paths, "label": labels}).to_json(tmp_path / "x.jsonl", orient="records", lines=True)
+    for name, column in (("x.parquet", "image"), ("x.csv", "file"), ("x.jsonl", "file")):
+        ds = load_train_dataset(str(tmp_path / name))
+        assert len(ds) == 6 and ds["label"] == labels
+        columns = resolve_columns(ds, column, "label")
+        assert columns.class_names == ["0", "1"]
+        batch = next(iter(make_train_dataloader(ds, columns, resolution=8, channels=3, batch_size=6, seed=0)))
+        assert sorted(batch["class_labels"].tolist()) == sorted(labels) and batch["num_bad_images"].item() == 0
+        streamed = load_train_dataset(str(tmp_path / name), streaming=True)
+        assert [row["label"] for row in streamed] == labels
+    with pytest.raises(
+        ValueError, match=r"--dataset_split 'test': the data file .*x\.csv' has only the split 'train'"
+    ):
+        load_train_dataset(str(tmp_path / "x.csv"), split="test")
+    (tmp_path / "x.txt").write_text("not data")
+    with pytest.raises(
+        ValueError, match=r"is a file with the extension '\.txt', .* data files are \.parquet, \.csv, \.json, \.jsonl"
+    ):
+        load_train_dataset(str(tmp_path / "x.txt"))
+
+
+def test_a_save_to_disk_folder_loads_with_its_split(tmp_path, small):
+    small.save_to_disk(str(tmp_path / "one"))
+    splits = datasets.DatasetDict({"train": small.select(range(10)), "test": small.select(range(10, 13))})
+    splits.save_to_disk(str(tmp_path / "dict"))
+    assert load_train_dataset(str(tmp_path / "one"))["label"] == small["label"]
+    assert load_train_dataset(str(tmp_path / "dict"), split="test")["label"] == small["label"][10:13]
+    assert len(list(load_train_dataset(str(tmp_path / "dict"), split="test", streaming=True))) == 3
+    with pytest.raises(ValueError, match=r"--dataset_split 'validation' is not a split .* are \['train', 'test'\]"):
+        load_train_dataset(str(tmp_path / "dict"), split="validation")
+    with pytest.raises(ValueError, match=r"--dataset_split 'test': the saved dataset .* has only the split 'train'"):
+        load_train_dataset(str(tmp_path / "one"), split="test")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Broken images: counted once, named
+# ---------------------------------------------------------------------------------------------------------------------
+def test_the_sampler_counts_each_example_read_once_over_epochs_and_processes():
+    samplers = [EpochShardSampler(10, seed=1, rank=r, world_size=3) for r in range(3)]
+    counted = [
+        int(i) for s in samplers for epoch in range(8) for i in s.epoch_order(epoch) if s.is_first_read(int(i), epoch)
+    ]
+    assert sorted(counted) == list(range(10))  # every example once, the one epoch 0 left over in a later epoch
+
+
+@pytest.mark.parametrize("workers, world_size", [(0, 1), (2, 1), (0, 2)])
+def test_broken_images_are_counted_once_across_epochs_and_named(tmp_path, caplog, workers, world_size):
+    _write_folder(tmp_path / "imgs", broken=2)  # 12 files, 2 broken
+    ds = load_train_dataset(train_data_dir=str(tmp_path / "imgs"))
+    columns = resolve_columns(ds, "image", "label")
+    kwargs = dict(resolution=16, channels=3, batch_size=3, seed=0, num_workers=workers, world_size=world_size)
+    with caplog.at_level("WARNING", logger="hfddpm.data"):
+        batches = [
+            b
+            for rank in range(world_size)
+            for b in _batches(make_train_dataloader(ds, columns, rank=rank, **kwargs), 20)
+        ]
+    # 20 batches of 3 per process: five epochs, each example read five times but counted once
+    assert sum(int(b["num_read_images"]) for b in batches) == 12
+    assert sum(int(b["num_bad_images"]) for b in batches) == 2
+    named = [e for b in batches for e in b["bad_examples"]]
+    assert sorted(n.split(" (")[1] for n in named) == [
+        f"{tmp_path / 'imgs' / 'cat' / f'broken{i}.png'})" for i in (0, 1)
+    ]
+    assert all(re.fullmatch(r"row \d+ \(.*\)", n) for n in named)
+    if workers == 0:  # the warnings of DataLoader workers go to their own processes' logs
+        assert sorted(m for m in caplog.messages if "could not be decoded" in m) == sorted(
+            f"Skipping an image that could not be decoded: {n}." for n in named
+        )
+
+
+def test_a_stream_counts_and_names_broken_images_of_its_first_epoch(tmp_path):
+    _write_folder(tmp_path / "imgs", broken=1)  # 11 files
+    ds = load_train_dataset(train_data_dir=str(tmp_path / "imgs"), streaming=True)
+    columns = resolve_columns(ds, "image", "label")
+    batches = _batches(make_train_dataloader(ds, columns, resolution=16, channels=3, batch_size=4, seed=0), 9)
+    assert [b["position"].tolist() for b in batches][-1] == [2, 11]  # three epochs
+    assert (
+        sum(int(b["num_read_images"]) for b in batches) == 11 and sum(int(b["num_bad_images"]) for b in batches) == 1
+    )
+    (named,) = [e for b in batches for e in b["bad_examples"]]
+    assert re.fullmatch(r"example \d+ of process 0's share of the stream \(.*broken0\.png\)", named)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Labels: one rule for map-style datasets and streams; classes without examples
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("feature", ["float64", "int64", "float32", "uint8"])
+def test_whole_number_labels_are_taken_alike_by_map_style_and_streams(small, feature):
+    ds = small.cast_column("label", datasets.Value(feature))
+    kwargs = dict(resolution=28, channels=1, batch_size=8, seed=0, shuffle=False)
+    labels = []
+    for data in (ds, ds.to_iterable_dataset(num_shards=1)):
+        columns = resolve_columns(data, "image", "label")
+        assert columns.class_names == [str(i) for i in range(10)]
+        batch = next(iter(make_train_dataloader(data, columns, **kwargs)))
+        labels.append(batch["class_labels"].tolist())
+    assert labels[0] == labels[1] == [int(x) for x in small["label"][:8]]
+
+
+@pytest.mark.parametrize("bad, shown", [(2.5, "2.5"), (-1.0, "-1.0"), (float("nan"), "nan")])
+def test_labels_that_are_not_whole_numbers_are_refused_alike(small, bad, shown):
+    values = [float(x) for x in small["label"]]
+    values[3] = bad
+    ds = small.remove_columns("label").add_column("label", values)
+    with pytest.raises(ValueError, match=rf"^Label column 'label' has label {shown} in row 3; class labels must be"):
+        resolve_columns(ds, "image", "label")
+    with pytest.raises(
+        ValueError, match=rf"^Label column 'label' has label {shown} in example 3 of the stream; class"
+    ):
+        resolve_columns(ds.to_iterable_dataset(num_shards=1), "image", "label")
+
+
+def test_a_classlabel_stream_checks_its_labels_as_it_reads_them(small):
+    from hfddpm.data import class_label
+
+    columns = DatasetColumns("image", "label", [str(i) for i in range(5)])  # labels 5..9 are out of range
+    stream = small.to_iterable_dataset(num_shards=1)
+    loader = make_train_dataloader(stream, columns, resolution=28, channels=1, batch_size=103, seed=0, shuffle=False)
+    first = next(i for i, x in enumerate(small["label"]) if x >= 5)
+    with pytest.raises(
+        ValueError, match=rf"has label {small['label'][first]} in example {first} of epoch 0 .* \[0, 4\]"
+    ):
+        next(iter(loader))
+    assert class_label(np.float64(4.0), "label", 5, "row 0") == 4
+    with pytest.raises(ValueError, match=r"has label True in row 0"):
+        class_label(True, "label", 5, "row 0")
+
+
+def test_classes_without_examples_are_named_in_a_warning(small, caplog):
+    from hfddpm.data import empty_classes
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    few = small.filter(lambda row: row["label"] < 7).cast_column("label", datasets.ClassLabel(names=names))
+    with caplog.at_level("WARNING", logger="hfddpm.data"):
+        resolve_columns(small, "image", "label")
+        assert caplog.messages == []
+        assert resolve_columns(few, "image", "label").num_classes == 10
+    assert caplog.messages == [
+        "3 of the 10 classes of label column 'label' have no examples: ['seven', 'eight', 'nine']. The model gets a"
+        " class embedding for each but learns nothing for these; drop them from the ClassLabel names or add their"
+        " images."
+    ]
+    assert empty_classes(["0", "1", "2"], np.array([0, 3, 0])) == ["0", "2"]

