@@ -63,6 +63,31 @@ def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):
     assert [(tmp_path / f"ddp_at_destroy_{rank}").read_text() for rank in (0, 1)] == ["0", "0"]
 
 
+def test_fid_without_inception_is_said_once_in_training_terms(tmp_path):
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(GREY))
+    out = tmp_path / "out"
+    args = ["--unet_config", str(config), "--output_dir", str(out), *EVAL, "--eval_metrics", "fid,kid",
+            "--eval_inference_steps", "1"]  # fmt: skip
+    result = run_train(args, tmp_path, TORCH_HOME=str(tmp_path / "no-torch-home"))  # no Inception weights there
+    history = json.loads((out / "eval_history.json").read_text())
+    assert [h["step"] for h in history] == [2, 4]
+    assert all({"fid_digits", "kid_digits"} <= set(h) and "fid" not in h and "kid" not in h for h in history)
+    # once, before training, with what train.py does instead and how to get FID/KID on Inception-v3 afterwards; no
+    # flag of `hfddpm evaluate`'s as if train.py had it
+    assert result.stderr.count("FID/KID with Inception-v3 are unavailable") == 1
+    (line,) = [line for line in result.stderr.splitlines() if "FID/KID with Inception-v3 are unavailable" in line]
+    assert "--eval_metrics fid,kid: FID/KID" in line
+    assert result.stderr.index(line) < result.stderr.index("Evaluation at step 2")
+    assert "no-torch-home/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth" in line
+    assert "put it in that folder). Nothing is downloaded. FID/KID use the digit classifier's features instead" in line
+    assert line.endswith(
+        "or score the saved pipeline later with `hfddpm evaluate PIPELINE --metrics fid,kid --inception-weights"
+        " pt_inception-2015-12-05-6726825d.pth` (torch-fidelity installed)."
+    )
+    assert "--fid-fallback" not in result.stderr and "pass the file with" not in result.stderr
+
+
 # train.py with the evaluation replaced by scripted FD values per step (test side only): the ranking logic is tested
 # on known numbers instead of on a tiny model's noise
 SCRIPTED_EVAL = """

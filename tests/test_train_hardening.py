@@ -4,14 +4,18 @@ damaged checkpoints are named, and a failed push never shows the token."""
 
 import dataclasses
 import json
+import logging
+import random
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from test_periodic_eval import GREY
 from test_security import RunsCode
 from train_helpers import ROOT, TRAIN, accelerate_launcher, load_train_script, run_train, train_env
 
@@ -167,7 +171,11 @@ def test_broken_images_are_judged_early_and_a_finished_run_is_saved_first(tmp_pa
     early = tmp_path / "early"
     args = ["--train_data_dir", str(data), "--resolution", "16", "--train_batch_size", "5", "--preset", "tiny"]
     result = run_train([*args, "--output_dir", str(early), "--max_train_steps", "50"], tmp_path, check=False)
-    assert result.returncode == 1 and re.search(r"1 of the 1\d images read could not be decoded", result.stderr)
+    assert result.returncode == 1
+    # counted once each, however often re-read, and named: its row and file
+    assert re.search(
+        r"1 of the 10 images read could not be decoded \(.*\), e\.g\. row \d \(\S*broken\.png\)\.", result.stderr
+    )
     assert "train: 100%" not in result.stderr  # stopped long before step 50
     # a run that ends before the first logging step: saved, then reported
     late = tmp_path / "late"
@@ -310,6 +318,88 @@ def test_fid_during_training_without_inception_is_settled_before_training(tmp_pa
     with pytest.raises(ValueError, match=r"--eval_metrics fid: FID/KID with Inception-v3 are unavailable.* 3-channel"):
         train(dataclasses.replace(colour, output_dir=str(tmp_path / "colour")))
     assert not (tmp_path / "colour" / "training_config.json").exists()
+    grey = tmp_path / "grey.json"
+    grey.write_text(json.dumps(GREY))
+    best_fid = dataclasses.replace(colour, unet_config=str(grey), keep_best="fid", output_dir=str(tmp_path / "best"))
+    with pytest.raises(ValueError) as err:
+        train(best_fid)
+    # what is missing, then training's own way out: no flag of `hfddpm evaluate`'s
+    message = str(err.value)
+    assert message.startswith("--keep_best fid: FID/KID with Inception-v3 are unavailable: ")
+    assert "(download https://" in message and "and put it in that folder)" in message
+    assert message.endswith("instead; pass --keep_best fid_digits.") and "--inception-weights" not in message
+    assert "Options" not in message and "--fid-fallback" not in message
+    assert not (tmp_path / "best" / "training_config.json").exists()
+
+
+def test_the_inception_error_keeps_what_is_missing_and_the_options_apart(tmp_path, hide_package):
+    from hfddpm.evaluation import MetricUnavailableError, find_inception_weights
+
+    hide_package("torch_fidelity")
+    with pytest.raises(MetricUnavailableError) as evaluate:  # hfddpm evaluate's flags, by default
+        find_inception_weights(tmp_path / "missing.pth")
+    err = evaluate.value
+    assert str(err) == f"{err.reason} Options: {err.options}"
+    assert err.reason.startswith("FID/KID with Inception-v3 are unavailable: the torch-fidelity package is not")
+    assert err.reason.endswith(
+        "pass the file with --inception-weights, or put it in that folder). Nothing is downloaded."
+    )
+    assert err.options.startswith("provide them, or rerun with --fid-fallback digits (FID/KID on the digit")
+    with pytest.raises(MetricUnavailableError) as training:  # train.py: no flags, always the digit features
+        find_inception_weights(tmp_path / "missing.pth", weights_flag=None, fallback_flag=None)
+    err = training.value
+    assert "--inception-weights" not in err.reason and err.reason.endswith(
+        "put it in that folder). Nothing is downloaded."
+    )
+    assert "--fid-fallback" not in err.options
+    assert err.options.startswith("FID/KID use the digit classifier's features instead (reported as fid_digits/kid_")
+    assert "`hfddpm evaluate PIPELINE --metrics fid,kid --inception-weights pt_inception-2015-12-05-6726825d.pth`" in (
+        err.options
+    )
+
+
+def _process_state():
+    """What train() sets for the whole process: torch's threads, the global RNG states, the logging setup."""
+    root = logging.getLogger()
+    return {
+        "threads": torch.get_num_threads(),
+        "torch_seed": torch.initial_seed(),
+        "torch_rng": torch.get_rng_state().tolist(),
+        "random": random.getstate(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "root_handlers": list(root.handlers),
+        "root_level": root.level,
+        "accelerate_level": logging.getLogger("accelerate").level,
+    }
+
+
+def test_train_from_python_leaves_the_process_as_it_was(tmp_path, monkeypatch, capfd):
+    from hfddpm.training import train
+
+    # a notebook: nothing set up for logging (pytest's capture handlers left aside), its own threads and seeds
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(1234)
+        random.seed(5)
+        np.random.seed(6)
+        before = _process_state()
+        config = TrainConfig(preset="tiny", train_batch_size=8, max_train_steps=2, validation_inference_steps=1,
+                             validation_images_per_class=1, eval_batch_size=4, mixed_precision="no",
+                             cpu_threads=1)  # fmt: skip
+        for run in ("first", "second"):
+            train(dataclasses.replace(config, output_dir=str(tmp_path / run)))
+            assert _process_state() == before, run
+            # the run's lines were shown, once each: a second call does not repeat them
+            assert capfd.readouterr().err.count("Training 2 steps from step 0") == 1, run
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))  # no Inception weights there
+        with pytest.raises(ValueError, match=r"--eval_metrics fid: .* 3-channel"):  # refused after seeding
+            train(dataclasses.replace(config, eval_steps=2, eval_metrics="fid", output_dir=str(tmp_path / "refused")))
+        assert _process_state() == before
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_failed_push_never_shows_the_token(tmp_path):

@@ -146,6 +146,7 @@ def compute_metrics(
     reference_audios: np.ndarray | None = None,
     reference_audio_name: str = "reference clips",
     fad_model: str | os.PathLike = DEFAULT_FAD_MODEL,
+    log_notes: bool = True,
 ) -> dict:
     """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the ``metrics`` choices (see ``METRIC_REGISTRY``).
 
@@ -166,7 +167,8 @@ def compute_metrics(
 
     Returns a flat dict of metrics, ``details`` (per metric: its 95% bootstrap interval ``ci95``, ``num_samples``,
     ``feature_extractor`` and ``reference`` fingerprint; see ``uncertainty``) and ``notes`` (a list of strings) when
-    a fallback was taken.
+    a fallback was taken; ``log_notes=False`` leaves logging them to the caller (training says it once, not at each
+    evaluation).
     """
     choices = parse_metrics(metrics)
     notes = check_metrics_available(
@@ -219,7 +221,7 @@ def compute_metrics(
     if info:
         results[DETAILS_KEY] = info
     if notes:
-        for note in notes:
+        for note in notes if log_notes else ():
             logger.warning(note)
         results["notes"] = notes
     return results

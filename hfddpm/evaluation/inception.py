@@ -24,15 +24,39 @@ INCEPTION_FEATURES_NAME = "inception-v3-compat pool3 (torch-fidelity pt_inceptio
 
 
 class MetricUnavailableError(RuntimeError):
-    """A metric's network or weights are not available offline; the message lists the options."""
+    """A metric's network or weights are not available offline.
+
+    ``reason`` says what is missing, ``options`` what to do instead (``None`` when the reason says it all); the
+    message is ``"<reason> Options: <options>"``.
+
+    Example:
+        >>> err = MetricUnavailableError("X is not installed.", "install it, or leave the metric out.")
+        >>> err.reason, str(err)
+        ('X is not installed.', 'X is not installed. Options: install it, or leave the metric out.')
+    """
+
+    def __init__(self, reason: str, options: str | None = None):
+        super().__init__(reason if options is None else f"{reason} Options: {options}")
+        self.reason, self.options = reason, options
 
 
-def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
+def find_inception_weights(
+    path: str | os.PathLike | None = None,
+    *,
+    weights_flag: str | None = "--inception-weights",
+    fallback_flag: str | None = "--fid-fallback",
+) -> Path:
     """The Inception-v3 weights to use: ``path`` if given, else torch hub's cache (where torch-fidelity downloads
     them: ``<torch.hub.get_dir()>/checkpoints/pt_inception-2015-12-05-6726825d.pth``).
 
+    ``weights_flag`` and ``fallback_flag`` are the caller's flags that the error names (``hfddpm evaluate``'s by
+    default): the flag taking the weights file (``None``: the caller reads torch hub's cache only) and the one
+    choosing the fallback (``None``: the caller always falls back to the digit classifier's features, as the
+    evaluations during training do).
+
     Raises:
-        MetricUnavailableError: torch-fidelity is not installed or the weights file is missing.
+        MetricUnavailableError: torch-fidelity is not installed or the weights file is missing; its ``reason`` says
+            which, its ``options`` what to do instead.
     """
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
     weights = Path(path) if path is not None else cached
@@ -40,18 +64,30 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     if importlib.util.find_spec("torch_fidelity") is None:
         problems.append("the torch-fidelity package is not installed (`pip install torch-fidelity`)")
     if not weights.is_file():
+        put = (
+            f"pass the file with {weights_flag}, or put it in that folder" if weights_flag else "put it in that folder"
+        )
         problems.append(
             f"the Inception-v3 weights {INCEPTION_WEIGHTS_FILE} are not at {weights} (download {INCEPTION_WEIGHTS_URL}"
-            " on a machine with internet and pass the file with --inception-weights, or put it in that folder)"
+            f" on a machine with internet and {put})"
         )
-    if problems:
-        raise MetricUnavailableError(
-            "FID/KID with Inception-v3 are unavailable: " + "; ".join(problems) + ". Nothing is downloaded."
-            " Options: provide them, or rerun with --fid-fallback digits (FID/KID on the digit classifier's features,"
-            " reported as fid_digits/kid_digits, comparable only with other hfddpm runs) or --fid-fallback skip"
+    if not problems:
+        return weights
+    reason = "FID/KID with Inception-v3 are unavailable: " + "; ".join(problems) + ". Nothing is downloaded."
+    if fallback_flag:
+        options = (
+            f"provide them, or rerun with {fallback_flag} digits (FID/KID on the digit classifier's features,"
+            f" reported as fid_digits/kid_digits, comparable only with other hfddpm runs) or {fallback_flag} skip"
             " (leave FID/KID out)."
         )
-    return weights
+    else:
+        options = (
+            "FID/KID use the digit classifier's features instead (reported as fid_digits/kid_digits, comparable only"
+            " with other hfddpm runs); for FID/KID on Inception-v3, provide them before training, or score the"
+            " saved pipeline later with `hfddpm evaluate PIPELINE --metrics fid,kid --inception-weights"
+            f" {INCEPTION_WEIGHTS_FILE}` (torch-fidelity installed)."
+        )
+    raise MetricUnavailableError(reason, options)
 
 
 class InceptionFeatures(nn.Module):

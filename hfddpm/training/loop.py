@@ -12,15 +12,18 @@ Example (a few steps of the tiny preset on the embedded digits)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
@@ -54,7 +57,7 @@ from hfddpm.training.periodic_eval import (
     sampling_cost,
     save_history,
 )
-from hfddpm.training.precision import resolve_mixed_precision, set_cuda_math, train_cuda_math
+from hfddpm.training.precision import CUDA_MATH_FLAGS, resolve_mixed_precision, set_cuda_math, train_cuda_math
 from hfddpm.training.processes import cpu_threads_per_process, end_training, local_processes
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
@@ -63,20 +66,43 @@ logger = get_logger(__name__, log_level="INFO")
 
 TRAIN_METRICS_FILE = "train_metrics.json"
 CARD_FILE = "README.md"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries that log only errors on the processes other than process 0.
+QUIET_ON_OTHER_PROCESSES = ("datasets", "diffusers", "accelerate")
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (diverged, too many broken images); the message says what was kept."""
 
 
-def check_bad_images(bad: int, read: int, max_fraction: float, *, min_read: int = BAD_EXAMPLES_MIN_READ) -> None:
-    """A ``ValueError`` once more than ``max_fraction`` of at least ``min_read`` images read could not be decoded."""
+# The broken examples a process remembers by name, for check_bad_images' message.
+MAX_NAMED_BAD_EXAMPLES = 5
+
+
+def check_bad_images(
+    bad: int,
+    read: int,
+    max_fraction: float,
+    *,
+    min_read: int = BAD_EXAMPLES_MIN_READ,
+    examples: list[str] = (),
+) -> None:
+    """A ``ValueError`` once more than ``max_fraction`` of at least ``min_read`` images read could not be decoded;
+    it names the broken ``examples`` given (the batches' ``bad_examples``: row and path).
+
+    Example:
+        >>> check_bad_images(3, 10, 0.1, min_read=10, examples=["row 4 (cats/4.png)"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: 3 of the 10 images read could not be decoded (30.0% > --max_bad_image_fraction 0.1), e.g. row 4 ...
+    """
     if bad == 0 or read < min_read:
         return
     if bad > max_fraction * read:
+        named = f", e.g. {', '.join(examples)}" if examples else ""
         raise ValueError(
             f"{bad} of the {read} images read could not be decoded ({bad / read:.1%} >"
-            f" --max_bad_image_fraction {max_fraction}). Remove or repair the broken image files, or raise"
+            f" --max_bad_image_fraction {max_fraction}){named}. Remove or repair the broken image files, or raise"
             " --max_bad_image_fraction to skip them."
         )
 
@@ -99,9 +125,50 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     ``started`` is the ``time.perf_counter()`` at which the run began, by default now: a time budget counts from it
     (``training/train.py`` passes its own start, so that importing the library counts too).
 
-    Bad input raises ``ValueError``/``FileNotFoundError`` before any training step.
+    Bad input raises ``ValueError``/``FileNotFoundError`` before any training step. Whether it returns or raises, the
+    process is left as it was found (:func:`_process_state_kept`), so that a notebook can call it again.
     """
     started = time.perf_counter() if started is None else started
+    with _process_state_kept():
+        return _train(config, started)
+
+
+@contextlib.contextmanager
+def _process_state_kept():
+    """Restore on the way out what a run sets for the whole process: torch's thread count, the global RNG states
+    (``random``, numpy, torch's CPU generator and those of the CUDA devices already in use), the CUDA math flags, and
+    the logging setup (a handler for the run's lines when the root logger has none, as ``logging.basicConfig``
+    would add; the levels of the root logger and of ``QUIET_ON_OTHER_PROCESSES``)."""
+    threads = torch.get_num_threads()
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cuda_math = {name: getattr(owner, attribute) for name, (owner, attribute) in CUDA_MATH_FLAGS.items()}
+    root = logging.getLogger()
+    levels = {named: named.level for named in (root, *map(logging.getLogger, QUIET_ON_OTHER_PROCESSES))}
+    handler = None
+    if not root.handlers:  # the caller has not set up logging: the run's lines go to stderr, for this run only
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+        for named, level in levels.items():
+            named.setLevel(level)
+        set_cuda_math(cuda_math)
+        torch.set_num_threads(threads)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _train(config: TrainConfig, started: float) -> Path:
+    """:func:`train`'s run, in a process whose state :func:`_process_state_kept` restores afterwards."""
     config.validate()
     # 1. processes, threads, trackers
     trackers = check_trackers(config.report_to)
@@ -112,7 +179,6 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         check_push_settings(config.hub_model_id or Path(config.output_dir).name, config.hub_token)
     output_dir = config.check_output_dir()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and state.num_processes == 1:
         # every process would train alone and write the same files
@@ -121,7 +187,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
             " run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`."
         )
     if not state.is_main_process:
-        for name in ("datasets", "diffusers", "accelerate"):
+        for name in QUIET_ON_OTHER_PROCESSES:
             logging.getLogger(name).setLevel(logging.ERROR)
     set_seed(config.seed)  # the same on every process: identical initial weights
     device = state.device
@@ -161,9 +227,11 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     image_channels = (run.vae or run.unet).config.out_channels
     digits_chosen = "digits" in parse_metrics(config.eval_metrics)
     auto_eval = not eval_steps and config.eval_count > 0 and config.uses_time_budget
+    # without Inception-v3 the evaluations' FID/KID use the digit classifier's features, which score grey images only
+    no_inception = _inception_unavailable(config) if eval_steps or auto_eval else None
     if auto_eval and (
         config.eval_num_images % accelerator.num_processes
-        or (digits_chosen and (image_channels != 1 or run.mel is not None))
+        or ((digits_chosen or no_inception is not None) and (image_channels != 1 or run.mel is not None))
     ):
         auto_eval = False  # the default --eval_metrics do not fit this run: only an explicit --eval_steps insists
         logger.info(f"No evaluation during training: --eval_metrics {config.eval_metrics} do not fit this run.")
@@ -179,7 +247,10 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         )
     if eval_steps:
         _check_audio_metrics(config, run.mel)
-        _check_inception(config, image_channels)
+        if no_inception is not None:
+            _check_inception(config, image_channels, no_inception)
+    if (eval_steps or auto_eval) and no_inception is not None:  # said once here; the evaluations do not repeat it
+        logger.warning(f"--eval_metrics {config.eval_metrics}: {no_inception.reason} {no_inception.options}")
     max_train_steps = resolve_max_train_steps(
         config, num_examples, accelerator.num_processes, recipe_steps=recipe["max_train_steps"]
     )
@@ -383,6 +454,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     position = torch.tensor(start)
     loss_sum = torch.zeros((), device=device)
     loss_count, bad_local, read_local = 0, 0, 0
+    bad_named: list[str] = []  # the first broken examples this process read (row and path), for the stop message
     last = {"loss": None}
     first_step = global_step
     warmup_steps = min(10, max(1, (max_train_steps - first_step) // 5))
@@ -397,6 +469,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
             batch = next(data_iter)
             position = batch["position"]
             bad_local += int(batch["num_bad_images"])
+            bad_named += batch.get("bad_examples", [])[: MAX_NAMED_BAD_EXAMPLES - len(bad_named)]
             read_local += int(batch["num_read_images"])
             loss_sum += engine.micro_step(batch["pixel_values"], batch.get("class_labels"), global_step, micro)
             loss_count += 1
@@ -472,7 +545,9 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
             accelerator.log(last, step=global_step)
             progress.set_postfix(step=global_step, loss=f"{last['loss']:.4f}", img_s=f"{images_per_second:.0f}")
             if global_step < max_train_steps:  # at the end the pipeline is saved first, then this is reported
-                check_bad_images(bad_total, read_total, config.max_bad_image_fraction, min_read=min_read)
+                check_bad_images(
+                    bad_total, read_total, config.max_bad_image_fraction, min_read=min_read, examples=bad_named
+                )
 
         if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
             t = clock()
@@ -594,7 +669,13 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
         url = push_to_hub(output_dir, repo_id, token=config.hub_token, private=config.hub_private_repo)
         logger.info(f"Uploaded to {url}")
     # the fraction of broken images is final now; the finished run is saved before this is reported
-    check_bad_images(bad_total, read_total, config.max_bad_image_fraction, min_read=min(min_read, read_total or 1))
+    check_bad_images(
+        bad_total,
+        read_total,
+        config.max_bad_image_fraction,
+        min_read=min(min_read, read_total or 1),
+        examples=bad_named,
+    )
     return output_dir
 
 
@@ -659,34 +740,37 @@ def _check_audio_metrics(config: TrainConfig, mel) -> None:
             check_spectrogram_settings(mel.config)
 
 
-def _check_inception(config: TrainConfig, image_channels: int) -> None:
-    """FID/KID during training without Inception-v3 weights: the evaluations fall back to the digit classifier's
-    features (``fid_digits``, ``kid_digits``), which suit grey images only. Refused before training for colour images
-    and for a ``--keep_best`` that would then never be computed; said once otherwise."""
+def _inception_unavailable(config: TrainConfig):
+    """Why the FID/KID of ``--eval_metrics`` cannot use Inception-v3 in this run (a ``MetricUnavailableError``; the
+    evaluations then compute them on the digit classifier's features: ``fid_digits``, ``kid_digits``), or ``None``
+    when they can or none is asked."""
     from hfddpm.evaluation import MetricUnavailableError
     from hfddpm.evaluation.inception import find_inception_weights
 
-    asked = [m for m in ("fid", "kid") if m in parse_metrics(config.eval_metrics)]
-    if not asked:
-        return
+    if not {"fid", "kid"} & set(parse_metrics(config.eval_metrics)):
+        return None
     try:
-        find_inception_weights()
+        # train.py has no flags for them: the weights are read from torch hub's cache, the fallback is always digits
+        find_inception_weights(weights_flag=None, fallback_flag=None)
     except MetricUnavailableError as err:
-        unavailable = str(err).split(". Options:")[0]
-        if image_channels != 1:
-            raise ValueError(
-                f"--eval_metrics {config.eval_metrics}: {unavailable}. Their fallback during training, the digit"
-                f" classifier's features, scores grey images, and this model makes {image_channels}-channel images:"
-                " put the Inception weights in place, or evaluate with --eval_metrics dinov2."
-            ) from None
-        if config.keep_best in asked:
-            raise ValueError(
-                f"--keep_best {config.keep_best}: {unavailable}, so the evaluations compute {config.keep_best}_digits"
-                f" (digit-classifier features) instead; pass --keep_best {config.keep_best}_digits."
-            ) from None
-        logger.warning(
-            f"{unavailable}: the evaluations report {', '.join(f'{m}_digits' for m in asked)} (digit-classifier"
-            " features, comparable only with other hfddpm runs) instead."
+        return err
+    return None
+
+
+def _check_inception(config: TrainConfig, image_channels: int, unavailable) -> None:
+    """FID/KID during training without Inception-v3 (``unavailable``, from :func:`_inception_unavailable`) fall back
+    to the digit classifier's features, which suit grey images only: refused before training for colour images and
+    for a ``--keep_best`` that would then never be computed."""
+    if image_channels != 1:
+        raise ValueError(
+            f"--eval_metrics {config.eval_metrics}: {unavailable.reason} Their fallback during training, the digit"
+            f" classifier's features, scores grey images, and this model makes {image_channels}-channel images:"
+            " put the Inception weights in place, or evaluate with --eval_metrics dinov2."
+        )
+    if config.keep_best in ("fid", "kid") and config.keep_best in parse_metrics(config.eval_metrics):
+        raise ValueError(
+            f"--keep_best {config.keep_best}: {unavailable.reason} The evaluations compute {config.keep_best}_digits"
+            f" (digit-classifier features) instead; pass --keep_best {config.keep_best}_digits."
         )
 
 

@@ -63,7 +63,10 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
     order = torch.argsort(all_index)
     all_images = all_images[order].cpu()
     start = time.perf_counter()
-    results = compute_metrics(all_images, labels, metrics=config.eval_metrics, fid_fallback="digits", seed=config.seed)
+    # the fallbacks taken (FID/KID on digit features without Inception-v3) were said once, before training
+    results = compute_metrics(
+        all_images, labels, metrics=config.eval_metrics, fid_fallback="digits", seed=config.seed, log_notes=False
+    )
     results.pop("notes", None)
     timing = {"sampling_seconds": sampling_seconds, "metrics_seconds": time.perf_counter() - start}
     return {"step": step, "num_images": n, **results, **timing}
