@@ -17,6 +17,7 @@ from train_helpers import (
     TRAIN,
     TRAIN_VAE,
     accelerate_launcher,
+    process_state,
     run_train,
     train_env,
     write_train_driver,
@@ -55,6 +56,20 @@ def trained_vae(tmp_path_factory):
     train_vae(VAETrainConfig(**TINY_VAE, max_train_steps=150, train_batch_size=16, learning_rate=2e-3,
                              logging_steps=50, mixed_precision="no", output_dir=str(out)))  # fmt: skip
     return out
+
+
+def test_train_vae_from_python_leaves_the_process_as_it_was(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(1234)
+        before = process_state()
+        train_vae(VAETrainConfig(**TINY_VAE, max_train_steps=2, train_batch_size=4, mixed_precision="no",
+                                 output_dir=str(tmp_path / "vae")))  # fmt: skip
+        assert (tmp_path / "vae" / "config.json").is_file()
+        assert process_state() == before
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_periodic_eval import GREY
 from test_security import RunsCode
-from train_helpers import ROOT, TRAIN, accelerate_launcher, load_train_script, run_train, train_env
+from train_helpers import ROOT, TRAIN, accelerate_launcher, load_train_script, process_state, run_train, train_env
 
 from hfddpm.training import TrainConfig, TrainingError
 from hfddpm.training.checkpoint import check_checkpoint
@@ -358,21 +358,6 @@ def test_the_inception_error_keeps_what_is_missing_and_the_options_apart(tmp_pat
     )
 
 
-def _process_state():
-    """What train() sets for the whole process: torch's threads, the global RNG states, the logging setup."""
-    root = logging.getLogger()
-    return {
-        "threads": torch.get_num_threads(),
-        "torch_seed": torch.initial_seed(),
-        "torch_rng": torch.get_rng_state().tolist(),
-        "random": random.getstate(),
-        "numpy": np.random.get_state()[1].tolist(),
-        "root_handlers": list(root.handlers),
-        "root_level": root.level,
-        "accelerate_level": logging.getLogger("accelerate").level,
-    }
-
-
 def test_train_from_python_leaves_the_process_as_it_was(tmp_path, monkeypatch, capfd):
     from hfddpm.training import train
 
@@ -385,19 +370,19 @@ def test_train_from_python_leaves_the_process_as_it_was(tmp_path, monkeypatch, c
         torch.manual_seed(1234)
         random.seed(5)
         np.random.seed(6)
-        before = _process_state()
+        before = process_state()
         config = TrainConfig(preset="tiny", train_batch_size=8, max_train_steps=2, validation_inference_steps=1,
                              validation_images_per_class=1, eval_batch_size=4, mixed_precision="no",
                              cpu_threads=1)  # fmt: skip
         for run in ("first", "second"):
             train(dataclasses.replace(config, output_dir=str(tmp_path / run)))
-            assert _process_state() == before, run
+            assert process_state() == before, run
             # the run's lines were shown, once each: a second call does not repeat them
             assert capfd.readouterr().err.count("Training 2 steps from step 0") == 1, run
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))  # no Inception weights there
         with pytest.raises(ValueError, match=r"--eval_metrics fid: .* 3-channel"):  # refused after seeding
             train(dataclasses.replace(config, eval_steps=2, eval_metrics="fid", output_dir=str(tmp_path / "refused")))
-        assert _process_state() == before
+        assert process_state() == before
     finally:
         torch.set_num_threads(threads)
 

@@ -1,11 +1,16 @@
 """Running training/train.py from tests: in a subprocess with a small, fast recipe, or as a module in-process."""
 
 import importlib.util
+import logging
 import os
+import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
@@ -99,3 +104,19 @@ def load_train_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def process_state() -> dict:
+    """What train() and train_vae() set for the whole process: torch's threads, the global RNG states, the logging
+    setup."""
+    root = logging.getLogger()
+    return {
+        "threads": torch.get_num_threads(),
+        "torch_seed": torch.initial_seed(),
+        "torch_rng": torch.get_rng_state().tolist(),
+        "random": random.getstate(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "root_handlers": list(root.handlers),
+        "root_level": root.level,
+        "accelerate_level": logging.getLogger("accelerate").level,
+    }

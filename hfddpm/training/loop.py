@@ -12,18 +12,15 @@ Example (a few steps of the tiny preset on the embedded digits)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
@@ -57,8 +54,14 @@ from hfddpm.training.periodic_eval import (
     sampling_cost,
     save_history,
 )
-from hfddpm.training.precision import CUDA_MATH_FLAGS, resolve_mixed_precision, set_cuda_math, train_cuda_math
-from hfddpm.training.processes import cpu_threads_per_process, end_training, local_processes
+from hfddpm.training.precision import resolve_mixed_precision, set_cuda_math, train_cuda_math
+from hfddpm.training.processes import (
+    QUIET_ON_OTHER_PROCESSES,
+    cpu_threads_per_process,
+    end_training,
+    local_processes,
+    process_state_kept,
+)
 from hfddpm.training.step_format import resolve_step_format
 from hfddpm.training.trackers import check_trackers, log_grid
 
@@ -66,9 +69,6 @@ logger = get_logger(__name__, log_level="INFO")
 
 TRAIN_METRICS_FILE = "train_metrics.json"
 CARD_FILE = "README.md"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Libraries that log only errors on the processes other than process 0.
-QUIET_ON_OTHER_PROCESSES = ("datasets", "diffusers", "accelerate")
 
 
 class TrainingError(RuntimeError):
@@ -126,49 +126,15 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     (``training/train.py`` passes its own start, so that importing the library counts too).
 
     Bad input raises ``ValueError``/``FileNotFoundError`` before any training step. Whether it returns or raises, the
-    process is left as it was found (:func:`_process_state_kept`), so that a notebook can call it again.
+    process is left as it was found (:func:`process_state_kept`), so that a notebook can call it again.
     """
     started = time.perf_counter() if started is None else started
-    with _process_state_kept():
+    with process_state_kept():
         return _train(config, started)
 
 
-@contextlib.contextmanager
-def _process_state_kept():
-    """Restore on the way out what a run sets for the whole process: torch's thread count, the global RNG states
-    (``random``, numpy, torch's CPU generator and those of the CUDA devices already in use), the CUDA math flags, and
-    the logging setup (a handler for the run's lines when the root logger has none, as ``logging.basicConfig``
-    would add; the levels of the root logger and of ``QUIET_ON_OTHER_PROCESSES``)."""
-    threads = torch.get_num_threads()
-    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    cuda_math = {name: getattr(owner, attribute) for name, (owner, attribute) in CUDA_MATH_FLAGS.items()}
-    root = logging.getLogger()
-    levels = {named: named.level for named in (root, *map(logging.getLogger, QUIET_ON_OTHER_PROCESSES))}
-    handler = None
-    if not root.handlers:  # the caller has not set up logging: the run's lines go to stderr, for this run only
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        if handler is not None:
-            root.removeHandler(handler)
-        for named, level in levels.items():
-            named.setLevel(level)
-        set_cuda_math(cuda_math)
-        torch.set_num_threads(threads)
-        random.setstate(rng[0])
-        np.random.set_state(rng[1])
-        torch.set_rng_state(rng[2])
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-
-
 def _train(config: TrainConfig, started: float) -> Path:
-    """:func:`train`'s run, in a process whose state :func:`_process_state_kept` restores afterwards."""
+    """:func:`train`'s run, in a process whose state :func:`process_state_kept` restores afterwards."""
     config.validate()
     # 1. processes, threads, trackers
     trackers = check_trackers(config.report_to)

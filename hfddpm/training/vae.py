@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from hfddpm.data import CHANNEL_MODES, load_train_dataset, make_train_dataloader, resolve_columns
 from hfddpm.latents import check_vae_resolution, vae_encode
 from hfddpm.training.precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
-from hfddpm.training.processes import cpu_threads_per_process, end_training, local_processes
+from hfddpm.training.processes import cpu_threads_per_process, end_training, local_processes, process_state_kept
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -194,11 +193,16 @@ def measure_scaling(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 
 
 def train_vae(config: VAETrainConfig) -> Path:
     """Train as ``config`` says and save the ``AutoencoderKL`` (with its measured ``scaling_factor``),
-    ``vae_metrics.json`` and ``samples/reconstructions.png`` in ``config.output_dir``; returns that folder."""
+    ``vae_metrics.json`` and ``samples/reconstructions.png`` in ``config.output_dir``; returns that folder. The
+    process is left as it was found (threads, RNG states, logging: :func:`process_state_kept`)."""
+    with process_state_kept():
+        return _train_vae(config)
+
+
+def _train_vae(config: VAETrainConfig) -> Path:
     config.validate()
     # 1. the accelerator; data (as training/train.py reads it); the model
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(config.seed)
     device = accelerator.device
     if device.type == "cpu":
