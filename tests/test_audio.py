@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from audio_helpers import SR, tone
+from audio_helpers import SR, TINY_MEL, tone
 from train_helpers import ROOT, run_train
 
 from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline, HFDDPMScheduler, build_unet
@@ -34,8 +34,6 @@ from hfddpm.training import TrainConfig
 from hfddpm.training.engine import build_mel
 
 MEL = dict(sample_rate=SR, n_fft=1024, hop_length=256, n_mels=64, num_frames=64)
-# a small conversion for the training run: 16 bands x 16 frames of 8 kHz audio, 0.12 s
-SMALL = dict(sample_rate=8000, n_fft=256, hop_length=64, n_mels=16, num_frames=16)
 
 
 def dominant_frequency(waveform: np.ndarray, rate: int) -> float:
@@ -128,7 +126,7 @@ def test_audio_folder_gives_labels_and_spectrograms_with_counted_problems(tmp_pa
     dataset = load_audio_folder(folder)
     assert dataset.features["label"].names == ["high", "low", "mid"] and len(dataset) == 11
     assert resolve_audio_column(dataset, None) == "audio"
-    mel = HFDDPMMel(**SMALL)
+    mel = HFDDPMMel(**TINY_MEL)
     with pytest.raises(ValueError, match=r"2 of the 11 audio clips could not be read .*broken0\.wav.*empty\.wav"):
         spectrogram_dataset(dataset, "audio", mel, "label", max_bad_fraction=0.1)
     with caplog.at_level("INFO", logger="hfddpm.audio"):
@@ -152,7 +150,7 @@ def test_audio_columns_are_found_or_named(tmp_path):
     with pytest.raises(ValueError, match=r"several audio columns \['audio', 'other'\]; choose one with"):
         resolve_audio_column(two, None)
     with pytest.raises(ValueError, match=r"Label column 'digit' not found"):
-        spectrogram_dataset(dataset, "audio", HFDDPMMel(**SMALL), "digit")
+        spectrogram_dataset(dataset, "audio", HFDDPMMel(**TINY_MEL), "digit")
 
 
 def test_a_column_that_is_not_audio_is_refused_naming_its_feature(tmp_path):
@@ -276,7 +274,7 @@ def test_tiny_audio_model_trains_from_an_audio_folder(trained):
     for name in ("pipeline_hfddpm.py", "pipeline_hfddpm_audio.py", "mel/mel_config.json", "mel/mel_hfddpm.py"):
         assert name in files
     mel_config = json.loads((out / "mel" / "mel_config.json").read_text())
-    assert {k: mel_config[k] for k in SMALL} == SMALL
+    assert {k: mel_config[k] for k in TINY_MEL} == TINY_MEL
     resolved = json.loads((out / "training_config.json").read_text())["resolved"]
     assert resolved["mel"]["hop_length"] == 64 and resolved["class_names"] == ["high", "low", "mid"]
     assert resolved["in_channels"] == 1  # the tiny preset (3 channels) takes spectrograms with 1
@@ -368,12 +366,12 @@ def test_an_image_pipeline_loaded_as_audio_names_the_mel_entry_that_works(image_
 
 def test_the_mel_entry_the_error_names_loads(image_pipeline_folder):
     folder = image_pipeline_folder
-    HFDDPMMel(**SMALL).save_pretrained(folder / "mel")
+    HFDDPMMel(**TINY_MEL).save_pretrained(folder / "mel")
     index = json.loads((folder / "model_index.json").read_text())
     index["mel"] = ["mel_hfddpm", "HFDDPMMel"]
     (folder / "model_index.json").write_text(json.dumps(index))
     pipe = HFDDPMAudioPipeline.from_pretrained(folder)
-    assert isinstance(pipe, HFDDPMAudioPipeline) and pipe.mel.config.n_mels == SMALL["n_mels"]
+    assert isinstance(pipe, HFDDPMAudioPipeline) and pipe.mel.config.n_mels == TINY_MEL["n_mels"]
 
 
 def test_hfddpm_sample_writes_wav_files_and_a_spectrogram_grid(trained, tmp_path, capsys):
@@ -484,7 +482,7 @@ def test_evaluation_during_training_takes_the_metrics_of_its_data():
         _check_audio_metrics(config, HFDDPMMel(**SPOKEN_DIGIT_MEL))
     config = TrainConfig(eval_steps=10, eval_metrics="spoken_digits")
     with pytest.raises(ValueError, match=r"this pipeline's mel component has \{'sample_rate': 8000"):
-        _check_audio_metrics(config, HFDDPMMel(**SMALL))
+        _check_audio_metrics(config, HFDDPMMel(**TINY_MEL))
     with pytest.raises(ValueError, match="this run trains on images"):
         _check_audio_metrics(config, None)
     _check_audio_metrics(config, HFDDPMMel(**SPOKEN_DIGIT_MEL))  # the demo's settings: accepted
@@ -495,7 +493,7 @@ def test_without_the_audio_extra_the_message_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'hfddpm\[audio\]'"):
         decode_audio({"array": tone(440, 0.1), "sampling_rate": SR}, SR)
     with pytest.raises(ImportError, match=r"pip install 'hfddpm\[audio\]'"):
-        HFDDPMMel(**SMALL).audio_to_spectrogram(tone(440, 0.1))
+        HFDDPMMel(**TINY_MEL).audio_to_spectrogram(tone(440, 0.1))
 
 
 def test_a_dataset_with_an_audio_column_is_detected(tmp_path, monkeypatch):
