@@ -28,6 +28,7 @@ Example:
 import copy
 import functools
 import io
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -125,17 +126,23 @@ def is_saved_dataset(folder: str) -> bool:
 
 
 def _load_saved_dataset(folder: str, split: str) -> datasets.Dataset:
-    """The ``split`` of a ``save_to_disk`` folder: its one ``Dataset``, or that split of its ``DatasetDict``."""
-    saved = datasets.load_from_disk(folder)
-    if isinstance(saved, datasets.DatasetDict):
-        if split not in saved:
+    """The ``split`` of a ``save_to_disk`` folder: its one ``Dataset``, or that split of its ``DatasetDict`` (only
+    that split is read)."""
+    dict_file = os.path.join(folder, SAVED_DATASET_DICT_FILE)
+    if os.path.isfile(dict_file):
+        with open(dict_file) as f:
+            splits = json.load(f).get("splits", [])
+        if split not in splits:
             raise ValueError(
-                f"--dataset_split {split!r} is not a split of the saved dataset {folder!r}; its splits are"
-                f" {list(saved)}."
+                f"--dataset_split {split!r} is not a split of the saved dataset {folder!r}; its splits are {splits}."
             )
-        return saved[split]
-    _check_single_split(split, f"the saved dataset {folder!r} (one Dataset)")
-    return saved
+        folder = os.path.join(folder, split)
+    else:
+        _check_single_split(split, f"the saved dataset {folder!r} (one Dataset)")
+    with open(os.path.join(folder, SAVED_DATASET_FILES[1])) as f:
+        if not json.load(f).get("_data_files"):  # 🤗 datasets fails on a folder without rows with an IndexError
+            raise _empty_error(f"the saved dataset {folder!r}", split)
+    return datasets.load_from_disk(folder)
 
 
 def load_train_dataset(
@@ -159,17 +166,26 @@ def load_train_dataset(
     """
     if dataset_name is not None:
         source = f"dataset {dataset_name!r}"
-        if os.path.isdir(dataset_name) and is_saved_dataset(dataset_name):
+        saved, data_file = os.path.isdir(dataset_name) and is_saved_dataset(dataset_name), os.path.isfile(dataset_name)
+        if (saved or data_file) and dataset_config_name is not None:
+            kind = "saved dataset" if saved else "data file"
+            raise ValueError(
+                f"--dataset_config_name {dataset_config_name!r}: the {kind} {dataset_name!r} has no configs; it"
+                " names a config of a Hub dataset or dataset folder that has several. Leave it out."
+            )
+        if saved:
             # 1. a save_to_disk folder, which load_dataset refuses
             dataset = _load_saved_dataset(dataset_name, split)
             if streaming and len(dataset):
                 dataset = _as_stream(dataset)
         else:
             builder, data_files, name = dataset_name, None, dataset_config_name
-            if os.path.isfile(dataset_name):
+            if data_file:
                 # 2. one data file, read by the packaged builder of its extension (its one split is "train")
-                builder, data_files, name = data_file_builder(dataset_name), dataset_name, None
+                builder, data_files = data_file_builder(dataset_name), dataset_name
                 _check_single_split(split, f"the data file {dataset_name!r}")
+                if os.path.getsize(dataset_name) == 0:  # 🤗 datasets' json builder fails on it with StopIteration
+                    raise _empty_error(source, split)
             # 3. a Hub id, a cached id or a dataset folder
             try:
                 dataset = datasets.load_dataset(
@@ -188,6 +204,8 @@ def load_train_dataset(
             except ValueError as e:
                 _raise_if_empty(e, source, split)
                 raise
+            if data_file and streaming and next(iter(dataset), None) is None:  # a file of a header and no rows
+                raise _empty_error(source, split)
     elif train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise FileNotFoundError(
@@ -221,7 +239,7 @@ def load_train_dataset(
         source = f"embedded dataset {EMBEDDED_DATASET_NAME!r}"
 
     if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
-        raise ValueError(f"The {split!r} split of {source} is empty; choose a dataset or folder with images in it.")
+        raise _empty_error(source, split)
     return dataset
 
 
@@ -259,11 +277,13 @@ def sample_column(dataset, column: str, max_rows: int, seed: int = 0, *, name: s
     return list(dataset.select(picked)[column])
 
 
+def _empty_error(source: str, split: str) -> ValueError:
+    return ValueError(f"The {split!r} split of {source} is empty; choose a dataset or folder with images in it.")
+
+
 def _raise_if_empty(error: ValueError, source: str, split: str):
     if "corresponds to no data" in str(error):  # what 🤗 datasets says about a split without examples
-        raise ValueError(
-            f"The {split!r} split of {source} is empty; choose a dataset or folder with images in it."
-        ) from error
+        raise _empty_error(source, split) from error
 
 
 def _offline() -> bool:
@@ -366,8 +386,12 @@ def resolve_class_names(dataset, label_column: str) -> list[str]:
         shown = empty if len(empty) <= 10 else [*empty[:10], "..."]
         logger.warning(
             f"{len(empty)} of the {len(class_names)} classes of label column {label_column!r} have no examples:"
-            f" {shown}. The model gets a class embedding for each but learns nothing for these; drop them from the"
-            " ClassLabel names or add their images."
+            f" {shown}. The model gets a class embedding for each but learns nothing for these; "
+            + (
+                "drop them from the ClassLabel names or add their images."
+                if isinstance(feature, datasets.ClassLabel)
+                else "the classes are 0 .. the largest label, so relabel to consecutive numbers or add their images."
+            )
         )
     return class_names
 
@@ -390,11 +414,16 @@ def class_label(value, label_column: str, num_classes: int | None, where: str) -
     whole = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
     if whole and 0 <= value and (not num_classes or value < num_classes):
         return int(value)
-    valid = f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
+    valid = _valid_labels(num_classes)
     raise ValueError(
         f"Label column {label_column!r} has label {value!r} in {where}; class labels must be integers in {valid}."
         " Drop or relabel those rows first (dataset.filter or dataset.map)."
     )
+
+
+def _valid_labels(num_classes: int | None) -> str:
+    """The class labels allowed, in words: ``[0, 9]`` for 10 classes, any whole number >= 0 when not known."""
+    return f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
 
 
 def empty_classes(class_names: list[str], counts: np.ndarray) -> list[str]:
@@ -441,7 +470,7 @@ def _check_labels(dataset: datasets.Dataset, label_column: str, num_classes: int
     named); return the number of examples of each class (``num_classes`` long, else up to the largest label)."""
     labels = dataset.with_format("arrow")[label_column]
     if labels.null_count:
-        valid = f"[0, {num_classes - 1}]" if num_classes else "0, 1, 2, ..."
+        valid = _valid_labels(num_classes)
         row = pc.index(labels.is_null(), True).as_py()
         raise ValueError(
             f"Label column {label_column!r} has {labels.null_count} missing labels (None), the first in row {row};"
@@ -855,8 +884,10 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         dataset = copy.deepcopy(self.dataset)
         epoch, offset = self.start
         slot = 0
+        self._pending = ([], 0)  # the broken and read examples of dropped batches, counted with the next batch
+        idle_epochs = 0  # epochs in a row in which this worker read examples and none decoded
         while True:
-            rows, first, seen = [], offset, 0
+            rows, first, seen, emitted, had_rows = [], offset, 0, False, False
             for i, row in enumerate(self._rows(dataset, epoch)):
                 seen += 1
                 if i < offset:
@@ -865,7 +896,10 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
                     rows.append(row)
                 if (i + 1 - offset) % self.batch_size == 0:
                     if rows:
-                        yield from self._emit(rows, epoch, first, i + 1, with_labels)
+                        had_rows = True
+                        for batch in self._emit(rows, epoch, first, i + 1, with_labels):
+                            emitted = True
+                            yield batch
                     rows, first, slot = [], i + 1, slot + 1
             if seen == 0:
                 raise ValueError(
@@ -875,15 +909,31 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             end = seen
             if end > first:  # the last, partial batch of the epoch
                 if rows:
-                    yield from self._emit(rows, epoch, first, end, with_labels)
+                    had_rows = True
+                    for batch in self._emit(rows, epoch, first, end, with_labels):
+                        emitted = True
+                        yield batch
                 slot += 1
+            idle_epochs = 0 if emitted or not had_rows else idle_epochs + 1
+            if idle_epochs == 2:  # a whole pass over its share, twice, without one image: it would spin forever
+                bad, read = self._pending
+                named = f", e.g. {', '.join(bad[:3])}" if bad else ""
+                raise ValueError(
+                    f"None of the examples that process {self.rank} reads from the stream could be decoded, in two"
+                    f" passes ({len(bad)} of the {read} it read first are broken{named}). Check the image column"
+                    " and the files it names."
+                )
             epoch, offset = epoch + 1, 0
 
     def _emit(self, rows, epoch, first, end, with_labels):
         samples, bad = self._decode_batch(rows, epoch, first)
-        # a batch of only undecodable images is dropped (and its images not counted twice); epoch 0 is counted
-        if samples:
-            yield _collate(samples, (len(bad), len(rows) if epoch == 0 else 0), bad, (epoch, end), with_labels)
+        # epoch 0 reads every example for the first time: its examples are counted (later epochs read them again)
+        bad, read = self._pending[0] + bad, self._pending[1] + (len(rows) if epoch == 0 else 0)
+        if not samples:  # a batch of only undecodable images is dropped; its counts go with the next batch
+            self._pending = (bad, read)
+            return
+        self._pending = ([], 0)
+        yield _collate(samples, (len(bad), read), bad, (epoch, end), with_labels)
 
 
 def make_train_dataloader(

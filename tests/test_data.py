@@ -1,6 +1,7 @@
 """hfddpm.data: the embedded MNIST-5k, loading, column checks, transforms, and resumable sharded loaders."""
 
 import gzip
+import io
 import os
 import re
 
@@ -375,6 +376,25 @@ def test_a_single_data_file_loads_through_its_packaged_builder(tmp_path):
         ValueError, match=r"is a file with the extension '\.txt', .* data files are \.parquet, \.csv, \.json, \.jsonl"
     ):
         load_train_dataset(str(tmp_path / "x.txt"))
+    with pytest.raises(ValueError, match=r"--dataset_config_name 'foo': the data file .*x\.csv' has no configs"):
+        load_train_dataset(str(tmp_path / "x.csv"), "foo")
+
+
+def test_empty_data_files_and_saved_folders_are_named_empty(tmp_path, small):
+    import pandas as pd
+
+    (tmp_path / "empty.jsonl").write_text("")
+    pd.DataFrame({"image": [], "label": []}).to_csv(tmp_path / "header.csv", index=False)
+    small.select(range(0)).save_to_disk(str(tmp_path / "zero"))
+    datasets.DatasetDict({"train": small.select(range(0)), "test": small}).save_to_disk(str(tmp_path / "dict"))
+    cases = [("empty.jsonl", {}), ("header.csv", {}), ("header.csv", {"streaming": True}), ("zero", {}),
+             ("zero", {"streaming": True}), ("dict", {})]  # fmt: skip
+    for name, kwargs in cases:
+        with pytest.raises(ValueError, match=r"^The 'train' split of .* is empty; choose a dataset or folder with"):
+            load_train_dataset(str(tmp_path / name), **kwargs)
+    assert len(load_train_dataset(str(tmp_path / "dict"), split="test")) == len(small)  # only that split is read
+    with pytest.raises(ValueError, match=r"--dataset_config_name 'foo': the saved dataset .*zero' has no configs"):
+        load_train_dataset(str(tmp_path / "zero"), "foo")
 
 
 def test_a_save_to_disk_folder_loads_with_its_split(tmp_path, small):
@@ -440,6 +460,36 @@ def test_a_stream_counts_and_names_broken_images_of_its_first_epoch(tmp_path):
     assert re.fullmatch(r"example \d+ of process 0's share of the stream \(.*broken0\.png\)", named)
 
 
+def _stream_of_pngs(num_broken: int, n: int = 40) -> datasets.IterableDataset:
+    """``n`` tiny PNGs, the first ``num_broken`` of them broken, as a stream (in order)."""
+    values = []
+    for i in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(buffer, "PNG")
+        values.append({"bytes": b"junk" if i < num_broken else buffer.getvalue(), "path": f"img{i}.png"})
+    ds = datasets.Dataset.from_dict({"image": values}, features=datasets.Features({"image": datasets.Image()}))
+    return ds.to_iterable_dataset(num_shards=1)
+
+
+def test_a_stream_counts_the_broken_images_of_batches_it_drops():
+    stream = _stream_of_pngs(num_broken=16)  # the first two batches of 8 hold no image that decodes
+    loader = make_train_dataloader(stream, resolve_columns(stream), resolution=8, channels=1, batch_size=8, seed=0,
+                                   shuffle=False)  # fmt: skip
+    batches = _batches(loader, 6)  # epochs 0 and 1: 3 batches each
+    assert [int(b["num_bad_images"]) for b in batches] == [16, 0, 0, 0, 0, 0]
+    assert sum(int(b["num_read_images"]) for b in batches) == 40 and len(batches[0]["bad_examples"]) == 16
+
+
+def test_a_stream_with_no_image_that_decodes_stops_with_a_clear_error():
+    stream = _stream_of_pngs(num_broken=40)
+    loader = make_train_dataloader(stream, resolve_columns(stream), resolution=8, channels=1, batch_size=8, seed=0,
+                                   shuffle=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^None of the examples that process 0 reads from the stream could be"
+                                         r" decoded, in two passes \(40 of the 40 it read first are broken, e\.g\."
+                                         r" example 0 of process 0's share of the stream \(img0\.png\)"):  # fmt: skip
+        next(iter(loader))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Labels: one rule for map-style datasets and streams; classes without examples
 # ---------------------------------------------------------------------------------------------------------------------
@@ -500,3 +550,8 @@ def test_classes_without_examples_are_named_in_a_warning(small, caplog):
         " images."
     ]
     assert empty_classes(["0", "1", "2"], np.array([0, 3, 0])) == ["0", "2"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hfddpm.data"):  # whole numbers: the classes are 0 .. the largest label
+        resolve_columns(datasets.Dataset.from_dict({"image": small["image"][:2], "label": [0, 3]}), "image", "label")
+    assert caplog.messages[0].startswith("2 of the 4 classes of label column 'label' have no examples: ['1', '2'].")
+    assert caplog.messages[0].endswith("relabel to consecutive numbers or add their images.")
