@@ -575,6 +575,45 @@ def test_push_refuses_a_pipeline_with_code_that_is_not_hfddpms(tmp_path, hub):
     assert hub.requests == [] and snapshot(folder) == before
 
 
+def test_push_refuses_a_diffusers_pipeline_with_hfddpms_scheduler(tmp_path, hub):
+    from diffusers import DDPMPipeline
+
+    folder = tmp_path / "mixed"
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    DDPMPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler()).save_pretrained(folder)  # diffusers needs hfddpm
+    expected = (
+        r"names scheduler = hfddpm\.schedulers\.scheduling_hfddpm\.HFDDPMScheduler, which diffusers loads only"
+        r" from diffusers or transformers for a DDPMPipeline: .*HFDDPMPipeline\(unet=\.\.\., scheduler="
+    )
+    with pytest.raises(ValueError, match=expected):
+        push_to_hub(folder, "user/mixed", token=TOKEN)
+    assert hub.requests == []
+
+
+def test_a_diffusers_pipeline_without_a_unet_is_pushed_with_its_own_components(tmp_path):
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    folder = tmp_path / "dit"
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1,
+                                        sample_size=8, patch_size=2, num_embeds_ada_norm=10)  # fmt: skip
+    (folder / "transformer").mkdir(parents=True)
+    transformer.save_pretrained(folder / "transformer")
+    DDIMScheduler().save_pretrained(folder / "scheduler")
+    index = {"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
+             "scheduler": ["diffusers", "DDIMScheduler"]}  # fmt: skip
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert DiTPipeline.__name__ == index["_class_name"]
+    assert pipeline_files(folder) == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+    ]
+    (folder / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"not a complete pipeline folder: transformer/ lacks its weights"):
+        pipeline_files(folder)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

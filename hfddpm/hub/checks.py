@@ -21,13 +21,17 @@ MODEL_COMPONENTS = tuple(
     name for name, (bases, _) in COMPONENTS.items() if all(issubclass(b, ModelMixin) for b in bases)
 )
 REQUIRED_COMPONENTS = tuple(name for name in COMPONENTS if name not in OPTIONAL_COMPONENTS)
+# The libraries that diffusers loads a component of a pipeline from by name, without code from the folder.
+LOADABLE_LIBRARIES = ("diffusers", "transformers")
 
 
 def check_pipeline_folder(output_dir) -> None:
     """Raise unless ``output_dir`` holds a pipeline that loads: ``model_index.json``, and for each of its non-null
     components a subfolder with its config (``config.json`` or ``*_config.json``), the safetensors weights of models
     (``unet``, ``vae``) and the code of hfddpm's own classes (``pipeline_hfddpm*.py``,
-    ``scheduler/scheduling_hfddpm.py``, ``mel/mel_hfddpm.py``). Only files are looked at; nothing is loaded.
+    ``scheduler/scheduling_hfddpm.py``, ``mel/mel_hfddpm.py``). A diffusers pipeline (``DDPMPipeline``,
+    ``DiTPipeline``) has the components it names, each from ``LOADABLE_LIBRARIES``, with safetensors weights where
+    the folder holds a model's ``config.json``. Only files are looked at; nothing is loaded.
 
     Example:
         >>> import tempfile
@@ -45,7 +49,8 @@ def check_pipeline_folder(output_dir) -> None:
     Raises:
         FileNotFoundError: a file is missing; the message names each incomplete component folder.
         ValueError: ``model_index.json`` is not a JSON object, or names a pipeline class from code that is neither
-            hfddpm's nor diffusers' (``["my_pipeline", "MyPipeline"]``).
+            hfddpm's nor diffusers' (``["my_pipeline", "MyPipeline"]``), or a diffusers pipeline's component that
+            diffusers cannot load by itself (a ``DDPMPipeline`` with hfddpm's scheduler).
     """
     root = Path(output_dir)
     index_path = root / "model_index.json"
@@ -75,12 +80,22 @@ def check_pipeline_folder(output_dir) -> None:
             if not (root / f"{module}.py").is_file():
                 problems.append(f"{module}.py (the code of {class_name[-1]}) is missing")
     # 2. every component the index names: its folder, config, weights and code
-    for name in REQUIRED_COMPONENTS:
+    hfddpm_pipeline = hfddpm_pipeline_class(index) is not None
+    for name in REQUIRED_COMPONENTS if hfddpm_pipeline else ():
         if not _is_set(index.get(name)):
             problems.append(f"model_index.json names no {name}")
     for name, entry in index.items():
         if name.startswith("_") or not _is_set(entry):
             continue
+        library = entry[0] if isinstance(entry, list) else None
+        if not hfddpm_pipeline and library not in LOADABLE_LIBRARIES:
+            # e.g. a DDPMPipeline saved with HFDDPMScheduler: diffusers would need hfddpm (or remote code) to load it
+            raise ValueError(
+                f"{index_path} names {name} = {_describe(entry)}, which diffusers loads only from"
+                f" {' or '.join(LOADABLE_LIBRARIES)} for a {pipeline_class_name(index)}: the upload would not load"
+                " without hfddpm. Save the model as an hfddpm pipeline, which ships its code (e.g."
+                " HFDDPMPipeline(unet=..., scheduler=...).save_pretrained(folder)), or use a diffusers component."
+            )
         folder = root / name
         if not folder.is_dir():
             problems.append(f"{name}/ is missing (model_index.json names {name} = {_describe(entry)})")
@@ -88,7 +103,8 @@ def check_pipeline_folder(output_dir) -> None:
         missing = []
         if not [p for p in folder.glob("*config.json") if p.name == "config.json" or p.name.endswith("_config.json")]:
             missing.append("a config (config.json or *_config.json)")
-        if name in MODEL_COMPONENTS and not any(folder.glob("*.safetensors")):
+        is_model = name in MODEL_COMPONENTS if hfddpm_pipeline else (folder / "config.json").is_file()
+        if is_model and not any(folder.glob("*.safetensors")):
             missing.append("its weights (*.safetensors)")
         module = entry[0] if isinstance(entry, list) else None
         if module in LOCAL_MODULES and not (folder / f"{module}.py").is_file():
