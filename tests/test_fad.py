@@ -155,6 +155,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
     assert f"FAD weights '{DEFAULT_FAD_MODEL}' are not on disk" in message
     assert f"`hf download {DEFAULT_FAD_MODEL}`" in message and "--fad-model PATH" in message
     assert "rerun without fad in --metrics" in message
+    assert "--fad-model" in err.value.options and "--fad-model" not in err.value.reason  # what is missing, what to do
 
 
 def test_without_transformers_the_message_says_what_to_install(hide_package):

@@ -29,8 +29,8 @@ def load_dinov2(model_name_or_path: str | os.PathLike = DEFAULT_DINOV2_MODEL):
     """
     if importlib.util.find_spec("transformers") is None:
         raise MetricUnavailableError(
-            "FD-DINOv2 needs the transformers package, which is not installed (`pip install 'hfddpm[eval]'` or"
-            " `pip install transformers`). Rerun without dinov2 in --metrics to skip it."
+            "FD-DINOv2 needs the transformers package, which is not installed.",
+            "`pip install 'hfddpm[eval]'` (or `pip install transformers`), or rerun without dinov2 in --metrics.",
         )
     from huggingface_hub.constants import HF_HUB_CACHE
     from transformers import AutoModel
@@ -40,9 +40,9 @@ def load_dinov2(model_name_or_path: str | os.PathLike = DEFAULT_DINOV2_MODEL):
     except OSError as err:
         raise MetricUnavailableError(
             f"FD-DINOv2 weights {str(model_name_or_path)!r} are not on disk (looked in the Hugging Face cache"
-            f" {HF_HUB_CACHE}) and nothing is downloaded. Options: on a machine with internet run"
-            f" `hf download {DEFAULT_DINOV2_MODEL}` and copy the cache (or set HF_HOME), pass a local folder with"
-            f" --dinov2-model PATH, or rerun without dinov2 in --metrics. ({type(err).__name__}: {err})"
+            f" {HF_HUB_CACHE}) and nothing is downloaded ({type(err).__name__}: {err}).",
+            f"on a machine with internet run `hf download {DEFAULT_DINOV2_MODEL}` and copy the cache (or set"
+            " HF_HOME), pass a local folder with --dinov2-model PATH, or rerun without dinov2 in --metrics.",
         ) from None
     return model.eval().requires_grad_(False)
 

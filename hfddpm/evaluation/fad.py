@@ -47,9 +47,10 @@ def _unavailable(source: str, err: Exception) -> MetricUnavailableError:
 
     return MetricUnavailableError(
         f"FAD weights {source!r} are not on disk (looked in the Hugging Face cache {HF_HUB_CACHE}) and nothing is"
-        f" downloaded. Options: on a machine with internet run `hf download {DEFAULT_FAD_MODEL}` and copy the cache"
-        " (or set HF_HOME), pass a local folder (the model with its preprocessor_config.json) with --fad-model PATH,"
-        f" or rerun without fad in --metrics. ({type(err).__name__}: {err})"
+        f" downloaded ({type(err).__name__}: {err}).",
+        f"on a machine with internet run `hf download {DEFAULT_FAD_MODEL}` and copy the cache (or set HF_HOME), pass"
+        " a local folder (the model with its preprocessor_config.json) with --fad-model PATH, or rerun without fad in"
+        " --metrics.",
     )
 
 
@@ -92,8 +93,8 @@ def load_fad_model(model_name_or_path: str | os.PathLike = DEFAULT_FAD_MODEL) ->
     """
     if importlib.util.find_spec("transformers") is None:
         raise MetricUnavailableError(
-            "FAD needs the transformers package, which is not installed (`pip install 'hfddpm[eval]'` or"
-            " `pip install transformers`). Rerun without fad in --metrics to skip it."
+            "FAD needs the transformers package, which is not installed.",
+            "`pip install 'hfddpm[eval]'` (or `pip install transformers`), or rerun without fad in --metrics.",
         )
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel

@@ -26,8 +26,8 @@ INCEPTION_FEATURES_NAME = "inception-v3-compat pool3 (torch-fidelity pt_inceptio
 class MetricUnavailableError(RuntimeError):
     """A metric's network or weights are not available offline.
 
-    ``reason`` says what is missing, ``options`` what to do instead (``None`` when the reason says it all); the
-    message is ``"<reason> Options: <options>"``.
+    ``reason`` says what is missing, ``options`` what to do instead; the message is ``"<reason> Options:
+    <options>"``.
 
     Example:
         >>> err = MetricUnavailableError("X is not installed.", "install it, or leave the metric out.")
@@ -35,8 +35,8 @@ class MetricUnavailableError(RuntimeError):
         ('X is not installed.', 'X is not installed. Options: install it, or leave the metric out.')
     """
 
-    def __init__(self, reason: str, options: str | None = None):
-        super().__init__(reason if options is None else f"{reason} Options: {options}")
+    def __init__(self, reason: str, options: str):
+        super().__init__(f"{reason} Options: {options}")
         self.reason, self.options = reason, options
 
 
