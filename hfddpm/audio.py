@@ -299,6 +299,8 @@ class SpectrogramConverter:
 
     # the broken clips an error names
     max_named = 3
+    # what a stream's reader says it skipped (hfddpm.data.BadExampleLog)
+    broken_example = "an audio clip that could not be read"
 
     def __init__(
         self,

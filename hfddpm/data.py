@@ -50,6 +50,8 @@ CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 # The fraction of broken examples (images, audio clips) is judged once this many were read (or the whole dataset).
 BAD_EXAMPLES_MIN_READ = 200
+# The broken examples a run remembers by name (row and path), for the message that stops it.
+MAX_NAMED_BAD_EXAMPLES = 5
 
 
 @functools.lru_cache(maxsize=1)
@@ -414,10 +416,15 @@ def class_label(value, label_column: str, num_classes: int | None, where: str) -
     whole = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
     if whole and 0 <= value and (not num_classes or value < num_classes):
         return int(value)
-    valid = _valid_labels(num_classes)
+    fix = (
+        f"A column of class names: cast it first, e.g. dataset.cast_column({label_column!r},"
+        " datasets.ClassLabel(names=[...]))."
+        if isinstance(value, str)
+        else "Drop or relabel those rows first (dataset.filter or dataset.map)."
+    )
     raise ValueError(
-        f"Label column {label_column!r} has label {value!r} in {where}; class labels must be integers in {valid}."
-        " Drop or relabel those rows first (dataset.filter or dataset.map)."
+        f"Label column {label_column!r} has label {value!r} in {where}; class labels must be integers in"
+        f" {_valid_labels(num_classes)}. {fix}"
     )
 
 
@@ -637,18 +644,26 @@ def describe_example(where: str, value) -> str:
 
 class BadExampleLog:
     """The broken examples that a reader met for the first time: a warning names each of the first ``max_named``,
-    and each batch lists those it met in ``bad_examples`` (row or example, and path)."""
+    and each batch lists those it met in ``bad_examples`` (row or example, and path). ``what`` says what was
+    skipped (``SpectrogramConverter.broken_example`` for an audio stream's clips).
+
+    Example:
+        >>> log = BadExampleLog()
+        >>> log("row 3 (cats/3.png)")  # logs "Skipping an image that could not be decoded: row 3 (cats/3.png)."
+        'row 3 (cats/3.png)'
+    """
 
     max_named = 3
+    broken_image = "an image that could not be decoded"
 
-    def __init__(self):
-        self.num_logged = 0
+    def __init__(self, what: str = broken_image):
+        self.num_logged, self.what = 0, what
 
     def __call__(self, description: str) -> str:
         if self.num_logged < self.max_named:
             self.num_logged += 1
             more = "; further ones are counted, not logged" if self.num_logged == self.max_named else ""
-            logger.warning(f"Skipping an image that could not be decoded: {description}{more}.")
+            logger.warning(f"Skipping {self.what}: {description}{more}.")
         return description
 
 
@@ -844,7 +859,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         self.batch_size = batch_size
         self.seed, self.rank = seed, rank
         self.start = start
-        self.log_bad = BadExampleLog()
+        self.log_bad = BadExampleLog(getattr(decode, "broken_example", BadExampleLog.broken_image))
 
     def _decode_batch(self, rows: list[dict], epoch: int, first_offset: int) -> tuple[list[dict], list[str]]:
         samples, bad = [], []

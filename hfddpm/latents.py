@@ -45,11 +45,14 @@ from tqdm.auto import tqdm
 
 from hfddpm.data import (
     DECODE_ERRORS,
+    MAX_NAMED_BAD_EXAMPLES,
+    BadExampleLog,
     DatasetColumns,
     EpochShardSampler,
     ImageTransform,
     _example_rng,
     _undecoded,
+    describe_example,
     host_to_device,
     resident_batches,
     to_pil,
@@ -204,6 +207,7 @@ class EncodedDataset:
     encoded: bool
     latent_std: float
     num_bad_images: int
+    bad_examples: list[str]  # the first MAX_NAMED_BAD_EXAMPLES broken images (row and path)
 
 
 def latent_cache_root(dataset, cache_dir: str | None = None) -> str:
@@ -278,10 +282,9 @@ def encode_dataset(
                     f" but this run has {', '.join(f'{k}={key[k]!r}' for k in differs)}. Delete the file (it is"
                     " encoded again) or pass the --vae and data it was built with."
                 )
-            labels = tensors.get("labels")
-            return EncodedDataset(
-                tensors["latents"], labels, path, False, float(metadata["latent_std"]), int(metadata["num_bad_images"])
-            )
+            std, num_bad = float(metadata["latent_std"]), int(metadata["num_bad_images"])
+            named = json.loads(metadata.get("bad_examples", "[]"))  # caches written before names were kept: none
+            return EncodedDataset(tensors["latents"], tensors.get("labels"), path, False, std, num_bad, named)
 
     # 1. encode: decode and centre-crop each image, mirror it when flips are on, then E(x) in batches
     transform = ImageTransform(resolution, vae.config.in_channels, center_crop=True)
@@ -291,7 +294,7 @@ def encode_dataset(
     vae.to(device)
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    chunks, kept, num_bad = [], [], 0
+    chunks, kept, num_bad, named, log_bad = [], [], 0, [], BadExampleLog()
     progress = tqdm(total=len(dataset), desc="encoding the dataset into latents", disable=not show_progress)
     with torch.no_grad(), autocast:
         for start in range(0, len(dataset), batch_size):
@@ -303,6 +306,8 @@ def encode_dataset(
                     kept.append(start + i)
                 except DECODE_ERRORS:
                     num_bad += 1
+                    if len(named) < MAX_NAMED_BAD_EXAMPLES:
+                        named.append(log_bad(describe_example(f"row {start + i}", value)))
             progress.update(len(rows))
             if not pixels:
                 continue
@@ -322,11 +327,16 @@ def encode_dataset(
 
     # 2. write atomically: a temporary file, renamed when complete (a killed encode leaves only the temporary file)
     os.makedirs(root, exist_ok=True)
-    metadata = {"key": json.dumps(key, sort_keys=True), "latent_std": repr(latent_std), "num_bad_images": str(num_bad)}
+    metadata = {
+        "key": json.dumps(key, sort_keys=True),
+        "latent_std": repr(latent_std),
+        "num_bad_images": str(num_bad),
+        "bad_examples": json.dumps(named),
+    }
     tmp = f"{path}.{os.getpid()}.tmp"
     save_file(tensors, tmp, metadata=metadata)
     os.replace(tmp, path)
-    return EncodedDataset(latents, tensors.get("labels"), path, True, latent_std, num_bad)
+    return EncodedDataset(latents, tensors.get("labels"), path, True, latent_std, num_bad, named)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

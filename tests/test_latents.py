@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -158,6 +159,24 @@ def test_cache_is_written_once_and_reused(small_digits, tmp_path):
     # another autoencoder (other weights) gets its own cache
     torch.nn.init.normal_(vae.encoder.conv_in.weight)
     assert encode_dataset(ds, columns, vae, **kwargs).encoded
+
+
+def test_broken_images_are_skipped_counted_and_named_in_the_cache(small_digits, tmp_path, caplog):
+    ds, columns = small_digits
+    table = ds.cast_column("image", datasets.Image(decode=False))
+    images = list(table["image"])
+    for row in (3, 7):
+        images[row] = {"bytes": b"not a png", "path": f"broken{row}.png"}
+    broken = datasets.Dataset.from_dict({"image": images, "label": table["label"]}, features=table.features)
+    vae = build_vae(VAETrainConfig(**TINY_VAE))
+    kwargs = dict(resolution=16, cache_dir=str(tmp_path), show_progress=False)
+    with caplog.at_level("WARNING", logger="hfddpm.data"):
+        encoded = encode_dataset(broken, columns, vae, **kwargs)
+    assert encoded.latents.shape[0] == 48 and encoded.num_bad_images == 2
+    assert encoded.bad_examples == ["row 3 (broken3.png)", "row 7 (broken7.png)"]
+    assert any("Skipping an image that could not be decoded: row 3 (broken3.png)" in m for m in caplog.messages)
+    cached = encode_dataset(broken, columns, vae, **kwargs)  # read from the cache: the same counts and names
+    assert not cached.encoded and (cached.num_bad_images, cached.bad_examples) == (2, encoded.bad_examples)
 
 
 def test_killed_or_broken_cache_is_never_used(small_digits, tmp_path, caplog):

@@ -21,7 +21,7 @@ from train_helpers import ROOT, TRAIN, accelerate_launcher, load_train_script, p
 
 from hfddpm.training import TrainConfig, TrainingError
 from hfddpm.training.checkpoint import check_checkpoint
-from hfddpm.training.loop import _stop_if_diverged, json_safe
+from hfddpm.training.loop import _stop_if_diverged, check_bad_images, json_safe
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Flags: one line naming the flag, the value and what is valid, and nothing written
@@ -142,7 +142,10 @@ def test_a_finished_run_resumed_changes_nothing(tmp_path):
     card.write_text(card.read_text() + "\nEvaluated: FD-digits 1.0\n")  # what `hfddpm evaluate` or a person does
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     result = run_train([*args, "--resume_from_checkpoint", "latest"], tmp_path)
-    assert "holds a finished run" in result.stderr
+    assert (
+        f"{out} holds a finished run: checkpoint-2 is at step 2, the end of --max_train_steps 2; nothing to do."
+        in result.stderr
+    )
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     metrics = json.loads((out / "train_metrics.json").read_text())  # valid JSON: no NaN literals
@@ -183,6 +186,28 @@ def test_broken_images_are_judged_early_and_a_finished_run_is_saved_first(tmp_pa
     result = run_train(late_args, tmp_path, check=False)
     assert result.returncode == 1 and "could not be decoded" in result.stderr
     assert (late / "model_index.json").is_file() and (late / "unet").is_dir()
+    # a stream of fewer images than BAD_EXAMPLES_MIN_READ is judged once every process has read all of it, not at
+    # the end: 1 of 10 broken, logged every 2 steps (a pass is 2 steps)
+    streamed = tmp_path / "streamed"
+    stream_args = [
+        *args,
+        "--streaming",
+        "--output_dir",
+        str(streamed),
+        "--max_train_steps",
+        "50",
+        "--logging_steps",
+        "2",
+    ]
+    result = run_train(stream_args, tmp_path, check=False)
+    assert result.returncode == 1 and "train: 100%" not in result.stderr and not (streamed / "unet").exists()
+    assert re.search(
+        r"1 of the 10 images read could not be decoded \(.*\), e\.g\. example \d+ .*broken\.png", result.stderr
+    )
+    assert check_bad_images(1, 10, 0.5) is None  # 10%: skipped
+    with pytest.raises(ValueError, match=r"^3 of the 10 audio clips read could not be read \(30\.0% > .*, e\.g\. clip"
+                                         r" 4 \(a/4\.wav\)\. Remove or repair the broken audio files"):  # fmt: skip
+        check_bad_images(3, 10, 0.1, min_read=10, examples=["clip 4 (a/4.wav)"], audio=True)
 
 
 def test_a_truncated_checkpoint_is_named_with_the_intact_ones(tmp_path):
@@ -252,8 +277,14 @@ def test_an_earlier_run_is_never_replaced_unasked(checkpointed, tmp_path):
     assert json.loads((out / "train_metrics.json").read_text())["steps"] == 2
     # a saved pipeline without checkpoints cannot be resumed: "latest" would start again from step 0
     (out / "checkpoints").rename(tmp_path / "moved")
-    with pytest.raises(ValueError, match=r"holds an earlier run \(a saved pipeline\), and no checkpoint to resume"):
+    with pytest.raises(ValueError) as err:
         TrainConfig(output_dir=str(out), resume_from_checkpoint="latest").check_output_dir()
+    assert str(err.value) == (
+        f"--output_dir {str(out)!r} holds a saved pipeline but no checkpoint, so --resume_from_checkpoint latest has"
+        " nothing to continue: this run would start again from step 0 and replace it. To train it further, start a"
+        f" new run from it with --pretrained_model_name_or_path {out} and another --output_dir; to replace it, pass"
+        " --overwrite_output_dir instead of --resume_from_checkpoint; or use another --output_dir."
+    )
 
 
 def test_a_refused_run_leaves_the_earlier_runs_files_as_they_were(checkpointed, tmp_path):
@@ -278,6 +309,208 @@ def test_a_resume_from_a_tampered_checkpoint_stops_with_the_intact_ones(checkpoi
     assert "checkpoint-4 is damaged: optimizer.bin cannot be read" in result.stderr
     assert "Intact checkpoints: " in result.stderr and "checkpoint-2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming continues the same run: what does not fit the checkpoint is refused before it loads, and nothing is written
+# ---------------------------------------------------------------------------------------------------------------------
+def _files(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _safetensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+RESUME_REFUSED = [
+    (
+        ["--learning_rate", "0.002"],
+        r"checkpoint-4 was trained with --learning_rate 0.001; this run has --learning_rate 0.002\. A resume continues"
+        r" the same run: .* Resume with --learning_rate 0.001, or start a new run from its saved pipeline with"
+        r" --pretrained_model_name_or_path \S+out and another --output_dir\.$",
+    ),
+    (
+        ["--lr_scheduler", "linear", "--adam_beta2", "0.99", "--prediction_type", "epsilon"],
+        r"checkpoint-4 was trained with --lr_scheduler cosine --adam_beta2 0.999 --prediction_type v_prediction; this"
+        r" run has --lr_scheduler linear --adam_beta2 0.99 --prediction_type epsilon\.",
+    ),
+    (
+        ["--train_batch_size", "16"],
+        r"checkpoint-4 was trained with --train_batch_size 8; .* Resume with --train_batch_size 8, or",
+    ),
+    (["--ema_power", "0.5"], r"checkpoint-4 was trained with --ema_power 0.75; .* Resume with --ema_power 0.75, or"),
+    (
+        ["--preset", "mnist"],
+        r"checkpoint-4 holds another UNet than this run builds \(the checkpoint's -> this run's: .*block_out_channels"
+        r" \[8, 16\] -> \[32, 64, 64\].*\)\. A resume continues the same run: resume with the model flags it was"
+        r" trained with \(--preset or --unet_config, the same data and labels\), or start a new run",
+    ),
+    (
+        ["--no_class_conditional"],
+        r"checkpoint-4 holds another UNet than this run builds \(the checkpoint's -> this run's: num_class_embeds 11"
+        r" -> None \(class-conditional training:"
+        r" --class_conditional, --label_column and the dataset's labels\)\)",
+    ),
+    (
+        ["--max_train_steps", "3"],
+        r"--max_train_steps 3 ends before step 4, which checkpoint-4 has already trained: a resume continues the run"
+        r" and cannot shorten it\. Pass --max_train_steps 4 or more",
+    ),
+    (
+        ["--resume_from_checkpoint", "checkpoint-2"],
+        r"checkpoint-2 \(step 2\) is older than the newest checkpoint of \S+out, checkpoint-4: resuming from it would"
+        r" abandon checkpoint-4 .* Resume with --resume_from_checkpoint latest, or add --overwrite_output_dir to"
+        r" continue from checkpoint-2 and delete the later checkpoints\.",
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, match", RESUME_REFUSED, ids=[" ".join(a) for a, _ in RESUME_REFUSED])
+def test_a_resume_that_would_not_continue_the_same_run_is_refused(train_script, checkpointed, argv, match, tmp_path):
+    from train_helpers import FAST
+
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    before = _files(out)
+    args = [*FAST, "--output_dir", str(out), "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *argv]
+    with pytest.raises(SystemExit, match=rf"^train.py: error: {match}"):
+        train_script.main(train_script.parse_args(args))
+    assert _files(out) == before
+
+
+def test_a_checkpoint_without_ema_needs_no_use_ema(train_script, tmp_path):
+    from train_helpers import FAST
+
+    out = tmp_path / "out"
+    run_train(
+        ["--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "2", "--no_use_ema"], tmp_path
+    )
+    before = _files(out)
+    args = [*FAST, "--output_dir", str(out), "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]
+    with pytest.raises(SystemExit) as err:  # not diffusers' OSError about huggingface.co and unet_ema/config.json
+        train_script.main(train_script.parse_args(args))
+    assert str(err.value) == (
+        "train.py: error: checkpoint-2 was saved without EMA (--no_use_ema), and this run keeps one (--use_ema, the"
+        f" default): resume with --no_use_ema, or start a new run from its saved pipeline with"
+        f" --pretrained_model_name_or_path {out} and another --output_dir."
+    )
+    assert _files(out) == before
+
+
+def test_an_older_checkpoint_without_settings_is_resumed_unchecked_and_ema_is_optional(checkpointed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    state_file = out / "checkpoints" / "checkpoint-4" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["settings"]["learning_rate"] == 0.001 and state["settings"]["lr_warmup_steps"] == 1
+    del state["settings"]  # as hfddpm <= 2026-11 wrote it
+    state_file.write_text(json.dumps(state))
+    # an EMA checkpoint resumed with --no_use_ema: the EMA is left unread
+    args = ["--output_dir", str(out), "--max_train_steps", "5", "--resume_from_checkpoint", "latest"]
+    result = run_train([*args, "--no_use_ema", "--learning_rate", "0.002"], tmp_path)
+    assert "checkpoint-4 records no training settings (written by an older hfddpm)" in result.stderr
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == 5
+
+
+def test_an_older_checkpoint_resumed_with_overwrite_output_dir_deletes_the_later_ones(checkpointed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(checkpointed, out)
+    # by name, as diffusers' train_unconditional.py takes it: a checkpoint of output_dir/checkpoints
+    args = ["--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
+            "--resume_from_checkpoint", "checkpoint-2", "--overwrite_output_dir",
+            "--checkpoints_total_limit", "1"]  # fmt: skip
+    result = run_train(args, tmp_path)
+    assert (
+        f"Deleted checkpoint-4 of {out / 'checkpoints'}, saved after checkpoint-2 (--overwrite_output_dir): the run"
+        " continues from checkpoint-2." in result.stderr
+    )
+    assert f"Resuming from {out / 'checkpoints' / 'checkpoint-2'}" in result.stderr
+    # the EMA's state is read without diffusers' warning about config attributes the UNet does not expect
+    assert "were passed to UNet2DModel" not in result.stderr
+    # the limit kept the new run's checkpoint: latest is this run's, and the same run gives the same weights
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-4"]
+    for sub in ("unet", "unet_ema"):
+        ours, theirs = (
+            _safetensors(out / "checkpoints" / "checkpoint-4" / sub),
+            _safetensors(checkpointed / "checkpoints" / "checkpoint-4" / sub),
+        )
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), sub
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["steps_this_run"] == 2 and metrics["images_seen"] == 32
+
+
+def test_checkpoint_best_is_resumable(train_script, tmp_path):
+    from test_periodic_eval import SCRIPTED_EVAL
+    from train_helpers import write_train_driver
+
+    config = tmp_path / "grey.json"
+    config.write_text(json.dumps(GREY))
+    out = tmp_path / "out"
+    args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8", "--eval_steps", "2",
+            "--eval_num_images", "12", "--max_train_steps", "8", "--checkpointing_steps", "4",
+            "--validation_inference_steps", "1", "--validation_images_per_class", "1",
+            "--keep_best", "fd_digits", "--checkpoints_total_limit", "0"]  # fmt: skip
+    driver = write_train_driver(
+        tmp_path / "scripted_train.py", SCRIPTED_EVAL.format(values={2: 5.0, 4: 4.0, 6: 6.0, 8: 7.0})
+    )
+
+    def scripted(extra):
+        result = subprocess.run([sys.executable, str(driver), *args, *extra], env=train_env(tmp_path),
+                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
+
+    scripted([])
+    best = out / "checkpoints" / "checkpoint-best"
+    state = json.loads((best / "training_state.json").read_text())
+    # the state of a numbered checkpoint of the same step, and the metric it is the best of
+    numbered = json.loads((out / "checkpoints" / "checkpoint-4" / "training_state.json").read_text())
+    assert state == numbered | {"metric": "fd_digits", "value": 4.0}
+    uninterrupted = _safetensors(out / "unet")
+    # older than checkpoint-8: refused unless the later checkpoints may go
+    before = _files(out)
+    with pytest.raises(
+        SystemExit, match=r"checkpoint-best \(step 4\) is older than the newest checkpoint .*checkpoint-8"
+    ):
+        train_script.main(train_script.parse_args([*args, "--resume_from_checkpoint", "checkpoint-best"]))
+    assert _files(out) == before
+    result = scripted(["--resume_from_checkpoint", "checkpoint-best", "--overwrite_output_dir"])
+    assert "Deleted checkpoint-8" in result.stderr and "Resuming from" in result.stderr
+    assert all(torch.equal(uninterrupted[k], v) for k, v in _safetensors(out / "unet").items())
+    assert [h["step"] for h in json.loads((out / "eval_history.json").read_text())] == [2, 4, 6, 8]
+
+
+def test_a_checkpoint_best_of_an_older_hfddpm_is_refused_by_name(tmp_path):
+    from hfddpm.training.checkpoint import check_resume
+
+    best = tmp_path / "run" / "checkpoints" / "checkpoint-best"
+    best.mkdir(parents=True)
+    (best / "training_state.json").write_text(json.dumps({"global_step": 4, "metric": "fd_digits", "value": 3.0}))
+    (tmp_path / "run" / "best").mkdir()
+    (tmp_path / "run" / "best" / "model_index.json").write_text("{}")
+    with pytest.raises(ValueError) as err:
+        check_resume(best, settings={}, unet_config={}, use_ema=True)
+    assert str(err.value) == (
+        f"{best} cannot be resumed: its training_state.json holds only ['global_step', 'metric', 'value'] (a"
+        " checkpoint-best of an older hfddpm kept the weights, not the data order and counts). Resume from a numbered"
+        f" checkpoint, or start a new run from its saved pipeline with --pretrained_model_name_or_path"
+        f" {tmp_path / 'run' / 'best'} and another --output_dir."
+    )
+
+
+def test_a_checkpoint_name_that_is_not_there_names_those_that_are(checkpointed):
+    from hfddpm.training.checkpoint import resolve_resume_path
+
+    assert resolve_resume_path("checkpoint-2", str(checkpointed)) == checkpointed / "checkpoints" / "checkpoint-2"
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_resume_path("checkpoint-3", str(checkpointed))
+    assert str(err.value) == (
+        f"--resume_from_checkpoint 'checkpoint-3' is not a checkpoint folder (no training_state.json) nor a checkpoint"
+        f" of {checkpointed / 'checkpoints'} (checkpoint-2, checkpoint-4); pass 'latest', a checkpoint name such as"
+        f" checkpoint-500 or a folder such as {checkpointed / 'checkpoints'}/checkpoint-500."
+    )
 
 
 def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
@@ -306,6 +539,38 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
     text = log.read_text()
     assert proc.returncode == 130 and "Traceback" not in text, text[-3000:]
     assert re.search(r"train.py: Interrupted: the newest checkpoint is .*checkpoint-\d+; continue", text)
+
+
+def test_ctrl_c_of_two_processes_is_reported_once(tmp_path):
+    import os
+    import signal
+    import time
+
+    from train_helpers import FAST
+
+    out, log = tmp_path / "out", tmp_path / "stderr.txt"
+    args = [*FAST, "--output_dir", str(out), "--max_train_steps", "500", "--checkpointing_steps", "2"]
+    with open(log, "w") as stderr:
+        # Ctrl-C in a terminal reaches every process of the group: the launcher and both training processes
+        proc = subprocess.Popen(
+            [*accelerate_launcher(2), str(TRAIN), *args],
+            env=train_env(tmp_path, ACCELERATE_USE_CPU="1"),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not (out / "checkpoints" / "checkpoint-2").is_dir():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert text.count("train.py: Interrupted: the newest checkpoint is") == 1, text[-3000:]
 
 
 def test_fid_during_training_without_inception_is_settled_before_training(tmp_path, monkeypatch):

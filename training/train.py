@@ -61,7 +61,9 @@ def main(args: argparse.Namespace) -> None:
         # Bad input or a stopped run: the message names the problem and the fix; a traceback would only bury it.
         raise SystemExit(f"train.py: error: {_redact(str(err), config.hub_token)}") from None
     except KeyboardInterrupt:
-        print(f"train.py: {interrupted_message(config.output_dir)}", file=sys.stderr)
+        # Ctrl-C reaches every process of `accelerate launch`: the main one (rank 0) says what was kept
+        if os.environ.get("RANK", "0") == "0":
+            print(f"train.py: {interrupted_message(config.output_dir)}", file=sys.stderr)
         raise SystemExit(130) from None  # the shell's status for Ctrl-C
     except Exception as err:
         from hfddpm.hub import PushToHubError

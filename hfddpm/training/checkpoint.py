@@ -2,7 +2,8 @@
 its EMA as ``save_pretrained`` folders.
 
 A checkpoint ``output_dir/checkpoints/checkpoint-<step>`` holds ``accelerator.save_state`` (optimizer, LR schedule,
-RNG states), ``unet/``, ``unet_ema/`` and ``training_state.json`` (step, data positions, image counts).
+RNG states), ``unet/``, ``unet_ema/`` and ``training_state.json`` (step, data positions, image counts and the run's
+settings that a resume must keep, :func:`check_resume`).
 
 Example:
     >>> from pathlib import Path
@@ -17,15 +18,22 @@ import shutil
 from pathlib import Path
 
 from accelerate.utils import load as load_state_file
-from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
-
-from hfddpm.pipelines.pipeline_hfddpm import load_model
+from safetensors.torch import load_file
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_FILE = "training_state.json"
+# training_state.json's record of the settings a resume must keep (hfddpm.training.config.RESUME_FIELDS)
+SETTINGS_KEY = "settings"
+# UNet settings a resume may not change, with the flags that decide them (the others: --preset or --unet_config)
+MODEL_SETTING_FLAGS = {
+    "num_class_embeds": "class-conditional training: --class_conditional, --label_column and the dataset's labels",
+    "sample_size": "--resolution",
+    "in_channels": "the images' channels, or --vae",
+    "out_channels": "the images' channels, or --vae",
+}
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -40,18 +48,43 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _numbered_step(path: Path) -> int:
+    """The step in the name of a numbered checkpoint (one of :func:`list_checkpoints`)."""
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step checkpoint ``path`` was saved at."""
+    return read_training_state(path)["global_step"]
+
+
 def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str) -> Path | None:
-    """The checkpoint ``--resume_from_checkpoint`` names: ``"latest"`` (None when there is none yet) or a folder."""
+    """The checkpoint ``--resume_from_checkpoint`` names: ``"latest"`` (None when there is none yet), a checkpoint of
+    ``output_dir/checkpoints`` by name (``checkpoint-500``, as diffusers' ``train_unconditional.py`` takes it) or a
+    folder.
+
+    Example:
+        >>> resolve_resume_path("latest", "no-such-run") is None
+        True
+    """
     if resume_from_checkpoint is None:
         return None
+    checkpoint_dir = Path(output_dir) / "checkpoints"
     if resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(Path(output_dir) / "checkpoints")
+        checkpoints = list_checkpoints(checkpoint_dir)
         return checkpoints[-1] if checkpoints else None
     path = Path(resume_from_checkpoint)
+    if len(path.parts) == 1 and (checkpoint_dir / path / TRAINING_STATE_FILE).is_file():
+        return checkpoint_dir / path
     if not (path / TRAINING_STATE_FILE).is_file():
+        names = [p.name for p in [*list_checkpoints(checkpoint_dir), checkpoint_dir / f"{CHECKPOINT_PREFIX}best"]]
+        found = [name for name in names if (checkpoint_dir / name / TRAINING_STATE_FILE).is_file()]
         raise FileNotFoundError(
-            f"--resume_from_checkpoint {str(path)!r} is not a checkpoint folder (no {TRAINING_STATE_FILE}); pass"
-            f" 'latest' or a folder such as {output_dir}/checkpoints/checkpoint-500."
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint folder (no"
+            f" {TRAINING_STATE_FILE}) nor a checkpoint of {checkpoint_dir}"
+            + (f" ({', '.join(found)})" if found else " (it has none)")
+            + f"; pass 'latest', a checkpoint name such as checkpoint-500 or a folder such as {checkpoint_dir}"
+            "/checkpoint-500."
         )
     return path
 
@@ -160,20 +193,135 @@ def register_checkpoint_hooks(accelerator, ema: EMAModel | None) -> None:
             weights.pop()
 
     def load_model_hook(models, input_dir):
+        # check_resume made sure the checkpoint holds this model (and its EMA, if this run keeps one)
+        model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
+        model.load_state_dict(load_file(os.path.join(input_dir, "unet", SAFETENSORS_WEIGHTS_NAME)))
         if ema is not None:
-            # EMAModel.save_pretrained wrote the averaged weights and, in config.json, the EMA's own state
-            folder = os.path.join(input_dir, "unet_ema")
-            averaged = load_model(UNet2DModel, folder)
-            config = UNet2DModel.load_config(folder)
+            # EMAModel.save_pretrained wrote the averaged weights and, in config.json next to the UNet's settings,
+            # the EMA's own state (decay, optimization_step, ...): both are read here, without a UNet built from it
+            folder = Path(input_dir) / "unet_ema"
+            averaged = load_file(folder / SAFETENSORS_WEIGHTS_NAME)
+            config = json.loads((folder / "config.json").read_text())
             state = {key: config[key] for key in ema.state_dict() if key in config}
-            ema.load_state_dict({**state, "shadow_params": [p.detach() for p in averaged.parameters()]})
+            shadow = [averaged[name] for name, _ in model.named_parameters()]
+            ema.load_state_dict({**state, "shadow_params": shadow})
             ema.to(accelerator.device)
-        while models:
-            model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
-            model.load_state_dict(load_model(UNet2DModel, input_dir, subfolder="unet").state_dict())
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+def check_resume(path: Path, *, settings: dict, unet_config, use_ema: bool) -> str | None:
+    """A ``ValueError``, before anything is loaded, when checkpoint ``path`` cannot continue the run as it is now set
+    up: a resume continues the same run. Refused: a state without data positions (a ``checkpoint-best`` of an older
+    hfddpm), another UNet than ``unet_config`` (this run's), no EMA while ``use_ema``, and ``settings`` (this run's
+    values of ``hfddpm.training.config.RESUME_FIELDS``) other than those the checkpoint recorded; the message names
+    each difference, both values and the ways on. Returns a note to log when the checkpoint records no settings
+    (written by an older hfddpm): they are not compared then.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / TRAINING_STATE_FILE).write_text('{"global_step": 4, "metric": "fd_digits", "value": 3.0}')
+        >>> check_resume(folder, settings={}, unet_config={}, use_ema=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ... cannot be resumed: its training_state.json holds only ['global_step', 'metric', 'value'] ...
+    """
+    state = read_training_state(path)
+    new_run = _new_run_hint(path)
+    # 1. a complete state (checkpoint-best of hfddpm <= 2026-11 saved the step and the metric only)
+    if "data_positions" not in state:
+        raise ValueError(
+            f"{path} cannot be resumed: its {TRAINING_STATE_FILE} holds only {sorted(state)} (a checkpoint-best of"
+            " an older hfddpm kept the weights, not the data order and counts). Resume from a numbered checkpoint,"
+            f" or {new_run}."
+        )
+    # 2. the same UNet
+    saved_model = _json_config(json.loads((path / "unet" / "config.json").read_text()))
+    model = _json_config(unet_config)
+    differ = [key for key in sorted(saved_model.keys() & model.keys()) if saved_model[key] != model[key]]
+    if differ:
+        details = "; ".join(
+            f"{key} {saved_model[key]!r} -> {model[key]!r}"
+            + (f" ({MODEL_SETTING_FLAGS[key]})" if key in MODEL_SETTING_FLAGS else "")
+            for key in differ
+        )
+        raise ValueError(
+            f"{path.name} holds another UNet than this run builds (the checkpoint's -> this run's: {details}). A"
+            " resume continues the same run: resume"
+            f" with the model flags it was trained with (--preset or --unet_config, the same data and labels), or"
+            f" {new_run}."
+        )
+    # 3. an EMA to continue (one that this run does not keep, --no_use_ema, is left unread)
+    has_ema = (path / "unet_ema").is_dir()
+    if use_ema and not has_ema:
+        raise ValueError(
+            f"{path.name} was saved without EMA (--no_use_ema), and this run keeps one (--use_ema, the default):"
+            f" resume with --no_use_ema, or {new_run}."
+        )
+    # 4. the settings its optimizer, LR schedule, EMA and RNG states belong to
+    saved = state.get(SETTINGS_KEY)
+    if saved is None:
+        return (
+            f"{path.name} records no training settings (written by an older hfddpm): this run's flags are not"
+            " compared with it."
+        )
+    differ = [
+        name
+        for name, value in settings.items()
+        if name in saved and saved[name] != value and not (name.startswith("ema_") and not (use_ema and has_ema))
+    ]
+    if differ:
+        was = " ".join(f"--{name} {saved[name]}" for name in differ)
+        now = " ".join(f"--{name} {settings[name]}" for name in differ)
+        raise ValueError(
+            f"{path.name} was trained with {was}; this run has {now}. A resume continues the same run: the"
+            " checkpoint's optimizer, LR schedule, EMA and RNG states belong to the settings it was trained with"
+            " (they would override a new value, or train something else than the run began). Resume with"
+            f" {was}, or {new_run}."
+        )
+    return None
+
+
+def later_checkpoints(path: Path, output_dir: Path) -> list[Path]:
+    """The numbered checkpoints of ``output_dir`` saved after the step of checkpoint ``path``: a resume from ``path``
+    would abandon them (and ``--checkpoints_total_limit`` would prune the new ones first)."""
+    step = checkpoint_step(path)
+    return [p for p in list_checkpoints(Path(output_dir) / "checkpoints") if _numbered_step(p) > step]
+
+
+def delete_checkpoints_after(output_dir: Path, step: int) -> list[Path]:
+    """Delete the checkpoints of ``output_dir`` saved after ``step`` (the numbered ones and ``checkpoint-best``);
+    returns them."""
+    checkpoint_dir = Path(output_dir) / "checkpoints"
+    best = checkpoint_dir / f"{CHECKPOINT_PREFIX}best"
+    later = [p for p in list_checkpoints(checkpoint_dir) if _numbered_step(p) > step]
+    if (best / TRAINING_STATE_FILE).is_file() and checkpoint_step(best) > step:
+        later.append(best)
+    for path in later:
+        shutil.rmtree(path)
+    return later
+
+
+def _json_config(config) -> dict:
+    """A model config as its config.json holds it (lists, not tuples), without diffusers' private keys."""
+    return {k: v for k, v in json.loads(json.dumps(dict(config))).items() if not k.startswith("_")}
+
+
+def _new_run_hint(path: Path) -> str:
+    """The way on when checkpoint ``path`` cannot be resumed as asked: a new run from its run's saved pipeline."""
+    run_dir = path.parent.parent
+    pipeline = run_dir / "best" if path.name == f"{CHECKPOINT_PREFIX}best" else run_dir
+    if (pipeline / "model_index.json").is_file():
+        return (
+            f"start a new run from its saved pipeline with --pretrained_model_name_or_path {pipeline} and another"
+            " --output_dir"
+        )
+    return (
+        "start a new run with another --output_dir (--pretrained_model_name_or_path starts it from a saved pipeline,"
+        " which a run writes when it ends)"
+    )
 
 
 def rescale_positions(positions, num_processes: int, streaming: bool) -> list:

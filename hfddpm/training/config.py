@@ -60,6 +60,30 @@ RECIPE_FIELDS = (
     "validation_steps",
     "checkpointing_steps",
 )
+# The settings a checkpoint's state belongs to: a resume must keep them (hfddpm.training.checkpoint.check_resume
+# refuses a change, naming the checkpoint's value). The optimizer's and LR schedule's states override the learning
+# rate, warm-up and AdamW settings; the EMA's state its settings (compared when both keep an EMA); the batch
+# (per process and accumulated), the seed (data order), the noise schedule, prediction type and loss weighting make
+# the steps to come another run's. The UNet is compared on its own config.
+RESUME_FIELDS = (
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_weight_decay",
+    "adam_epsilon",
+    "ema_inv_gamma",
+    "ema_power",
+    "ema_max_decay",
+    "noise_schedule",
+    "ddpm_num_steps",
+    "prediction_type",
+    "snr_gamma",
+    "seed",
+)
 # The recipe when neither the CPU's nor the GPU's applies (e.g. --train_batch_size given): 1800 steps x 64 = 115,200
 # images; a validation grid and a checkpoint every 250 steps x 64 = 16,000 images.
 FALLBACK_RECIPE = {
@@ -293,7 +317,8 @@ class TrainConfig:
         None,
         f"Batch size per process (default: CPU_RECIPE's {CPU_RECIPE['train_batch_size']} on a CPU, GPU_RECIPE's"
         f" {GPU_RECIPE['train_batch_size']} on a GPU with the data on the device, else"
-        f" {FALLBACK_RECIPE['train_batch_size']}).",
+        f" {FALLBACK_RECIPE['train_batch_size']}). A resume keeps the checkpoint's: a change is refused, like every"
+        " setting the checkpoint's state belongs to (RESUME_FIELDS).",
         group="optimisation",
         fallback=FALLBACK_RECIPE["train_batch_size"],
         check=_POSITIVE,
@@ -463,12 +488,21 @@ class TrainConfig:
         2, "Keep at most this many checkpoints (0: keep all).", group="output", check=_NON_NEGATIVE_INT
     )
     resume_from_checkpoint: str | None = _opt(
-        None, '"latest" (the newest checkpoint in output_dir/checkpoints) or a checkpoint folder.', group="output"
+        None,
+        '"latest" (the newest checkpoint in output_dir/checkpoints), a checkpoint of output_dir/checkpoints by name'
+        " (checkpoint-500, checkpoint-best) or a checkpoint folder. A resume continues the same run: a different"
+        " model, EMA, --max_train_steps below the checkpoint's step, or a change of the settings the checkpoint's"
+        " state belongs to (batch, optimizer and LR schedule, EMA, noise schedule, prediction type, seed) is refused"
+        " before anything loads; --pretrained_model_name_or_path starts a new run from a saved pipeline instead. A"
+        " checkpoint older than the newest one of --output_dir needs --overwrite_output_dir, which deletes the later"
+        " ones.",
+        group="output",
     )
     overwrite_output_dir: bool = _opt(
         False,
         "Start a new run in an --output_dir that holds an earlier one: its checkpoints are deleted when training"
-        " starts and its pipeline is replaced at the end. Without it such a run is refused.",
+        " starts and its pipeline is replaced at the end. Without it such a run is refused. With"
+        " --resume_from_checkpoint CHECKPOINT: continue from that older checkpoint and delete the later ones.",
         group="output",
     )
     push_to_hub: bool = _opt(False, "Upload the result with hfddpm.hub.push_to_hub.", group="output")
@@ -576,10 +610,11 @@ class TrainConfig:
                 "--num_epochs needs the dataset size, which a --streaming dataset does not have; give"
                 " --max_train_steps instead."
             )
-        if self.overwrite_output_dir and self.resume_from_checkpoint is not None:
+        if self.overwrite_output_dir and self.resume_from_checkpoint == "latest":
             raise ValueError(
-                "--overwrite_output_dir starts a new run in place of the earlier one, --resume_from_checkpoint"
-                " continues it: give one of them."
+                "--overwrite_output_dir starts a new run in place of the earlier one, --resume_from_checkpoint latest"
+                " continues it: give one of them (--overwrite_output_dir with an older checkpoint,"
+                " --resume_from_checkpoint checkpoint-500, continues from it and deletes the later ones)."
             )
         pretrained = self.pretrained_model_name_or_path
         if pretrained is not None and not os.path.isdir(pretrained) and not is_repo_id(pretrained):
@@ -648,13 +683,19 @@ class TrainConfig:
         if path.exists() and not path.is_dir():
             raise ValueError(f"--output_dir {self.output_dir!r} is a file, not a folder; pass a folder path.")
         earlier, resumable = earlier_run(path) if path.is_dir() and not self.overwrite_output_dir else (None, False)
-        resumes = self.resume_from_checkpoint is not None
-        if earlier and (not resumes or (self.resume_from_checkpoint == "latest" and not resumable)):
-            what = "no checkpoint to resume, so this run would start again from step 0" if resumes else "a new run"
+        if earlier and self.resume_from_checkpoint is None:
             raise ValueError(
-                f"--output_dir {self.output_dir!r} holds an earlier run ({earlier}), and {what} would replace it."
+                f"--output_dir {self.output_dir!r} holds an earlier run ({earlier}), and a new run would replace it."
                 " Pass --resume_from_checkpoint latest to continue it (when it has checkpoints),"
                 " --overwrite_output_dir to replace it, or another --output_dir."
+            )
+        if earlier and self.resume_from_checkpoint == "latest" and not resumable:
+            raise ValueError(
+                f"--output_dir {self.output_dir!r} holds {earlier} but no checkpoint, so --resume_from_checkpoint"
+                " latest has nothing to continue: this run would start again from step 0 and replace it. To train"
+                f" it further, start a new run from it with --pretrained_model_name_or_path {self.output_dir} and"
+                " another --output_dir; to replace it, pass --overwrite_output_dir instead of"
+                " --resume_from_checkpoint; or use another --output_dir."
             )
         try:
             path.mkdir(parents=True, exist_ok=True)

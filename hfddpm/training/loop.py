@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from hfddpm.data import (
     BAD_EXAMPLES_MIN_READ,
     EMBEDDED_DATASET_NAME,
+    MAX_NAMED_BAD_EXAMPLES,
     ResidentImageBatches,
     fits_on_device,
     make_train_dataloader,
@@ -37,14 +38,19 @@ from hfddpm.data import (
 from hfddpm.evaluation import parse_metrics
 from hfddpm.training.budget import StepBudget, device_clock, due_every
 from hfddpm.training.checkpoint import (
+    SETTINGS_KEY,
     check_checkpoint,
+    check_resume,
+    checkpoint_step,
+    delete_checkpoints_after,
+    later_checkpoints,
     list_checkpoints,
     read_training_state,
     rescale_positions,
     resolve_resume_path,
     save_checkpoint,
 )
-from hfddpm.training.config import CONFIG_FILE, RECIPE_FIELDS, TrainConfig, write_config
+from hfddpm.training.config import CONFIG_FILE, RECIPE_FIELDS, RESUME_FIELDS, TrainConfig, write_config
 from hfddpm.training.engine import TrainingEngine, resolve_max_train_steps, setup
 from hfddpm.training.periodic_eval import (
     best_so_far,
@@ -75,10 +81,6 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (diverged, too many broken images); the message says what was kept."""
 
 
-# The broken examples a process remembers by name, for check_bad_images' message.
-MAX_NAMED_BAD_EXAMPLES = 5
-
-
 def check_bad_images(
     bad: int,
     read: int,
@@ -86,9 +88,11 @@ def check_bad_images(
     *,
     min_read: int = BAD_EXAMPLES_MIN_READ,
     examples: list[str] = (),
+    audio: bool = False,
 ) -> None:
     """A ``ValueError`` once more than ``max_fraction`` of at least ``min_read`` images read could not be decoded;
-    it names the broken ``examples`` given (the batches' ``bad_examples``: row and path).
+    it names the broken ``examples`` given (the batches' ``bad_examples``: row and path). ``audio``: the examples
+    are an audio run's clips.
 
     Example:
         >>> check_bad_images(3, 10, 0.1, min_read=10, examples=["row 4 (cats/4.png)"])  # doctest: +ELLIPSIS
@@ -100,9 +104,10 @@ def check_bad_images(
         return
     if bad > max_fraction * read:
         named = f", e.g. {', '.join(examples)}" if examples else ""
+        examples_, failed, files = ("audio clips", "read", "audio") if audio else ("images", "decoded", "image")
         raise ValueError(
-            f"{bad} of the {read} images read could not be decoded ({bad / read:.1%} >"
-            f" --max_bad_image_fraction {max_fraction}){named}. Remove or repair the broken image files, or raise"
+            f"{bad} of the {read} {examples_} read could not be {failed} ({bad / read:.1%} >"
+            f" --max_bad_image_fraction {max_fraction}){named}. Remove or repair the broken {files} files, or raise"
             " --max_bad_image_fraction to skip them."
         )
 
@@ -165,6 +170,7 @@ def _train(config: TrainConfig, started: float) -> Path:
 
     # 2. data, model and schedule (every bad input fails here), then the step's precision and memory format
     run = setup(config, main_process_first=state.main_process_first)
+    run_settings = run.resolved()  # the noise schedule and prediction type (a pretrained pipeline's, or the flags')
     given = config
     gpu_recipe = (
         device.type == "cuda"
@@ -227,12 +233,30 @@ def _train(config: TrainConfig, started: float) -> Path:
             max_train_steps = planned
         else:
             budget = StepBudget(config.max_train_minutes * 60, cap=max_train_steps, clock=clock)
-    if resume_path is not None and _finished(output_dir, resume_path, max_train_steps):
-        logger.info(
-            f"{output_dir} holds a finished run ({max_train_steps} steps, checkpoint {resume_path.name}); nothing to"
-            " do. Raise --max_train_steps to train further, or use another --output_dir for a new run."
-        )
-        return output_dir
+    # the settings a checkpoint's state belongs to, as this run resolved them: saved with every checkpoint
+    settings = {name: run_settings.get(name, getattr(config, name)) for name in RESUME_FIELDS}
+    if resume_path is not None:
+        # a resume continues the same run: anything that does not fit the checkpoint is refused before it loads
+        note = check_resume(resume_path, settings=settings, unet_config=run.unet.config, use_ema=config.use_ema)
+        if note is not None:
+            logger.warning(note)
+        _check_resume_length(config, resume_path, max_train_steps, planned_by_budget=budget is not None)
+        later = later_checkpoints(resume_path, output_dir)
+        if later and not config.overwrite_output_dir:
+            raise ValueError(
+                f"{resume_path.name} (step {checkpoint_step(resume_path)}) is older than the newest checkpoint of"
+                f" {output_dir}, {later[-1].name}: resuming from it would abandon {', '.join(p.name for p in later)}"
+                " (and --checkpoints_total_limit would then delete the new checkpoints before them). Resume with"
+                " --resume_from_checkpoint latest, or add --overwrite_output_dir to continue from"
+                f" {resume_path.name} and delete the later checkpoints."
+            )
+        if _finished(output_dir, resume_path, max_train_steps):
+            logger.info(
+                f"{output_dir} holds a finished run: {resume_path.name} is at step {checkpoint_step(resume_path)},"
+                f" the end of {_length_flag(config, max_train_steps)}; nothing to do. Raise --max_train_steps to"
+                " train further, or use another --output_dir for a new run."
+            )
+            return output_dir
 
     # 3. the engine: optimizer, LR schedule, EMA
     engine = TrainingEngine(
@@ -248,7 +272,7 @@ def _train(config: TrainConfig, started: float) -> Path:
     )
 
     # 4. resume
-    global_step, positions, bad_total, read_total = 0, None, 0, 0
+    global_step, positions, bad_total, read_total, resumed_images = 0, None, 0, 0, None
     if config.resume_from_checkpoint and resume_path is None:
         logger.warning(f"No checkpoint in {output_dir / 'checkpoints'}; starting a new run.")
     elif resume_path is None and list_checkpoints(output_dir / "checkpoints"):
@@ -259,11 +283,23 @@ def _train(config: TrainConfig, started: float) -> Path:
             logger.warning(f"Deleted the earlier run's checkpoints in {output_dir} (--overwrite_output_dir).")
         accelerator.wait_for_everyone()
     if resume_path is not None:
+        if config.overwrite_output_dir:  # from an older checkpoint: the later ones belong to an abandoned run
+            if accelerator.is_main_process:
+                deleted = delete_checkpoints_after(output_dir, checkpoint_step(resume_path))
+                if any(p.name == "checkpoint-best" for p in deleted) and (output_dir / "best").is_dir():
+                    shutil.rmtree(output_dir / "best")  # the EMA pipeline of the deleted checkpoint-best
+                if deleted:
+                    logger.warning(
+                        f"Deleted {', '.join(p.name for p in deleted)} of {output_dir / 'checkpoints'}, saved after"
+                        f" {resume_path.name} (--overwrite_output_dir): the run continues from {resume_path.name}."
+                    )
+            accelerator.wait_for_everyone()
         logger.info(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
         state = read_training_state(resume_path)
         global_step = state["global_step"]
         positions = state["data_positions"]
+        resumed_images = state.get("images_seen")  # not in checkpoints of hfddpm <= 2026-11
         if config.uses_time_budget and state.get("lr_plan") and state.get("max_train_steps"):
             engine.set_lr_plan(state["lr_plan"])  # the planned length and its corrections, as before the pause
         if accelerator.is_main_process:
@@ -314,6 +350,14 @@ def _train(config: TrainConfig, started: float) -> Path:
         accelerator.init_trackers("hfddpm", config={k: v for k, v in flat.items() if isinstance(v, (int, float, str))})
 
     images_per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    resumed_step = global_step
+    if resumed_images is None:
+        resumed_images = global_step * images_per_step
+
+    def images_seen(step: int) -> int:
+        """Images trained on up to ``step`` (a resume with another number of processes changes the images/step)."""
+        return resumed_images + (step - resumed_step) * images_per_step
+
     logger.info(
         f"Training {max_train_steps} steps from step {global_step}: {num_examples or 'streaming'} examples,"
         f" {accelerator.num_processes} process(es) x batch {config.train_batch_size} x accumulation"
@@ -374,7 +418,7 @@ def _train(config: TrainConfig, started: float) -> Path:
         verdict = torch.zeros(2, device=device)  # (improved, stop)
         if results is not None:
             cost = clock() - start_time
-            eval_history.append(json_safe({**results, "images_seen": step * images_per_step, "eval_seconds": cost}))
+            eval_history.append(json_safe({**results, "images_seen": images_seen(step), "eval_seconds": cost}))
             save_history(output_dir, eval_history, images_per_step)
             shown = {k: v for k, v in results.items() if isinstance(v, float) and not k.endswith("_seconds")}
             accelerator.log({f"eval/{k}": v for k, v in shown.items()}, step=step)
@@ -391,8 +435,8 @@ def _train(config: TrainConfig, started: float) -> Path:
                 verdict[1] = float(bool(config.early_stopping_patience) and since >= config.early_stopping_patience)
         improved, stop = broadcast(verdict, from_process=0).tolist()
         eval_seconds += clock() - start_time
-        if improved:
-            state = {"global_step": step, "metric": config.keep_best, "value": eval_history[-1][config.keep_best]}
+        if improved:  # a complete checkpoint (it can be resumed), and the metric it is the best of
+            state = training_state(step) | {"metric": config.keep_best, "value": eval_history[-1][config.keep_best]}
             save_checkpoint(accelerator, output_dir, step, state, 0, name="best")
             if accelerator.is_main_process:
                 engine.pipeline().save_pretrained(output_dir / "best")
@@ -403,6 +447,24 @@ def _train(config: TrainConfig, started: float) -> Path:
                 f" intervals) in {config.early_stopping_patience} evaluations."
             )
         return bool(stop)
+
+    def training_state(step: int) -> dict:
+        """A checkpoint's training_state.json at ``step`` (every process takes part: positions and counts are
+        gathered)."""
+        all_positions = accelerator.gather(position.to(device)[None]).cpu().tolist()
+        counts = accelerator.reduce(torch.tensor([bad_local, read_local], device=device), reduction="sum")
+        return {
+            "global_step": step,
+            "data_positions": all_positions,
+            "num_processes": accelerator.num_processes,
+            "num_bad_images": bad_total + int(counts[0]),
+            "num_read_images": read_total + int(counts[1]),
+            "images_seen": images_seen(step),
+            # the run's length, once known (a time budget plans it after the first steps)
+            "max_train_steps": max_train_steps if budget is None or budget.planned else None,
+            "lr_plan": engine.lr_plan,
+            SETTINGS_KEY: settings,
+        }
 
     # 5. the loop (a time budget keeps the time of the grids, checkpoints and evaluations to come in hand: sampling
     # calls now estimate the grids and evaluations, the first checkpoint is timed, and each one then measures them)
@@ -489,9 +551,13 @@ def _train(config: TrainConfig, started: float) -> Path:
             stats = accelerator.reduce(
                 torch.stack([loss_sum, torch.tensor(float(loss_count), device=device)]), reduction="sum"
             )
-            counts = accelerator.reduce(torch.tensor([bad_local, read_local], device=device), reduction="sum")
+            # with the processes that have read all of their share of a stream once (its size is then known)
+            read_once = int(position[0]) >= 1
+            counts = accelerator.reduce(torch.tensor([bad_local, read_local, read_once], device=device), "sum")
             bad_total, read_total = bad_total + int(counts[0]), read_total + int(counts[1])
             bad_local = read_local = 0
+            if not num_examples and int(counts[2]) == accelerator.num_processes:
+                min_read = min(min_read, read_total)  # a stream smaller than BAD_EXAMPLES_MIN_READ: judged now
             now = clock()
             t0, s0, p0 = window
             images_per_second = (global_step - s0) * images_per_step / max(now - t0 - (paused - p0), 1e-9)
@@ -512,25 +578,15 @@ def _train(config: TrainConfig, started: float) -> Path:
             progress.set_postfix(step=global_step, loss=f"{last['loss']:.4f}", img_s=f"{images_per_second:.0f}")
             if global_step < max_train_steps:  # at the end the pipeline is saved first, then this is reported
                 check_bad_images(
-                    bad_total, read_total, config.max_bad_image_fraction, min_read=min_read, examples=bad_named
-                )
+                    bad_total, read_total, config.max_bad_image_fraction, min_read=min_read, examples=bad_named,
+                    audio=run.mel is not None,
+                )  # fmt: skip
 
         if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
             t = clock()
             if loss_count:  # never write a diverged state as a checkpoint
                 _stop_if_diverged(float(accelerator.reduce(loss_sum, reduction="sum")), global_step, output_dir)
-            all_positions = accelerator.gather(position.to(device)[None]).cpu().tolist()
-            counts = accelerator.reduce(torch.tensor([bad_local, read_local], device=device), reduction="sum")
-            state = {
-                "global_step": global_step,
-                "data_positions": all_positions,
-                "num_processes": accelerator.num_processes,
-                "num_bad_images": bad_total + int(counts[0]),
-                "num_read_images": read_total + int(counts[1]),
-                # the run's length, once known (a time budget plans it after the first steps)
-                "max_train_steps": max_train_steps if budget is None or budget.planned else None,
-                "lr_plan": engine.lr_plan,
-            }
+            state = training_state(global_step)
             path = save_checkpoint(accelerator, output_dir, global_step, state, config.checkpoints_total_limit)
             cost = clock() - t
             logger.info(f"Saved {path} ({cost:.1f} s)")
@@ -594,7 +650,7 @@ def _train(config: TrainConfig, started: float) -> Path:
         metrics = {
             "steps": global_step,
             "steps_this_run": global_step - first_step,
-            "images_seen": global_step * images_per_step,
+            "images_seen": images_seen(global_step),
             "wall_time_s": wall_time,
             "run_time_s": time.perf_counter() - started,  # from the start to the saved pipeline and final grid
             "train_images_per_second": train_images_per_second,
@@ -641,6 +697,7 @@ def _train(config: TrainConfig, started: float) -> Path:
         config.max_bad_image_fraction,
         min_read=min(min_read, read_total or 1),
         examples=bad_named,
+        audio=run.mel is not None,
     )
     return output_dir
 
@@ -670,7 +727,13 @@ def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: t
         f" {accelerator.process_index}.",
         main_process_only=False,
     )
-    check_bad_images(encoded.num_bad_images, len(run.dataset), config.max_bad_image_fraction, min_read=1)
+    check_bad_images(
+        encoded.num_bad_images,
+        len(run.dataset),
+        config.max_bad_image_fraction,
+        min_read=1,
+        examples=encoded.bad_examples,
+    )
     if not has_configured_scaling_factor(run.vae):
         # no scaling factor in the autoencoder's config: 1 / std of the latents, recorded in the saved vae/config.json
         run.vae.register_to_config(scaling_factor=1.0 / encoded.latent_std)
@@ -738,6 +801,28 @@ def _check_inception(config: TrainConfig, image_channels: int, unavailable) -> N
             f"--keep_best {config.keep_best}: {unavailable.reason} The evaluations compute {config.keep_best}_digits"
             f" (digit-classifier features) instead; pass --keep_best {config.keep_best}_digits."
         )
+
+
+def _length_flag(config: TrainConfig, max_train_steps: int) -> str:
+    """What set the run's length, in the user's terms."""
+    if config.max_train_steps is not None:
+        return f"--max_train_steps {max_train_steps}"
+    if config.num_epochs is not None:
+        return f"--num_epochs {config.num_epochs} ({max_train_steps} steps)"
+    return f"the {max_train_steps} steps the time budget planned"
+
+
+def _check_resume_length(config: TrainConfig, checkpoint: Path, max_train_steps: int, *, planned_by_budget: bool):
+    """A ``ValueError`` when the run would end before the step ``checkpoint`` has already reached."""
+    step = checkpoint_step(checkpoint)
+    if planned_by_budget or step <= max_train_steps:  # a time budget plans from the checkpoint's step on
+        return
+    raise ValueError(
+        f"{_length_flag(config, max_train_steps)} ends before step {step}, which {checkpoint.name} has already"
+        f" trained: a resume continues the run and cannot shorten it. Pass --max_train_steps {step} or more"
+        f" ({step}: only save the pipeline), or start a new run with another --output_dir"
+        " (--pretrained_model_name_or_path starts it from a saved pipeline)."
+    )
 
 
 def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:
