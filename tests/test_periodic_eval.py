@@ -108,7 +108,8 @@ loop.evaluate_ema = scripted
 """
 
 
-def _scripted_run(tmp_path, values, args):
+def scripted_run(tmp_path, values, args):
+    """train.py with ``args``, its evaluations scripted to give ``values`` by step (``SCRIPTED_EVAL``)."""
     driver = write_train_driver(tmp_path / "scripted_train.py", SCRIPTED_EVAL.format(values=values))
     result = subprocess.run(
         [sys.executable, str(driver), *args], env=train_env(tmp_path), capture_output=True, text=True, timeout=600
@@ -128,7 +129,7 @@ def test_keep_best_early_stopping_and_resume(tmp_path):
             "--validation_inference_steps", "1", "--validation_images_per_class", "1",
             "--keep_best", "fd_digits", "--early_stopping_patience", "2"]  # fmt: skip
     values = {2: 5.0, 4: 4.0, 6: 6.0, 8: 7.0, 10: 3.0, 12: 8.0, 14: 9.0, 16: 9.5}
-    result = _scripted_run(tmp_path, values, args)
+    result = scripted_run(tmp_path, values, args)
     assert "Early stopping at step 8" in result.stderr
     best = json.loads((out / "checkpoints" / "checkpoint-best" / "training_state.json").read_text())
     assert (best["global_step"], best["metric"], best["value"]) == (4, "fd_digits", 4.0)
@@ -141,7 +142,7 @@ def test_keep_best_early_stopping_and_resume(tmp_path):
     assert all(torch.equal(best_weights[k], ema[k]) for k in best_weights)
 
     # resumed from step 8, the best so far (step 4) is remembered: step 10 improves on it, then 12 and 14 do not
-    result = _scripted_run(tmp_path, values, [*args, "--resume_from_checkpoint", "latest"])
+    result = scripted_run(tmp_path, values, [*args, "--resume_from_checkpoint", "latest"])
     assert "New best fd_digits 3 at step 10" in result.stderr and "Early stopping at step 14" in result.stderr
     best = json.loads((out / "checkpoints" / "checkpoint-best" / "training_state.json").read_text())
     assert best["global_step"] == 10
@@ -164,7 +165,7 @@ def test_keep_best_counts_only_improvements_beyond_the_noise(tmp_path):
     # half-widths 0.5: an improvement counts when it exceeds sqrt(0.5**2 + 0.5**2) = 0.71
     values = {2: (5.0, 4.5, 5.5), 4: (4.6, 4.1, 5.1), 6: (4.4, 3.9, 4.9), 8: (4.2, 3.7, 4.7), 10: (3.6, 3.1, 4.1),
               12: (3.5, 3.0, 4.0), 14: (3.6, 3.1, 4.1), 16: (1.0, 0.5, 1.5)}  # fmt: skip
-    result = _scripted_run(tmp_path, values, args)
+    result = scripted_run(tmp_path, values, args)
     # 4.6 and 4.4 are 0.4 and 0.6 better than 5.0: within the noise; 4.2 is 0.8 better: the new best. 3.6, 3.5, 3.6
     # are 0.6, 0.7, 0.6 better than 4.2: within its noise, three evaluations without an improvement -> stop at 14
     assert "New best fd_digits 5 at step 2" in result.stderr and "New best fd_digits 4.2 at step 8" in result.stderr

@@ -442,8 +442,7 @@ def test_an_older_checkpoint_resumed_with_overwrite_output_dir_deletes_the_later
 
 
 def test_checkpoint_best_is_resumable(train_script, tmp_path):
-    from test_periodic_eval import SCRIPTED_EVAL
-    from train_helpers import write_train_driver
+    from test_periodic_eval import scripted_run
 
     config = tmp_path / "grey.json"
     config.write_text(json.dumps(GREY))
@@ -452,17 +451,8 @@ def test_checkpoint_best_is_resumable(train_script, tmp_path):
             "--eval_num_images", "12", "--max_train_steps", "8", "--checkpointing_steps", "4",
             "--validation_inference_steps", "1", "--validation_images_per_class", "1",
             "--keep_best", "fd_digits", "--checkpoints_total_limit", "0"]  # fmt: skip
-    driver = write_train_driver(
-        tmp_path / "scripted_train.py", SCRIPTED_EVAL.format(values={2: 5.0, 4: 4.0, 6: 6.0, 8: 7.0})
-    )
-
-    def scripted(extra):
-        result = subprocess.run([sys.executable, str(driver), *args, *extra], env=train_env(tmp_path),
-                                capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-4000:]
-        return result
-
-    scripted([])
+    values = {2: 5.0, 4: 4.0, 6: 6.0, 8: 7.0}
+    scripted_run(tmp_path, values, args)
     best = out / "checkpoints" / "checkpoint-best"
     state = json.loads((best / "training_state.json").read_text())
     # the state of a numbered checkpoint of the same step, and the metric it is the best of
@@ -476,7 +466,9 @@ def test_checkpoint_best_is_resumable(train_script, tmp_path):
     ):
         train_script.main(train_script.parse_args([*args, "--resume_from_checkpoint", "checkpoint-best"]))
     assert _files(out) == before
-    result = scripted(["--resume_from_checkpoint", "checkpoint-best", "--overwrite_output_dir"])
+    result = scripted_run(
+        tmp_path, values, [*args, "--resume_from_checkpoint", "checkpoint-best", "--overwrite_output_dir"]
+    )
     assert "Deleted checkpoint-8" in result.stderr and "Resuming from" in result.stderr
     assert all(torch.equal(uninterrupted[k], v) for k, v in _safetensors(out / "unet").items())
     assert [h["step"] for h in json.loads((out / "eval_history.json").read_text())] == [2, 4, 6, 8]
