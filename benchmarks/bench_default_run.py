@@ -5,6 +5,9 @@ digit metrics of the resulting pipeline (FD-digits, confident share, label accur
     python benchmarks/bench_default_run.py --skip-training --output-dir hfddpm-mnist   # only evaluate a finished run
     python benchmarks/bench_default_run.py --out default_run_fp32 --mixed_precision no  # other flags go to train.py
 
+An --output-dir that holds an earlier run is refused by train.py, as any run is; add --overwrite_output_dir (a flag
+of train.py) to replace it.
+
 Writes benchmarks/results/default_run.json and copies the final sample grid to benchmarks/results/default_run.png and
 the curve of the evaluations during training to benchmarks/results/default_run_eval_curve.png.
 """
@@ -23,6 +26,7 @@ from common import REPO, RESULTS_DIR, environment, markdown_table, write_json
 
 import hfddpm
 from hfddpm.evaluation import evaluate_pipeline
+from hfddpm.evaluation.sampling import SCHEDULERS
 
 DIGIT_KEYS = ("fd_digits", "confident_share", "label_accuracy", "classes_covered")
 
@@ -33,7 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing output folder")
     parser.add_argument("--num-images", type=int, default=1000, help="samples for the digit metrics")
     parser.add_argument("--num-inference-steps", type=int, default=20)
-    parser.add_argument("--scheduler", default="dpmsolver++")
+    parser.add_argument("--scheduler", default="dpmsolver++", choices=sorted(SCHEDULERS))
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--out", default="default_run", help="file stem under benchmarks/results/")
     args, args.train_args = parser.parse_known_args(argv)
@@ -44,8 +48,6 @@ def main(args):
     output_dir = Path(args.output_dir)
     wall = None
     if not args.skip_training:
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
         # `accelerate launch` of this interpreter (an `accelerate` on PATH may belong to another Python)
         launch = [sys.executable, "-m", "accelerate.commands.launch"]
         command = [*launch, str(REPO / "training" / "train.py"), "--output_dir", str(output_dir)]

@@ -47,7 +47,7 @@ def main(args):
         without = run(Path(tmp) / "without", args.max_train_steps, args.train_args)
         with_eval = run(Path(tmp) / "with", args.max_train_steps, [*args.train_args, *eval_flags])
     points = with_eval["evaluations"]
-    in_loop = sum(p["eval_seconds"] for p in points if p["step"] < args.max_train_steps)
+    in_loop = with_eval["eval_seconds_in_loop"]  # the loop's own count: evaluations, their history and plot
     results = {
         "steps": args.max_train_steps,
         "evaluations": len(points),

@@ -34,7 +34,30 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="sampling_quality_vs_nfe", help="file stem under benchmarks/results/")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # every name and number is checked here, before minutes of sampling
+    args.scheduler_names = [s.strip() for s in args.schedulers.split(",") if s.strip()]
+    args.budgets = _numbers(parser, "--nfe", args.nfe.split(","))
+    args.reference_run = None
+    if args.reference:
+        name, _, nfe = args.reference.partition(":")
+        (number,) = _numbers(parser, "--reference", [nfe], f"SCHEDULER:NFE such as ddpm:1000, got {args.reference!r}")
+        args.reference_run = (name, number)
+    unknown = [n for n in [*args.scheduler_names, *(args.reference_run or ())[:1]] if n not in SCHEDULERS]
+    if unknown:
+        parser.error(f"unknown scheduler(s) {unknown}; choose from {sorted(SCHEDULERS)}")
+    return args
+
+
+def _numbers(parser, flag: str, values: list[str], expected: str | None = None) -> list[int]:
+    """``values`` as model-evaluation counts >= 1, else an argparse error naming ``flag``."""
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        parser.error(f"{flag}: expected {expected or f'comma-separated whole numbers >= 1, got {values}'}")
+    return numbers
 
 
 def steps_for_nfe(scheduler, nfe: int) -> tuple[int, int]:
@@ -54,8 +77,7 @@ def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip()]
-    budgets = [int(n) for n in args.nfe.split(",")]
+    schedulers, budgets = args.scheduler_names, args.budgets
     pipe = hfddpm.HFDDPMPipeline.from_pretrained(args.pipeline).to(device)
     saved_config = pipe.scheduler.config
     classes = num_classes(pipe)
@@ -80,9 +102,9 @@ def main(args):
 
     references = {}
     reference_fd = None
-    if args.reference:
-        ref_name, ref_nfe = args.reference.split(":")
-        reference = evaluate(ref_name, int(ref_nfe))
+    if args.reference_run:
+        ref_name, ref_nfe = args.reference_run
+        reference = evaluate(ref_name, ref_nfe)
         reference_fd = reference["fd_digits"]
         references[f"{ref_name}, {reference['nfe']} NFE"] = reference_fd
 

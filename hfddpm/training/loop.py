@@ -665,6 +665,7 @@ def _train(config: TrainConfig, started: float) -> Path:
         if eval_history:
             metrics["evaluations"] = eval_history
             metrics["eval_seconds"] = eval_seconds
+            metrics["eval_seconds_in_loop"] = eval_in_loop  # inside wall_time_s (history and plot included)
         (output_dir / TRAIN_METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         card_config = {
             **metrics["training_config"],
