@@ -19,7 +19,7 @@ import hfddpm
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="mnist")
+    parser.add_argument("--preset", default="mnist", choices=list(hfddpm.UNET_PRESETS))
     parser.add_argument("--resolution", type=int, default=28)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50, help="num_inference_steps for every pipeline")

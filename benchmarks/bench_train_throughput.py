@@ -33,6 +33,7 @@ from common import (
 )
 from diffusers import UNet2DModel
 
+from hfddpm import UNET_PRESETS
 from hfddpm.evaluation.uncertainty import bootstrap_interval
 from hfddpm.training import TrainConfig, build_scheduler
 from hfddpm.training.config import COMPILE_MODES
@@ -45,7 +46,9 @@ OPTIONAL_ROWS = ("diffusers_fp32", "diffusers_bf16", "hfddpm_fp32")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="mnist", help="hfddpm UNet preset (built unconditional, 1 channel)")
+    parser.add_argument(
+        "--preset", default="mnist", choices=list(UNET_PRESETS), help="hfddpm UNet preset (built unconditional)"
+    )
     parser.add_argument("--resolution", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1, help="image channels (3: the digits repeated, as RGB)")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -75,4 +75,7 @@ def summary(folder: Path) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="the OUT folder of gpu_check.sh run")
-    print(summary(parser.parse_args().folder))
+    folder = parser.parse_args().folder
+    if not folder.is_dir():
+        parser.error(f"{folder} is not a folder; pass the OUT folder that `gpu_check.sh run OUT` wrote")
+    print(summary(folder))
