@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fad-model", default=None, help=f"local CLAP or AST folder or cached Hub id (default {DEFAULT_FAD_MODEL})"
     )
     evaluate.add_argument("--cache-dir", default=None, help="reference-statistics cache (default ~/.cache/hfddpm)")
-    evaluate.add_argument("--out", type=Path, default=None, help="metrics JSON (default: PIPELINE/metrics.json)")
+    # a str: Path("dir/") would drop the slash that says --out names a folder
+    evaluate.add_argument("--out", default=None, help="metrics JSON (default: PIPELINE/metrics.json)")
     evaluate.add_argument(
         "--no-update-card", action="store_true", help="do not write the metrics into PIPELINE/README.md"
     )
@@ -329,12 +330,15 @@ def check_device(device: str | None) -> torch.device:
     return parsed
 
 
-def check_json_out(path: Path, flag: str = "--out") -> None:
-    """``ValueError`` unless ``path`` can become a JSON file: not a folder, and no file where a folder of its path
-    would be. Checked before the work whose result it holds."""
+def check_json_out(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a ``Path``; ``ValueError`` unless it can become a JSON file: not a folder (nor a name ending in
+    a slash), and no file where a folder of its path would be. Checked before the work whose result it holds."""
+    folder = str(path).endswith(("/", os.sep))
+    path = Path(path)
     _check_parents(path, flag)
-    if path.is_dir():
+    if folder or path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a folder; pass a file path, e.g. {str(path / 'metrics.json')!r}.")
+    return path
 
 
 def _check_parents(path: Path, flag: str) -> None:
@@ -578,12 +582,13 @@ def cmd_compare(args) -> int:
     from hfddpm.evaluation.compare import compare_results, format_comparison, read_results
 
     name_a, name_b = args.compare
+    out = check_json_out(args.out) if args.out is not None else None
     rows = compare_results(read_results(name_a), read_results(name_b))
     print(format_comparison(rows, name_a, name_b))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"a": name_a, "b": name_b, "metrics": rows}, indent=2) + "\n")
-        print(f"Wrote {args.out}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"a": name_a, "b": name_b, "metrics": rows}, indent=2) + "\n")
+        print(f"Wrote {out}")
     return 0
 
 
@@ -607,10 +612,17 @@ def memorization_inputs(args, pipe) -> dict:
     settings.update({k: v for k, v in overrides.items() if v is not None})
     config = pipe.unet.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    heldout = None
+    if args.heldout_dir:  # read first: a bad folder is found before the training images are
+        heldout = load_reference(args.heldout_dir, size, config.in_channels, name="--heldout-dir")
     train = training_images(
-        settings, size, config.in_channels, max_images=args.max_train_images or MAX_TRAIN_IMAGES, seed=args.seed
+        settings,
+        size,
+        config.in_channels,
+        max_images=args.max_train_images or MAX_TRAIN_IMAGES,
+        seed=args.seed,
+        flags={setting: "--" + setting.replace("_", "-") for setting in overrides},
     )
-    heldout = load_reference(args.heldout_dir, size, config.in_channels) if args.heldout_dir else None
     return {"train_images": train, "heldout_images": heldout, "feature_extractor": args.feature_extractor}
 
 
@@ -633,7 +645,13 @@ def fad_inputs(args, pipe) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from hfddpm.evaluation import DEFAULT_DINOV2_MODEL, DEFAULT_FAD_MODEL, evaluate_pipeline, parse_metrics
+    from hfddpm.evaluation import (
+        DEFAULT_DINOV2_MODEL,
+        DEFAULT_FAD_MODEL,
+        check_metrics_available,
+        evaluate_pipeline,
+        parse_metrics,
+    )
     from hfddpm.hub import update_model_card
 
     if args.compare is not None:
@@ -641,12 +659,21 @@ def cmd_evaluate(args) -> int:
     if args.pipeline is None:
         raise ValueError("hfddpm evaluate needs a PIPELINE folder or Hub repo id (or --compare A B).")
     metrics = parse_metrics(args.metrics)
-    pipe = load_pipeline(args.pipeline, args.device)
+    networks = {
+        "fid_fallback": args.fid_fallback,
+        "inception_weights": args.inception_weights,
+        "dinov2_model": args.dinov2_model or DEFAULT_DINOV2_MODEL,
+        "fad_model": args.fad_model or DEFAULT_FAD_MODEL,
+    }
+    # before loading anything: the metrics' networks, the memorization check's features, a --fid-fallback that
+    # leaves nothing to compute
+    check_metrics_available(metrics, feature_extractor=args.feature_extractor, **networks)
     local = os.path.isdir(args.pipeline)
     out = args.out
     if out is None:
         out = Path(args.pipeline) / "metrics.json" if local else Path("metrics.json")
-    check_json_out(out)
+    out = check_json_out(out)
+    pipe = load_pipeline(args.pipeline, args.device)
     card = Path(args.pipeline) / "README.md"
     updates_card = local and card.is_file() and not args.no_update_card
     extra = memorization_inputs(args, pipe) if "memorization" in metrics else {}
@@ -663,12 +690,9 @@ def cmd_evaluate(args) -> int:
         seed=args.seed,
         metrics=metrics,
         reference=args.reference,
-        fid_fallback=args.fid_fallback,
-        inception_weights=args.inception_weights,
-        dinov2_model=args.dinov2_model or DEFAULT_DINOV2_MODEL,
-        fad_model=args.fad_model or DEFAULT_FAD_MODEL,
         cache_dir=args.cache_dir,
         output_dir=card.parent if updates_card else out.parent,  # the pairs picture, beside the card that links it
+        **networks,
         **extra,
     )
     results = {"pipeline": str(args.pipeline), **results}

@@ -265,3 +265,53 @@ def test_edits_take_one_label_for_all_or_one_per_image(tiny_conditional_pipeline
         assert main(args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_evaluate_refuses_bad_settings_before_sampling(tiny_pipeline, tmp_path, monkeypatch, capsys, hide_package):
+    import hfddpm.evaluation.evaluate
+
+    monkeypatch.setattr(hfddpm.evaluation.evaluate, "generate_samples", lambda *a, **k: pytest.fail("sampled"))
+    hide_package("torch_fidelity")
+    out = tmp_path / "metrics.json"
+    out.write_text('{"fd_digits": 1.0}')
+    (tmp_path / "empty").mkdir()
+    base = ["evaluate", tiny_pipeline, "--num-images", "4", "--out", str(out)]
+    cases = [
+        (["--metrics", "fid", "--fid-fallback", "skip"], "nothing left to compute: --fid-fallback skip leaves out"),
+        (["--metrics", "memorization", "--feature-extractor", "inception"], "--feature-extractor inception ("),
+        (["--metrics", "memorization", "--heldout-dir", str(tmp_path / "empty")], "--heldout-dir folder "),
+        (["--metrics", "memorization", "--train-data-dir", str(tmp_path / "no")], "--train-data-dir '"),
+        (["--metrics", "memorization", "--image-column", "picture"], "Pass the right one with --image-column."),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) in (1, 2)
+        err = capsys.readouterr().err
+        assert message in err and "--train_data_dir" not in err and "--image_column" not in err, err
+    assert out.read_text() == '{"fd_digits": 1.0}'  # the earlier result is left alone
+
+
+def test_evaluate_of_a_diverged_model_names_it(tmp_path, capsys):
+    pipeline = _save_tiny(tmp_path / "pipe")
+    pipe = hfddpm.HFDDPMPipeline.from_pretrained(pipeline)
+    torch.nn.init.constant_(pipe.unet.conv_out.weight, float("nan"))
+    pipe.save_pretrained(pipeline)
+    for metrics in ("digits", "fid", "kid", "pr_digits", "memorization"):
+        args = ["evaluate", pipeline, "--num-images", "4", "--batch-size", "2", "--num-inference-steps", "1"]
+        assert main([*args, "--metrics", metrics, "--fid-fallback", "digits", "--no-update-card"]) == 2
+        err = capsys.readouterr().err
+        assert "error: 4 of the 4 samples hold NaN or inf values: the model diverged" in err, (metrics, err)
+    assert not (tmp_path / "pipe" / "metrics.json").exists()
+
+
+def test_card_and_compare_out(tmp_path, capsys):
+    pipeline = _save_tiny(tmp_path / "pipe")
+    (tmp_path / "pipe" / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# tiny pipeline\n")
+    args = ["evaluate", pipeline, "--num-images", "4", "--batch-size", "2", "--num-inference-steps", "1"]
+    assert main([*args, "--scheduler", "ddim"]) == 0
+    # the card says what changes the samples of a seed: the scheduler and the batch size
+    assert "scheduler = ddim" in (tmp_path / "pipe" / "README.md").read_text()
+    assert "batch_size = 2" in (tmp_path / "pipe" / "README.md").read_text()
+    results = str(tmp_path / "pipe" / "metrics.json")
+    capsys.readouterr()
+    assert main(["evaluate", "--compare", results, results, "--out", str(tmp_path / "new") + "/"]) == 2
+    assert "is a folder; pass a file path" in capsys.readouterr().err and not (tmp_path / "new").exists()

@@ -146,9 +146,12 @@ def test_compute_metrics_fid_fallbacks(heldout, hide_package):
     with pytest.raises(MetricUnavailableError, match="torch-fidelity"):
         compute_metrics(images, metrics="fid")
 
-    skipped = compute_metrics(images, metrics="fid,kid", fid_fallback="skip")
-    assert not {"fid", "kid", "fid_digits"} & set(skipped)
+    skipped = compute_metrics(images, metrics="digits,fid,kid", fid_fallback="skip")
+    assert not {"fid", "kid", "fid_digits"} & set(skipped) and "fd_digits" in skipped
     assert "torch-fidelity" in skipped["notes"][0]
+    # skip leaving no metric at all is refused, not an empty result
+    with pytest.raises(ValueError, match=r"nothing left to compute: --fid-fallback skip leaves out \['fid', 'kid'\]"):
+        compute_metrics(images, metrics="fid,kid", fid_fallback="skip")
 
     digits = compute_metrics(images, metrics="digits,fid,kid", fid_fallback="digits")
     assert {"fd_digits", "fid_digits", "kid_digits", "kid_digits_std"} <= set(digits)
@@ -463,3 +466,58 @@ def test_fid_kid_on_one_of_two_processes_does_not_wait_for_the_other(tmp_path):
         for proc in procs:
             proc.kill()
     assert float(done.read_text()) > 0
+
+
+@pytest.mark.parametrize("metric", ["digits", "fid", "kid", "pr_digits", "memorization"])
+def test_every_metric_refuses_nan_and_out_of_range_images(heldout, hide_package, metric):
+    hide_package("torch_fidelity")
+    images = heldout[0][:20].clone()
+    options = {"metrics": metric, "fid_fallback": "digits", "train_images": heldout[0][100:300], "log_notes": False}
+    images[[3, 7]] = float("nan")
+    images[9, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="^3 of the 20 samples hold NaN or inf values: the model diverged"):
+        compute_metrics(images, **options)
+    for scaled, shown in ((heldout[0][:20] * 2 - 1, r"\[-1, 1\]"), (heldout[0][:20] * 255, r"\[0, 255\]")):
+        with pytest.raises(ValueError, match=rf"score samples as floats in \[0, 1\]; got values in {shown}"):
+            compute_metrics(scaled, **options)
+    if metric == "memorization":  # the training images too
+        with pytest.raises(ValueError, match=r"score training images as floats in \[0, 1\]"):
+            compute_metrics(heldout[0][:20], **{**options, "train_images": heldout[0][100:300] * 2 - 1})
+
+
+def test_frechet_distances_and_their_intervals_are_never_negative(heldout, hide_package):
+    hide_package("torch_fidelity")
+    # equal sets: the formula gives round-off around 0, reported as 0
+    features = np.random.default_rng(0).standard_normal((30, 40))  # fewer samples than dimensions
+    stats = feature_statistics(features)
+    assert frechet_distance(*stats, *stats) == 0.0
+    # the reference itself: FID and FD-digits are 0 and their intervals start at 0 (not below)
+    results = compute_metrics(heldout[0], metrics="digits,fid", fid_fallback="digits", log_notes=False)
+    for key in ("fd_digits", "fid_digits"):
+        low, high = results["details"][key]["ci95"]
+        assert results[key] >= 0.0 and low == 0.0 and high >= 0.0, (key, results[key], low, high)
+
+
+def test_neighbouring_seeds_share_no_batch():
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    pipe = hfddpm.HFDDPMPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler())
+    options = dict(batch_size=2, num_inference_steps=1, progress=False)
+    first, second = (generate_samples(pipe, 6, seed=seed, **options) for seed in (0, 1))
+    assert not any(torch.allclose(a, b) for a in first for b in second)  # seed + i shared 4 of 6 images
+    torch.testing.assert_close(first, generate_samples(pipe, 6, seed=0, **options))
+
+
+def test_memorization_feature_extractor_is_checked_before_sampling(tmp_path, hide_package):
+    from hfddpm.evaluation import check_metrics_available
+
+    hide_package("torch_fidelity", "transformers")
+    with pytest.raises(MetricUnavailableError) as err:
+        check_metrics_available(("memorization",), feature_extractor="inception", fid_fallback="digits")
+    message = str(err.value)
+    assert message.startswith("--feature-extractor inception (the memorization check's feature space)")
+    assert "('digits', 'inception', 'dinov2')" in message and "--fid-fallback" not in message
+    with pytest.raises(MetricUnavailableError, match="^--feature-extractor dinov2 .*--feature-extractor of"):
+        check_metrics_available(("memorization",), feature_extractor="dinov2", dinov2_model=tmp_path)
+    with pytest.raises(ValueError, match=r"--feature-extractor 'clip' is unknown; choose one of \('digits'"):
+        check_metrics_available(("memorization",), feature_extractor="clip")
+    assert check_metrics_available(("memorization",), feature_extractor="digits") == []

@@ -154,6 +154,14 @@ def test_compare_says_whether_two_results_differ_beyond_the_noise():
     assert fd["verdict"] == "within the noise"
     fd = compare_results(result(10.0, [9.0, 11.0]), result(12.0, [11.0, 13.0], n=200))[0]
     assert fd["verdict"].endswith("(not comparable: num_samples differ)")
+    # the same reference images under another path: the same fingerprint, comparable
+    named = result(12.0, [11.0, 13.0])
+    named["details"]["fd_digits"]["reference"] = {"name": "./ref/", "sha256": "r"}
+    assert "not comparable" not in compare_results(result(10.0, [9.0, 11.0]), named)[0]["verdict"]
+    named["details"]["fd_digits"]["reference"] = {"name": "./ref/", "sha256": "other"}
+    assert compare_results(result(10.0, [9.0, 11.0]), named)[0]["verdict"].endswith(
+        "(not comparable: reference differ)"
+    )
     share = next(r for r in rows if r["metric"] == "confident_share")
     assert share["verdict"] == "no interval: evaluate both again"
     assert "A is better beyond the noise" in format_comparison(rows, "a.json", "b.json")
@@ -224,6 +232,18 @@ def test_a_model_that_returns_training_images_is_flagged_and_heldout_images_are_
         memorization_check(heldout[:4, :, :20], pool)
     with pytest.raises(ValueError, match="The memorization metric needs the training images"):
         compute_metrics(heldout[:4], metrics="memorization")
+
+
+def test_exact_copies_are_flagged_when_the_training_set_holds_duplicates(digits):
+    train = digits[0]
+    base = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:900]]
+    for pool in (base, torch.cat([base, base[:100]])):  # without and with 100 images twice
+        for copies in (pool[:100], pool[200:300]):  # duplicated ones and single ones
+            result = memorization_check(copies, pool)
+            info = result["details"]["memorization_share"]
+            assert result["memorization_share"] == 1.0, (len(pool), info)
+            assert info["threshold_pixels"] > 0.01 and info["calibration"].startswith("900 distinct training images")
+        assert memorization_check(digits[1][:100], pool)["memorization_share"] <= 0.1  # never trained on
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -17,12 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from .frechet import FrechetToReference, feature_statistics, frechet_distance
+from .frechet import FRECHET_BOUNDS, FrechetToReference, feature_statistics, frechet_distance
 from .uncertainty import DETAILS_KEY, bootstrap_interval, details
 
 
@@ -58,7 +56,7 @@ def classifier_metrics(
     # per-sample values, so a resample's metric is a mean or a count over picked rows
     predicted_np = predicted.numpy()
     statistics = {
-        names["fd"]: (FrechetToReference(features.double().numpy(), mu_ref, sigma_ref), (0.0, math.inf)),
+        names["fd"]: (FrechetToReference(features.double().numpy(), mu_ref, sigma_ref), FRECHET_BOUNDS),
         names["covered"]: (lambda idx: len(np.unique(predicted_np[idx])), (0, num_classes)),
     }
     if confidence_threshold is not None:

@@ -19,8 +19,15 @@ from .registry import METRIC_REGISTRY
 from .uncertainty import DETAILS_KEY, differs_beyond_noise
 
 METRICS_FILE = "metrics.json"
-# What must match for two values of a metric to be compared.
+# What must match for two values of a metric to be compared (a reference by its fingerprint, not its name).
 COMPARABLE = ("feature_extractor", "reference", "num_samples")
+
+
+def _comparable(field: str, value):
+    """What of a detail ``field`` must match: a reference's fingerprint (sha256, count), whatever path named it."""
+    if field == "reference" and isinstance(value, dict) and "sha256" in value:
+        return {k: v for k, v in value.items() if k != "name"}
+    return value
 
 
 def read_results(path: str | Path) -> dict:
@@ -53,7 +60,11 @@ def compare_results(a: dict, b: dict) -> list[dict]:
             continue
         info_a, info_b = (r.get(DETAILS_KEY, {}).get(key, {}) for r in (a, b))
         ci_a, ci_b = info_a.get("ci95"), info_b.get("ci95")
-        mismatch = [field for field in COMPARABLE if field in info_a and info_a.get(field) != info_b.get(field)]
+        mismatch = [
+            field
+            for field in COMPARABLE
+            if field in info_a and _comparable(field, info_a.get(field)) != _comparable(field, info_b.get(field))
+        ]
         row = {"metric": key, "a": a[key], "b": b[key], "ci95_a": ci_a, "ci95_b": ci_b, "mismatch": mismatch}
         if ci_a is None or ci_b is None:
             row.update(difference=b[key] - a[key], noise=None, verdict="no interval: evaluate both again")

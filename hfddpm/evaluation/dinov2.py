@@ -11,7 +11,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .frechet import FrechetToReference, feature_statistics, frechet_distance
+from .frechet import FRECHET_BOUNDS, FrechetToReference, feature_statistics, frechet_distance
 from .inception import MetricUnavailableError
 from .uncertainty import bootstrap_interval, details, fingerprint
 
@@ -91,6 +91,8 @@ def fd_dinov2_with_details(
     mu_real, sigma_real = feature_statistics(dinov2_features(real, model, batch_size).double().numpy())
     value = frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real)
     n = len(fake_features)
-    interval = bootstrap_interval(FrechetToReference(fake_features, mu_real, sigma_real), n, value, seed=seed)
+    interval = bootstrap_interval(
+        FrechetToReference(fake_features, mu_real, sigma_real), n, value, seed=seed, bounds=FRECHET_BOUNDS
+    )
     reference = {"name": reference_name, **fingerprint(real)}
     return value, details(interval, n, dinov2_name(model), reference, seed)

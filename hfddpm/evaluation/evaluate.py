@@ -14,7 +14,8 @@ from PIL import Image
 from .digits import reference_images
 from .dinov2 import DEFAULT_DINOV2_MODEL, load_dinov2
 from .fad import DEFAULT_FAD_MODEL, load_fad_model
-from .inception import MetricUnavailableError, find_inception_weights
+from .features import FEATURE_EXTRACTORS
+from .inception import MetricUnavailableError, find_inception_weights, inception_problems
 from .registry import METRICS, MetricInputs, any_needs, metrics_of
 from .sampling import balanced_labels, generate_samples, num_classes, set_scheduler
 from .spoken_digits import check_spectrogram_settings
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 FID_FALLBACKS = ("none", "digits", "skip")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# How far outside [0, 1] a pixel may stray (round-off of a pipeline's output) before the images are refused.
+RANGE_TOLERANCE = 1e-3
 
 
 def parse_metrics(metrics: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -37,20 +40,23 @@ def parse_metrics(metrics: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
     return tuple(dict.fromkeys(names))
 
 
-def load_reference(reference: str | os.PathLike, resolution: int, channels: int) -> torch.Tensor:
+def load_reference(
+    reference: str | os.PathLike, resolution: int, channels: int, *, name: str = "reference"
+) -> torch.Tensor:
     """Real images for FID / KID / FD-DINOv2 as ``[N, channels, resolution, resolution]`` floats in [0, 1].
 
-    ``reference`` is ``"mnist_5k"`` (its 1000 held-out digits) or a folder of images (resized to ``resolution``).
+    ``reference`` is ``"mnist_5k"`` (its 1000 held-out digits) or a folder of images (resized to ``resolution``);
+    errors call it ``name`` (the caller's flag, e.g. ``"--heldout-dir"``).
     """
     if str(reference) == "mnist_5k":
         images, _ = reference_images("mnist_5k", "heldout", resolution)
         return images.expand(-1, channels, -1, -1) if channels != 1 else images
     folder = Path(reference)
     if not folder.is_dir():
-        raise FileNotFoundError(f"reference {str(reference)!r} is neither 'mnist_5k' nor a folder of images.")
+        raise FileNotFoundError(f"{name} {str(reference)!r} is neither 'mnist_5k' nor a folder of images.")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if len(files) < 2:
-        raise ValueError(f"reference folder {folder} holds {len(files)} images with {IMAGE_EXTENSIONS}; need >= 2.")
+        raise ValueError(f"{name} folder {folder} holds {len(files)} images with {IMAGE_EXTENSIONS}; need >= 2.")
     mode = "L" if channels == 1 else "RGB"
     arrays = []
     for path in files:
@@ -67,24 +73,87 @@ def check_metrics_available(
     inception_weights=None,
     dinov2_model=DEFAULT_DINOV2_MODEL,
     fad_model=DEFAULT_FAD_MODEL,
+    feature_extractor: str = "digits",
 ) -> list[str]:
-    """Fail before any sampling when a requested metric cannot run; returns notes about fallbacks taken."""
+    """Fail before any sampling when a requested metric cannot run; returns notes about fallbacks taken.
+
+    Checks the networks the ``metrics`` choices need, the memorisation check's ``feature_extractor`` (when
+    ``memorization`` is asked for) and that ``fid_fallback="skip"`` leaves something to compute.
+    """
     if fid_fallback not in FID_FALLBACKS:
         raise ValueError(f"fid_fallback={fid_fallback!r} is not supported; choose one of {FID_FALLBACKS}.")
     notes = []
-    needs = {need for metric in metrics_of(metrics) for need in metric.needs}
+    chosen = metrics_of(metrics)
+    needs = {need for metric in chosen for need in metric.needs}
     if "inception" in needs:
         try:
             find_inception_weights(inception_weights)
         except MetricUnavailableError as err:
             if fid_fallback == "none":
                 raise
+            skipped = list(dict.fromkeys(m.choice for m in chosen if "inception" in m.needs))
+            if fid_fallback == "skip" and not set(metrics) - set(skipped):
+                raise ValueError(
+                    f"nothing left to compute: --fid-fallback skip leaves out {skipped}, every metric asked for."
+                    f" {err.reason} Options: provide them, use --fid-fallback digits, or add other --metrics."
+                ) from None
             notes.append(f"{err} -> fid_fallback={fid_fallback!r}")
     if "dinov2" in needs:
         load_dinov2(dinov2_model)
     if "fad" in needs:
         load_fad_model(fad_model)
+    if "train" in needs:
+        _check_feature_extractor(feature_extractor, inception_weights, dinov2_model)
     return notes
+
+
+def _check_feature_extractor(feature_extractor: str, inception_weights, dinov2_model) -> None:
+    """The memorisation check's feature space: a known name whose network is available offline."""
+    if feature_extractor not in FEATURE_EXTRACTORS:
+        raise ValueError(f"--feature-extractor {feature_extractor!r} is unknown; choose one of {FEATURE_EXTRACTORS}.")
+    others = f"or rerun with another --feature-extractor of {FEATURE_EXTRACTORS} (digits needs no download)."
+    if feature_extractor == "inception":
+        _, problems = inception_problems(inception_weights)
+        if problems:
+            raise MetricUnavailableError(
+                "--feature-extractor inception (the memorization check's feature space) is unavailable: "
+                + "; ".join(problems)
+                + ". Nothing is downloaded.",
+                f"provide them, {others}",
+            )
+    elif feature_extractor == "dinov2":
+        try:
+            load_dinov2(dinov2_model)
+        except MetricUnavailableError as err:
+            raise MetricUnavailableError(
+                f"--feature-extractor dinov2 (the memorization check's feature space): {err.reason}",
+                f"pass a local folder with --dinov2-model PATH, {others}",
+            ) from None
+
+
+def check_images(images: torch.Tensor, name: str = "samples") -> None:
+    """``ValueError`` unless ``images`` hold finite values in [0, 1], the range every metric reads.
+
+    Example:
+        >>> check_images(torch.rand(4, 1, 8, 8))
+        >>> check_images(torch.full((4, 1, 8, 8), float("nan")))
+        Traceback (most recent call last):
+        ...
+        ValueError: 4 of the 4 samples hold NaN or inf values: the model diverged ...
+    """
+    finite = torch.isfinite(images.reshape(len(images), -1)).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{int((~finite).sum())} of the {len(images)} {name} hold NaN or inf values: the model diverged (evaluate"
+            " an earlier checkpoint, or retrain with a lower learning rate) or the sampler is unstable at these"
+            " settings (try another scheduler or more inference steps); no metric can score them."
+        )
+    low, high = float(images.min()), float(images.max())
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise ValueError(
+            f"The metrics score {name} as floats in [0, 1]; got values in [{low:.4g}, {high:.4g}]. Convert [-1, 1]"
+            " images with (x + 1) / 2 and 0..255 ones with x / 255 (pipelines give [0, 1] with output_type='pt')."
+        )
 
 
 def _check_grey_pipeline(pipe, chosen) -> None:
@@ -148,7 +217,8 @@ def compute_metrics(
     fad_model: str | os.PathLike = DEFAULT_FAD_MODEL,
     log_notes: bool = True,
 ) -> dict:
-    """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the ``metrics`` choices (see ``METRIC_REGISTRY``).
+    """Score ``images`` (float ``[N, C, H, W]`` in [0, 1]) with the ``metrics`` choices (see ``METRIC_REGISTRY``);
+    images with NaN / inf or outside [0, 1] are refused (``check_images``), whatever the metric.
 
     - ``digits``: ``digit_metrics`` (grey images only; ``label_accuracy`` when ``labels`` are given).
     - ``fid`` / ``kid``: torchmetrics with Inception-v3 against ``reference``. When Inception is unavailable:
@@ -171,12 +241,19 @@ def compute_metrics(
     evaluation).
     """
     choices = parse_metrics(metrics)
+    # 1. the images every metric reads: finite, in [0, 1]
+    check_images(images)
+    for name, real_images in (("training images", train_images), ("held-out images", heldout_images)):
+        if real_images is not None:
+            check_images(real_images, name)
+    # 2. the networks the metrics need
     notes = check_metrics_available(
         choices,
         fid_fallback=fid_fallback,
         inception_weights=inception_weights,
         dinov2_model=dinov2_model,
         fad_model=fad_model,
+        feature_extractor=feature_extractor,
     )
     if notes and fid_fallback == "skip":  # Inception is missing: leave out the choices that need it
         skipped = {m.choice for m in metrics_of(choices) if "inception" in m.needs}
@@ -268,6 +345,7 @@ def evaluate_pipeline(
         inception_weights=inception_weights,
         dinov2_model=dinov2_model,
         fad_model=fad_model,
+        feature_extractor=metric_inputs.get("feature_extractor", "digits"),
     )
     chosen = metrics_of(metrics)
     _check_audio_pipeline(pipe, chosen)

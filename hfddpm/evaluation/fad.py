@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .frechet import FrechetToReference, feature_statistics, frechet_distance
+from .frechet import FRECHET_BOUNDS, FrechetToReference, feature_statistics, frechet_distance
 from .inception import MetricUnavailableError
 from .uncertainty import audio_fingerprint, bootstrap_interval, details
 
@@ -172,7 +172,9 @@ def fad_with_details(
     mu_real, sigma_real = feature_statistics(real_features)
     value = frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real)
     n = len(fake_features)
-    interval = bootstrap_interval(FrechetToReference(fake_features, mu_real, sigma_real), n, value, seed=seed)
+    interval = bootstrap_interval(
+        FrechetToReference(fake_features, mu_real, sigma_real), n, value, seed=seed, bounds=FRECHET_BOUNDS
+    )
     reference = {"name": reference_name, **audio_fingerprint(real, sample_rate)}
     return value, details(interval, n, embedding.name, reference, seed)
 

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import linalg
+
+# The range of a Fréchet distance: bootstrap intervals are clipped to it (``uncertainty.bootstrap_interval``).
+FRECHET_BOUNDS = (0.0, math.inf)
+
+
+def _distance(diff: np.ndarray, trace1: float, trace2: float, tr_covmean: float) -> float:
+    """``||diff||^2 + tr1 + tr2 - 2 tr_covmean``, clamped at 0: a distance of equal sets comes out as a tiny negative
+    number (round-off, e.g. -2.4e-05), never a real one."""
+    return max(0.0, float(diff @ diff + trace1 + trace2 - 2.0 * tr_covmean))
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -14,7 +25,7 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))``, eq. (6) of Heusel et al. 2017
-    (https://arxiv.org/abs/1706.08500). Returns a Python float.
+    (https://arxiv.org/abs/1706.08500). Returns a Python float, >= 0.
 
     ``Tr((S1 S2)^(1/2))`` is the sum of the square roots of the eigenvalues of ``S1 S2``, which are real and
     non-negative for covariance matrices; this stays exact when ``S1 S2`` is singular (fewer samples than feature
@@ -28,8 +39,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         )
     eigenvalues = linalg.eigvals(sigma1 @ sigma2).real
     tr_covmean = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+    return _distance(mu1 - mu2, np.trace(sigma1), np.trace(sigma2), tr_covmean)
 
 
 class FrechetToReference:
@@ -73,5 +83,4 @@ class FrechetToReference:
             g = g - g.mean(axis=0)
             gram = g.T @ g
         tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(gram / (n - 1)), 0.0, None)).sum()
-        diff = mu - self.mu_ref
-        return float(diff @ diff + trace + self.trace_ref - 2.0 * tr_covmean)
+        return _distance(mu - self.mu_ref, trace, self.trace_ref, tr_covmean)

@@ -7,6 +7,7 @@ neither is downloaded here. ``find_inception_weights`` says what is missing and 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .frechet import FrechetToReference, feature_statistics
+from .frechet import FRECHET_BOUNDS, FrechetToReference, feature_statistics, frechet_distance
 from .uncertainty import bootstrap_interval, details, fingerprint
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -40,6 +41,26 @@ class MetricUnavailableError(RuntimeError):
         self.reason, self.options = reason, options
 
 
+def inception_problems(
+    path: str | os.PathLike | None = None, *, weights_flag: str | None = "--inception-weights"
+) -> tuple[Path, list[str]]:
+    """``(weights file, what keeps Inception-v3 from running offline)``: an empty list when nothing does."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    weights = Path(path) if path is not None else cached
+    problems = []
+    if importlib.util.find_spec("torch_fidelity") is None:
+        problems.append("the torch-fidelity package is not installed (`pip install torch-fidelity`)")
+    if not weights.is_file():
+        put = (
+            f"pass the file with {weights_flag}, or put it in that folder" if weights_flag else "put it in that folder"
+        )
+        problems.append(
+            f"the Inception-v3 weights {INCEPTION_WEIGHTS_FILE} are not at {weights} (download {INCEPTION_WEIGHTS_URL}"
+            f" on a machine with internet and {put})"
+        )
+    return weights, problems
+
+
 def find_inception_weights(
     path: str | os.PathLike | None = None,
     *,
@@ -58,19 +79,7 @@ def find_inception_weights(
         MetricUnavailableError: torch-fidelity is not installed or the weights file is missing; its ``reason`` says
             which, its ``options`` what to do instead.
     """
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-    weights = Path(path) if path is not None else cached
-    problems = []
-    if importlib.util.find_spec("torch_fidelity") is None:
-        problems.append("the torch-fidelity package is not installed (`pip install torch-fidelity`)")
-    if not weights.is_file():
-        put = (
-            f"pass the file with {weights_flag}, or put it in that folder" if weights_flag else "put it in that folder"
-        )
-        problems.append(
-            f"the Inception-v3 weights {INCEPTION_WEIGHTS_FILE} are not at {weights} (download {INCEPTION_WEIGHTS_URL}"
-            f" on a machine with internet and {put})"
-        )
+    weights, problems = inception_problems(path, weights_flag=weights_flag)
     if not problems:
         return weights
     reason = "FID/KID with Inception-v3 are unavailable: " + "; ".join(problems) + ". Nothing is downloaded."
@@ -130,7 +139,8 @@ def fid_kid(
     seed: int = 0,
     reference_name: str = "reference",
 ) -> dict:
-    """FID and/or KID between ``fake`` and ``real`` images (float ``[N, C, H, W]`` in [0, 1]) with torchmetrics.
+    """FID (``frechet.frechet_distance``) and/or KID (torchmetrics) between ``fake`` and ``real`` images (float
+    ``[N, C, H, W]`` in [0, 1]).
 
     Args:
         feature: the feature network, an ``nn.Module`` taking a float image batch and returning ``[B, D]``, with a
@@ -146,7 +156,6 @@ def fid_kid(
         ``details``: each one's 95% bootstrap interval, sample count, feature extractor (the network's ``name``) and
         reference fingerprint (``uncertainty.details``).
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
     unknown = set(metrics) - {"fid", "kid"}
@@ -157,16 +166,12 @@ def fid_kid(
     features = {}
     for name, images in (("real", real), ("fake", fake)):
         features[name] = torch.cat([network(batch.float()) for batch in images.split(batch_size)]).double()
+    fake_np, real_np = features["fake"].numpy(), features["real"].numpy()
 
     identity = _Identity(features["real"].shape[1])
     results = {}
-    if "fid" in metrics:
-        # sync_on_compute=False: the caller holds every image (training gathers them to one process, which computes
-        # alone); torchmetrics' default all-gather would wait forever for the other processes
-        fid = FrechetInceptionDistance(feature=identity, sync_on_compute=False)
-        fid.update(features["real"], real=True)
-        fid.update(features["fake"], real=False)
-        results["fid"] = float(fid.compute())
+    if "fid" in metrics:  # the Fréchet distance of frechet.py, as every other one hfddpm reports
+        results["fid"] = frechet_distance(*feature_statistics(fake_np), *feature_statistics(real_np))
     if "kid" in metrics:
         subset_size = min(kid_subset_size, len(real), len(fake))
         with warnings.catch_warnings():  # "KID will save all extracted features": we pass features, not images
@@ -182,13 +187,21 @@ def fid_kid(
         results["kid"], results["kid_std"] = float(mean), float(std)
 
     # 95% intervals: FID and KID recomputed on resamples of the generated features
-    fake_np, real_np = features["fake"].numpy(), features["real"].numpy()
-    statistics = {"fid": FrechetToReference(fake_np, *feature_statistics(real_np)), "kid": KernelMMD(fake_np, real_np)}
+    statistics = {
+        "fid": (FrechetToReference(fake_np, *feature_statistics(real_np)), FRECHET_BOUNDS),
+        "kid": (KernelMMD(fake_np, real_np), (-math.inf, math.inf)),  # unbiased: a KID can be below 0
+    }
     extractor = getattr(network, "name", type(network).__name__)
     reference = {"name": reference_name, **fingerprint(real)}
     n = len(fake_np)
     results["details"] = {
-        key: details(bootstrap_interval(statistics[key], n, results[key], seed=seed), n, extractor, reference, seed)
+        key: details(
+            bootstrap_interval(statistics[key][0], n, results[key], seed=seed, bounds=statistics[key][1]),
+            n,
+            extractor,
+            reference,
+            seed,
+        )
         for key in ("fid", "kid")
         if key in results
     }

@@ -3,11 +3,12 @@ against a threshold calibrated on real images held out from the search.
 
 1. The threshold: for real images that are not in the searched pool, how close does their nearest training image
    typically come? Held-out images given by the caller are searched against the whole training set; without them,
-   ``num_calibration`` training images are held out one at a time (leave-one-out: each one's nearest *other*
-   training image). The ``quantile`` (default 5%) of those distances is the threshold, in each space.
-2. A sample is counted as a copy when its nearest training image is closer than the threshold in pixels *and* in
-   features: a fresh real image is that close with probability at most ``quantile``, so a share well above it says
-   the model reproduces training images (a share near 1: it returns them).
+   ``num_calibration`` distinct training images are held out one at a time (leave-one-out: each one's nearest
+   *other* distinct training image; an image that appears twice in the training set would otherwise find its own
+   copy at distance 0). The ``quantile`` (default 5%) of those distances is the threshold, in each space.
+2. A sample is counted as a copy when its nearest training image is as close as the threshold (up to round-off) in
+   pixels *and* in features: a fresh real image is that close with probability at most ``quantile``, so a share
+   well above it says the model reproduces training images (a share near 1: it returns them).
 3. ``pairs_picture`` draws the closest samples next to their nearest training images.
 
 Pixel distances are root-mean-square differences of [0, 1] pixels; feature distances are Euclidean in the
@@ -36,6 +37,8 @@ NUM_CALIBRATION = 1000
 MAX_TRAIN_IMAGES = 20000
 PAIRS_FILE = "memorization_pairs.png"
 NUM_PAIRS = 16
+# Relative round-off allowed when comparing a distance with a threshold (torch.cdist of equal rows is not exactly 0).
+TOLERANCE = 1e-6
 
 
 def nearest(queries: torch.Tensor, pool: torch.Tensor, exclude: torch.Tensor | None = None, chunk: int = 512):
@@ -52,6 +55,14 @@ def nearest(queries: torch.Tensor, pool: torch.Tensor, exclude: torch.Tensor | N
         distances.append(best.values)
         indices.append(best.indices)
     return torch.cat(distances), torch.cat(indices)
+
+
+def _first_of_each(rows: torch.Tensor) -> torch.Tensor:
+    """Indices of the distinct rows of ``rows`` ``[n, D]`` (the first of each group of exact duplicates), sorted."""
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(rows), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(rows)), reduce="amin")
+    return first.sort().values
 
 
 def memorization_check(
@@ -71,7 +82,7 @@ def memorization_check(
         samples: generated images, float ``[N, C, H, W]`` in [0, 1].
         train: the training images, same shape per image.
         heldout: real images not in ``train`` for the threshold; default: leave-one-out on ``num_calibration``
-            training images picked with ``seed``.
+            distinct training images picked with ``seed``.
         extractor: the feature space (``features.FEATURE_EXTRACTORS``), with ``extractor_options``.
         quantile: the share of held-out images closer than the threshold.
 
@@ -100,18 +111,27 @@ def memorization_check(
         calibration["features"] = torch.from_numpy(extract_features(extractor, heldout, **options)[0])
         exclude, how = None, f"{len(heldout)} held-out images against the training set"
     else:
+        # leave-one-out among the distinct training images: exact duplicates would be each other's nearest image
+        distinct = _first_of_each(spaces["pixels"][1])
+        if len(distinct) < 2:
+            raise ValueError(
+                f"The training set holds {len(distinct)} distinct image(s); the leave-one-out threshold needs at least"
+                " 2: pass held-out real images (heldout=...)."
+            )
         generator = torch.Generator().manual_seed(seed)
-        exclude = torch.randperm(len(train), generator=generator)[: min(num_calibration, len(train))]
-        calibration = {space: pool[exclude] for space, (_, pool) in spaces.items()}
-        how = f"{len(exclude)} training images held out one at a time (leave-one-out)"
+        exclude = torch.randperm(len(distinct), generator=generator)[: min(num_calibration, len(distinct))]
+        calibration = {space: pool[distinct][exclude] for space, (_, pool) in spaces.items()}
+        how = f"{len(exclude)} distinct training images held out one at a time (leave-one-out)"
     thresholds, closer, nearest_found = {}, {}, {}
     for space, (queries, pool) in spaces.items():
-        reference_distances, _ = nearest(calibration[space], pool, exclude)
+        searched = pool if heldout is not None else pool[distinct]
+        reference_distances, _ = nearest(calibration[space], searched, exclude)
         thresholds[space] = float(torch.quantile(reference_distances, quantile)) / scale[space]
-        # 2. each sample's nearest training image, and whether it is closer than the threshold
+        # 2. each sample's nearest training image, and whether it is as close as the threshold
         distances, indices = nearest(queries, pool)
         nearest_found[space] = (distances / scale[space], indices)
-        closer[space] = (distances / scale[space] < thresholds[space]).double().numpy()
+        limit = thresholds[space] * (1 + TOLERANCE) + TOLERANCE
+        closer[space] = (distances / scale[space] <= limit).double().numpy()
     flagged = closer["pixels"] * closer["features"]
     shares = {
         "memorization_share": flagged,
@@ -154,7 +174,7 @@ def memorization_check(
 
 def pairs_picture(samples: torch.Tensor, train: torch.Tensor, pairs: list[dict], path, threshold: float | None = None):
     """Draw ``pairs`` (``memorization_check``'s ``memorization_pairs``) as columns: each sample above its nearest
-    training image, with the pixel distance (red when under ``threshold``); saves a PNG at ``path``."""
+    training image, with the pixel distance (red when within ``threshold``); saves a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,7 +188,7 @@ def pairs_picture(samples: torch.Tensor, train: torch.Tensor, pairs: list[dict],
             ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        close = threshold is not None and pair["pixel_distance"] < threshold
+        close = threshold is not None and pair["pixel_distance"] <= threshold * (1 + TOLERANCE) + TOLERANCE
         axes[1][column].set_xlabel(f"{pair['pixel_distance']:.3f}", color="red" if close else "black", fontsize=8)
     axes[0][0].set_ylabel("sample", fontsize=8)
     axes[1][0].set_ylabel("nearest\ntraining", fontsize=8)
@@ -191,6 +211,7 @@ def training_images(
     *,
     max_images: int = MAX_TRAIN_IMAGES,
     seed: int = 0,
+    flags: dict[str, str] | None = None,
 ) -> torch.Tensor:
     """The training images of a run as float ``[N, channels, resolution, resolution]`` in [0, 1], read like
     training reads them (``hfddpm.data.load_train_dataset``; centre crop, no flip).
@@ -198,12 +219,22 @@ def training_images(
     ``settings`` are training settings by name (``training_config.json``): ``dataset_name``,
     ``dataset_config_name``, ``train_data_dir``, ``dataset_split``, ``image_column``, ``cache_dir``,
     ``streaming``; neither a dataset nor a folder means the embedded MNIST-5k. At most ``max_images`` are read (a
-    seeded random subset of a larger dataset; the first ones of a streamed one).
+    seeded random subset of a larger dataset; the first ones of a streamed one). ``flags`` are the caller's flags by
+    setting name (``{"dataset_name": "--dataset-name", ...}``), for errors that name train.py's (``--dataset_name``).
     """
     from hfddpm.data import DECODE_ERRORS, ImageTransform, load_training_source, resolve_columns, sample_column, to_pil
 
-    dataset = load_training_source(settings)
-    column = resolve_columns(dataset, settings.get("image_column") or "image").image_column
+    try:
+        dataset = load_training_source(settings)
+        column = resolve_columns(dataset, settings.get("image_column") or "image").image_column
+    except (ValueError, FileNotFoundError) as err:
+        if not flags:
+            raise
+        # hfddpm.data words its errors with train.py's flags: name the caller's instead
+        message = str(err)
+        for setting, flag in flags.items():
+            message = message.replace(f"--{setting}", flag)
+        raise (ValueError if isinstance(err, ValueError) else FileNotFoundError)(message) from err
     rows = sample_column(dataset, column, max_images, seed, name="training set of the memorisation check")
     transform = ImageTransform(resolution, channels, center_crop=True)
     images = []

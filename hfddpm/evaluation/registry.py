@@ -35,7 +35,18 @@ from .spoken_digits import spoken_digit_metrics
 from .uncertainty import DETAILS_KEY, details, fingerprint
 
 # Keys of an evaluation result that say how the metrics were computed: shown under the card's table, never scores.
-EVAL_SETTINGS = ("num_samples", "num_images", "num_inference_steps", "guidance_scale", "eta", "seed", "step")
+# The scheduler and the batch size belong here: both change the samples a seed gives.
+EVAL_SETTINGS = (
+    "num_samples",
+    "num_images",
+    "num_inference_steps",
+    "scheduler",
+    "guidance_scale",
+    "eta",
+    "seed",
+    "batch_size",
+    "step",
+)
 
 
 @dataclass(frozen=True)

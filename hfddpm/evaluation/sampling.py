@@ -85,6 +85,18 @@ def grid_shape(num_images: int, columns: int | None = None) -> tuple[int, int]:
     return rows, num_images // rows
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index`` of a run seeded ``seed``: drawn from ``numpy.random.SeedSequence([seed, index])``,
+    so runs with neighbouring seeds share no batch (``seed + index`` would make seed 1's batch 0 seed 0's batch 1).
+
+    Example:
+        >>> batch_seed(0, 1) == batch_seed(0, 1), batch_seed(0, 1) == batch_seed(1, 0)
+        (True, False)
+    """
+    entropy = [seed & 0xFFFF_FFFF_FFFF_FFFF, index]  # SeedSequence takes non-negative ints; a negative seed wraps
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
 @torch.no_grad()
 def generate_samples(
     pipe,
@@ -102,8 +114,9 @@ def generate_samples(
 ) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
     """Generate ``num_images`` images as a float tensor ``[N, C, H, W]`` in [0, 1], ``batch_size`` at a time.
 
-    Batch ``i`` is drawn with ``torch.Generator().manual_seed(seed + i)``, so a run is reproducible for a given
-    ``seed`` and ``batch_size``. With ``image_seeds`` (one per image), image ``k``'s noise comes from its own generator
+    Batch ``i`` is drawn with ``torch.Generator().manual_seed(batch_seed(seed, i))``, so a run is reproducible for a
+    given ``seed`` and ``batch_size``, and runs with different seeds share no batch.
+    With ``image_seeds`` (one per image), image ``k``'s noise comes from its own generator
     seeded ``image_seeds[k]`` instead, so an image does not depend on the batch size or on which process draws it.
     ``class_labels`` (one per image) are split along with the batches. An audio
     pipeline with ``return_audios`` gives ``(images, audios)``: the spectrograms and the sound it made of them,
@@ -139,7 +152,7 @@ def generate_samples(
         out = pipe(
             batch_size=n,
             num_inference_steps=num_inference_steps,
-            generator=torch.Generator().manual_seed(seed + i)
+            generator=torch.Generator().manual_seed(batch_seed(seed, i))
             if image_seeds is None
             else [torch.Generator().manual_seed(s) for s in image_seeds[start : start + n]],
             class_labels=labels,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from hfddpm.evaluation import compute_metrics
-from hfddpm.evaluation.sampling import balanced_labels, generate_samples
+from hfddpm.evaluation.sampling import balanced_labels, batch_seed, generate_samples
 
 EVAL_HISTORY_FILE = "eval_history.json"
 EVAL_CURVE_FILE = "eval_curve.png"
@@ -51,7 +51,8 @@ def evaluate_ema(engine, accelerator, config, *, num_classes: int, step: int) ->
         batch_size=config.eval_batch_size,
         num_inference_steps=config.eval_inference_steps,
         class_labels=None if labels is None else labels[mine],
-        image_seeds=[config.seed + i for i in mine],  # the same images whatever the number of processes
+        # the same images whatever the number of processes; runs with neighbouring seeds share none
+        image_seeds=[batch_seed(config.seed, i) for i in mine],
         progress=False,
     )
     sampling_seconds = time.perf_counter() - start
