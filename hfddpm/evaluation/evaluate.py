@@ -83,6 +83,7 @@ def check_metrics_available(
     if fid_fallback not in FID_FALLBACKS:
         raise ValueError(f"fid_fallback={fid_fallback!r} is not supported; choose one of {FID_FALLBACKS}.")
     notes = []
+    metrics = parse_metrics(metrics)
     chosen = metrics_of(metrics)
     needs = {need for metric in chosen for need in metric.needs}
     if "inception" in needs:
