@@ -63,7 +63,7 @@ run | smoke)
   tee_pid=$!
   summary="$out/summary.txt"
   : >"$summary"
-  rm -rf /tmp/site /tmp/hfddpm
+  rm -rf /tmp/site /tmp/hfddpm /tmp/hfddpm-mnist  # a second run on the same machine starts clean too
   "$PY" -m pip install -q --no-index --find-links .whl --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "${WHEELS[@]}"
   "$PY" -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/hfddpm .

@@ -103,15 +103,6 @@ def _gpu_engine(config: TrainConfig) -> TrainingEngine:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_step_and_resident_batches_on_the_gpu():
-    batch = next(_resident_digits_on_the_gpu())
-    engine = _gpu_engine(TrainConfig(compile=True, compile_mode="reduce-overhead", mixed_precision="bf16").validate())
-    losses = [engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=s) for s in range(5)]
-    assert all(torch.isfinite(loss) for loss in losses) and losses[0].device.type == "cuda"
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_training_step_on_resident_batches_never_waits_for_the_gpu():
     """No host-device synchronisation per step: torch raises on the synchronising CUDA calls it detects in "error"
     mode."""
@@ -130,3 +121,74 @@ def test_a_training_step_on_resident_batches_never_waits_for_the_gpu():
             engine.end_step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_and_resident_batches_on_the_gpu():
+    # last of the gpu tests (gpu_check.sh runs them under a time limit): its compile is the slow part
+    batch = next(_resident_digits_on_the_gpu())
+    engine = _gpu_engine(TrainConfig(compile=True, compile_mode="reduce-overhead", mixed_precision="bf16").validate())
+    losses = [engine.micro_step(batch["pixel_values"], batch["class_labels"], global_step=s) for s in range(5)]
+    assert all(torch.isfinite(loss) for loss in losses) and losses[0].device.type == "cuda"
+
+
+PLAIN_MODEL_CHILD = """
+import socket, sys
+import torch, torch.distributed as dist
+from accelerate import Accelerator
+from torch.nn.parallel import DistributedDataParallel
+from hfddpm import build_unet
+from hfddpm.training.checkpoint import plain_model
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+wrapped = DistributedDataParallel(torch.compile(unet))  # --compile with several processes: compiled, then DDP
+accelerator = Accelerator(cpu=True)
+assert accelerator.unwrap_model(wrapped, keep_torch_compile=False) is not unet  # accelerate stops at the compiled one
+assert plain_model(accelerator, wrapped) is unet and plain_model(accelerator, unet) is unet
+assert set(plain_model(accelerator, wrapped).state_dict()) == set(unet.state_dict())  # no _orig_mod. names
+del wrapped
+dist.destroy_process_group()
+print("plain")
+"""
+
+
+def test_the_plain_model_is_found_under_ddp_around_a_compiled_one(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "child.py"
+    script.write_text(PLAIN_MODEL_CHILD)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "plain", result.stderr[-3000:]
+
+
+def test_a_resume_in_another_memory_format_continues_the_optimizer_exactly():
+    import copy
+
+    from hfddpm.training.checkpoint import match_optimizer_layout
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 8, 8)
+    saved = torch.nn.Conv2d(2, 4, 3).to(memory_format=torch.channels_last)  # the run that wrote the checkpoint
+    optimizer = torch.optim.AdamW(saved.parameters(), fused=True)  # the engine's AdamW
+    saved(x).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    state, weights = copy.deepcopy(optimizer.state_dict()), copy.deepcopy(saved.state_dict())
+    saved(x).sum().backward()
+    optimizer.step()  # its next step, uninterrupted
+    for match, exact in ((True, True), (False, False)):
+        resumed = torch.nn.Conv2d(2, 4, 3)  # the resume measured another format: contiguous
+        resumed.load_state_dict(weights)
+        again = torch.optim.AdamW(resumed.parameters(), fused=True)
+        again.load_state_dict(copy.deepcopy(state))  # the moments keep the checkpoint's channels_last layout
+        if match:
+            match_optimizer_layout(again)
+        resumed(x).sum().backward()
+        again.step()
+        assert torch.equal(resumed.weight, saved.weight) == exact  # unmatched: an update of the wrong size

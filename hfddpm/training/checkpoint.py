@@ -17,6 +17,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate.utils import load as load_state_file
 from diffusers.training_utils import EMAModel
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
@@ -178,6 +179,37 @@ def save_checkpoint(
     return final
 
 
+def match_optimizer_layout(optimizer) -> None:
+    """Give each parameter's optimizer state (AdamW's moments) the memory layout of the parameter, after a resume.
+
+    The memory format is measured again when a run resumes (``hfddpm.training.step_format``), and a checkpoint's
+    moments keep the layout they were saved in (``Optimizer.load_state_dict`` moves dtype and device only): fused
+    AdamW refuses moments of another layout on CUDA and updates wrongly with them on a CPU.
+
+    Example:
+        >>> conv = torch.nn.Conv2d(2, 4, 3)
+        >>> optimizer = torch.optim.AdamW(conv.parameters())
+        >>> optimizer.state[conv.weight]["exp_avg"] = torch.zeros(4, 2, 3, 3).to(memory_format=torch.channels_last)
+        >>> match_optimizer_layout(optimizer)
+        >>> optimizer.state[conv.weight]["exp_avg"].stride() == conv.weight.stride()
+        True
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def plain_model(accelerator, model):
+    """The module itself under ``accelerator.prepare``'s wrappers and ``torch.compile``, whose parameters (and state
+    dict names) are the model's. accelerate unwraps DistributedDataParallel or a compiled module, not a compiled
+    module inside DistributedDataParallel (``--compile`` with several processes): that one is taken off here."""
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return getattr(model, "_orig_mod", model)
+
+
 def register_checkpoint_hooks(accelerator, ema: EMAModel | None) -> None:
     """Checkpoints hold the UNet and its EMA as ``save_pretrained`` folders (``unet/``, ``unet_ema/``)."""
 
@@ -186,15 +218,13 @@ def register_checkpoint_hooks(accelerator, ema: EMAModel | None) -> None:
             if ema is not None:
                 ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
             for model in models:
-                accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
-                    os.path.join(output_dir, "unet")
-                )
+                plain_model(accelerator, model).save_pretrained(os.path.join(output_dir, "unet"))
         while weights:
             weights.pop()
 
     def load_model_hook(models, input_dir):
         # check_resume made sure the checkpoint holds this model (and its EMA, if this run keeps one)
-        model = accelerator.unwrap_model(models.pop(), keep_torch_compile=False)
+        model = plain_model(accelerator, models.pop())
         model.load_state_dict(load_file(os.path.join(input_dir, "unet", SAFETENSORS_WEIGHTS_NAME)))
         if ema is not None:
             # EMAModel.save_pretrained wrote the averaged weights and, in config.json next to the UNet's settings,

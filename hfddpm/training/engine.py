@@ -39,7 +39,7 @@ from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
 from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline, load_model
 from hfddpm.pipelines.pipeline_hfddpm_audio import HFDDPMAudioPipeline
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
-from hfddpm.training.checkpoint import register_checkpoint_hooks
+from hfddpm.training.checkpoint import plain_model, register_checkpoint_hooks
 from hfddpm.training.config import TrainConfig, fallback
 from hfddpm.training.loss import diffusion_loss, step_generator
 from hfddpm.training.precision import prepare_attention
@@ -418,7 +418,7 @@ class TrainingEngine:
             unet = torch.compile(unet, mode=config.compile_mode)
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
         self.lr_plan = [(0, max_train_steps)]  # the LR schedule's length and its corrections (set_lr_plan)
-        self.unwrapped = accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        self.unwrapped = plain_model(accelerator, self.model)
         self.ema = None
         if config.use_ema:
             # built after `prepare` (weights already broadcast) and updated from the same weights on every process

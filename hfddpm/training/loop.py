@@ -45,6 +45,7 @@ from hfddpm.training.checkpoint import (
     delete_checkpoints_after,
     later_checkpoints,
     list_checkpoints,
+    match_optimizer_layout,
     read_training_state,
     rescale_positions,
     resolve_resume_path,
@@ -296,6 +297,7 @@ def _train(config: TrainConfig, started: float) -> Path:
             accelerator.wait_for_everyone()
         logger.info(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
+        match_optimizer_layout(engine.optimizer)  # the memory format may differ from the checkpoint's
         state = read_training_state(resume_path)
         global_step = state["global_step"]
         positions = state["data_positions"]
