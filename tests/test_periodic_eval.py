@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,16 +119,23 @@ def scripted_run(tmp_path, values, args):
     return result
 
 
-def test_keep_best_early_stopping_and_resume(tmp_path):
-    from safetensors.torch import load_file
-
+def keep_best_run(tmp_path, max_train_steps: int, *extra: str) -> tuple[Path, list[str]]:
+    """The output folder and train.py flags of a run of the grey tiny UNet that evaluates every 2 steps (12 images)
+    and keeps the best fd_digits, with a checkpoint every 4 steps; ``extra`` flags last."""
     config = tmp_path / "grey.json"
     config.write_text(json.dumps(GREY))
     out = tmp_path / "out"
     args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8", "--eval_steps", "2",
-            "--eval_num_images", "12", "--max_train_steps", "20", "--checkpointing_steps", "4",
-            "--validation_inference_steps", "1", "--validation_images_per_class", "1",
-            "--keep_best", "fd_digits", "--early_stopping_patience", "2"]  # fmt: skip
+            "--eval_num_images", "12", "--max_train_steps", str(max_train_steps), "--checkpointing_steps", "4",
+            "--validation_inference_steps", "1", "--validation_images_per_class", "1", "--keep_best", "fd_digits",
+            *extra]  # fmt: skip
+    return out, args
+
+
+def test_keep_best_early_stopping_and_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    out, args = keep_best_run(tmp_path, 20, "--early_stopping_patience", "2")
     values = {2: 5.0, 4: 4.0, 6: 6.0, 8: 7.0, 10: 3.0, 12: 8.0, 14: 9.0, 16: 9.5}
     result = scripted_run(tmp_path, values, args)
     assert "Early stopping at step 8" in result.stderr

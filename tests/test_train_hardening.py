@@ -442,15 +442,9 @@ def test_an_older_checkpoint_resumed_with_overwrite_output_dir_deletes_the_later
 
 
 def test_checkpoint_best_is_resumable(train_script, tmp_path):
-    from test_periodic_eval import scripted_run
+    from test_periodic_eval import keep_best_run, scripted_run
 
-    config = tmp_path / "grey.json"
-    config.write_text(json.dumps(GREY))
-    out = tmp_path / "out"
-    args = ["--unet_config", str(config), "--output_dir", str(out), "--train_batch_size", "8", "--eval_steps", "2",
-            "--eval_num_images", "12", "--max_train_steps", "8", "--checkpointing_steps", "4",
-            "--validation_inference_steps", "1", "--validation_images_per_class", "1",
-            "--keep_best", "fd_digits", "--checkpoints_total_limit", "0"]  # fmt: skip
+    out, args = keep_best_run(tmp_path, 8, "--checkpoints_total_limit", "0")
     values = {2: 5.0, 4: 4.0, 6: 6.0, 8: 7.0}
     scripted_run(tmp_path, values, args)
     best = out / "checkpoints" / "checkpoint-best"
