@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import json
 import os
 import re
 
@@ -351,13 +352,16 @@ def _image_table(tmp_path, n=6):
 
 
 def test_a_single_data_file_loads_through_its_packaged_builder(tmp_path):
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     paths, blobs, labels = _image_table(tmp_path)
     images = [{"bytes": b, "path": None} for b in blobs]
-    pd.DataFrame({"image": images, "label": labels}).to_parquet(tmp_path / "x.parquet")
-    pd.DataFrame({"file": paths, "label": labels}).to_csv(tmp_path / "x.csv", index=False)
-    pd.DataFrame({"file": paths, "label": labels}).to_json(tmp_path / "x.jsonl", orient="records", lines=True)
+    pq.write_table(pa.table({"image": images, "label": labels}), tmp_path / "x.parquet")
+    rows = [f"{path},{label}" for path, label in zip(paths, labels, strict=True)]
+    (tmp_path / "x.csv").write_text("\n".join(["file,label", *rows]) + "\n")
+    lines = [json.dumps({"file": str(path), "label": label}) for path, label in zip(paths, labels, strict=True)]
+    (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
     for name, column in (("x.parquet", "image"), ("x.csv", "file"), ("x.jsonl", "file")):
         ds = load_train_dataset(str(tmp_path / name))
         assert len(ds) == 6 and ds["label"] == labels
@@ -381,10 +385,8 @@ def test_a_single_data_file_loads_through_its_packaged_builder(tmp_path):
 
 
 def test_empty_data_files_and_saved_folders_are_named_empty(tmp_path, small):
-    import pandas as pd
-
     (tmp_path / "empty.jsonl").write_text("")
-    pd.DataFrame({"image": [], "label": []}).to_csv(tmp_path / "header.csv", index=False)
+    (tmp_path / "header.csv").write_text("image,label\n")
     small.select(range(0)).save_to_disk(str(tmp_path / "zero"))
     datasets.DatasetDict({"train": small.select(range(0)), "test": small}).save_to_disk(str(tmp_path / "dict"))
     cases = [("empty.jsonl", {}), ("header.csv", {}), ("header.csv", {"streaming": True}), ("zero", {}),
