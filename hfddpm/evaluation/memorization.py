@@ -57,6 +57,11 @@ def nearest(queries: torch.Tensor, pool: torch.Tensor, exclude: torch.Tensor | N
     return torch.cat(distances), torch.cat(indices)
 
 
+def within(distance, threshold: float):
+    """Whether ``distance`` (a number or a tensor) is as close as ``threshold``, up to ``TOLERANCE`` of round-off."""
+    return distance <= threshold * (1 + TOLERANCE) + TOLERANCE
+
+
 def _first_of_each(rows: torch.Tensor) -> torch.Tensor:
     """Indices of the distinct rows of ``rows`` ``[n, D]`` (the first of each group of exact duplicates), sorted."""
     _, inverse = torch.unique(rows, dim=0, return_inverse=True)
@@ -130,8 +135,7 @@ def memorization_check(
         # 2. each sample's nearest training image, and whether it is as close as the threshold
         distances, indices = nearest(queries, pool)
         nearest_found[space] = (distances / scale[space], indices)
-        limit = thresholds[space] * (1 + TOLERANCE) + TOLERANCE
-        closer[space] = (distances / scale[space] <= limit).double().numpy()
+        closer[space] = within(distances / scale[space], thresholds[space]).double().numpy()
     flagged = closer["pixels"] * closer["features"]
     shares = {
         "memorization_share": flagged,
@@ -188,7 +192,7 @@ def pairs_picture(samples: torch.Tensor, train: torch.Tensor, pairs: list[dict],
             ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        close = threshold is not None and pair["pixel_distance"] <= threshold * (1 + TOLERANCE) + TOLERANCE
+        close = threshold is not None and within(pair["pixel_distance"], threshold)
         axes[1][column].set_xlabel(f"{pair['pixel_distance']:.3f}", color="red" if close else "black", fontsize=8)
     axes[0][0].set_ylabel("sample", fontsize=8)
     axes[1][0].set_ylabel("nearest\ntraining", fontsize=8)
