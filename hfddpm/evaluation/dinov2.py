@@ -5,6 +5,7 @@ Uses ``transformers`` and weights already on disk (a local folder or the Hugging
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -21,8 +22,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@functools.lru_cache(maxsize=1)
 def load_dinov2(model_name_or_path: str | os.PathLike = DEFAULT_DINOV2_MODEL):
-    """A DINOv2 ``transformers`` model from a local folder or the Hugging Face cache (``local_files_only``).
+    """A DINOv2 ``transformers`` model from a local folder or the Hugging Face cache (``local_files_only``), read
+    once per process: the checks before sampling, the metric and the evaluations during training share it.
 
     Raises:
         MetricUnavailableError: transformers is not installed or the weights are not on disk.

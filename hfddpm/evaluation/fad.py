@@ -18,6 +18,7 @@ Example (the rate handling; a FAD needs weights, see ``load_fad_model``):
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -83,9 +84,10 @@ class AudioEmbedding:
         return self.model(**inputs).pooler_output.float()
 
 
+@functools.lru_cache(maxsize=1)
 def load_fad_model(model_name_or_path: str | os.PathLike = DEFAULT_FAD_MODEL) -> AudioEmbedding:
     """The FAD embedding network (CLAP or AST) and its feature extractor from a local folder or the Hugging Face cache
-    (``local_files_only``).
+    (``local_files_only``), read once per process: the checks before sampling and the metric share it.
 
     Raises:
         MetricUnavailableError: transformers is not installed or the weights are not on disk.
