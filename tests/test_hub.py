@@ -36,6 +36,7 @@ from hfddpm.hub import (
     update_model_card,
     write_model_card,
 )
+from hfddpm.hub.card import stale_card
 from hfddpm.training.config import TrainConfig, write_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -546,14 +547,13 @@ def test_a_diffusers_pipeline_saved_over_an_hfddpm_one_pushes_none_of_its_code(t
     push_to_hub(folder, "user/swap", token=TOKEN)
     assert {"pipeline_hfddpm.py", "scheduler/scheduling_hfddpm.py"} <= set(hub.files("user/swap"))
     # the same folder, saved again as a diffusers DDPMPipeline: hfddpm's code and card stay behind on disk
-    (folder / "README.md").unlink()
     build_diffusers_pipeline(folder)
     assert (folder / "pipeline_hfddpm.py").is_file() and (folder / "scheduler" / "scheduling_hfddpm.py").is_file()
-    assert pipeline_files(folder) == sorted([*DIFFUSERS_PIPELINE[1:], "samples/final.png"])  # no README.md yet
+    assert pipeline_files(folder) == sorted([*DIFFUSERS_PIPELINE, "samples/final.png"])
     push_to_hub(folder, "user/swap", token=TOKEN)
     files = hub.files("user/swap")
     assert sorted(files) == sorted([".gitattributes", *DIFFUSERS_PIPELINE, "samples/final.png"])  # stale code deleted
-    assert "trust_remote_code" not in files["README.md"].decode()
+    assert "trust_remote_code" not in files["README.md"].decode()  # nor hfddpm's card (stale_card)
     # an hfddpm pipeline with diffusers' scheduler: its own code, not the scheduler code an earlier save left
     from diffusers import DDPMScheduler
 
@@ -561,6 +561,130 @@ def test_a_diffusers_pipeline_saved_over_an_hfddpm_one_pushes_none_of_its_code(t
     hfddpm.HFDDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
     files = pipeline_files(folder)
     assert "pipeline_hfddpm.py" in files and "scheduler/scheduling_hfddpm.py" not in files
+
+
+HFDDPM_CLAIMS = ("HFDDPMPipeline", "trust_remote_code", "It was trained with hfddpm", "## Training")
+
+
+def test_push_replaces_the_hfddpm_card_of_a_folder_that_now_holds_a_diffusers_pipeline(tmp_path, hub):
+    folder = build_output(tmp_path / "out")  # hfddpm's card, with training settings and metrics
+    push_to_hub(folder, "user/swapped", token=TOKEN)
+    old_card = (folder / "README.md").read_bytes()
+    assert all(claim in old_card.decode() for claim in HFDDPM_CLAIMS)
+    build_diffusers_pipeline(folder)  # DDPMPipeline.save_pretrained over it: the card stays behind
+    assert stale_card(folder) == "HFDDPMPipeline"
+    assert "fd_digits" not in default_commit_message(folder)[0]  # the old card's metrics are not this pipeline's
+
+    # `hfddpm push` in a fresh process, as a user runs it: the output says that the card was replaced, and where the
+    # old one is
+    script = "import sys; from hfddpm.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", script, "push", str(folder), "--repo-id", "user/swapped"]
+    run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_TOKEN": TOKEN}, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (
+        f"{folder / 'README.md'} was written by hfddpm for HFDDPMPipeline, not for the DDPMPipeline that {folder} now"
+        f" holds: replaced it with a card of the DDPMPipeline (pushed) and kept the old card as"
+        f" {folder / 'README.stale.md'} (not uploaded)."
+    ) in run.stderr
+    files = hub.files("user/swapped")
+    card = files["README.md"].decode()
+    assert all(claim not in card for claim in HFDDPM_CLAIMS)
+    assert "\n# DDPMPipeline\n" in card and 'DiffusionPipeline.from_pretrained("user/swapped")' in card
+    assert (folder / "README.md").read_text() == card and stale_card(folder) is None
+    assert (folder / "README.stale.md").read_bytes() == old_card and "README.stale.md" not in files
+    assert "fd_digits" not in hub.commits("user/swapped")[-1].title
+
+
+def test_push_replaces_stale_cards_both_ways_and_keeps_the_old_ones(tmp_path, hub, caplog):
+    from diffusers import DDPMScheduler
+
+    folder = build_diffusers_pipeline(tmp_path / "out")
+    push_to_hub(folder, "user/both", token=TOKEN)  # writes the card of a DDPMPipeline
+    diffusers_card = (folder / "README.md").read_bytes()
+    assert b'<!-- hfddpm:pipeline_class "DDPMPipeline" -->' in diffusers_card
+    # an hfddpm pipeline saved over it (with diffusers' scheduler: the same class of scheduler as before)
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    hfddpm.HFDDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+    assert stale_card(folder) == "DDPMPipeline"
+    with caplog.at_level(logging.WARNING, logger="hfddpm.hub.upload"):
+        push_to_hub(folder, "user/both", token=TOKEN)
+    assert "written by hfddpm for DDPMPipeline, not for the HFDDPMPipeline" in caplog.text
+    card = hub.files("user/both")["README.md"].decode()
+    assert 'HFDDPMPipeline.from_pretrained("user/both")' in card and "trust_remote_code=True" in card
+    assert (folder / "README.stale.md").read_bytes() == diffusers_card
+    # and back: the hfddpm card is set aside under a free name, the first one kept as it was
+    hfddpm_card = (folder / "README.md").read_bytes()
+    build_diffusers_pipeline(folder)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hfddpm.hub.upload"):
+        push_to_hub(folder, "user/both", token=TOKEN)
+    assert f"kept the old card as {folder / 'README.stale-2.md'}" in caplog.text
+    assert (folder / "README.stale.md").read_bytes() == diffusers_card
+    assert (folder / "README.stale-2.md").read_bytes() == hfddpm_card
+    assert "trust_remote_code" not in hub.files("user/both")["README.md"].decode()
+
+
+@pytest.mark.parametrize("front_matter", ["", "---\ntags:\n- hfddpm\nlibrary_name: diffusers\n---\n"])
+def test_push_never_replaces_a_card_the_user_wrote(front_matter, tmp_path, hub, caplog):
+    folder = build_output(tmp_path / "out", card=False)
+    mine = f"{front_matter}# My DDPM\r\n\nTrained by hand with HFDDPMPipeline, then converted. é".encode()
+    (folder / "README.md").write_bytes(mine)
+    build_diffusers_pipeline(folder)  # the folder now holds a DDPMPipeline; the card is still the user's
+    assert stale_card(folder) is None
+    with caplog.at_level(logging.WARNING, logger="hfddpm.hub.upload"):
+        push_to_hub(folder, "user/mine", token=TOKEN)
+    assert hub.files("user/mine")["README.md"] == mine and (folder / "README.md").read_bytes() == mine
+    assert not list(folder.glob("README.stale*")) and not [r for r in caplog.records if r.name.startswith("hfddpm")]
+
+
+def test_push_keeps_an_older_card_of_the_same_pipeline(output, hub):
+    card_path = output / "README.md"
+    card_path.write_text(card_path.read_text() + "\n## Notes\n\nMy notes.\n")  # the user's edit
+    update_card_metrics(card_path, {"fd_digits": 9.5})
+    # more training: new weights and steps, saved over the same folder as the same class
+    torch.manual_seed(1)
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=28)
+    hfddpm.HFDDPMPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler()).save_pretrained(output)
+    (output / "train_metrics.json").write_text(json.dumps({"steps": 20, "final_loss": 0.05}))
+    before = card_path.read_text()
+    assert stale_card(output) is None
+    push_to_hub(output, "user/older", token=TOKEN)
+    card = hub.files("user/older")["README.md"].decode()
+    # only the repository id changed: in the snippets, and the model-index name
+    written_for = re.search(r"<!-- hfddpm:repo_id (.*?) -->", before).group(1)  # the folder it was written in
+    assert card == before.replace(written_for, '"user/older"').replace("- name: out\n", "- name: older\n")
+    assert "My notes." in card and "9.5" in card and not list(output.glob("README.stale*"))
+    assert hub.commits("user/older")[-1].title == "Upload hfddpm pipeline at step 20: final_loss=0.05, fd_digits=9.5"
+
+
+def test_stale_card_of_a_card_written_before_the_class_was_recorded(tmp_path):
+    folder = build_diffusers_pipeline(tmp_path / "out")
+    write_model_card(folder)
+    marker = re.compile(r"<!-- hfddpm:pipeline_class .*? -->\n")
+    legacy = marker.sub("", (folder / "README.md").read_text(), count=1)
+    assert "hfddpm:pipeline_class" not in legacy and "<!-- hfddpm:repo_id" in legacy
+    (folder / "README.md").write_text(legacy)
+    assert stale_card(folder) is None  # a diffusers card, a diffusers pipeline
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "DDIMPipeline"}))
+    assert stale_card(folder) is None  # the same kind: the class is not known, the card is kept
+    unet = hfddpm.build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+    hfddpm.HFDDPMPipeline(unet=unet, scheduler=hfddpm.HFDDPMScheduler()).save_pretrained(folder)
+    assert stale_card(folder) == "a diffusers pipeline"
+    write_model_card(folder)
+    (folder / "README.md").write_text(marker.sub("", (folder / "README.md").read_text(), count=1))
+    assert stale_card(folder) is None  # an hfddpm card, an hfddpm pipeline
+    build_diffusers_pipeline(folder)
+    assert stale_card(folder) == "an hfddpm pipeline"
+
+
+def test_a_failed_push_leaves_a_stale_card_where_it_was(output, hub):
+    build_diffusers_pipeline(output)
+    before = snapshot(output)
+    hub.set_failure(404, endpoints=["commit"])  # after the card was replaced
+    with pytest.raises(PushToHubError, match="HTTP 404"):
+        push_to_hub(output, "user/x", token=TOKEN)
+    assert snapshot(output) == before and stale_card(output) == "HFDDPMPipeline"
 
 
 def test_push_refuses_a_pipeline_with_code_that_is_not_hfddpms(tmp_path, hub):

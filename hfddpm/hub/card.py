@@ -74,7 +74,10 @@ _TASKS = {
 # num_inference_steps=...), with their default number of steps: their card has the image task and a usage snippet
 # that samples (with at most the scheduler's num_train_timesteps steps); other pipelines' cards only load them.
 _DIFFUSERS_UNCONDITIONAL = {"DDPMPipeline": 1000, "DDIMPipeline": 50}
+# The markers of a card hfddpm wrote (both templates): the repository of its usage snippets, and the pipeline class
+# (model_index.json's) it was written for, which tells a card of another pipeline than the folder holds (stale_card).
 REPO_MARKER = re.compile(r"<!-- hfddpm:repo_id (\".*?\") -->")
+PIPELINE_CLASS_MARKER = re.compile(r"<!-- hfddpm:pipeline_class (\".*?\") -->")
 _METRICS_SECTION = re.compile(r"(<!-- hfddpm:metrics:start -->\n)(.*?)(\n<!-- hfddpm:metrics:end -->)", re.S)
 
 
@@ -233,6 +236,7 @@ def write_model_card(
         audio=audio,
         repo_id=repo_id,
         repo_id_literal=json.dumps(repo_id),
+        pipeline_class_literal=json.dumps(pipeline_class_name(index)) if isinstance(index, dict) else None,
         dataset=dataset,
         resolution=config.get("resolution", "?"),
         color=_color(channels),
@@ -290,6 +294,7 @@ def _write_diffusers_card(
         template_path=str(card_template_path(DIFFUSERS_CARD_TEMPLATE_NAME)),
         title=pipeline_class + (f" for {dataset}" if dataset else ""),
         pipeline_class=pipeline_class,
+        pipeline_class_literal=json.dumps(pipeline_class),
         repo_id_literal=json.dumps(repo_id),
         dataset=dataset,
         resolution=resolution,
@@ -303,6 +308,58 @@ def _write_diffusers_card(
     path = output_dir / "README.md"
     card.save(path)
     return path
+
+
+def stale_card(output_dir) -> str | None:
+    """The pipeline that the ``README.md`` of ``output_dir`` was written for by hfddpm, when the folder now holds
+    another one (its ``model_index.json`` names another class); ``None`` for a card that fits the folder, a card
+    hfddpm did not write, or no card. ``push_to_hub`` replaces a stale card and keeps every other card.
+
+    The rule:
+
+    - A card hfddpm wrote (``write_model_card``) carries ``<!-- hfddpm:repo_id ... -->`` and the pipeline class it
+      was written for (``<!-- hfddpm:pipeline_class ... -->``). A card without the repo_id marker is the user's:
+      never stale.
+    - It is stale when that class is not the folder's: a diffusers ``DDPMPipeline`` saved over an hfddpm pipeline
+      (the card would load an ``HFDDPMPipeline`` with ``trust_remote_code`` and describe hfddpm's training), an
+      hfddpm pipeline saved over a ``DDPMPipeline`` (the card would load it without its code), an
+      ``HFDDPMAudioPipeline`` over an ``HFDDPMPipeline``. What it says no longer holds, edited or not.
+    - A card of the folder's class is not stale, however old (more training, an earlier evaluation since): it loads
+      this pipeline, it may hold the user's edits, training rewrites it at the end of a run unless it was edited or
+      evaluated since, and ``hfddpm evaluate`` refreshes its metrics.
+    - A card written before hfddpm recorded the class has only the repo_id marker; its ``hfddpm`` tag tells an
+      hfddpm pipeline's card from a diffusers pipeline's, and it is stale when the folder holds the other kind
+      (returned as ``"an hfddpm pipeline"`` or ``"a diffusers pipeline"``).
+
+    Example:
+        >>> import tempfile
+        >>> from diffusers import DDPMPipeline, DDPMScheduler
+        >>> from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+        >>> folder = tempfile.mkdtemp()
+        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+        >>> HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(folder)
+        >>> card = write_model_card(folder)
+        >>> print(stale_card(folder))  # the card of this pipeline
+        None
+        >>> DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+        >>> stale_card(folder)  # the folder now holds a DDPMPipeline; the card says HFDDPMPipeline
+        'HFDDPMPipeline'
+    """
+    readme = Path(output_dir) / "README.md"
+    index = read_json(Path(output_dir) / "model_index.json")
+    if not readme.is_file() or not isinstance(index, dict):
+        return None
+    text = readme.read_text(encoding="utf-8")
+    if not REPO_MARKER.search(text):
+        return None
+    marker = PIPELINE_CLASS_MARKER.search(text)
+    if marker is not None:
+        written_for = json.loads(marker.group(1))
+        return None if written_for == pipeline_class_name(index) else written_for
+    hfddpm_card = "hfddpm" in (ModelCard(text, ignore_metadata_errors=True).data.tags or [])
+    if hfddpm_card == (hfddpm_pipeline_class(index) is not None):
+        return None
+    return "an hfddpm pipeline" if hfddpm_card else "a diffusers pipeline"
 
 
 def update_card_metrics(card_path, metrics: dict) -> Path:

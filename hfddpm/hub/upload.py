@@ -4,6 +4,7 @@
 The files that make a pipeline are ``PIPELINE_FILES`` of ``hfddpm/pipelines/pipeline_hfddpm.py`` (what
 ``HFDDPMPipeline.from_pretrained`` downloads), plus ``README.md``, the sample grid and the images the card links to.
 A diffusers pipeline (``DDPMPipeline``) is its ``model_index.json`` and component folders, without hfddpm's code.
+A card hfddpm wrote for another pipeline than the folder holds (``stale_card``) is replaced; any other card is kept.
 """
 
 import json
@@ -20,7 +21,7 @@ from huggingface_hub.utils import filter_repo_objects
 from hfddpm.evaluation.registry import METRIC_REGISTRY
 from hfddpm.pipelines.pipeline_hfddpm import LOCAL_MODULES, PIPELINE_FILES
 
-from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_json, read_metrics, write_model_card
+from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_json, read_metrics, stale_card, write_model_card
 from .checks import (
     check_pipeline_folder,
     check_repo_id,
@@ -101,12 +102,12 @@ def default_commit_message(output_dir) -> tuple[str, str]:
     """Commit title and description carrying the training step and the metrics of ``output_dir``.
 
     Metrics come from ``train_metrics.json`` (``steps``, ``final_loss``), ``eval_metrics.json``/``metrics.json`` and
-    the model card's model-index (where ``update_card_metrics`` puts evaluation results); the title names the scores
-    of ``METRIC_REGISTRY``.
+    the model card's model-index (where ``update_card_metrics`` puts evaluation results; not a card of another
+    pipeline, ``stale_card``); the title names the scores of ``METRIC_REGISTRY``.
     """
     train, evaluation = read_metrics(output_dir)
     readme = Path(output_dir) / "README.md"
-    if readme.is_file():
+    if readme.is_file() and stale_card(output_dir) is None:
         card_results = ModelCard.load(readme, ignore_metadata_errors=True).data.eval_results or []
         evaluation = {**{r.metric_type: r.metric_value for r in card_results}, **evaluation}
     step = train.get("steps")
@@ -138,7 +139,11 @@ def push_to_hub(
     Pushing again updates the repository in place: unchanged files are skipped and pipeline files that no longer
     exist locally (e.g. a component renamed since the last push) are deleted; other files in the repository stay.
     A missing ``README.md`` is written with ``write_model_card`` from the folder's ``training_config.json``, configs
-    and metrics; the repository id in the card's usage snippets is set to ``repo_id``.
+    and metrics; the repository id in the card's usage snippets is set to ``repo_id``. An existing card is kept,
+    except one that hfddpm wrote for another pipeline class than the folder now holds (``stale_card``: e.g. a
+    diffusers ``DDPMPipeline`` saved over an hfddpm pipeline): it is moved to ``README.stale.md`` (not uploaded;
+    ``README.stale-2.md``, ... when taken), a card of the folder's pipeline is written in its place, and a warning
+    says so.
 
     Args:
         output_dir: a training output folder or a ``save_pretrained`` folder.
@@ -187,9 +192,13 @@ def push_to_hub(
     api = HfApi(token=token)
     readme = output_dir / "README.md"
     readme_before = readme.read_bytes() if readme.is_file() else None
+    written_for = stale_card(output_dir)
+    set_aside = _free_stale_name(readme) if written_for else None
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         repo_id = repo_url.repo_id
+        if set_aside:
+            readme.replace(set_aside)  # _prepare_card writes the card of what the folder holds
         _prepare_card(output_dir, repo_id)
         files = pipeline_files(output_dir)
         remote = api.list_repo_files(repo_id)
@@ -206,11 +215,17 @@ def push_to_hub(
             commit_description=commit_description,
         )
     except (httpx2.HTTPError, OfflineModeIsEnabled) as err:
-        _restore(readme, readme_before)
+        _restore(readme, readme_before, set_aside)
         raise _push_error(err, output_dir, repo_id, retry, api.endpoint, source) from None
     except BaseException:
-        _restore(readme, readme_before)
+        _restore(readme, readme_before, set_aside)
         raise
+    if set_aside:
+        holds = pipeline_class_name(read_json(output_dir / "model_index.json"))
+        logger.warning(
+            f"{readme} was written by hfddpm for {written_for}, not for the {holds} that {output_dir} now holds:"
+            f" replaced it with a card of the {holds} (pushed) and kept the old card as {set_aside} (not uploaded)."
+        )
     return str(repo_url)
 
 
@@ -266,11 +281,24 @@ def _prepare_card(output_dir: Path, repo_id: str) -> None:
     card.save(readme)
 
 
-def _restore(path: Path, content: bytes | None) -> None:
+def _free_stale_name(readme: Path) -> Path:
+    """Where a stale card (``stale_card``) is moved: ``README.stale.md``, or ``README.stale-2.md``, ... when taken."""
+    path, number = readme.with_name("README.stale.md"), 1
+    while path.exists():
+        number += 1
+        path = readme.with_name(f"README.stale-{number}.md")
+    return path
+
+
+def _restore(path: Path, content: bytes | None, set_aside: Path | None = None) -> None:
+    """Put back ``path`` as it was (``content``; ``None``: no file) and remove ``set_aside``, where a stale card was
+    moved."""
     if content is None:
         path.unlink(missing_ok=True)
     elif not path.is_file() or path.read_bytes() != content:
         path.write_bytes(content)
+    if set_aside is not None:
+        set_aside.unlink(missing_ok=True)
 
 
 def _push_error(
