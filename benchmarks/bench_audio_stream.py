@@ -7,6 +7,9 @@ mel64 spectrograms):
 - streamed (``--streaming``): each clip read, resampled and converted inside the DataLoader as it is read
   (hfddpm.audio.spectrogram_stream), with 0 and more DataLoader workers.
 
+Every configuration is timed alike: the clock starts after the same warm-up of batches, more than any of its
+DataLoaders can prepare ahead (workers x prefetch_factor), and counts the clips of the next ``--batches`` batches (rows
+delivered, every pass); the time to the first batch (workers started, shuffle buffer filled) is reported apart.
 Compare the streamed clips/s with the images/s of training (bench_train_throughput.py): while it is higher, the
 stream is not the bottleneck.
 
@@ -43,13 +46,33 @@ def write_clips(folder: Path, num_clips: int, seconds: float) -> None:
         soundfile.write(label / f"{i:05d}.wav", 0.5 * np.sin(2 * np.pi * rng.uniform(100, 3000) * t), CLIP_RATE)
 
 
-def clips_per_second(loader, num_batches: int) -> float:
+def warmup_batches(loaders) -> int:
+    """The batches read before the clock starts, the same for every loader of a run: one more than the most that any
+    of them holds prepared ahead (``num_workers * prefetch_factor``; none without workers).
+
+    Up to that many batches can be decoded while the workers start and the first batch is awaited; timed, they would
+    be counted without their cost (timing from the first batch on flattered the rate with workers). Past them, this
+    consumer (which only counts) drains every batch as soon as it is ready, so the clock sees the workers' steady rate.
+    """
+    return 1 + max(loader.num_workers * (loader.prefetch_factor or 0) for loader in loaders)
+
+
+def time_batches(loader, warmup: int, num_batches: int) -> dict:
+    """``{"first_batch_s", "timed_clips", "clips_per_second"}``: seconds from the iterator's creation to the first
+    batch (workers started, shuffle buffer filled), and the clips of the ``num_batches`` batches read after
+    ``warmup``, per second. Clips are the rows delivered (``pixel_values``), in every pass: ``num_read_images``
+    counts distinct examples, none after the first pass."""
+    start = time.perf_counter()
     it = iter(loader)
-    next(it)  # workers started, first shuffle buffer filled
+    next(it)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        next(it)
     start, clips = time.perf_counter(), 0
     for _ in range(num_batches):
-        clips += int(next(it)["num_read_images"])
-    return clips / (time.perf_counter() - start)
+        clips += next(it)["pixel_values"].shape[0]
+    seconds = time.perf_counter() - start
+    return {"first_batch_s": round(first, 2), "timed_clips": clips, "clips_per_second": round(clips / seconds, 1)}
 
 
 def main(argv=None):
@@ -57,7 +80,7 @@ def main(argv=None):
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per configuration")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per configuration, after the warm-up")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "audio_stream.json")
@@ -73,36 +96,41 @@ def main(argv=None):
         start = time.perf_counter()
         images = spectrogram_dataset(load_audio_folder(folder), "audio", mel, "label")
         up_front = time.perf_counter() - start
-        loader = make_train_dataloader(images, resolve_columns(images, "image", "label"), **kwargs)
-        rows.append(
-            {
-                "path": "map-style",
-                "workers": 0,
-                "conversion_up_front_s": round(up_front, 2),
-                "clips_per_second": round(clips_per_second(loader, args.batches), 1),
-            }
-        )
+        # every loader first (its workers start only when it is read): one warm-up for all of them
+        mapped = make_train_dataloader(images, resolve_columns(images, "image", "label"), **kwargs)
+        configs = [("map-style", 0, up_front, mapped)]
         for workers in args.workers:
             stream = load_train_dataset(train_data_dir=str(folder), streaming=True)
             stream, columns, convert = spectrogram_stream(stream, "audio", mel, "label")
             loader = make_train_dataloader(stream, columns, decode=convert, num_workers=workers, **kwargs)
-            rows.append(
-                {
-                    "path": "streamed",
-                    "workers": workers,
-                    "conversion_up_front_s": 0.0,
-                    "clips_per_second": round(clips_per_second(loader, args.batches), 1),
-                }
-            )
+            configs.append(("streamed", workers, 0.0, loader))
+        warmup = warmup_batches([loader for *_, loader in configs])
+        del mapped
+        while configs:
+            path, workers, converted, loader = configs.pop(0)
+            row = {"path": path, "workers": workers, "conversion_up_front_s": round(converted, 2)}
+            rows.append({**row, **time_batches(loader, warmup, args.batches)})
+            del loader  # the last reference: its workers stop before the next configuration is timed
     for row in rows:
         row.update(
-            clips=args.clips, clip_seconds=args.seconds, clip_rate=CLIP_RATE, torch_threads=torch.get_num_threads()
+            clips=args.clips,
+            clip_seconds=args.seconds,
+            clip_rate=CLIP_RATE,
+            warmup_batches=warmup,
+            timed_batches=args.batches,
+            batch_size=args.batch_size,
+            torch_threads=torch.get_num_threads(),
         )
-    print(f"{args.clips} clips of {args.seconds:g} s at {CLIP_RATE} Hz -> 64x64 spectrograms at 16 kHz")
-    print("| path | DataLoader workers | converted up front | clips/s as batches |")
-    print("|---|---:|---:|---:|")
+    print(f"{args.clips} clips of {args.seconds:g} s at {CLIP_RATE} Hz -> 64x64 spectrograms at 16 kHz, batches of"
+          f" {args.batch_size}: clips/s over {args.batches} batches after a warm-up of {warmup} (more than any"
+          " DataLoader here prepares ahead), every configuration alike")  # fmt: skip
+    print("| path | DataLoader workers | converted up front | first batch | clips/s as batches | vs map-style |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['path']} | {r['workers']} | {r['conversion_up_front_s']:.2f} s | {r['clips_per_second']:.1f} |")
+        print(
+            f"| {r['path']} | {r['workers']} | {r['conversion_up_front_s']:.2f} s | {r['first_batch_s']:.2f} s |"
+            f" {r['clips_per_second']:.1f} | {r['clips_per_second'] / rows[0]['clips_per_second']:.2f}x |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -274,14 +275,17 @@ class SpectrogramConverter:
     """Clips -> 16-bit spectrogram images: :func:`decode_audio` (resample, mix down), ``mel.audio_to_spectrogram``
     (cut or zero-pad, log-mel), :func:`spectrogram_image`. The one conversion of both audio paths: all clips up front
     (:func:`spectrogram_dataset`) or clip by clip as a stream is read (:func:`spectrogram_stream`, where it is the
-    DataLoader's ``decode``). It counts what it did; :meth:`summary` says it in a few lines.
+    DataLoader's ``decode``). It counts what it did to distinct clips; :meth:`summary` says it in a few lines.
 
     Called on a clip (the stream's ``decode``) it returns the image, or ``None`` for an empty or unreadable clip,
     which is skipped and counted; each kind of change (resampled from a rate, mixed down from a channel count, cut,
-    padded) is logged the first time it happens, and :meth:`summary` every ``summary_every`` clips. A stream has no
-    known length, so the broken clips are judged as they come: once at least ``min_clips`` clips were read (by this
-    converter, i.e. this process or DataLoader worker), more than ``max_bad_fraction`` of them broken is a
-    ``ValueError`` naming the first few (:meth:`check`).
+    padded) is logged the first time it happens, and :meth:`summary` every ``summary_every`` clips. A clip read again
+    (a later pass over the stream) is converted but not counted, logged or named again: clips are told apart by a
+    64-bit digest of their path, bytes or samples (:func:`clip_key`; about 70 bytes of memory per distinct clip, and
+    identical clips count once). A stream has no known length, so the broken clips are judged as they come: once at
+    least ``min_clips`` distinct clips were read (by this converter, i.e. this process or DataLoader worker), more
+    than ``max_bad_fraction`` of them broken is a ``ValueError`` naming the first few (:meth:`check`); a stream with
+    fewer is judged by the training loop, from the batches' counts, once it was read through.
 
     Example:
         >>> import numpy as np
@@ -291,6 +295,8 @@ class SpectrogramConverter:
         >>> image = convert({"array": np.sin(np.arange(4000) * 0.3), "sampling_rate": 16000})
         >>> image.size, image.mode, convert({"bytes": b"not audio", "path": "x.wav"})
         ((16, 16), 'I;16', None)
+        >>> convert({"bytes": b"not audio", "path": "x.wav"}) is None  # read again: skipped, not counted again
+        True
         >>> print("\\n".join(convert.summary()))  # doctest: +ELLIPSIS
         Resampled 1 of 2 clips to 8000 Hz (1 at 16000 Hz).
         Clips are 0.120 s (960 samples): cut 1, zero-padded 0.
@@ -314,17 +320,27 @@ class SpectrogramConverter:
         self.max_bad_fraction, self.min_clips, self.summary_every = max_bad_fraction, min_clips, summary_every
         self.num_read, self.num_bad, self.bad = 0, 0, []
         self.resampled, self.mixed, self.cut, self.padded = Counter(), Counter(), 0, 0
+        self.seen: set[int] = set()  # the clip_key of each clip the stream gave (__call__)
 
-    def convert(self, value, where: str) -> tuple[Image.Image | None, list[str]]:
-        """One clip -> ``(image or None if broken, the kinds of change first seen in it)``; ``where`` names it."""
-        self.num_read += 1
+    def convert(self, value, where: str, *, count: bool = True) -> tuple[Image.Image | None, list[str]]:
+        """One clip -> ``(image or None if broken, the kinds of change first seen in it)``; ``where`` names it.
+        ``count=False``: a clip counted before (read again), converted only."""
+        if count:
+            self.num_read += 1
         try:
             waveform, info = decode_audio(value, self.mel.sample_rate)
         except AudioDecodeError as err:
-            self.num_bad += 1
-            if len(self.bad) < self.max_named:
-                self.bad.append(f"{where}: {err}")
+            if count:
+                self.num_bad += 1
+                if len(self.bad) < self.max_named:
+                    self.bad.append(f"{where}: {err}")
             return None, []
+        new = self._count_changes(waveform, info, where) if count else []
+        return spectrogram_image(self.mel.audio_to_spectrogram(waveform)), new
+
+    def _count_changes(self, waveform: np.ndarray, info: dict, where: str) -> list[str]:
+        """Count what :func:`decode_audio` and the fitting to ``mel.num_samples`` do to a clip; return the kinds of
+        change seen for the first time, in words."""
         sample_rate, num_samples = self.mel.sample_rate, self.mel.num_samples
         new = []
         if "resampled_from" in info:
@@ -345,11 +361,16 @@ class SpectrogramConverter:
             if not self.padded:
                 new.append(f"Zero-padding clips shorter than {self.mel.audio_seconds:.3f} s (the first: {where}).")
             self.padded += 1
-        return spectrogram_image(self.mel.audio_to_spectrogram(waveform)), new
+        return new
 
     def __call__(self, value) -> Image.Image | None:
-        """A stream's clip -> its image (``None`` if broken), logging new kinds of change and periodic summaries;
-        raises when too many clips are broken (:meth:`check`)."""
+        """A stream's clip -> its image (``None`` if broken). A clip read for the first time is counted, logging new
+        kinds of change and periodic summaries, and raises when too many clips are broken (:meth:`check`); one read
+        again (a later pass over the stream) is converted only."""
+        key = clip_key(value)
+        if key in self.seen:
+            return self.convert(value, "", count=False)[0]
+        self.seen.add(key)
         image, new = self.convert(value, f"clip {self.num_read + 1} ({_where(value)})")
         for line in new:
             (logger.warning if line.startswith(("Resampling", "Mixing")) else logger.info)(line)
@@ -381,7 +402,8 @@ class SpectrogramConverter:
         return lines
 
     def check(self) -> None:
-        """A ``ValueError`` naming the first broken clips when more than ``max_bad_fraction`` of those read are."""
+        """A ``ValueError`` naming the first broken clips when more than ``max_bad_fraction`` of the distinct clips
+        read are."""
         if self.num_bad > self.max_bad_fraction * self.num_read:
             raise ValueError(
                 f"{self.num_bad} of the {self.num_read} audio clips could not be read"
@@ -454,8 +476,8 @@ def spectrogram_stream(
     inside the DataLoader, only for the examples a process and worker trains on (sharding, the shuffle buffer and
     resume positions are the image stream's). The classes come from the label column's ``ClassLabel`` feature (a
     stream's labels are checked as they are read). Broken clips follow :class:`SpectrogramConverter`'s rule: skipped
-    and counted, and a ``ValueError`` naming the first few once more than ``max_bad_fraction`` of at least
-    ``BAD_EXAMPLES_MIN_READ`` (200) clips read are broken.
+    and counted once (not again in later passes), and a ``ValueError`` naming the first few once more than
+    ``max_bad_fraction`` of at least ``BAD_EXAMPLES_MIN_READ`` (200) distinct clips read are broken.
 
     Example:
         >>> import numpy as np, datasets
@@ -486,6 +508,34 @@ def spectrogram_stream(
     dataset = dataset.select_columns([audio_column] + ([label_column] if label_column else []))
     columns = DatasetColumns(audio_column, label_column, class_names)
     return dataset, columns, SpectrogramConverter(mel, max_bad_fraction=max_bad_fraction)
+
+
+def clip_key(value) -> int:
+    """A 64-bit digest of what tells a clip apart: its path, bytes, samples and sample rate (for a path string, the
+    path). The same clip read again (a later pass over a stream) has the same key; counting keys counts clips.
+
+    Example:
+        >>> clip_key({"bytes": b"RIFF...", "path": "a.wav"}) == clip_key({"bytes": b"RIFF...", "path": "a.wav"})
+        True
+        >>> clip_key({"bytes": b"RIFF...", "path": "a.wav"}) == clip_key({"bytes": b"RIFF!!!", "path": "a.wav"})
+        False
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    keys = ("path", "bytes", "array", "sampling_rate")
+    for part in [value.get(k) for k in keys] if isinstance(value, dict) else [value]:
+        if isinstance(part, (list, tuple)):  # samples as Python lists (a formatted stream)
+            try:
+                part = np.asarray(part)
+            except ValueError:  # ragged: not audio, but a clip all the same (decode_audio refuses it)
+                pass
+        if isinstance(part, np.ndarray) and part.dtype != object:
+            data = f"{part.dtype}{part.shape}".encode() + np.ascontiguousarray(part).tobytes()
+        elif isinstance(part, (bytes, bytearray, memoryview)):
+            data = b"bytes" + bytes(part)
+        else:
+            data = repr(part).encode()
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return int.from_bytes(digest.digest(), "little")
 
 
 def _undecoded_audio(dataset, audio_column: str):

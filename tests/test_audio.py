@@ -23,6 +23,8 @@ from train_helpers import ROOT, run_train
 from hfddpm import HFDDPMAudioPipeline, HFDDPMMel, HFDDPMPipeline, HFDDPMScheduler, build_unet
 from hfddpm.audio import (
     AudioDecodeError,
+    SpectrogramConverter,
+    clip_key,
     decode_audio,
     is_audio_folder,
     load_audio_folder,
@@ -140,6 +142,34 @@ def test_audio_folder_gives_labels_and_spectrograms_with_counted_problems(tmp_pa
     assert first.mode == "I;16" and first.size == (16, 16)
     rows = {label: np.asarray(images[i]["image"])[:, 4].argmax() for i, label in enumerate(images["label"])}
     assert rows[0] < rows[2] < rows[1]  # high (1800 Hz) above mid (900 Hz) above low (300 Hz)
+
+
+def test_a_stream_converter_counts_each_clip_once_however_often_it_is_read(tmp_path):
+    write_wav(tmp_path / "a.wav", tone(440, 0.2, 8000), 8000)
+    with open(tmp_path / "a.wav", "rb") as f:
+        wav = f.read()
+    clips = [
+        str(tmp_path / "a.wav"),  # a path
+        {"bytes": wav, "path": "a.wav"},  # undecoded bytes, as streamed from parquet
+        {"bytes": wav, "path": "b.wav"},  # the same bytes as another file: another clip
+        {"bytes": wav[:-2] + b"\x00\x01", "path": "a.wav"},  # other bytes at the same path: another clip
+        {"array": tone(440, 0.2, 22050), "sampling_rate": 22050},  # decoded samples
+        {"array": tone(440, 0.2, 22050).tolist(), "sampling_rate": 16000},  # the same samples at another rate
+        {"bytes": b"not audio", "path": None},  # broken
+    ]
+    assert len({clip_key(c) for c in clips}) == len(clips)
+    convert = SpectrogramConverter(HFDDPMMel(**TINY_MEL))
+    first = [convert(c) for c in clips]
+    again = [convert(c) for c in reversed(clips)]  # a second pass, in another order: converted, not counted
+    assert [a is None for a in first] == [a is None for a in reversed(again)] == [False] * 6 + [True]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first[:-1], again[::-1][:-1], strict=True))
+    assert (convert.num_read, convert.num_bad, convert.resampled) == (7, 1, {22050: 1, 16000: 1})
+    assert re.fullmatch(
+        r"Skipped 1 of 7 audio clips that could not be read: clip 7 \(bytes\): not readable as audio [^;]*\.",
+        convert.summary()[-1],
+    )  # named once
+    # what tells clips apart is their content: identical bytes without a path are one clip
+    assert clip_key({"bytes": wav, "path": None}) == clip_key({"bytes": bytes(wav), "path": None})
 
 
 def test_audio_columns_are_found_or_named(tmp_path):

@@ -113,43 +113,66 @@ def test_a_22050_hz_clip_in_a_16000_hz_stream_is_resampled_and_logged_once(tmp_p
     convert = SpectrogramConverter(HFDDPMMel(**MEL), summary_every=9)
     loader = make_train_dataloader(stream, columns, resolution=16, channels=1, batch_size=3, seed=0, decode=convert)
     with caplog.at_level("INFO", logger="hfddpm.audio"):
-        _batches(loader, 9)  # three passes over the 9 clips
+        _batches(loader, 9)  # three passes over the 9 clips, counted once
     records = [r for r in caplog.records if r.name == "hfddpm.audio"]
-    assert convert.num_read == 27 and convert.resampled == {22050: 9} and convert.mixed == {2: 9}
-    assert (convert.cut, convert.padded) == (18, 9)  # 0.1 and 0.08 s tones cut, 0.04 s chirps padded to 0.06 s
+    assert convert.num_read == 9 and convert.resampled == {22050: 3} and convert.mixed == {2: 3}
+    assert (convert.cut, convert.padded) == (6, 3)  # 0.1 and 0.08 s tones cut, 0.04 s chirps padded to 0.06 s
     first = [r for r in records if r.message.startswith("Resampling")]
     assert len(first) == 1 and first[0].levelname == "WARNING"
     assert re.fullmatch(
         r"Resampling clips from 22050 Hz to 16000 Hz \(the first: clip \d \(.*c\.wav\)\)\.", first[0].message
     )
     assert sum(r.message.startswith("Mixing clips with 2 channels down to mono") for r in records) == 1
-    # summaries every 9 clips, not a line per clip
-    assert sum(r.message == "Resampled 9 of 27 clips to 16000 Hz (9 at 22050 Hz)." for r in records) == 1
-    assert len(records) == 4 + 3 * 3  # 4 first-of-a-kind lines (resampled, mixed, cut, padded), 3 summaries of 3
+    # a summary every 9 distinct clips, not a line per clip (nor one per pass)
+    assert [r.message for r in records if r.message.startswith("Resampled")] == [
+        "Resampled 3 of 9 clips to 16000 Hz (3 at 22050 Hz)."
+    ]
+    assert len(records) == 4 + 3  # 4 first-of-a-kind lines (resampled, mixed, cut, padded), 1 summary of 3
+
+
+def test_a_broken_clip_read_in_two_passes_is_counted_once(tmp_path, caplog):
+    folder = audio_folder(tmp_path / "clips", broken=1)  # 10 clips, one broken
+    stream, columns, _ = spectrogram_stream(
+        load_train_dataset(train_data_dir=str(folder), streaming=True), "audio", HFDDPMMel(**MEL), "label"
+    )
+    convert = SpectrogramConverter(HFDDPMMel(**MEL), summary_every=10)
+    loader = make_train_dataloader(stream, columns, resolution=16, channels=1, batch_size=5, seed=0, decode=convert)
+    with caplog.at_level("INFO", logger="hfddpm.audio"):
+        batches = _batches(loader, 4)
+    assert [b["position"].tolist() for b in batches] == [[0, 5], [0, 10], [1, 5], [1, 10]]  # two passes
+    assert (convert.num_bad, convert.num_read) == (1, 10)  # as the batches count: distinct clips
+    assert sum(int(b["num_bad_images"]) for b in batches) == 1 and len(convert.bad) == 1
+    skipped = [r.message for r in caplog.records if r.message.startswith("Skipped")]
+    assert len(skipped) == 1 and skipped == [convert.summary()[-1]]
+    assert re.fullmatch(
+        r"Skipped 1 of 10 audio clips that could not be read: clip \d+ \(.*broken0\.wav\): not readable as audio"
+        r" \(.*\)\.",
+        skipped[0],
+    )
 
 
 def test_a_stream_with_too_many_broken_clips_stops_naming_them(tmp_path):
-    folder = audio_folder(tmp_path / "clips", broken=3)  # 3 of 12 clips broken: 25 %
+    folder = audio_folder(tmp_path / "clips", broken=4)  # 4 of 13 clips broken: 30.8 %
     dataset = load_train_dataset(train_data_dir=str(folder), streaming=True)
-    stream, columns, convert = spectrogram_stream(dataset, "audio", HFDDPMMel(**MEL), "label", max_bad_fraction=0.3)
+    mel = HFDDPMMel(**MEL)
+    stream, columns, convert = spectrogram_stream(dataset, "audio", mel, "label", max_bad_fraction=0.35)
     kwargs = dict(resolution=16, channels=1, batch_size=4, seed=0)
     batches = _batches(make_train_dataloader(stream, columns, decode=convert, **kwargs), 60)  # 240 clips: allowed
-    # the batches count distinct clips (those of the first epoch), the converter every clip it reads
+    # the batches and the converter count distinct clips: those of the first pass, not again in the 17 after it
     assert (
-        sum(int(b["num_bad_images"]) for b in batches) == 3 and sum(int(b["num_read_images"]) for b in batches) == 12
+        sum(int(b["num_bad_images"]) for b in batches) == 4 and sum(int(b["num_read_images"]) for b in batches) == 13
     )
-    assert convert.num_bad == 60 and convert.num_read == 240
-    stream, columns, convert = spectrogram_stream(dataset, "audio", HFDDPMMel(**MEL), "label", max_bad_fraction=0.2)
-    loader = iter(make_train_dataloader(stream, columns, decode=convert, **kwargs))
-    for _ in range(49):  # judged only after 200 clips (49 batches of 4 = 196)
-        next(loader)
+    assert (convert.num_bad, convert.num_read) == (4, 13) and convert.seen and len(convert.seen) == 13
+    # judged once min_clips distinct clips were read: 13 clips read 18 times never make 14
+    convert = SpectrogramConverter(mel, max_bad_fraction=0.25, min_clips=14)
+    _batches(make_train_dataloader(stream, columns, decode=convert, **kwargs), 60)
+    convert = SpectrogramConverter(mel, max_bad_fraction=0.25, min_clips=13)
     with pytest.raises(ValueError) as error:
-        next(loader)
+        _batches(make_train_dataloader(stream, columns, decode=convert, **kwargs), 4)  # the 13th: end of the 1st pass
     message = str(error.value)
-    # 16 epochs of 12 clips, then 8 clips of the 17th (which hold 0 to 3 of its broken ones)
-    assert re.match(r"(4[89]|5[01]) of the 200 audio clips could not be read \(2\d\.\d% > --max_bad_image_fraction"
-                    r" 0.2\): clip \d+ \(.*broken\d\.wav\): not readable as audio", message)  # fmt: skip
-    assert sorted(set(re.findall(r"broken\d\.wav", message))) == ["broken0.wav", "broken1.wav", "broken2.wav"]
+    assert re.match(r"4 of the 13 audio clips could not be read \(30\.8% > --max_bad_image_fraction 0.25\):"
+                    r" clip \d+ \(.*broken\d\.wav\): not readable as audio", message)  # fmt: skip
+    assert len(set(re.findall(r"broken\d\.wav", message))) == 3  # the first three, each once
     assert message.endswith("; .... Remove or repair them, or raise --max_bad_image_fraction to skip them.")
 
 
@@ -218,20 +241,8 @@ def test_streamed_audio_run_trains_resumes_and_saves_a_pipeline_that_makes_sound
 
 def test_bench_audio_stream_smoke(tmp_path):
     out = tmp_path / "audio_stream.json"
-    args = [
-        "--clips",
-        "8",
-        "--seconds",
-        "0.3",
-        "--batch-size",
-        "4",
-        "--batches",
-        "1",
-        "--workers",
-        "0",
-        "--out",
-        str(out),
-    ]
+    args = ["--clips", "8", "--seconds", "0.3", "--batch-size", "4", "--batches", "3", "--workers", "0",
+            "--out", str(out)]  # fmt: skip
     bench = ROOT / "benchmarks" / "bench_audio_stream.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, env=env, timeout=600)
@@ -239,7 +250,12 @@ def test_bench_audio_stream_smoke(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["path"], r["workers"]) for r in rows] == [("map-style", 0), ("streamed", 0)]
     assert rows[0]["conversion_up_front_s"] > 0 and all(r["clips_per_second"] > 0 for r in rows)
-    assert "| streamed | 0 | 0.00 s |" in result.stdout
+    # no DataLoader workers: a warm-up of one batch; then 3 batches of 4 timed, two of them from the second pass
+    # (num_read_images, which counts distinct clips, would have given 4)
+    assert all((r["warmup_batches"], r["timed_batches"], r["timed_clips"]) == (1, 3, 12) for r in rows)
+    assert all(r["first_batch_s"] >= 0 for r in rows)
+    assert "| streamed | 0 | 0.00 s |" in result.stdout and "after a warm-up of 1 (" in result.stdout
+    assert re.search(r"\| map-style \| 0 \| [\d.]+ s \| [\d.]+ s \| [\d.]+ \| 1\.00x \|", result.stdout)
 
 
 def test_a_stream_of_unknown_features_trains_on_the_audio_column_named(tmp_path):
@@ -281,7 +297,8 @@ def test_a_streamed_parquet_dataset_with_wav_bytes_as_on_the_hub(tmp_path, monke
     clips = []
     for i in range(6):
         buffer = io.BytesIO()
-        soundfile.write(buffer, tone(400 * (1 + i % 2), 0.05, 22050), 22050, format="WAV")
+        # six distinct clips: the converter tells clips apart by their bytes when they have no path
+        soundfile.write(buffer, tone(400 * (1 + i % 2) + 10 * i, 0.05, 22050), 22050, format="WAV")
         clips.append({"bytes": buffer.getvalue(), "path": None})
     features = datasets.Features({"speech": datasets.Audio(), "label": datasets.ClassLabel(names=["low", "high"])})
     table = pa.table({"speech": pa.array(clips, type=datasets.Audio().pa_type), "label": [0, 1] * 3})

@@ -252,6 +252,50 @@ def test_bench_audio_smoke(tmp_path):
     assert "| 64x64 | 1.008 s at 16000 Hz |" in result.stdout
 
 
+@pytest.fixture(scope="module")
+def bench_audio_stream():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_audio_stream
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return bench_audio_stream
+
+
+def test_bench_audio_stream_warms_up_past_the_prefetched_batches(bench_audio_stream):
+    import datasets
+    from PIL import Image
+
+    from hfddpm.data import make_train_dataloader, resolve_columns
+
+    images = datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4))] * 4})
+    columns = resolve_columns(images, "image")
+    # never read: no worker starts
+    loaders = [
+        make_train_dataloader(images, columns, resolution=4, channels=1, batch_size=2, seed=0, num_workers=w)
+        for w in (0, 2)
+    ]
+    prefetch = loaders[1].prefetch_factor
+    assert prefetch >= 1 and bench_audio_stream.warmup_batches(loaders[:1]) == 1
+    assert bench_audio_stream.warmup_batches(loaders) == 1 + 2 * prefetch  # the same for every configuration
+
+
+def test_bench_audio_stream_times_the_batches_after_the_warm_up_counting_their_rows(bench_audio_stream):
+    import time
+
+    drawn = []
+
+    def batches():  # slow warm-up batches, then quick ones; num_read_images as in a later pass: 0
+        for i in range(100):
+            drawn.append(i)
+            time.sleep(0.2 if i < 4 else 0)
+            yield {"pixel_values": torch.zeros(i % 3 + 1, 1, 2, 2), "num_read_images": torch.tensor(0)}
+
+    result = bench_audio_stream.time_batches(batches(), warmup=4, num_batches=5)
+    assert drawn == list(range(9)) and result["timed_clips"] == 2 + 3 + 1 + 2 + 3
+    assert result["first_batch_s"] >= 0.2 and result["clips_per_second"] > 11 / 0.2  # the warm-up is not timed
+
+
 def test_gpu_checks_test_step_runs_where_pytest_xdist_is_missing():
     """The GPU image has pytest but not pytest-xdist: gpu_check.sh's test step drops setup.cfg's ``-n`` and the suite's
     conftest must load without xdist's hooks."""
