@@ -1035,7 +1035,8 @@ def _identity(batch):
 # ---------------------------------------------------------------------------------------------------------------------
 # Small map-style datasets: decoded once, kept on the training device
 # ---------------------------------------------------------------------------------------------------------------------
-# The most decoded bytes kept on the device by default (MNIST-5k at 28 px: 16 MB; CIFAR-10 at 32 px: 614 MB).
+# The most bytes of training data kept on the device: decoded images (MNIST-5k at 28 px: 16 MB; CIFAR-10 at 32 px:
+# 614 MB) and a latent run's scaled latents (hfddpm.latents.LatentBatches; above it they stay in host memory).
 RESIDENT_MAX_BYTES = 1 << 30
 
 
@@ -1059,11 +1060,54 @@ class ResidentImageBatches:
     sees exactly the batches the DataLoader would give.
 
     Build it with :meth:`build`, which returns ``None`` when the dataset does not qualify (random crops or flips,
-    undecodable images, or more than ``max_bytes`` decoded).
+    undecodable images, or more than ``max_bytes`` decoded); :meth:`decode` says why.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, sampler: EpochShardSampler, batch_size: int):
         self.images, self.labels, self.sampler, self.batch_size = images, labels, sampler, batch_size
+
+    @staticmethod
+    def decode(
+        dataset: datasets.Dataset,
+        columns: DatasetColumns,
+        transform: ImageTransform,
+        device: torch.device | str,
+        max_bytes: int = RESIDENT_MAX_BYTES,
+    ) -> "tuple[torch.Tensor, torch.Tensor | None] | str":
+        """``(images, labels)``: every image of ``dataset`` decoded and transformed once, on ``device`` (labels
+        ``None`` without a label column); or, when the dataset cannot be kept there, why not (a phrase for the log).
+
+        Example:
+            >>> digits = load_mnist_5k().select(range(4))
+            >>> columns = resolve_columns(digits, "image", "label")
+            >>> images, labels = ResidentImageBatches.decode(digits, columns, ImageTransform(28, 1), "cpu")
+            >>> tuple(images.shape), labels.tolist()
+            ((4, 1, 28, 28), [0, 0, 0, 0])
+            >>> ResidentImageBatches.decode(digits, columns, ImageTransform(28, 1, random_flip=True), "cpu")
+            'random flips, drawn per example and epoch'
+        """
+        channels, resolution = len(transform.mode), transform.resolution
+        if transform.random_flip:
+            return "random flips, drawn per example and epoch"
+        if not fits_on_device(len(dataset), channels, resolution, False, max_bytes):
+            size = f"{channels}x{resolution}x{resolution}"
+            return f"{len(dataset)} images of {size} take more than {max_bytes / 2**30:g} GiB decoded"
+        table = _undecoded(dataset, columns.image_column)
+        images = torch.empty(len(dataset), channels, resolution, resolution)
+        for start in tqdm(range(0, len(dataset), 1000), desc="decoding the dataset into memory", leave=False):
+            for i, value in enumerate(table[start : start + 1000][columns.image_column]):
+                try:
+                    image = to_pil(value)
+                except DECODE_ERRORS:  # substituted and counted by the DataLoader
+                    return f"{describe_example(f'row {start + i}', value)} cannot be decoded"
+                if not transform.center_crop and image.size[0] != image.size[1]:  # a random crop per epoch
+                    where = describe_example(f"row {start + i}", value)
+                    return f"{where} is {image.size[0]}x{image.size[1]}, cropped at random without --center_crop"
+                images[start + i] = transform(image)
+        labels = None
+        if columns.label_column is not None:
+            labels = torch.tensor(dataset[columns.label_column], dtype=torch.long, device=device)
+        return images.to(device), labels
 
     @classmethod
     def build(
@@ -1076,24 +1120,8 @@ class ResidentImageBatches:
         device: torch.device | str,
         max_bytes: int = RESIDENT_MAX_BYTES,
     ) -> "ResidentImageBatches | None":
-        channels = len(transform.mode)
-        if not fits_on_device(len(dataset), channels, transform.resolution, transform.random_flip, max_bytes):
-            return None
-        table = _undecoded(dataset, columns.image_column)
-        images = torch.empty(len(dataset), channels, transform.resolution, transform.resolution)
-        for start in tqdm(range(0, len(dataset), 1000), desc="decoding the dataset into memory", leave=False):
-            for i, value in enumerate(table[start : start + 1000][columns.image_column]):
-                try:
-                    image = to_pil(value)
-                except DECODE_ERRORS:
-                    return None  # undecodable images are substituted and counted by the DataLoader path
-                if not transform.center_crop and image.size[0] != image.size[1]:
-                    return None  # a random crop per example and epoch
-                images[start + i] = transform(image)
-        labels = None
-        if columns.label_column is not None:
-            labels = torch.tensor(dataset[columns.label_column], dtype=torch.long, device=device)
-        return cls(images.to(device), labels, sampler, batch_size)
+        decoded = cls.decode(dataset, columns, transform, device, max_bytes)
+        return None if isinstance(decoded, str) else cls(*decoded, sampler, batch_size)
 
     def __iter__(self):
         images = self.images
@@ -1102,20 +1130,20 @@ class ResidentImageBatches:
         )
 
 
-def host_to_device(values: list[int], device: torch.device | str) -> torch.Tensor:
-    """``values`` as a long tensor on ``device``, without waiting for the device: a plain copy from host memory
-    waits for every kernel queued before it, which would make each training step wait for the last one. On CUDA the
-    values go through pinned memory, copied asynchronously (the caching host allocator keeps the pinned block until
-    the copy is done).
+def host_to_device(values: list[int] | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``values`` (a tensor in host memory, or ints: a long tensor) on ``device``, without waiting for the device: a
+    plain copy from host memory waits for every kernel queued before it, which would make each training step wait for
+    the last one. On CUDA the values go through pinned memory, copied asynchronously (the caching host allocator keeps
+    the pinned block until the copy is done).
 
     Example:
         >>> host_to_device([3, 1], "cpu")
         tensor([3, 1])
     """
-    index = torch.tensor(values, dtype=torch.long)
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.long)
     if torch.device(device).type != "cuda":
-        return index
-    return index.pin_memory().to(device, non_blocking=True)
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def resident_batches(

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from hfddpm.data import (
     DECODE_ERRORS,
     MAX_NAMED_BAD_EXAMPLES,
+    RESIDENT_MAX_BYTES,
     BadExampleLog,
     DatasetColumns,
     EpochShardSampler,
@@ -350,13 +351,17 @@ class LatentBatches:
     With flips, example ``i`` of epoch ``e`` uses its mirror view when a generator seeded ``(seed, e, i)`` draws
     < 0.5: the choice is a pure function of the position, so a resumed run reads the same batches.
 
+    The scaled latents are kept on ``device`` (``resident``) up to ``max_bytes``, the cap of decoded images
+    (:data:`hfddpm.data.RESIDENT_MAX_BYTES`); above it they stay in host memory and each batch is gathered there and
+    copied to ``device`` (through pinned memory on CUDA). The batches are the same either way.
+
     Example:
         >>> import torch
         >>> from hfddpm.data import EpochShardSampler
         >>> latents = torch.arange(6.0).reshape(3, 2, 1, 1, 1)  # 3 examples, 2 views (image, mirror)
         >>> batches = LatentBatches(latents, None, EpochShardSampler(3, seed=0), batch_size=2, scale=1.0, seed=0)
-        >>> tuple(next(iter(batches))["pixel_values"].shape)
-        (2, 1, 1, 1)
+        >>> tuple(next(iter(batches))["pixel_values"].shape), batches.resident
+        ((2, 1, 1, 1), True)
     """
 
     def __init__(
@@ -370,20 +375,42 @@ class LatentBatches:
         shift: float = 0.0,
         seed: int,
         device: torch.device | str = "cpu",
+        max_bytes: int = RESIDENT_MAX_BYTES,
     ):
-        self.latents = ((latents - shift) * scale).to(device)
+        scaled = (latents - shift) * scale
+        self.device = torch.device(device)
+        self.resident = scaled.nbytes <= max_bytes
+        self.latents = scaled.to(device) if self.resident else scaled.cpu()
         self.labels = labels.to(device) if labels is not None else None
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
 
     def __iter__(self):
-        latents, seed = self.latents, self.seed
+        latents, seed, device, resident = self.latents, self.seed, self.device, self.resident
         views = latents.shape[1]
 
         def pick(index, chunk):  # each example's view (the flipped one with probability 1/2), drawn from its key
             view = [int(views > 1 and _example_rng(seed, e, i).random() < 0.5) for i, e, _ in chunk]
-            return latents[index, host_to_device(view, latents.device)]
+            if resident:
+                return latents[index, host_to_device(view, device)]
+            rows = torch.tensor([i for i, _, _ in chunk])
+            return host_to_device(latents[rows, torch.tensor(view)], device)  # gathered on the host, then copied
 
-        return resident_batches(self.sampler, self.batch_size, latents.device, self.labels, pick)
+        return resident_batches(self.sampler, self.batch_size, device, self.labels, pick)
+
+
+def latent_bytes(num_examples: int, vae, resolution: int, random_flip: bool) -> int:
+    """The bytes of the scaled latents :class:`LatentBatches` holds for ``num_examples`` images of ``resolution`` px
+    (float32, two views each with ``random_flip``): known before encoding, e.g. to choose the training recipe.
+
+    Example:
+        >>> from diffusers import AutoencoderKL
+        >>> vae = AutoencoderKL(block_out_channels=[8, 8, 8, 8], norm_num_groups=4,
+        ...                     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+        >>> latent_bytes(1000, vae, 256, random_flip=True)  # 1000 x 2 views x 4 x 32 x 32 float32
+        32768000
+    """
+    size = resolution // downsample_factor(vae)
+    return num_examples * (2 if random_flip else 1) * vae.config.latent_channels * size * size * 4
 
 
 def make_latent_batches(
@@ -396,12 +423,13 @@ def make_latent_batches(
     world_size: int = 1,
     start: tuple[int, int] = (0, 0),
     device: torch.device | str = "cpu",
+    max_bytes: int = RESIDENT_MAX_BYTES,
 ) -> LatentBatches:
     """:class:`LatentBatches` over ``encoded`` for process ``rank`` of ``world_size``, scaled as the autoencoder's
-    config says."""
+    config says; on ``device`` up to ``max_bytes``, else in host memory."""
     scale, shift = scale_shift(vae)
     sampler = EpochShardSampler(len(encoded.latents), seed=seed, rank=rank, world_size=world_size, start=start)
     return LatentBatches(
         encoded.latents, encoded.labels, sampler, batch_size=batch_size, scale=scale, shift=shift, seed=seed,
-        device=device,
+        device=device, max_bytes=max_bytes,
     )  # fmt: skip

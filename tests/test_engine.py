@@ -125,6 +125,37 @@ def test_a_training_step_on_resident_batches_never_waits_for_the_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_latents_above_the_cap_reach_the_gpu_without_waiting_as_the_same_batches():
+    """Latents over ``max_bytes`` stay in host memory; each batch is copied through pinned memory, with no
+    host-device synchronisation, and equals the batch of latents kept on the GPU."""
+    from hfddpm.data import EpochShardSampler
+    from hfddpm.latents import LatentBatches
+
+    latents, labels = torch.randn(40, 2, 4, 8, 8), torch.arange(40) % 10
+
+    def batches(max_bytes):
+        sampler = EpochShardSampler(40, seed=0)
+        kwargs = dict(batch_size=16, scale=0.5, shift=0.1, seed=0, device="cuda", max_bytes=max_bytes)
+        return LatentBatches(latents, labels, sampler, **kwargs)
+
+    on_gpu, on_host = batches(latents.nbytes), batches(0)
+    assert on_gpu.resident and on_gpu.latents.is_cuda and not on_host.resident and not on_host.latents.is_cuda
+    reference, host = iter(on_gpu), iter(on_host)
+    next(host)  # the first batch allocates the pinned block outside the checked ones
+    next(reference)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        checked = [(next(reference), next(host)) for _ in range(5)]  # past an epoch boundary
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for a, b in checked:
+        assert b["pixel_values"].is_cuda and b["class_labels"].is_cuda
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["class_labels"], b["class_labels"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_step_and_resident_batches_on_the_gpu():
     # last of the gpu tests (gpu_check.sh runs them under a time limit): its compile is the slow part
     batch = next(_resident_digits_on_the_gpu())

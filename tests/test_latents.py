@@ -27,9 +27,10 @@ from train_helpers import (
 from hfddpm import UNET_PRESETS, HFDDPMPipeline, HFDDPMScheduler, build_unet
 from hfddpm.cli import main as cli_main
 from hfddpm.data import load_mnist_5k, make_train_dataloader, resolve_columns
-from hfddpm.latents import encode_dataset, load_vae, make_latent_batches, vae_encode
+from hfddpm.latents import encode_dataset, latent_bytes, load_vae, make_latent_batches, vae_encode
 from hfddpm.training import TrainConfig
 from hfddpm.training.engine import setup
+from hfddpm.training.loop import choose_recipe, resident_data
 from hfddpm.training.vae import VAETrainConfig, build_vae, measure_scaling, train_vae
 
 # A tiny autoencoder: 16 px grey digits -> 4x8x8 latents (2 levels, downsampling by 2).
@@ -227,6 +228,45 @@ def test_latent_batches_pick_a_view_per_example_and_resume(small_digits, tmp_pat
     assert views[0] and views[1]  # both the image and its mirror are drawn
     resumed = next(iter(make_latent_batches(encoded, vae, batch_size=8, seed=0, start=tuple(first["position"]))))
     assert torch.equal(resumed["pixel_values"], second["pixel_values"])
+
+
+def test_latents_above_the_cap_stay_in_host_memory_with_the_same_batches(small_digits, tmp_path):
+    ds, columns = small_digits
+    vae = build_vae(VAETrainConfig(**TINY_VAE))
+    vae.register_to_config(scaling_factor=0.5, shift_factor=0.1)
+    encoded = encode_dataset(ds, columns, vae, resolution=16, random_flip=True, cache_dir=str(tmp_path),
+                             show_progress=False)  # fmt: skip
+    nbytes = 50 * 2 * 4 * 8 * 8 * 4  # 50 examples x 2 views x 4x8x8 float32
+    assert latent_bytes(len(ds), vae, 16, random_flip=True) == nbytes == encoded.latents.nbytes
+    kwargs = dict(batch_size=8, seed=3, rank=1, world_size=2)
+    on_device = make_latent_batches(encoded, vae, **kwargs, max_bytes=nbytes)  # exactly the cap: kept on the device
+    on_host = make_latent_batches(encoded, vae, **kwargs, max_bytes=nbytes - 1)
+    assert on_device.resident and not on_host.resident
+    assert torch.equal(on_host.latents, on_device.latents)  # the same scaled latents, (z - 0.1) * 0.5
+    reference, host = iter(on_device), iter(on_host)
+    keys = {"pixel_values", "class_labels", "num_bad_images", "num_read_images", "position"}
+    for _ in range(8):  # past an epoch boundary (25 examples per process)
+        a, b = next(reference), next(host)
+        assert a.keys() == b.keys() == keys
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    start = tuple(a["position"].tolist())
+    resumed = next(iter(make_latent_batches(encoded, vae, **kwargs, start=start, max_bytes=0)))
+    assert torch.equal(resumed["pixel_values"], next(reference)["pixel_values"])
+
+
+def test_a_latent_run_takes_the_gpu_recipe_only_with_its_latents_on_the_device(tmp_path):
+    vae_dir, unet_file = tmp_path / "vae", tmp_path / "unet.json"
+    build_vae(VAETrainConfig(**TINY_VAE)).save_pretrained(vae_dir)
+    unet_file.write_text(json.dumps(LATENT_UNET))
+    for flags, views in (({}, 1), ({"random_flip": True}, 2)):
+        config = TrainConfig(vae=str(vae_dir), unet_config=str(unet_file), resolution=16, **flags)
+        run = setup(config)
+        nbytes = 5000 * views * 4 * 8 * 8 * 4  # the embedded digits' latents, as LatentBatches holds them
+        assert resident_data(config, run, "cpu", max_bytes=nbytes) == (None, None)
+        decoded, why = resident_data(config, run, "cpu", max_bytes=nbytes - 1)
+        assert decoded is None and why.startswith("the latents take")
+        assert choose_recipe("cuda", why) == ("fallback", f"the data is not kept on the device: {why}")
+        assert choose_recipe("cuda", None)[0] == "gpu"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from hfddpm.training import (
     resolve_mixed_precision,
     setup,
 )
-from hfddpm.training.loop import check_bad_images
+from hfddpm.training.loop import check_bad_images, choose_recipe, resident_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
@@ -483,3 +484,70 @@ def test_command_line_error_is_one_clear_line(train_module, configs, offline, tm
     args = train_module.parse_args([*_common(configs["mnist"], tmp_path / "out"), "--resolution", "27"])
     with pytest.raises(SystemExit, match=r"^train.py: error: resolution=27 cannot be downsampled"):
         train_module.main(args)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The recipe follows the data: GPU_RECIPE only when the images were decoded onto the device
+# ---------------------------------------------------------------------------------------------------------------------
+def _grey_folder(root: Path, width: int, height: int, broken: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8)).save(root / c / f"{i}.png")
+    if broken:
+        (root / "dog" / "broken.png").write_bytes(b"\x89PNG but not really")
+    return root
+
+
+def test_the_recipe_choice_names_the_device_and_why():
+    assert choose_recipe("cuda", None) == ("gpu", "the data is on the device")
+    assert choose_recipe("cuda", "a streamed dataset (--streaming)") == (
+        "fallback", "the data is not kept on the device: a streamed dataset (--streaming)",
+    )  # fmt: skip
+    assert choose_recipe("cpu", None) == choose_recipe("cpu", "--no_data_on_device") == ("cpu", "this is a CPU")
+    assert choose_recipe("mps", None) == ("fallback", "mps is not a CUDA device")
+
+
+@pytest.mark.parametrize(
+    "size, broken, flags, why",
+    [
+        ((16, 16), False, [], None),
+        ((24, 16), False, [], r"^row \d+ \(.*[0-9]\.png\) is 24x16, cropped at random without --center_crop$"),
+        ((24, 16), False, ["--center_crop"], None),
+        ((16, 16), True, [], r"^row \d+ \(.*broken\.png\) cannot be decoded$"),
+        ((16, 16), False, ["--random_flip"], r"^random flips, drawn per example and epoch$"),
+        ((16, 16), False, ["--no_data_on_device"], r"^--no_data_on_device$"),
+    ],
+)  # fmt: skip
+def test_the_gpu_recipe_needs_the_images_decoded_onto_the_device(
+    train_module, configs, offline, tmp_path, size, broken, flags, why
+):
+    folder = _grey_folder(tmp_path / "images", *size, broken=broken)
+    argv = ["--unet_config", str(configs["rgb16"]), "--train_data_dir", str(folder), "--resolution", "16", *flags]
+    config = TrainConfig.from_args(train_module.parse_args(argv))
+    run = setup(config)
+    decoded, off_device = resident_data(config, run, "cpu")
+    recipe, reason = choose_recipe("cuda", off_device)
+    if why is None:
+        images, labels = decoded
+        assert off_device is None and recipe == "gpu" and reason == "the data is on the device"
+        assert images.shape == (6, 3, 16, 16) and labels is None  # the UNet has no class embedding
+        assert config.recipe(gpu=True)["train_batch_size"] == 512
+    else:
+        assert decoded is None and re.search(why, off_device), off_device
+        assert (recipe, reason) == ("fallback", f"the data is not kept on the device: {off_device}")
+        assert config.recipe(gpu=False)["train_batch_size"] == 64  # the DataLoader's batches: the fallback recipe
+
+
+def test_images_over_the_cap_stay_off_the_device_and_get_the_fallback_recipe(train_module, configs, offline, tmp_path):
+    folder = _grey_folder(tmp_path / "images", 16, 16)
+    argv = ["--unet_config", str(configs["rgb16"]), "--train_data_dir", str(folder), "--resolution", "16"]
+    config = TrainConfig.from_args(train_module.parse_args(argv))
+    run = setup(config)
+    nbytes = 6 * 3 * 16 * 16 * 4  # decoded float32
+    decoded, off_device = resident_data(config, run, "cpu", max_bytes=nbytes)
+    assert off_device is None and decoded[0].nbytes == nbytes
+    decoded, off_device = resident_data(config, run, "cpu", max_bytes=nbytes - 1)
+    assert decoded is None and off_device.startswith("6 images of 3x16x16 take more than")
+    assert choose_recipe("cuda", off_device)[0] == "fallback"

@@ -31,8 +31,10 @@ from hfddpm.data import (
     BAD_EXAMPLES_MIN_READ,
     EMBEDDED_DATASET_NAME,
     MAX_NAMED_BAD_EXAMPLES,
+    RESIDENT_MAX_BYTES,
+    EpochShardSampler,
+    ImageTransform,
     ResidentImageBatches,
-    fits_on_device,
     make_train_dataloader,
 )
 from hfddpm.evaluation import parse_metrics
@@ -113,6 +115,53 @@ def check_bad_images(
         )
 
 
+def choose_recipe(device_type: str, off_device: str | None) -> tuple[str, str]:
+    """The recipe of :meth:`TrainConfig.recipe` a run without ``--train_batch_size`` takes, and why: ``"cpu"`` on a
+    CPU, ``"gpu"`` on a CUDA device with the data kept on it (``off_device`` is ``None``), else ``"fallback"``.
+    ``off_device`` says why the data is not kept on the device (:func:`resident_data`).
+
+    Example:
+        >>> choose_recipe("cuda", None)
+        ('gpu', 'the data is on the device')
+        >>> choose_recipe("cuda", "row 3 (cats/3.png) cannot be decoded")
+        ('fallback', 'the data is not kept on the device: row 3 (cats/3.png) cannot be decoded')
+        >>> choose_recipe("cpu", "--no_data_on_device"), choose_recipe("mps", None)
+        (('cpu', 'this is a CPU'), ('fallback', 'mps is not a CUDA device'))
+    """
+    if device_type == "cpu":
+        return "cpu", "this is a CPU"
+    if device_type != "cuda":
+        return "fallback", f"{device_type} is not a CUDA device"
+    if off_device is not None:
+        return "fallback", f"the data is not kept on the device: {off_device}"
+    return "gpu", "the data is on the device"
+
+
+def resident_data(config: TrainConfig, run, device: torch.device | str, max_bytes: int = RESIDENT_MAX_BYTES):
+    """Whether the data of ``run`` (:func:`~hfddpm.training.engine.setup`) is kept on ``device``, decided once, before
+    the recipe that depends on it: ``(images, labels)`` of a pixel run decoded onto ``device``
+    (:meth:`ResidentImageBatches.decode`, up to ``max_bytes``), else ``None``; and why the data is not kept there,
+    ``None`` when it is (the decoded images, or the latents that :class:`~hfddpm.latents.LatentBatches` will keep
+    there: a latent run encodes later, in the training precision, but the size of its latents is known now)."""
+    if run.vae is not None:
+        from hfddpm.latents import latent_bytes
+
+        size = latent_bytes(len(run.dataset), run.vae, run.resolution, config.random_flip)
+        if size <= max_bytes:
+            return None, None
+        return None, f"the latents take {size / 2**30:.1f} GiB, more than {max_bytes / 2**30:g} GiB"
+    if not config.data_on_device:
+        return None, "--no_data_on_device"
+    if config.streaming:
+        return None, "a streamed dataset (--streaming)"
+    channels = run.unet.config.in_channels
+    transform = ImageTransform(
+        run.resolution, channels, center_crop=config.center_crop, random_flip=config.random_flip
+    )
+    decoded = ResidentImageBatches.decode(run.dataset, run.columns, transform, device, max_bytes)
+    return (None, decoded) if isinstance(decoded, str) else (decoded, None)
+
+
 def json_safe(value):
     """``value`` with non-finite floats as ``None``: JSON files never hold NaN literals."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -169,17 +218,14 @@ def _train(config: TrainConfig, started: float) -> Path:
     if device.type == "cuda":
         set_cuda_math(train_cuda_math(config.allow_tf32))
 
-    # 2. data, model and schedule (every bad input fails here), then the step's precision and memory format
+    # 2. data, model and schedule (every bad input fails here); whether the data is kept on the device (a pixel run's
+    # images are decoded onto it now) and so the recipe; then the step's precision and memory format
     run = setup(config, main_process_first=state.main_process_first)
     run_settings = run.resolved()  # the noise schedule and prediction type (a pretrained pipeline's, or the flags')
     given = config
-    gpu_recipe = (
-        device.type == "cuda"
-        and config.data_on_device
-        and not config.streaming
-        and fits_on_device(len(run.dataset), run.unet.config.in_channels, run.resolution, config.random_flip)
-    )
-    cpu_recipe = device.type == "cpu"
+    decoded, off_device = resident_data(config, run, device)
+    recipe_name, recipe_why = choose_recipe(device.type, off_device)
+    gpu_recipe, cpu_recipe = recipe_name == "gpu", recipe_name == "cpu"
     recipe = config.recipe(gpu=gpu_recipe, cpu=cpu_recipe)
     config = config.with_recipe(gpu=gpu_recipe, cpu=cpu_recipe)  # batch size, learning rate, warm-up, cadences
     step_format, precision_why = resolve_step_format(config, run, state)
@@ -316,6 +362,10 @@ def _train(config: TrainConfig, started: float) -> Path:
 
     if run.vae is not None:
         dataloader = _latent_batches(run, config, accelerator, start)
+    elif decoded is not None:  # the images decoded onto the device in step 2
+        rank, world_size = accelerator.process_index, accelerator.num_processes
+        sampler = EpochShardSampler(len(run.dataset), seed=config.seed, rank=rank, world_size=world_size, start=start)
+        dataloader = ResidentImageBatches(*decoded, sampler, config.train_batch_size)
     else:
         dataloader = make_train_dataloader(
             run.dataset,
@@ -332,7 +382,6 @@ def _train(config: TrainConfig, started: float) -> Path:
             start=start,
             shuffle_buffer_size=config.shuffle_buffer_size,
             pin_memory=device.type == "cuda",
-            resident_device=device if config.data_on_device else None,
             decode=run.decode,
         )
     resolved = {
@@ -373,14 +422,17 @@ def _train(config: TrainConfig, started: float) -> Path:
             else ""
         )
     )
-    if (gpu_recipe or cpu_recipe) and given.train_batch_size is None:
+    if given.train_batch_size is None:
+        name, how = {
+            "gpu": ("GPU", ": the recipe's images in larger batches"),
+            "cpu": ("CPU", ": the recipe's images in smaller batches, twice the steps at about the same images/s"),
+            "fallback": ("Fallback", ""),
+        }[recipe_name]
         logger.info(
-            ("GPU recipe (the data is on the device)" if gpu_recipe else "CPU recipe")
-            + f": batch {config.train_batch_size}, learning rate {config.learning_rate:g}, warm-up"
+            f"{name} recipe: batch {config.train_batch_size}, learning rate {config.learning_rate:g}, warm-up"
             f" {config.lr_warmup_steps} steps, {recipe['max_train_steps']} steps, a grid every"
-            f" {config.validation_steps} and a checkpoint every {config.checkpointing_steps}: the recipe's images in "
-            + ("larger batches" if gpu_recipe else "smaller batches, twice the steps at about the same images/s")
-            + " (--train_batch_size sets your own)."
+            f" {config.validation_steps} and a checkpoint every {config.checkpointing_steps}{how}"
+            f" (--train_batch_size sets your own), since {recipe_why}."
         )
     # the bad-image fraction is judged once this many images were read (or the whole dataset, if smaller)
     min_read = min(BAD_EXAMPLES_MIN_READ, num_examples) if num_examples else BAD_EXAMPLES_MIN_READ
@@ -707,7 +759,7 @@ def _train(config: TrainConfig, started: float) -> Path:
 
 def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: tuple[int, int]):
     """A latent run's batches: the dataset encoded once (process 0 encodes and caches, the others then read the
-    cache), scaled latents on the device."""
+    cache), scaled latents on the device (in host memory above :data:`~hfddpm.data.RESIDENT_MAX_BYTES`)."""
     from hfddpm.latents import encode_dataset, has_configured_scaling_factor, make_latent_batches
 
     device = accelerator.device
@@ -742,7 +794,7 @@ def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: t
         run.vae.register_to_config(scaling_factor=1.0 / encoded.latent_std)
         logger.info(f"The autoencoder's config has no scaling_factor; measured 1/std = {1 / encoded.latent_std:.5f}.")
     run.vae.to(device).eval().requires_grad_(False)
-    return make_latent_batches(
+    batches = make_latent_batches(
         encoded,
         run.vae,
         batch_size=config.train_batch_size,
@@ -752,6 +804,15 @@ def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: t
         start=start,
         device=device,
     )
+    size = f"{batches.latents.nbytes / 2**20:.0f} MiB"
+    if batches.resident:
+        logger.info(f"The scaled latents are kept on {device} ({size}).")
+    else:
+        logger.info(
+            f"The scaled latents ({size}) are more than the {RESIDENT_MAX_BYTES / 2**30:g} GiB kept on the device:"
+            f" they stay in host memory, and each batch is copied to {device}."
+        )
+    return batches
 
 
 def _check_audio_metrics(config: TrainConfig, mel) -> None:
