@@ -63,6 +63,21 @@ def run_train(args: list[str], tmp: Path, *, check: bool = True, **env) -> subpr
     return result
 
 
+def run_report(result: subprocess.CompletedProcess, folder: Path) -> str:
+    """For a failed assertion about a run: the files of ``folder`` (its output folder) and the end of the run's log.
+
+    Example:
+        >>> done = subprocess.CompletedProcess([], 0, stdout="", stderr="INFO Saved checkpoint-2")
+        >>> print(run_report(done, Path("no-such-folder")))
+        files of no-such-folder: none
+        the run's log (end):
+        INFO Saved checkpoint-2
+    """
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    listing = "".join(f"\n  {name}" for name in files) or " none"
+    return f"files of {folder}:{listing}\nthe run's log (end):\n{result.stderr[-6000:]}"
+
+
 def write_train_driver(path: Path, prelude: str, script: Path = TRAIN) -> Path:
     """A script at ``path`` that runs ``prelude`` (test-side wrappers of library functions; the product keeps no test
     hooks of its own), then ``script`` (training/train.py, or another script of training/ with ``main`` and
