@@ -496,7 +496,7 @@ class HFDDPMPipelineMixin:
             model_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
             load_kwargs = {"torch_dtype": model_dtype} if is_model and model_dtype is not None else {}
             load = functools.partial(load_model, component_cls) if is_model else component_cls.from_pretrained
-            components[name] = load(folder, subfolder=name, **load_kwargs)
+            components[name] = _load_component(load, index_path, index, name, component_cls, **load_kwargs)
         if kwargs:
             raise ValueError(
                 f"Unexpected arguments {sorted(kwargs)}; {cls.__name__}.from_pretrained takes the components"
@@ -658,6 +658,30 @@ def _component_class(index_path: str, index: dict, name: str, components: dict =
             f" {class_name!r}; the {name} must be a {kinds}, e.g. {example[1]}."
         )
     return component_cls
+
+
+def _load_component(load: Callable, index_path: str, index: dict, name: str, component_cls: type, **kwargs):
+    """``load(folder, subfolder=name, **kwargs)``, the component ``name`` that ``model_index.json`` lists; a
+    ``FileNotFoundError`` naming the entry when its folder has no config, a ``ValueError`` when the config cannot be
+    read (diffusers' own ``OSError`` names neither the entry nor the subfolder)."""
+    folder = os.path.dirname(index_path)
+    config_file = os.path.join(folder, name, component_cls.config_name)
+    entry = json.dumps(index[name])
+    fix = f' or set "{name}": [null, null] in model_index.json (no {name})' if name in OPTIONAL_COMPONENTS else ""
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(
+            f"{index_path} lists {name!r} as {entry}, but {config_file} does not exist. Save the pipeline again with"
+            f" save_pretrained (it writes every component){fix}."
+        )
+    try:
+        return load(folder, subfolder=name, **kwargs)
+    except FileNotFoundError:
+        raise  # load_model's own message (no safetensors weights) names the folder and the fix
+    except OSError as err:
+        raise ValueError(
+            f"{index_path} lists {name!r} as {entry}, but {os.path.join(folder, name)} cannot be loaded ({err})."
+            f" Save the pipeline again with save_pretrained{fix}."
+        ) from None
 
 
 def _write_text(path: str, text: str):

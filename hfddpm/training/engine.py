@@ -20,6 +20,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -31,12 +34,12 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 
 from hfddpm.audio import SPECTROGRAM_COLUMN, resolve_audio_column, spectrogram_dataset, spectrogram_stream
-from hfddpm.data import check_resolution, load_train_dataset, resolve_columns
+from hfddpm.data import check_resolution, load_train_dataset, read_image, resolve_columns, sample_column
 from hfddpm.evaluation.sampling import make_scheduler
 from hfddpm.latents import check_latent_unet, check_vae_resolution, latent_settings, load_vae
 from hfddpm.models.unet_presets import UNET_PRESETS
 from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
-from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline, load_model
+from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline, is_repo_id, load_model
 from hfddpm.pipelines.pipeline_hfddpm_audio import HFDDPMAudioPipeline
 from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
 from hfddpm.training.checkpoint import plain_model, register_checkpoint_hooks
@@ -44,8 +47,12 @@ from hfddpm.training.config import TrainConfig, fallback
 from hfddpm.training.loss import diffusion_loss, step_generator
 from hfddpm.training.precision import prepare_attention
 
+logger = logging.getLogger(__name__)
+
 # At most this many classes (rows) in a validation grid.
 MAX_GRID_ROWS = 16
+# PIL's first band of a grey image (L, 1-bit, 16/32-bit integer, float; LA: grey with alpha).
+GREY_BANDS = ("L", "1", "I", "F")
 # Image channels a UNet can be trained on: L, RGB, RGBA.
 IMAGE_CHANNELS = (1, 3, 4)
 
@@ -53,37 +60,212 @@ IMAGE_CHANNELS = (1, 3, 4)
 # ---------------------------------------------------------------------------------------------------------------------
 # Building the model and schedule
 # ---------------------------------------------------------------------------------------------------------------------
-def _pretrained_scheduler_kwargs(path: str, cache_dir=None) -> dict:
-    """Schedule settings of a saved pipeline's scheduler (an HFDDPMScheduler or a diffusers DDPM/DDIM one)."""
-    config = HFDDPMScheduler.load_config(path, subfolder="scheduler", cache_dir=cache_dir)
-    kwargs = {k: config[k] for k in ("num_train_timesteps", "prediction_type", "trained_betas") if config.get(k)}
-    if "noise_schedule" in config:
-        kwargs["noise_schedule"] = config["noise_schedule"]
-    elif config.get("beta_schedule") in ("squaredcos_cap_v2", "linear"):
-        kwargs["noise_schedule"] = "cosine" if config["beta_schedule"] == "squaredcos_cap_v2" else "linear"
-    for k in ("beta_start", "beta_end", "image_size", "base_resolution", "timestep_spacing"):
-        if k in config:
-            kwargs[k] = config[k]
-    return kwargs
+def pretrained_scheduler(path: str, cache_dir=None) -> HFDDPMScheduler:
+    """The schedule and sampling settings of a saved pipeline's scheduler (an HFDDPMScheduler, or a diffusers
+    DDPM/DDIM one) as an :class:`HFDDPMScheduler`: the scheduler's own conversion of a diffusers config
+    (``HFDDPMScheduler.from_config``), so ``beta_schedule``, ``rescale_betas_zero_snr``, ``clip_sample``,
+    ``thresholding``, ``variance_type``, ``steps_offset`` and ``timestep_spacing`` carry over as they were.
+
+    A setting the scheduler cannot take (another sampler's, e.g. DPMSolver's ``use_karras_sigmas=True``, or a
+    ``beta_schedule`` it does not know) is a ``ValueError`` naming it; one at its writer's default is left behind,
+    as it is the sampler's, not the model's.
+
+    Example:
+        >>> import tempfile
+        >>> from diffusers import DDPMScheduler
+        >>> folder = tempfile.mkdtemp()
+        >>> DDPMScheduler(beta_schedule="sigmoid").save_pretrained(f"{folder}/scheduler")
+        >>> c = pretrained_scheduler(folder).config
+        >>> c.noise_schedule, c.clip_sample, c.timestep_spacing
+        ('sigmoid_betas', True, 'leading')
+    """
+    source = f"the scheduler of --pretrained_model_name_or_path {path!r}"
+    try:
+        config = HFDDPMScheduler.load_config(path, subfolder="scheduler", cache_dir=cache_dir)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"{source} could not be read ({err}); a saved pipeline keeps it in scheduler/scheduler_config.json."
+        ) from None
+    writer = HFDDPMScheduler._config_writer(config)
+    try:
+        scheduler, unused = HFDDPMScheduler.from_config(config, return_unused_kwargs=True)
+    except ValueError as err:
+        raise ValueError(f"{source} cannot be trained with HFDDPMScheduler: {err}") from None
+    defaults = {}
+    if writer is not None:
+        parameters = inspect.signature(writer.__init__).parameters
+        defaults = {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    changed = {k: v for k, v in unused.items() if not k.startswith("_") and (k not in defaults or v != defaults[k])}
+    if changed:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items()))
+        raise ValueError(
+            f"{source} ({config.get('_class_name')}) has settings that HFDDPMScheduler, the scheduler a run saves,"
+            f" cannot represent: {shown}. Save the pipeline with a DDPMScheduler or DDIMScheduler built from it"
+            " (e.g. DDPMScheduler.from_config(pipe.scheduler.config)), or set them back to their defaults."
+        )
+    return scheduler
+
+
+def describe_schedule(scheduler: HFDDPMScheduler) -> str:
+    """The schedule in words: ``noise_schedule`` (with diffusers' ``beta_schedule`` name), steps, zero terminal SNR,
+    prediction type and the sampling settings.
+
+    Example:
+        >>> describe_schedule(HFDDPMScheduler(beta_schedule="sigmoid", clip_sample=True)).split(", ")[:4]
+        ['noise_schedule sigmoid_betas (beta_schedule sigmoid)', '1000 steps', 'v_prediction', 'clip_sample True']
+    """
+    c = scheduler.config
+    schedule = f"noise_schedule {c.noise_schedule}" + (
+        f" (beta_schedule {c.beta_schedule})" if c.beta_schedule else ""
+    )
+    if c.rescale_betas_zero_snr:
+        schedule += " rescaled to zero terminal SNR"
+    sampling = ("clip_sample", "thresholding", "variance_type", "timestep_spacing", "steps_offset", "eta")
+    return ", ".join(
+        [schedule, f"{c.num_train_timesteps} steps", c.prediction_type, *(f"{k} {c[k]}" for k in sampling)]
+    )
 
 
 def build_scheduler(config: TrainConfig, resolution: int | None = None) -> HFDDPMScheduler:
-    """The training schedule: the flags, else the pretrained pipeline's settings, else the recipe's fallbacks."""
-    kwargs = {}
+    """The training schedule: the flags, else the pretrained pipeline's settings (:func:`pretrained_scheduler`: its
+    schedule exactly, and its sampling settings), else the recipe's fallbacks."""
+    flags = {"noise_schedule": config.noise_schedule, "num_train_timesteps": config.ddpm_num_steps}
+    flags = {k: v for k, v in {**flags, "prediction_type": config.prediction_type}.items() if v is not None}
+    names = {"noise_schedule": "noise_schedule", "num_train_timesteps": "ddpm_num_steps"}
     if config.pretrained_model_name_or_path:
-        kwargs = _pretrained_scheduler_kwargs(config.pretrained_model_name_or_path, config.cache_dir)
-    explicit = {"noise_schedule": config.noise_schedule, "num_train_timesteps": config.ddpm_num_steps}
-    if any(v is not None for v in explicit.values()):
-        kwargs.pop("trained_betas", None)  # a new schedule is asked for: rebuild it
-    for key, value in {**explicit, "prediction_type": config.prediction_type}.items():
-        if value is not None:
-            kwargs[key] = value
-    kwargs.setdefault("noise_schedule", fallback("noise_schedule"))
-    kwargs.setdefault("num_train_timesteps", fallback("ddpm_num_steps"))
-    kwargs.setdefault("prediction_type", fallback("prediction_type"))
+        path = config.pretrained_model_name_or_path
+        base = pretrained_scheduler(path, config.cache_dir)
+        kwargs = {k: v for k, v in base.config.items() if not k.startswith("_")}
+        changed = {k: v for k, v in flags.items() if v != kwargs[k]}
+        if changed.keys() & {"noise_schedule", "num_train_timesteps"}:
+            kwargs.update(trained_betas=None, beta_schedule=None)  # a new schedule is asked for: rebuild it
+        for key, value in changed.items():
+            logger.info(
+                f"--{names.get(key, key)} {value} replaces the {kwargs[key]} of the pretrained scheduler of {path}."
+            )
+        kwargs.update(changed)
+        if kwargs["noise_schedule"] in ("shifted_cosine", "interpolated_shifted_cosine") and not kwargs["image_size"]:
+            kwargs["image_size"] = resolution if resolution is not None else config.resolution
+        scheduler = base if not changed else HFDDPMScheduler(**kwargs)
+        logger.info(f"The schedule of the pretrained pipeline {path}: {describe_schedule(scheduler)}.")
+        return scheduler
+    kwargs = {
+        "noise_schedule": fallback("noise_schedule"),
+        "num_train_timesteps": fallback("ddpm_num_steps"),
+        "prediction_type": fallback("prediction_type"),
+        **flags,
+    }
     if kwargs["noise_schedule"] in ("shifted_cosine", "interpolated_shifted_cosine"):
-        kwargs.setdefault("image_size", resolution if resolution is not None else config.resolution)
+        kwargs["image_size"] = resolution if resolution is not None else config.resolution
     return HFDDPMScheduler(**kwargs)
+
+
+def load_unet_config(path: str, cache_dir=None) -> dict:
+    """The UNet2DModel config that --unet_config (alias --model_config_name_or_path) names: a JSON file, a folder with
+    config.json, or a Hub repository id whose config.json is a UNet's (downloaded into ``cache_dir``; diffusers'
+    train_unconditional.py takes one through ``UNet2DModel.load_config``). ``FileNotFoundError``/``ValueError``
+    naming the fix for anything else: a pipeline folder (its UNet is ``unet/``), a file that is not JSON, another
+    class's config.
+
+    Example:
+        >>> import json, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(f"{folder}/config.json", "w") as f:
+        ...     json.dump({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000}, f)
+        >>> load_unet_config(folder)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --unet_config '...' is a DDPMScheduler config, not a UNet2DModel's: ...
+    """
+    flag = f"--unet_config {path!r}"
+    if os.path.isdir(path):
+        file = os.path.join(path, UNet2DModel.config_name)
+        if not os.path.isfile(file):
+            nested = os.path.join(path, "unet")
+            hint = (
+                f" Did you mean {nested}? (a saved pipeline keeps its UNet's config in unet/config.json; to start from"
+                " its weights too, pass --pretrained_model_name_or_path instead)"
+                if os.path.isfile(os.path.join(nested, UNet2DModel.config_name))
+                else " Pass a UNet2DModel config JSON file or a folder with config.json."
+            )
+            raise FileNotFoundError(f"{flag} is a folder without {UNet2DModel.config_name}.{hint}")
+    elif os.path.isfile(path):
+        file = path
+    elif is_repo_id(path):
+        file = _hub_unet_config(path, cache_dir)
+    else:
+        raise FileNotFoundError(
+            f"{flag} does not exist; pass a UNet2DModel config JSON file, a folder with config.json, or a Hub"
+            " repository id (namespace/name) with a UNet's config.json."
+        )
+    try:
+        with open(file, encoding="utf-8") as f:
+            unet_config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{flag}: {file} is not a JSON file ({err}); pass a UNet2DModel config JSON file.") from None
+    if not isinstance(unet_config, dict):
+        raise ValueError(f"{flag}: {file} holds a JSON {type(unet_config).__name__}, not a UNet2DModel config object.")
+    class_name = unet_config.get("_class_name")
+    if class_name is not None and class_name != UNet2DModel.__name__:
+        hint = "a pipeline's UNet config is unet/config.json in its folder"
+        if str(class_name).endswith("Pipeline"):
+            hint += "; to start from the pipeline's weights, pass --pretrained_model_name_or_path"
+        raise ValueError(
+            f"{flag} is a {class_name} config, not a UNet2DModel's: {file}. Pass a UNet2DModel config ({hint})."
+        )
+    parameters = inspect.signature(UNet2DModel.__init__).parameters
+    if not any(k in parameters for k in unet_config):
+        raise ValueError(
+            f"{flag}: {file} holds none of UNet2DModel's settings (keys {sorted(unet_config)[:8]}); pass a UNet2DModel"
+            " config, e.g. the unet/config.json of a saved pipeline."
+        )
+    return unet_config
+
+
+def _hub_unet_config(repo_id: str, cache_dir=None) -> str:
+    """The local copy of ``config.json`` of Hub repository ``repo_id``, downloaded into ``cache_dir`` if needed."""
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.hf_hub_download(repo_id, UNet2DModel.config_name, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001 (the Hub client raises many types)
+        offline = (
+            " HF_HUB_OFFLINE is set, so only repositories already in the local cache load: unset it (or"
+            " HF_HUB_OFFLINE=0) to download, or pass the config.json file."
+            if huggingface_hub.constants.HF_HUB_OFFLINE
+            else " Check the repository id (and your login for a private one), or pass a local config.json file."
+        )
+        raise FileNotFoundError(
+            f"--unet_config {repo_id!r} is not a local file or folder, and its config.json could not be read from"
+            f" the Hub ({type(err).__name__}: {err}).{offline}"
+        ) from None
+
+
+def data_channels(config: TrainConfig, dataset, image_column: str, max_rows: int = 16) -> int | None:
+    """The image channels a --preset UNet takes for this data: 1 when the images looked at (up to ``max_rows``) are
+    all grey, else 3 (RGB); None when --unet_config or --pretrained_model_name_or_path decides them (the data is then
+    converted to the UNet's channels). A change of the preset's channels is logged.
+
+    Example:
+        >>> import datasets
+        >>> from PIL import Image
+        >>> grey = datasets.Dataset.from_dict({"image": [Image.new("L", (8, 8))]}, features=datasets.Features(
+        ...     {"image": datasets.Image()}))
+        >>> data_channels(TrainConfig(preset="tiny"), grey, "image")
+        1
+    """
+    if config.unet_config or config.pretrained_model_name_or_path:
+        return None
+    images = [read_image(value) for value in sample_column(dataset, image_column, max_rows)]
+    grey = all(image.getbands()[0] in GREY_BANDS for image in images if image is not None)
+    channels = 1 if grey else 3
+    preset = UNET_PRESETS[config.preset]["in_channels"]
+    if channels != preset:
+        logger.info(
+            f"--preset {config.preset} takes {preset}-channel images, but the data is {'grey' if grey else 'colour'}:"
+            f" its UNet is built with in_channels = out_channels = {channels}. Pass --unet_config to choose them."
+        )
+    return channels
 
 
 def build_training_unet(
@@ -91,7 +273,7 @@ def build_training_unet(
 ) -> UNet2DModel:
     """The UNet from --pretrained_model_name_or_path, --unet_config or --preset, sized for the data (``sample_size``:
     the latent size of a latent run, else --resolution; a preset takes ``channels`` input and output channels when
-    given: 1 for spectrograms)."""
+    given: 1 for spectrograms, else those of the data, :func:`data_channels`)."""
     conditional = num_classes > 0
     sample_size = sample_size if sample_size is not None else config.resolution
     if config.pretrained_model_name_or_path:
@@ -103,12 +285,7 @@ def build_training_unet(
         source = f"the pretrained UNet of {config.pretrained_model_name_or_path!r}"
     else:
         if config.unet_config:
-            if not os.path.exists(config.unet_config):
-                raise FileNotFoundError(
-                    f"--unet_config {config.unet_config!r} does not exist; pass a UNet2DModel config"
-                    " JSON file (or a folder with config.json)."
-                )
-            unet_config = dict(UNet2DModel.load_config(config.unet_config))
+            unet_config = load_unet_config(config.unet_config, config.cache_dir)
             source = f"--unet_config {config.unet_config!r}"
         else:
             unet_config = dict(UNET_PRESETS[config.preset])
@@ -146,11 +323,20 @@ def configured_resolution(config: TrainConfig) -> int:
         size = UNet2DModel.load_config(
             config.pretrained_model_name_or_path, subfolder="unet", cache_dir=config.cache_dir
         )["sample_size"]
-    elif config.unet_config and os.path.exists(config.unet_config):
-        size = UNet2DModel.load_config(config.unet_config)["sample_size"]
+    elif config.unet_config:
+        size = load_unet_config(config.unet_config, config.cache_dir).get("sample_size")
     else:
         size = UNET_PRESETS[config.preset]["sample_size"]
-    return size if isinstance(size, int) else int(size[0])
+    return _side(size)
+
+
+def _side(sample_size) -> int:
+    """The image side of a UNet's ``sample_size`` (an int or ``[height, width]``); ``ValueError`` when it has none."""
+    if sample_size is None:
+        raise ValueError(
+            "The UNet config has no sample_size, so the training resolution is unknown: pass --resolution."
+        )
+    return sample_size if isinstance(sample_size, int) else int(sample_size[0])
 
 
 def build_mel(config: TrainConfig, resolution: int) -> HFDDPMMel:
@@ -293,11 +479,9 @@ def setup(config: TrainConfig, *, main_process_first=None) -> RunSetup:
         noise_scheduler = build_scheduler(config, unet.config.sample_size)  # a shifted schedule sees the latent size
         config.check_sampling_steps(noise_scheduler.config.num_train_timesteps)
         return RunSetup(dataset, columns, unet, noise_scheduler, resolution, class_conditional, label_column, vae=vae)
-    unet = build_training_unet(config, columns.num_classes, channels=1 if mel is not None else None)
-    resolution = config.resolution
-    if resolution is None:
-        size = unet.config.sample_size
-        resolution = size if isinstance(size, int) else int(size[0])
+    channels = 1 if mel is not None else data_channels(config, dataset, columns.image_column)
+    unet = build_training_unet(config, columns.num_classes, channels=channels)
+    resolution = config.resolution if config.resolution is not None else _side(unet.config.sample_size)
     check_resolution(resolution, unet.config.block_out_channels)
     if unet.config.in_channels not in IMAGE_CHANNELS:
         raise ValueError(
