@@ -272,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--token",
         default=None,
-        help="Hub token (default: HF_TOKEN or the saved login; prefer those, a token on the command line ends up in"
-        " shell history)",
+        help="refused: a token on the command line is shown by `ps` and kept in the shell history. The push uses"
+        " HF_TOKEN or the login saved by `hf auth login`",
     )
     push.add_argument("--commit-message", default=None)
     push.set_defaults(func=cmd_push)
@@ -580,6 +580,7 @@ def cmd_img2img(args) -> int:
 
 def cmd_compare(args) -> int:
     from hfddpm.evaluation.compare import compare_results, format_comparison, read_results
+    from hfddpm.hub.card import write_file
 
     name_a, name_b = args.compare
     out = check_json_out(args.out) if args.out is not None else None
@@ -587,7 +588,7 @@ def cmd_compare(args) -> int:
     print(format_comparison(rows, name_a, name_b))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"a": name_a, "b": name_b, "metrics": rows}, indent=2) + "\n")
+        write_file(out, json.dumps({"a": name_a, "b": name_b, "metrics": rows}, indent=2) + "\n")
         print(f"Wrote {out}")
     return 0
 
@@ -653,6 +654,7 @@ def cmd_evaluate(args) -> int:
         parse_metrics,
     )
     from hfddpm.hub import update_model_card
+    from hfddpm.hub.card import check_card_link, write_file
 
     if args.compare is not None:
         return cmd_compare(args)
@@ -673,9 +675,11 @@ def cmd_evaluate(args) -> int:
     if out is None:
         out = Path(args.pipeline) / "metrics.json" if local else Path("metrics.json")
     out = check_json_out(out)
-    pipe = load_pipeline(args.pipeline, args.device)
     card = Path(args.pipeline) / "README.md"
     updates_card = local and card.is_file() and not args.no_update_card
+    if updates_card:
+        check_card_link(card)  # a card that links out of the folder is refused before sampling
+    pipe = load_pipeline(args.pipeline, args.device)
     extra = memorization_inputs(args, pipe) if "memorization" in metrics else {}
     if "fad" in metrics and hasattr(pipe, "mel"):  # an image pipeline: evaluate_pipeline says which metrics fit
         extra.update(fad_inputs(args, pipe))
@@ -697,7 +701,7 @@ def cmd_evaluate(args) -> int:
     )
     results = {"pipeline": str(args.pipeline), **results}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_file(out, json.dumps(results, indent=2) + "\n")  # replaces a link there, never writes through it
     print(json.dumps(results, indent=2))
     print(f"Wrote {out}")
     if updates_card:
@@ -711,16 +715,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_push(args) -> int:
     from hfddpm.hub import PushToHubError, push_to_hub
+    from hfddpm.hub.checks import token_flag_refused_message
 
+    if args.token is not None:  # --token TOKEN and --token=TOKEN; the message never holds the token
+        raise ValueError(token_flag_refused_message("--token"))
     try:
-        url = push_to_hub(
-            args.output_dir,
-            args.repo_id,
-            token=args.token,
-            private=args.private,
-            commit_message=args.commit_message,
-            token_flag="--token",
-        )
+        url = push_to_hub(args.output_dir, args.repo_id, private=args.private, commit_message=args.commit_message)
     except PushToHubError as err:
         print(f"hfddpm push: error: {err}", file=sys.stderr)
         return 1

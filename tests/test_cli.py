@@ -200,10 +200,16 @@ def test_push_calls_hub(monkeypatch, tmp_path, capsys):
         return f"https://huggingface.co/{repo_id}"
 
     monkeypatch.setattr(hfddpm.hub, "push_to_hub", fake_push)
-    assert main(["push", str(tmp_path), "--repo-id", "me/tiny", "--private", "--token", "hf_x"]) == 0
-    kwargs = {"token": "hf_x", "private": True, "commit_message": None, "token_flag": "--token"}
-    assert calls == [(str(tmp_path), "me/tiny", kwargs)]
+    assert main(["push", str(tmp_path), "--repo-id", "me/tiny", "--private"]) == 0
+    assert calls == [(str(tmp_path), "me/tiny", {"private": True, "commit_message": None})]  # the token: HF_TOKEN
     assert "https://huggingface.co/me/tiny" in capsys.readouterr().out
+    # a token on the command line is refused before the push, and never shown
+    for flag in (["--token", "hf_secret_value"], ["--token=hf_secret_value"], ["--token", ""]):
+        assert main(["push", str(tmp_path), "--repo-id", "me/tiny", *flag]) == 2
+        errors = capsys.readouterr().err
+        assert errors.startswith("hfddpm push: error: --token puts the token on the command line")
+        assert "hf_secret_value" not in errors
+    assert len(calls) == 1
 
 
 def test_push_failure_is_reported(monkeypatch, tmp_path, capsys):
@@ -228,6 +234,33 @@ def test_help_lists_the_subcommands_and_schedulers(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     assert "--num-inference-steps" in capsys.readouterr().out
+
+
+def test_evaluate_never_writes_through_links(tmp_path, monkeypatch, capsys):
+    import hfddpm.evaluation.evaluate
+
+    pipeline = _save_tiny(tmp_path / "pipe")
+    keys, bashrc = tmp_path / "authorized_keys", tmp_path / "bashrc"
+    keys.write_text("ssh-ed25519 AAAA me\n")
+    bashrc.write_text("export PATH=$HOME/bin:$PATH\n")
+    (tmp_path / "pipe" / "metrics.json").symlink_to(keys)
+    (tmp_path / "pipe" / "README.md").symlink_to(bashrc)
+    args = ["evaluate", pipeline, "--num-images", "4", "--batch-size", "4", "--num-inference-steps", "1"]
+    # a card linked out of the folder: refused before sampling (updating it would copy that file into the card)
+    sample = hfddpm.evaluation.evaluate.generate_samples
+    monkeypatch.setattr(hfddpm.evaluation.evaluate, "generate_samples", lambda *a, **k: pytest.fail("sampled"))
+    assert main(args) == 2
+    card = tmp_path / "pipe" / "README.md"
+    assert capsys.readouterr().err.startswith(
+        f"hfddpm evaluate: error: {card} is a symbolic link to {bashrc}, outside"
+    )
+    monkeypatch.setattr(hfddpm.evaluation.evaluate, "generate_samples", sample)
+    # metrics.json linked anywhere: replaced by the results, the link's target unchanged
+    assert main([*args, "--no-update-card"]) == 0
+    metrics = tmp_path / "pipe" / "metrics.json"
+    assert not metrics.is_symlink() and json.loads(metrics.read_text())["num_samples"] == 4
+    assert keys.read_text() == "ssh-ed25519 AAAA me\n" and bashrc.read_text() == "export PATH=$HOME/bin:$PATH\n"
+    assert card.is_symlink()  # not touched with --no-update-card
 
 
 def test_evaluate_out_is_checked_before_sampling(tiny_pipeline, tmp_path, monkeypatch, capsys):

@@ -886,17 +886,80 @@ def test_pipeline_folder_check_names_every_missing_component(tmp_path):
         check_pipeline_folder(folder)
 
 
+def test_push_refuses_files_that_link_outside_the_folder(output, hub, tmp_path, monkeypatch, capsys):
+    from hfddpm.cli import main
+
+    secret = tmp_path / "secret" / "token"
+    secret.parent.mkdir()
+    secret.write_text("hf_the_secret_of_someone_else")
+    # a file of a component, and the card: each named with its target, nothing sent (no repository created)
+    for name in ("unet/notes.txt", "README.md"):
+        (output / name).unlink(missing_ok=True)
+        (output / name).symlink_to(secret)
+        with pytest.raises(ValueError) as err:
+            push_to_hub(output, "user/x", token=TOKEN)
+        assert str(err.value) == (
+            f"{output} links to files outside it: {name} -> {secret}. Only the folder's own files are uploaded:"
+            " replace each link with a copy of the file it points to (or remove it), then push again."
+        )
+        with pytest.raises(ValueError, match=re.escape(f"{name} -> {secret}")):
+            pipeline_files(output)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        assert main(["push", str(output), "--repo-id", "user/x"]) == 2
+        assert f"hfddpm push: error: {output} links to files outside it: {name} -> {secret}" in capsys.readouterr().err
+        monkeypatch.delenv("HF_TOKEN")
+        (output / name).unlink()
+        assert hub.requests == [] and secret.read_text() == "hf_the_secret_of_someone_else"
+    # a link inside the folder stays: it is uploaded as the file it points to
+    write_model_card(output)
+    (output / "samples" / "final.png").unlink()
+    (output / "samples" / "final.png").symlink_to("step_000005.png")
+    push_to_hub(output, "user/x", token=TOKEN)
+    assert hub.files("user/x")["samples/final.png"] == (output / "samples" / "step_000005.png").read_bytes()
+    assert not [data for data in hub.files("user/x").values() if b"hf_the_secret" in data]
+
+
+def test_cards_are_never_written_through_a_link(output, tmp_path):
+    card = output / "README.md"
+    elsewhere = tmp_path / "bashrc"
+    elsewhere.write_text("export PATH=$HOME/bin:$PATH\n")
+    card.unlink()
+    card.symlink_to(elsewhere)
+    # updating a card that links out of its folder would copy that file into the card: refused, nothing changed
+    with pytest.raises(ValueError) as err:
+        update_card_metrics(output, {"fd_digits": 3.5})
+    assert str(err.value) == (
+        f"{card} is a symbolic link to {elsewhere}, outside its folder: hfddpm does not update a card through it,"
+        " which would copy that file into the card. Replace the link with a copy of the card (or remove it)."
+    )
+    assert card.is_symlink() and elsewhere.read_text() == "export PATH=$HOME/bin:$PATH\n"
+    # a new card replaces the link, whose target is left as it was
+    write_model_card(output, training_config=TRAINING_CONFIG)
+    assert not card.is_symlink() and "hfddpm" in card.read_text()
+    assert elsewhere.read_text() == "export PATH=$HOME/bin:$PATH\n"
+    # a card that links inside the folder is read, and replaced by the updated card
+    shutil.move(card, output / "card.md")
+    card.symlink_to("card.md")
+    original = (output / "card.md").read_text()
+    update_card_metrics(output, {"fd_digits": 3.5})
+    assert not card.is_symlink() and "| 3.5 |" in card.read_text() and (output / "card.md").read_text() == original
+    # a card keeps its permissions, and no temporary file is left
+    card.chmod(0o640)
+    update_card_metrics(output, {"fd_digits": 2.5})
+    assert "| 2.5 |" in card.read_text() and (card.stat().st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == []
+
+
 def test_check_push_settings_before_training(hub, monkeypatch):
     from huggingface_hub import constants
 
     # no token: no argument, no HF_TOKEN, no saved login (the fixture's empty HF_HOME); an empty token is none
     for token in (None, "", "  "):
-        with pytest.raises(
-            ValueError, match="No Hugging Face token to push to 'user/run': .* or pass --hub_token\\.$"
-        ):
+        with pytest.raises(ValueError) as err:
             check_push_settings("user/run", token)
-    with pytest.raises(ValueError, match="or pass --token"):
-        check_push_settings("user/run", token_flag="--token")
+        assert str(err.value) == "No Hugging Face token to push to 'user/run': set HF_TOKEN or run `hf auth login`."
+    with pytest.raises(ValueError, match=r"run `hf auth login`, or pass hub_token=\.$"):
+        check_push_settings("user/run", token_flag="hub_token=")
     # the same repository id rule as the push, checked first
     for bad in ("a/b/c", "user/my run", "user/x--y", None):
         with pytest.raises(ValueError, match=re.escape(f"repo_id={bad!r} is not a Hub repository id")):
@@ -913,34 +976,107 @@ def test_check_push_settings_before_training(hub, monkeypatch):
     assert hub.requests == []  # nothing was asked of the Hub
 
 
-def test_empty_token_is_no_token_and_messages_name_the_flag_used(output, hub, monkeypatch, capsys):
+def test_empty_token_is_no_token_and_messages_name_where_the_token_came_from(output, hub, monkeypatch, capsys):
     from hfddpm.cli import main
 
     before = snapshot(output)
     with pytest.raises(PushToHubError, match="No Hugging Face token") as err:
         push_to_hub(output, "user/x", token="")
-    assert "--hub_token of train.py" in str(err.value) and err.value.retry_command in str(err.value)
-    assert main(["push", str(output), "--repo-id", "user/x", "--token", ""]) == 1
+    assert str(err.value).startswith(
+        "No Hugging Face token to push to 'user/x': set HF_TOKEN or run `hf auth login`. Then retry with:"
+    )
+    assert err.value.retry_command in str(err.value) and "--token" not in str(err.value)
+    assert main(["push", str(output), "--repo-id", "user/x"]) == 1
     errors = capsys.readouterr().err
-    assert "No Hugging Face token to push to 'user/x'" in errors and "or pass --token." in errors
-    assert "hub_token" not in errors and "LocalProtocolError" not in errors
+    assert "No Hugging Face token to push to 'user/x': set HF_TOKEN or run `hf auth login`." in errors
+    assert "hub_token" not in errors and "--token" not in errors and "LocalProtocolError" not in errors
     assert hub.requests == [] and snapshot(output) == before
 
     # a refused token: the message names where it came from
     revoked = "hf_revokedtoken0123456789abcdef"
-    assert main(["push", str(output), "--repo-id", "user/x", "--token", revoked]) == 1
-    errors = capsys.readouterr().err
-    assert "HTTP 401" in errors and "Check that the token from --token is valid" in errors
-    assert "hub_token" not in errors and revoked not in errors
-    with pytest.raises(PushToHubError, match=r"the token from the token argument \(train.py: --hub_token\)"):
+    with pytest.raises(PushToHubError, match=r"Check that the token from the token argument is valid"):
         push_to_hub(output, "user/x", token=revoked)
     monkeypatch.setenv("HF_TOKEN", revoked)
     assert main(["push", str(output), "--repo-id", "user/x"]) == 1
-    assert "Check that the token from HF_TOKEN is valid" in capsys.readouterr().err
-    # an empty --token falls back to HF_TOKEN, like no --token
+    errors = capsys.readouterr().err
+    assert "HTTP 401" in errors and "Check that the token from HF_TOKEN is valid" in errors and revoked not in errors
+    # an empty token argument falls back to HF_TOKEN, like none
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert main(["push", str(output), "--repo-id", "user/x", "--token", ""]) == 0
+    push_to_hub(output, "user/x", token="")
     assert "README.md" in hub.files("user/x")
+
+
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_a_token_on_the_push_command_line_is_refused_unused(output, hub, monkeypatch, capsys, form):
+    from hfddpm.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # a good token is there: the flag alone is refused
+    flag = ["--token", TOKEN] if form == "separate" else [f"--token={TOKEN}"]
+    before = snapshot(output)
+    assert main(["push", str(output), "--repo-id", "user/x", *flag]) == 2
+    out, errors = capsys.readouterr()
+    assert errors.startswith("hfddpm push: error: --token puts the token on the command line, where `ps`")
+    assert "set HF_TOKEN in the environment or run `hf auth login` instead" in errors
+    assert TOKEN not in out + errors and "Pushed" not in out
+    assert hub.requests == [] and snapshot(output) == before
+    # documented as refused in --help, with the way on
+    with pytest.raises(SystemExit):
+        main(["push", "--help"])
+    assert "refused: a token on the command line" in " ".join(capsys.readouterr().out.split())
+
+
+MALFORMED_TOKENS = [
+    ("hf_LEAKB\nBCDEFGHIJKLMNOPQRSTUVWXYZ", "a line break"),  # pasted from a two-line file
+    ("hf_LEAKB\r\nBCDEFGHIJKLMNOPQRSTUVWX", "a line break"),
+    ("hf_LEAKB BCDEFGHIJKLMNOPQRSTUVWXYZ", "whitespace"),
+    ("hf_LEAKB\tBCDEFGHIJKLMNOPQRSTUVWXYZ", "whitespace"),
+    ("hf_LEAKB\x1bBCDEFGHIJKLMNOPQRSTUVWXYZ", "a control character"),
+    ("hf_LEAKB\u00e9BCDEFGHIJKLMNOPQRSTUVWXYZ", "a non-ASCII character"),
+]
+
+
+@pytest.mark.parametrize(("token", "problem"), MALFORMED_TOKENS, ids=[p for _, p in MALFORMED_TOKENS])
+def test_a_malformed_token_is_refused_without_showing_it(output, hub, monkeypatch, capsys, token, problem):
+    from hfddpm.cli import main
+
+    forms = (token, repr(token)[1:-1], ascii(token)[1:-1], repr(token.encode("utf-8", "backslashreplace"))[2:-1])
+    before = snapshot(output)
+    # from Python: the token argument, named as the caller names it
+    for token_flag, source in ((None, "the token argument"), ("hub_token=", "hub_token=")):
+        with pytest.raises(ValueError) as err:
+            push_to_hub(output, "user/x", token=token, token_flag=token_flag)
+        assert str(err.value).startswith(f"The token from {source} contains {problem}: a Hugging Face token is one")
+        assert not [form for form in forms if form in str(err.value)]
+    with pytest.raises(ValueError, match=f"The token from the token argument contains {problem}"):
+        check_push_settings("user/x", token)  # what a training run checks before it starts
+    # from the environment (huggingface_hub would join the lines of a token with a line break into another token)
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.setenv(variable, token)
+        assert main(["push", str(output), "--repo-id", "user/x"]) == 2
+        out, errors = capsys.readouterr()
+        assert errors.startswith(f"hfddpm push: error: The token from {variable} contains {problem}:")
+        assert not [form for form in forms if form in out + errors]
+        monkeypatch.delenv(variable)
+    assert hub.requests == [] and snapshot(output) == before
+
+
+def test_a_failed_push_never_quotes_the_token_in_any_form(output):
+    import httpx2
+
+    from hfddpm.hub.upload import _push_error
+
+    token = "hf_LEAKB\nBCDEF\u00e9GHIJ"
+    escaped = ("Bearer " + token).encode("utf-8", "backslashreplace")
+    for err in (
+        httpx2.LocalProtocolError(f"Illegal header value {escaped!r}"),  # what httpx said of a token with a line break
+        httpx2.ConnectError(f"refused for {token!r}"),
+        httpx2.ConnectError(f"refused for {token} ({ascii(token)})"),
+    ):
+        message = str(
+            _push_error(err, output, "user/x", "hfddpm push out --repo-id user/x", "http://hub", "HF_TOKEN", token)
+        )
+        assert "could not reach http://hub" in message and "hf_***" in message
+        assert "LEAKB" not in message and "BCDEF" not in message, message
 
 
 def test_training_pushes_to_hub(hub, tmp_path):
@@ -949,7 +1085,7 @@ def test_training_pushes_to_hub(hub, tmp_path):
         *("--preset", "tiny", "--resolution", "28", "--max_train_steps", "2", "--train_batch_size", "4"),
         *("--validation_steps", "0", "--validation_inference_steps", "2", "--validation_images_per_class", "1"),
         *("--checkpointing_steps", "2", "--output_dir", str(out)),
-        *("--push_to_hub", "--hub_model_id", "user/trained", "--hub_token", TOKEN),
+        *("--push_to_hub", "--hub_model_id", "user/trained"),
     ]
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "training" / "train.py"), *args],
@@ -957,6 +1093,7 @@ def test_training_pushes_to_hub(hub, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "HF_TOKEN": TOKEN},  # the token's place: the environment, never the command line
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "checkpoints").is_dir()  # written locally, never uploaded

@@ -257,3 +257,37 @@ def test_truncated_weights_are_named(saved, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"pipe/unet/diffusion_pytorch_model.safetensors cannot be read \(truncated"):
         HFDDPMPipeline.from_pretrained(folder)
+
+
+def custom_code_folder(folder, marker):
+    """A model folder whose config names code of its own (``auto_map``), code that writes ``marker`` when it runs:
+    what transformers would import with ``trust_remote_code=True`` (or after a "y" at its prompt)."""
+    folder.mkdir()
+    auto_map = {name: "evil.EvilModel" for name in ("AutoConfig", "AutoModel", "AutoFeatureExtractor")}
+    auto_map["AutoConfig"] = "evil.EvilConfig"
+    (folder / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": auto_map}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"auto_map": auto_map}))
+    (folder / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('the folder ran code')\n"
+    )
+    return folder
+
+
+@pytest.mark.parametrize("stdin", ["no input", "y"])
+@pytest.mark.parametrize("metric", ["dinov2", "fad"])
+def test_evaluate_never_runs_a_model_folders_code(saved, tmp_path, metric, stdin):
+    marker = tmp_path / "marker"
+    model = custom_code_folder(tmp_path / "model", marker)
+    argv = ["evaluate", str(saved), "--metrics", metric, f"--{metric}-model", str(model)]
+    code = "import sys; from hfddpm.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    feed = {"stdin": subprocess.DEVNULL} if stdin == "no input" else {"input": "y\n"}  # "y" would run it at a prompt
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300, **feed
+    )
+    name = {"dinov2": "The FD-DINOv2 model", "fad": "The FAD model"}[metric]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"hfddpm evaluate: error: {name} {str(model)!r} does not load with transformers'")
+    assert "contains custom code" in proc.stderr and "hfddpm never runs code from a model folder" in proc.stderr
+    assert "Do you wish to run the custom code" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "modules").exists()

@@ -12,6 +12,8 @@ each is a field of ``hfddpm.training.TrainConfig`` (its default and help live th
 ``hfddpm.training.train``: this script parses the flags and hands it the config. The result in ``--output_dir`` is an
 ``HFDDPMPipeline`` folder (EMA weights), a model card, ``samples/final.png``, ``train_metrics.json`` and
 ``training_config.json``; ``checkpoints/checkpoint-<step>`` hold everything needed to resume exactly.
+``--push_to_hub`` takes the token from ``HF_TOKEN`` or ``hf auth login``: ``--hub_token`` is refused (exit status 2),
+as a token on the command line is shown by ``ps`` and printed by ``accelerate launch`` when a run fails.
 See training/README.md.
 """
 
@@ -23,6 +25,8 @@ import time
 # A time budget counts the run from here: importing the library (torch, diffusers) takes seconds of it.
 STARTED = time.perf_counter()
 
+from hfddpm.hub import PushToHubError  # noqa: E402
+from hfddpm.hub.checks import token_flag_refused_message  # noqa: E402
 from hfddpm.training import TrainConfig, TrainingError, train  # noqa: E402
 from hfddpm.training.config import unknown_flags_message  # noqa: E402
 from hfddpm.training.loop import interrupted_message  # noqa: E402
@@ -44,39 +48,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     TrainConfig.add_arguments(parser)
     args, unknown = parser.parse_known_args(argv)
+    if args.hub_token is not None:  # --hub_token TOKEN, --hub_token=TOKEN or an abbreviation: refused, never shown
+        parser.error(token_flag_refused_message("--hub_token", printed_by="accelerate launch"))
     if unknown:
         parser.error(unknown_flags_message(unknown))
     return args
-
-
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "hf_***") if token else text
 
 
 def main(args: argparse.Namespace) -> None:
     config = TrainConfig.from_args(args)
     try:
         train(config, started=STARTED)
-    except (ValueError, FileNotFoundError, TrainingError) as err:
-        # Bad input or a stopped run: the message names the problem and the fix; a traceback would only bury it.
-        raise SystemExit(f"train.py: error: {_redact(str(err), config.hub_token)}") from None
+    except (ValueError, FileNotFoundError, TrainingError, PushToHubError) as err:
+        # Bad input, a stopped run, or a failed upload of a complete, saved run: the message names the problem and the
+        # fix (for an upload, the `hfddpm push` command that retries it); a traceback would only bury it. The config
+        # holds no token: the command line takes none (parse_args).
+        raise SystemExit(f"train.py: error: {err}") from None
     except KeyboardInterrupt:
         # Ctrl-C reaches every process of `accelerate launch`: the main one (rank 0) says what was kept
         if os.environ.get("RANK", "0") == "0":
             print(f"train.py: {interrupted_message(config.output_dir)}", file=sys.stderr)
         raise SystemExit(130) from None  # the shell's status for Ctrl-C
-    except Exception as err:
-        from hfddpm.hub import PushToHubError
-
-        if not isinstance(err, PushToHubError):
-            raise
-        # The run is complete and saved; only the upload failed. `accelerate launch` prints the whole command line
-        # of a process that exits non-zero, so with --hub_token on it the exit status stays 0 (the error is
-        # printed here either way) rather than showing the token.
-        print(f"train.py: error: {_redact(str(err), config.hub_token)}", file=sys.stderr)
-        token_on_command_line = config.hub_token is not None and config.hub_token in sys.argv
-        if not (token_on_command_line and "ACCELERATE_MIXED_PRECISION" in os.environ):
-            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -22,13 +22,35 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def from_pretrained_without_code(auto_class, source: str, what: str, instead: str):
+    """``auto_class.from_pretrained(source)`` (a transformers ``AutoConfig``, ``AutoModel``, ...) from disk only
+    (``local_files_only``), with transformers' own code only (``trust_remote_code=False``): a folder whose config
+    names code of its own (``auto_map``) is refused with a ``ValueError`` naming it, never run and never a
+    "Do you wish to run the custom code?" prompt. ``what`` names the model in the message, ``instead`` what to pass.
+    ``OSError`` (files missing) and ``HFValidationError`` (neither a folder nor a Hub id) pass through."""
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return auto_class.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    except HFValidationError:
+        raise
+    except ValueError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{what} {source!r} does not load with transformers' own code ({reason}). hfddpm never runs code from a"
+            f" model folder; {instead}."
+        ) from None
+
+
 @functools.lru_cache(maxsize=1)
 def load_dinov2(model_name_or_path: str | os.PathLike = DEFAULT_DINOV2_MODEL):
     """A DINOv2 ``transformers`` model from a local folder or the Hugging Face cache (``local_files_only``), read
-    once per process: the checks before sampling, the metric and the evaluations during training share it.
+    once per process: the checks before sampling, the metric and the evaluations during training share it. No code
+    from the folder runs (``from_pretrained_without_code``).
 
     Raises:
         MetricUnavailableError: transformers is not installed or the weights are not on disk.
+        ValueError: the folder's config names code of its own (``auto_map``) or is not a transformers model.
     """
     if importlib.util.find_spec("transformers") is None:
         raise MetricUnavailableError(
@@ -39,7 +61,12 @@ def load_dinov2(model_name_or_path: str | os.PathLike = DEFAULT_DINOV2_MODEL):
     from transformers import AutoModel
 
     try:
-        model = AutoModel.from_pretrained(str(model_name_or_path), local_files_only=True)
+        model = from_pretrained_without_code(
+            AutoModel,
+            str(model_name_or_path),
+            "The FD-DINOv2 model",
+            f"pass a DINOv2 folder or cached Hub id (default {DEFAULT_DINOV2_MODEL}) with --dinov2-model",
+        )
     except OSError as err:
         raise MetricUnavailableError(
             f"FD-DINOv2 weights {str(model_name_or_path)!r} are not on disk (looked in the Hugging Face cache"

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .dinov2 import from_pretrained_without_code
 from .frechet import FRECHET_BOUNDS, FrechetToReference, feature_statistics, frechet_distance
 from .inception import MetricUnavailableError
 from .uncertainty import audio_fingerprint, bootstrap_interval, details
@@ -91,7 +92,8 @@ def load_fad_model(model_name_or_path: str | os.PathLike = DEFAULT_FAD_MODEL) ->
 
     Raises:
         MetricUnavailableError: transformers is not installed or the weights are not on disk.
-        ValueError: the folder holds another kind of model than ``FAD_EMBEDDINGS``.
+        ValueError: the folder holds another kind of model than ``FAD_EMBEDDINGS``, or names code of its own
+            (``auto_map``), which never runs (``from_pretrained_without_code``).
     """
     if importlib.util.find_spec("transformers") is None:
         raise MetricUnavailableError(
@@ -102,15 +104,16 @@ def load_fad_model(model_name_or_path: str | os.PathLike = DEFAULT_FAD_MODEL) ->
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
     source = str(model_name_or_path)
+    instead = f"pass a CLAP or AST folder or cached Hub id (default {DEFAULT_FAD_MODEL}) with --fad-model"
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=True)
+        config = from_pretrained_without_code(AutoConfig, source, "The FAD model", instead)
         if config.model_type not in FAD_EMBEDDINGS:
             raise ValueError(
                 f"FAD embeds audio with {sorted(FAD_EMBEDDINGS)} models; {source!r} is a {config.model_type!r} model."
                 f" Pass one of those with --fad-model (default {DEFAULT_FAD_MODEL})."
             )
-        model = AutoModel.from_pretrained(source, local_files_only=True)
-        feature_extractor = AutoFeatureExtractor.from_pretrained(source, local_files_only=True)
+        model = from_pretrained_without_code(AutoModel, source, "The FAD model", instead)
+        feature_extractor = from_pretrained_without_code(AutoFeatureExtractor, source, "The FAD model", instead)
     except (OSError, HFValidationError) as err:
         raise _unavailable(source, err) from None
     return AudioEmbedding(model.eval().requires_grad_(False), feature_extractor)

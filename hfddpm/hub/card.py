@@ -8,7 +8,10 @@ diffusers ``DDPMPipeline``) gets a card of its own template: its class and compo
 
 import json
 import math
+import os
 import re
+import secrets
+import stat
 import struct
 from importlib import resources
 from pathlib import Path
@@ -20,7 +23,7 @@ from hfddpm.evaluation.uncertainty import DETAILS_KEY
 from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, read_config
 
-from .checks import hfddpm_pipeline_class, named_components, pipeline_class_name
+from .checks import hfddpm_pipeline_class, link_outside, named_components, pipeline_class_name
 
 CARD_TEMPLATE_NAME = "hfddpm_card_template.md"
 # The card of a pipeline folder hfddpm did not make (model_index.json names no hfddpm pipeline).
@@ -248,9 +251,7 @@ def write_model_card(
         extra_rows=extra_rows,
         metrics_section=_metrics_section(metrics or {}),
     )
-    path = output_dir / "README.md"
-    card.save(path)
-    return path
+    return write_file(output_dir / "README.md", str(card))
 
 
 def _write_diffusers_card(
@@ -305,9 +306,7 @@ def _write_diffusers_card(
         extra_rows=extra_rows,
         metrics_section=_metrics_section(metrics) if metrics else None,
     )
-    path = output_dir / "README.md"
-    card.save(path)
-    return path
+    return write_file(output_dir / "README.md", str(card))
 
 
 def stale_card(output_dir) -> str | None:
@@ -380,6 +379,7 @@ def update_card_metrics(card_path, metrics: dict) -> Path:
         raise FileNotFoundError(f"No model card at {card_path}; write one with hfddpm.hub.write_model_card first.")
     if not isinstance(metrics, dict):
         raise ValueError(f"metrics must be a dict of metric name -> value, got {type(metrics).__name__}.")
+    check_card_link(card_path)
     card = ModelCard.load(card_path)
     old = card.data.eval_results or []
     if old:
@@ -405,8 +405,50 @@ def update_card_metrics(card_path, metrics: dict) -> Path:
         # with the markers, so that the next evaluation replaces this section rather than adding another
         start, end = "<!-- hfddpm:metrics:start -->", "<!-- hfddpm:metrics:end -->"
         card.text = card.text.rstrip("\n") + f"\n\n## Evaluation\n\n{start}\n{section}\n{end}\n"
-    card.save(card_path)
-    return card_path
+    return write_file(card_path, str(card))
+
+
+def check_card_link(card_path) -> None:
+    """Raise ``ValueError`` when the card ``card_path`` is a symbolic link to a file outside its folder: updating it
+    would copy that file's text into the card (and a push would upload it). A link inside the folder is read, and
+    replaced by the updated card (``write_file``)."""
+    target = link_outside(Path(card_path).parent, card_path)
+    if target is not None:
+        raise ValueError(
+            f"{card_path} is a symbolic link to {target}, outside its folder: hfddpm does not update a card through"
+            " it, which would copy that file into the card. Replace the link with a copy of the card (or remove it)."
+        )
+
+
+def write_file(path, data: str | bytes) -> Path:
+    """Write ``data`` (a str is written as UTF-8, newlines as they are) to ``path``: into a new file beside it, then
+    renamed over it (``os.replace``). A symbolic link at ``path`` is replaced by the file, never written through (its
+    target is left as it was), and no reader sees half a file. The file keeps the permissions of the one it replaces.
+
+    hfddpm writes every file of a pipeline folder it updates this way: ``README.md`` (``write_model_card``,
+    ``update_card_metrics``, ``push_to_hub``) and ``metrics.json`` (``hfddpm evaluate``).
+
+    Example:
+        >>> import os, tempfile
+        >>> folder, elsewhere = tempfile.mkdtemp(), tempfile.mkdtemp()
+        >>> os.symlink(f"{elsewhere}/notes.txt", f"{folder}/metrics.json")  # a link out of the folder
+        >>> write_file(f"{folder}/metrics.json", "{}").is_symlink(), os.path.exists(f"{elsewhere}/notes.txt")
+        (False, False)
+    """
+    path = Path(path)
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    file = open(temporary, "xb")  # a new file (never a link), with the permissions the umask gives
+    try:
+        with file:
+            file.write(data)
+        if path.is_file() and not path.is_symlink():
+            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def update_model_card(card_path, results: dict) -> Path:

@@ -140,38 +140,94 @@ def check_repo_id(repo_id) -> None:
         ) from None
 
 
-def clean_token(token):
-    """``token`` with surrounding whitespace removed; ``None`` for an empty one (so it counts as not given)."""
-    if isinstance(token, str):
-        return token.strip() or None
-    return token
+# The environment variables huggingface_hub reads a token from, in its order.
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def token_flag_refused_message(flag: str, *, printed_by: str | None = None) -> str:
+    """Why a token flag on a command line (``--hub_token`` of train.py, ``--token`` of ``hfddpm push``) is refused,
+    and what to do instead; the token itself is never part of it. ``printed_by`` names a launcher that shows the
+    command line of a failed run (e.g. ``accelerate launch``).
+
+    Example:
+        >>> token_flag_refused_message("--token")  # doctest: +ELLIPSIS
+        '--token puts the token on the command line, where `ps` and the shell history show it: set HF_TOKEN ...'
+    """
+    shown = "`ps` and the shell history show it" + (
+        f" and `{printed_by}` prints it when a run fails" if printed_by else ""
+    )
+    return (
+        f"{flag} puts the token on the command line, where {shown}: set HF_TOKEN in the environment or run"
+        " `hf auth login` instead (the flag is refused, its value was not used)."
+    )
+
+
+def clean_token(token, source: str = "the token argument"):
+    """``token`` with surrounding whitespace removed; ``None`` for an empty one (so it counts as not given).
+
+    A token with whitespace, a control character or a non-ASCII character inside (e.g. a line break, pasted from a
+    two-line file) is refused with a ``ValueError`` naming ``source`` (where the token came from) and never the
+    token: the Hub would refuse it, and the HTTP client's error would show it.
+
+    Example:
+        >>> clean_token(" hf_abc\\n")
+        'hf_abc'
+        >>> clean_token("hf_abc\\ndef", "HF_TOKEN")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: The token from HF_TOKEN contains a line break: ...
+    """
+    if not isinstance(token, str):
+        return token
+    token = token.strip()
+    problems = (
+        ("a line break", lambda c: c in "\r\n"),
+        ("whitespace", str.isspace),
+        ("a control character", lambda c: not c.isprintable()),
+        ("a non-ASCII character", lambda c: not c.isascii()),
+    )
+    for problem, found in problems:
+        if any(found(c) for c in token):
+            raise ValueError(
+                f"The token from {source} contains {problem}: a Hugging Face token is one line of ASCII letters,"
+                " digits and '_'. Copy it again from https://huggingface.co/settings/tokens (one line), then set"
+                " HF_TOKEN or run `hf auth login`."
+            )
+    return token or None
 
 
 def token_source(token=None, *, token_flag: str | None = None) -> str | None:
     """Where the token of a push comes from, in words (``None``: there is none): the ``token`` argument (named by
-    ``token_flag``, e.g. ``"--token"``), else ``HF_TOKEN``, else the saved login (``huggingface_hub.get_token``).
-    The token itself is never returned."""
-    if clean_token(token) is not None:
-        return token_flag or "the token argument (train.py: --hub_token)"
-    if get_token() is None:
-        return None
-    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # huggingface_hub's order
-        if os.environ.get(variable, "").strip():
-            return variable
-    return "the login saved by `hf auth login`"
+    ``token_flag``), else ``HF_TOKEN``, else the saved login (``huggingface_hub.get_token``). The token itself is
+    never returned; a malformed one is refused (``clean_token``).
+
+    Raises:
+        ValueError: the token has whitespace, a control or non-ASCII character inside; the message names where it
+            came from.
+    """
+    argument = token_flag or "the token argument"
+    if clean_token(token, argument) is not None:
+        return argument
+    variable = next((name for name in TOKEN_VARIABLES if os.environ.get(name)), None)  # the one huggingface_hub reads
+    # checked here: huggingface_hub would join the lines of a token with a line break into another token
+    if variable is not None and clean_token(os.environ[variable], variable) is not None:
+        return variable
+    return None if get_token() is None else "the login saved by `hf auth login`"
 
 
 def no_token_message(repo_id: str, *, token_flag: str | None = None) -> str:
-    """What to do when there is no token to push to ``repo_id``, naming the token flag of the command that ran."""
-    given = f"pass {token_flag}" if token_flag else "pass token= (--hub_token of train.py)"
-    return f"No Hugging Face token to push to {repo_id!r}: set HF_TOKEN, run `hf auth login`, or {given}."
+    """What to do when there is no token to push to ``repo_id``; ``token_flag`` names the argument of the Python
+    call that takes one (e.g. ``"token="``), if any. A command line takes no token (``token_flag_refused_message``).
+    """
+    given = f", or pass {token_flag}" if token_flag else ""
+    return f"No Hugging Face token to push to {repo_id!r}: set HF_TOKEN or run `hf auth login`{given}."
 
 
-def check_push_settings(repo_id, token=None, *, token_flag: str | None = "--hub_token") -> None:
+def check_push_settings(repo_id, token=None, *, token_flag: str | None = None) -> None:
     """Check, without contacting the Hub, the settings of a later ``push_to_hub``: ``repo_id`` is a repository id
     (``check_repo_id``) and a token is available (the ``token`` argument, ``HF_TOKEN`` or the saved login; an empty
-    token counts as none), so that a run can stop before it trains rather than fail to upload at the end.
-    ``token_flag`` names the flag the messages tell the user to pass (default: train.py's ``--hub_token``).
+    token counts as none, a malformed one is refused, ``clean_token``), so that a run can stop before it trains
+    rather than fail to upload at the end. ``token_flag`` names the ``token`` argument in the messages.
 
     Example:
         >>> check_push_settings("user/hfddpm-mnist", token="hf_xxx")  # at the start of a run with --push_to_hub
@@ -181,11 +237,51 @@ def check_push_settings(repo_id, token=None, *, token_flag: str | None = "--hub_
         ValueError: repo_id='user/hfddpm mnist' is not a Hub repository id ('namespace/name' or 'name'): ...
 
     Raises:
-        ValueError: the repository id is not one, or there is no token; the message says which and what to do.
+        ValueError: the repository id is not one, there is no token or it is malformed; the message says which and
+            what to do.
     """
     check_repo_id(repo_id)
     if token_source(token, token_flag=token_flag) is None:
         raise ValueError(no_token_message(repo_id, token_flag=token_flag))
+
+
+def redact_token(text: str, token: str | None) -> str:
+    """``text`` with ``token`` replaced by ``hf_***`` in every form an error message may quote it: as is, or escaped
+    as in the ``repr`` of a str or of bytes (``'hf_a\\nb'``, ``b'hf_a\\xc3\\xa9'``).
+
+    Example:
+        >>> redact_token("Illegal header value b'Bearer hf_ab\\\\ncd'", "hf_ab\\ncd")
+        "Illegal header value b'Bearer hf_***'"
+    """
+    if not token:
+        return text
+    forms = {
+        token,
+        repr(token)[1:-1],
+        ascii(token)[1:-1],
+        repr(token.encode("utf-8", "backslashreplace"))[2:-1],
+    }
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "hf_***")
+    return text
+
+
+def link_outside(root, path) -> Path | None:
+    """Where ``path`` leads when it is a symbolic link (or lies in a linked folder) whose target is outside the folder
+    ``root``; ``None`` for a file of ``root``. A tampered folder's ``unet/notes.txt -> ~/.ssh/id_rsa`` would
+    otherwise be uploaded, or a linked ``README.md`` copied into a card.
+
+    Example:
+        >>> import os, tempfile
+        >>> root, elsewhere = tempfile.mkdtemp(), tempfile.mkdtemp()
+        >>> os.symlink(f"{elsewhere}/token", f"{root}/notes.txt")
+        >>> link_outside(root, f"{root}/notes.txt") == Path(elsewhere).resolve() / "token"
+        True
+        >>> print(link_outside(root, f"{root}/README.md"))  # not a link
+        None
+    """
+    target = Path(os.path.realpath(path))
+    return None if target.is_relative_to(os.path.realpath(root)) else target
 
 
 def hfddpm_pipeline_class(index: dict) -> str | None:

@@ -5,6 +5,8 @@ The files that make a pipeline are ``PIPELINE_FILES`` of ``hfddpm/pipelines/pipe
 ``HFDDPMPipeline.from_pretrained`` downloads), plus ``README.md``, the sample grid and the images the card links to.
 A diffusers pipeline (``DDPMPipeline``) is its ``model_index.json`` and component folders, without hfddpm's code.
 A card hfddpm wrote for another pipeline than the folder holds (``stale_card``) is replaced; any other card is kept.
+Only the folder's own files go up: a file that is a symbolic link to outside the folder is refused before anything is
+sent (a link inside the folder is uploaded as the file it points to).
 """
 
 import json
@@ -14,22 +16,33 @@ import shlex
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
 from hfddpm.evaluation.registry import METRIC_REGISTRY
 from hfddpm.pipelines.pipeline_hfddpm import LOCAL_MODULES, PIPELINE_FILES
 
-from .card import REPO_MARKER, SAMPLE_GRID, format_value, read_json, read_metrics, stale_card, write_model_card
+from .card import (
+    REPO_MARKER,
+    SAMPLE_GRID,
+    format_value,
+    read_json,
+    read_metrics,
+    stale_card,
+    write_file,
+    write_model_card,
+)
 from .checks import (
     check_pipeline_folder,
     check_repo_id,
     clean_token,
     hfddpm_pipeline_class,
+    link_outside,
     named_components,
     no_token_message,
     pipeline_class_name,
+    redact_token,
     token_source,
 )
 
@@ -73,7 +86,8 @@ def pipeline_files(output_dir) -> list[str]:
     (``_allow_patterns``), ``README.md``, ``samples/final.png`` and the images the card links to, minus
     ``IGNORE_PATTERNS``. Component folders and hfddpm code that ``model_index.json`` does not name (left by an
     earlier save of another pipeline) are left out. A folder that is not a complete pipeline is refused
-    (``check_pipeline_folder``).
+    (``check_pipeline_folder``), and so is one where a file to upload is a symbolic link to outside the folder
+    (``ValueError`` naming each file and its target; ``link_outside``): only the folder's own files are uploaded.
     """
     root = Path(output_dir)
     check_pipeline_folder(root)
@@ -95,7 +109,15 @@ def pipeline_files(output_dir) -> list[str]:
                 files.add(Path(link).as_posix())
     if (root / SAMPLE_GRID).is_file():
         files.add(SAMPLE_GRID)
-    return sorted(filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS))
+    files = sorted(filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS))
+    outside = {name: link_outside(root, root / name) for name in files}
+    outside = [f"{name} -> {target}" for name, target in outside.items() if target is not None]
+    if outside:
+        raise ValueError(
+            f"{root} links to files outside it: {'; '.join(outside)}. Only the folder's own files are uploaded:"
+            " replace each link with a copy of the file it points to (or remove it), then push again."
+        )
+    return files
 
 
 def default_commit_message(output_dir) -> tuple[str, str]:
@@ -149,11 +171,12 @@ def push_to_hub(
         output_dir: a training output folder or a ``save_pretrained`` folder.
         repo_id: ``"namespace/name"`` (or ``"name"`` for the token owner's namespace).
         token: a Hub token with write access; defaults to ``HF_TOKEN`` or the login saved by ``hf auth login`` (an
-            empty token counts as none).
+            empty token counts as none; one with whitespace, control or non-ASCII characters inside is refused).
         private: create the repository as private (an existing repository keeps its visibility).
         commit_message: defaults to the training step and metrics read from ``train_metrics.json``/``metrics.json``.
-        token_flag: the command-line flag that gave ``token`` (``"--token"`` for ``hfddpm push``), named by the
-            messages about a missing or refused token; default: the ``token`` argument and train.py's ``--hub_token``.
+        token_flag: how the messages about a missing, malformed or refused token name the ``token`` argument
+            (e.g. ``"hub_token="``); default: "the token argument". No command line takes a token (``hfddpm push``
+            and train.py refuse one: ``token_flag_refused_message``).
 
     Returns:
         The URL of the repository.
@@ -161,7 +184,8 @@ def push_to_hub(
     Raises:
         FileNotFoundError: ``output_dir`` is not a complete pipeline folder (``check_pipeline_folder``); nothing is
             uploaded.
-        ValueError: ``repo_id`` is not a repository id (``check_repo_id``).
+        ValueError: ``repo_id`` is not a repository id (``check_repo_id``), the token is malformed
+            (``clean_token``), or a file to upload links to outside ``output_dir`` (``pipeline_files``).
         PushToHubError: there is no token, or the Hub could not be reached or refused the upload (the message names
             the repository, the HTTP status and the ``hfddpm push`` command that retries); the local folder is left as
             it was.
@@ -169,13 +193,14 @@ def push_to_hub(
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"output_dir {output_dir} does not exist; train or save a pipeline there first.")
-    # 1. local checks, before anything is sent: a loadable pipeline, a repository id, a token
-    check_pipeline_folder(output_dir)
+    # 1. local checks, before anything is sent: a loadable pipeline of the folder's own files, a repository id, a
+    # well-formed token
+    pipeline_files(output_dir)
     check_repo_id(repo_id)
     retry = f"hfddpm push {shlex.quote(str(output_dir))} --repo-id {shlex.quote(repo_id)}"
     retry += " --private" if private else ""
-    token = clean_token(token)
     source = token_source(token, token_flag=token_flag)
+    token = clean_token(token)
     if source is None:
         raise PushToHubError(
             f"{no_token_message(repo_id, token_flag=token_flag)} Then retry with:\n    {retry}",
@@ -216,7 +241,7 @@ def push_to_hub(
         )
     except (httpx2.HTTPError, OfflineModeIsEnabled) as err:
         _restore(readme, readme_before, set_aside)
-        raise _push_error(err, output_dir, repo_id, retry, api.endpoint, source) from None
+        raise _push_error(err, output_dir, repo_id, retry, api.endpoint, source, token or get_token()) from None
     except BaseException:
         _restore(readme, readme_before, set_aside)
         raise
@@ -278,7 +303,7 @@ def _prepare_card(output_dir: Path, repo_id: str) -> None:
     card.text = card.text.replace(f"from_pretrained({old}", f"from_pretrained({new}")
     if card.data.eval_results:
         card.data.model_name = repo_id.split("/")[-1]
-    card.save(readme)
+    write_file(readme, str(card))
 
 
 def _free_stale_name(readme: Path) -> Path:
@@ -296,14 +321,16 @@ def _restore(path: Path, content: bytes | None, set_aside: Path | None = None) -
     if content is None:
         path.unlink(missing_ok=True)
     elif not path.is_file() or path.read_bytes() != content:
-        path.write_bytes(content)
+        write_file(path, content)
     if set_aside is not None:
         set_aside.unlink(missing_ok=True)
 
 
 def _push_error(
-    err: Exception, output_dir: Path, repo_id: str, retry: str, endpoint: str, token_from: str
+    err: Exception, output_dir: Path, repo_id: str, retry: str, endpoint: str, token_from: str, token: str | None
 ) -> PushToHubError:
+    """The error of a failed upload: what failed, what to check, the command that retries; never ``token``, in any
+    form (the HTTP client's and the Hub's messages may quote the request's headers)."""
     status = None
     if isinstance(err, HfHubHTTPError) and err.response is not None:
         status = err.response.status_code
@@ -319,7 +346,7 @@ def _push_error(
         404: " Check the repository id and namespace.",
     }.get(status, "")
     message = (
-        f"Pushing {output_dir} to the Hub repository {repo_id!r} failed: {what}.{hint}\n"
+        f"Pushing {output_dir} to the Hub repository {repo_id!r} failed: {redact_token(what, token)}.{hint}\n"
         f"Nothing in {output_dir} was changed. Retry with:\n    {retry}"
     )
     return PushToHubError(message, repo_id=repo_id, retry_command=retry, status_code=status)

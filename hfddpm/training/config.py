@@ -509,8 +509,9 @@ class TrainConfig:
     hub_model_id: str | None = _opt(None, "Repository id for --push_to_hub.", group="output")
     hub_token: str | None = _opt(
         None,
-        "Token for --push_to_hub (default: the saved login or HF_TOKEN; prefer those, a token on the command line"
-        " ends up in shell history).",
+        "Refused on the command line, where `ps` shows it and `accelerate launch` prints it when a run fails:"
+        " --push_to_hub takes the token from HF_TOKEN or `hf auth login`. From Python, TrainConfig(hub_token=...)"
+        " takes one.",
         group="output",
     )
     hub_private_repo: bool = _opt(False, "Create a private repository.", group="output")
@@ -626,8 +627,8 @@ class TrainConfig:
             self.check_sampling_steps(self.ddpm_num_steps or fallback("ddpm_num_steps"))
         if self.push_to_hub and self.hub_token is not None and self.report_to in ("wandb", "all"):
             raise ValueError(
-                "--hub_token with --report_to wandb would send the token to the tracker with the run's config;"
-                " log in with `hf auth login` or set HF_TOKEN instead of --hub_token."
+                "hub_token with report_to='wandb' would send the token to the tracker with the run's config;"
+                " log in with `hf auth login` or set HF_TOKEN instead of passing hub_token."
             )
         return self
 
