@@ -351,3 +351,18 @@ def test_memorization_reads_a_dataset_by_name_as_training_does(tmp_path, streami
     # the same images (in any order): compare them sorted by their pixel sums
     key = lambda x: x.flatten(1).sum(1)  # noqa: E731
     torch.testing.assert_close(images[key(images).argsort()], expected[key(expected).argsort()])
+
+
+def test_the_memorization_picture_replaces_a_link_and_never_writes_through_it(tmp_path):
+    from hfddpm.evaluation.memorization import pairs_picture
+
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep me\n")
+    (tmp_path / "pipe").mkdir()
+    picture = tmp_path / "pipe" / "memorization_pairs.png"
+    picture.symlink_to(target)
+    images = torch.rand(2, 1, 8, 8)
+    pairs = [{"sample": 0, "train": 1, "pixel_distance": 0.1}, {"sample": 1, "train": 0, "pixel_distance": 0.2}]
+    assert pairs_picture(images, images, pairs, picture, threshold=0.15) == picture
+    assert not picture.is_symlink() and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert target.read_text() == "keep me\n"

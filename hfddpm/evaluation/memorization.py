@@ -25,6 +25,7 @@ Example (a "model" that returns training images is flagged; held-out digits are 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -178,7 +179,8 @@ def memorization_check(
 
 def pairs_picture(samples: torch.Tensor, train: torch.Tensor, pairs: list[dict], path, threshold: float | None = None):
     """Draw ``pairs`` (``memorization_check``'s ``memorization_pairs``) as columns: each sample above its nearest
-    training image, with the pixel distance (red when within ``threshold``); saves a PNG at ``path``."""
+    training image, with the pixel distance (red when within ``threshold``); saves a PNG at ``path`` (a link there is
+    replaced, never written through)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,9 +205,12 @@ def pairs_picture(samples: torch.Tensor, train: torch.Tensor, pairs: list[dict],
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return path
+    from hfddpm.hub.card import write_file  # a link at path is replaced, never written through
+
+    return write_file(path, png.getvalue())
 
 
 def training_images(
