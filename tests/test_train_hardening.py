@@ -83,6 +83,20 @@ def test_push_without_a_token_stops_before_training(train_script, tmp_path, monk
     assert not out.exists()
 
 
+def test_push_with_the_hub_offline_stops_before_training(train_script, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "T" * 34)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "out"
+    args = train_script.parse_args(["--push_to_hub", "--hub_model_id", "me/model", "--output_dir", str(out)])
+    with pytest.raises(
+        SystemExit, match=r"^train.py: error: HF_HUB_OFFLINE is set, so the run could not be pushed to 'me/model'"
+    ):
+        train_script.main(args)
+    assert not out.exists()
+
+
 def test_a_bad_flag_from_the_command_line_is_one_line(tmp_path):
     result = run_train(["--logging_steps", "0", "--output_dir", str(tmp_path / "out")], tmp_path, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr

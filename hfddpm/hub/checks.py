@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from diffusers import ModelMixin
-from huggingface_hub import get_token
+from huggingface_hub import constants, get_token
 from huggingface_hub.utils import validate_repo_id
 
 from hfddpm.pipelines.pipeline_hfddpm import COMPONENTS, LOCAL_MODULES, LOCAL_PIPELINES, OPTIONAL_COMPONENTS
@@ -223,26 +223,37 @@ def no_token_message(repo_id: str, *, token_flag: str | None = None) -> str:
     return f"No Hugging Face token to push to {repo_id!r}: set HF_TOKEN or run `hf auth login`{given}."
 
 
-def check_push_settings(repo_id, token=None, *, token_flag: str | None = None) -> None:
+def check_push_settings(repo_id, token=None, *, token_flag: str | None = None, offline: bool | None = None) -> None:
     """Check, without contacting the Hub, the settings of a later ``push_to_hub``: ``repo_id`` is a repository id
-    (``check_repo_id``) and a token is available (the ``token`` argument, ``HF_TOKEN`` or the saved login; an empty
-    token counts as none, a malformed one is refused, ``clean_token``), so that a run can stop before it trains
-    rather than fail to upload at the end. ``token_flag`` names the ``token`` argument in the messages.
+    (``check_repo_id``), a token is available (the ``token`` argument, ``HF_TOKEN`` or the saved login; an empty
+    token counts as none, a malformed one is refused, ``clean_token``) and the Hub may be reached (``offline``,
+    default ``HF_HUB_OFFLINE``, is not set), so that a run can stop before it trains rather than fail to upload at
+    the end. ``token_flag`` names the ``token`` argument in the messages.
 
     Example:
-        >>> check_push_settings("user/hfddpm-mnist", token="hf_xxx")  # at the start of a run with --push_to_hub
+        >>> check_push_settings("user/hfddpm-mnist", token="hf_xxx", offline=False)  # a run with --push_to_hub
         >>> check_push_settings("user/hfddpm mnist", token="hf_xxx")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: repo_id='user/hfddpm mnist' is not a Hub repository id ('namespace/name' or 'name'): ...
+        >>> check_push_settings("user/hfddpm-mnist", token="hf_xxx", offline=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: HF_HUB_OFFLINE is set, so the run could not be pushed to 'user/hfddpm-mnist' at the end: ...
 
     Raises:
-        ValueError: the repository id is not one, there is no token or it is malformed; the message says which and
-            what to do.
+        ValueError: the repository id is not one, there is no token or it is malformed, or the Hub is off; the
+            message says which and what to do.
     """
     check_repo_id(repo_id)
     if token_source(token, token_flag=token_flag) is None:
         raise ValueError(no_token_message(repo_id, token_flag=token_flag))
+    if constants.HF_HUB_OFFLINE if offline is None else offline:
+        raise ValueError(
+            f"HF_HUB_OFFLINE is set, so the run could not be pushed to {repo_id!r} at the end: unset it (or set"
+            " HF_HUB_OFFLINE=0) to push, or leave out --push_to_hub and push the saved folder later with"
+            " `hfddpm push OUTPUT_DIR --repo-id ...`."
+        )
 
 
 def redact_token(text: str, token: str | None) -> str:
