@@ -147,6 +147,45 @@ def _load_saved_dataset(folder: str, split: str) -> datasets.Dataset:
     return datasets.load_from_disk(folder)
 
 
+def _check_no_config(
+    dataset_config_name: str, dataset_name: str | None, train_data_dir: str | None, saved: bool, data_file: bool
+) -> None:
+    """A ``ValueError`` for ``--dataset_config_name`` with a source that has no configs: a saved dataset, a data file,
+    an image folder or the embedded MNIST-5k (only a Hub dataset or a dataset folder may have several)."""
+    if saved or data_file:
+        source = f"the {'saved dataset' if saved else 'data file'} {dataset_name!r}"
+    elif dataset_name is None and train_data_dir is not None:
+        source = f"the image folder {train_data_dir!r} (--train_data_dir)"
+    elif dataset_name is None:
+        source = f"the embedded {EMBEDDED_DATASET_NAME} (no --dataset_name or --train_data_dir given)"
+    else:
+        return
+    raise ValueError(
+        f"--dataset_config_name {dataset_config_name!r}: {source} has no configs; it names a config of a Hub dataset"
+        " or dataset folder that has several. Leave it out."
+    )
+
+
+def _refuse_dataset_script(dataset_name: str) -> None:
+    """A ``ValueError`` for a dataset loading script: ``dataset_name`` is a ``.py`` file or a folder holding
+    ``<folder name>.py`` (the rule of ``datasets.load_dataset``, which refuses to run scripts since 🤗 datasets 4).
+    The script is never imported or run."""
+    folder_name = os.path.basename(os.path.normpath(dataset_name))
+    script = dataset_name if dataset_name.endswith(".py") else os.path.join(dataset_name, f"{folder_name}.py")
+    if os.path.isfile(script):
+        raise _script_error(dataset_name, script)
+
+
+def _script_error(dataset_name: str, script: str) -> ValueError:
+    return ValueError(
+        f"--dataset_name {dataset_name!r} is a dataset with a loading script ({script}); the installed 🤗 datasets"
+        f" {datasets.__version__} does not run dataset scripts (datasets >= 4 dropped them), and hfddpm never runs"
+        " them. Convert the dataset to data files (e.g. .parquet, in a folder or as one file) or save it with"
+        " Dataset.save_to_disk, and pass that with --dataset_name; or write its images into a folder (one sub-folder"
+        " per class) and pass it with --train_data_dir."
+    )
+
+
 def load_train_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -164,17 +203,18 @@ def load_train_dataset(
     (``DATA_FILE_BUILDERS``: .parquet, .csv, .json/.jsonl, .arrow, read by the packaged builder of that name). With
     ``HF_HUB_OFFLINE=1`` Hub datasets load from the local cache. Raises ``FileNotFoundError`` for a dataset or folder
     that does not exist (or is not cached while offline) and ``ValueError`` for an empty dataset, a split that the
-    source lacks or a file that is not a data file.
+    source lacks, a file that is not a data file, a dataset loading script (never run) or a ``dataset_config_name``
+    for a source without configs (a saved dataset, a data file, an image folder, the embedded MNIST-5k).
     """
+    # 0. the settings that no loader would run: a dataset script, a config of a source without configs
+    if dataset_name is not None:
+        _refuse_dataset_script(dataset_name)
+    saved = dataset_name is not None and os.path.isdir(dataset_name) and is_saved_dataset(dataset_name)
+    data_file = dataset_name is not None and os.path.isfile(dataset_name)
+    if dataset_config_name is not None:
+        _check_no_config(dataset_config_name, dataset_name, train_data_dir, saved, data_file)
     if dataset_name is not None:
         source = f"dataset {dataset_name!r}"
-        saved, data_file = os.path.isdir(dataset_name) and is_saved_dataset(dataset_name), os.path.isfile(dataset_name)
-        if (saved or data_file) and dataset_config_name is not None:
-            kind = "saved dataset" if saved else "data file"
-            raise ValueError(
-                f"--dataset_config_name {dataset_config_name!r}: the {kind} {dataset_name!r} has no configs; it"
-                " names a config of a Hub dataset or dataset folder that has several. Leave it out."
-            )
         if saved:
             # 1. a save_to_disk folder, which load_dataset refuses
             dataset = _load_saved_dataset(dataset_name, split)
@@ -205,6 +245,10 @@ def load_train_dataset(
                 ) from e
             except ValueError as e:
                 _raise_if_empty(e, source, split)
+                raise
+            except RuntimeError as e:  # a Hub dataset whose repository holds a loading script
+                if "scripts are no longer supported" in str(e):
+                    raise _script_error(dataset_name, str(e).rsplit(" ", 1)[-1]) from e
                 raise
             if data_file and streaming and next(iter(dataset), None) is None:  # a file of a header and no rows
                 raise _empty_error(source, split)

@@ -399,6 +399,45 @@ def test_empty_data_files_and_saved_folders_are_named_empty(tmp_path, small):
         load_train_dataset(str(tmp_path / "zero"), "foo")
 
 
+def test_a_config_name_is_refused_for_an_image_folder_and_the_embedded_data(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("L", (8, 8), i * 100).save(folder / f"{i}.png")
+    assert len(load_train_dataset(train_data_dir=str(folder))) == 2  # loads without the config
+    with pytest.raises(
+        ValueError,
+        match=r"^--dataset_config_name 'foo': the image folder .*imgs' \(--train_data_dir\) has no configs.* Leave",
+    ):
+        load_train_dataset(train_data_dir=str(folder), dataset_config_name="foo")
+    with pytest.raises(ValueError, match=r"^--dataset_config_name 'bar': the embedded mnist_5k .* has no configs"):
+        load_train_dataset(dataset_config_name="bar", streaming=True)
+
+
+def test_a_dataset_loading_script_is_refused_and_never_run(tmp_path, monkeypatch):
+    folder = tmp_path / "myds"
+    folder.mkdir()
+    marker = tmp_path / "the_script_ran"
+    (folder / "myds.py").write_text(f"open({str(marker)!r}, 'w').close()\nimport datasets\n")
+    Image.new("L", (8, 8)).save(folder / "0.png")  # without the script, a folder of images
+    expected = (
+        r"^--dataset_name '.*myds/?(myds\.py)?' is a dataset with a loading script \(.*myds\.py\); the installed 🤗"
+        r" datasets .* does not run dataset scripts.* data files .*save_to_disk.* --train_data_dir\.$"
+    )
+    for name, kwargs in ((folder, {}), (f"{folder}/", {"streaming": True}), (folder / "myds.py", {}),
+                         (folder, {"dataset_config_name": "default"})):  # fmt: skip
+        with pytest.raises(ValueError, match=expected):
+            load_train_dataset(str(name), **kwargs)
+    assert not marker.exists()
+
+    def hub_with_a_script(*args, **kwargs):  # what 🤗 datasets >= 4 raises for a Hub repository with a script
+        raise RuntimeError("Dataset scripts are no longer supported, but found mnist_old.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", hub_with_a_script)
+    with pytest.raises(ValueError, match=r"^--dataset_name 'someone/mnist_old' is a dataset with a loading script"):
+        load_train_dataset("someone/mnist_old")
+
+
 def test_a_save_to_disk_folder_loads_with_its_split(tmp_path, small):
     small.save_to_disk(str(tmp_path / "one"))
     splits = datasets.DatasetDict({"train": small.select(range(10)), "test": small.select(range(10, 13))})

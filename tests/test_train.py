@@ -338,6 +338,45 @@ def test_png_folder_unconditional_bf16_with_a_broken_file(configs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The model card: a card hfddpm wrote for another pipeline class is replaced, an edited one of this class kept
+# ---------------------------------------------------------------------------------------------------------------------
+def test_training_over_a_diffusers_pipeline_replaces_its_card_and_keeps_it_aside(configs, tmp_path):
+    from accelerate import PartialState
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from hfddpm import build_unet
+    from hfddpm.hub import write_model_card
+    from hfddpm.hub.card import stale_card
+    from hfddpm.training.loop import _write_card
+
+    out = tmp_path / "out"
+    unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=28)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(out)
+    write_model_card(out)
+    diffusers_card = (out / "README.md").read_bytes()
+    assert b'<!-- hfddpm:pipeline_class "DDPMPipeline" -->' in diffusers_card
+    (out / "README.stale.md").write_text("an earlier stale card")  # taken: the new one goes to README.stale-2.md
+    args = [*_common(configs["mnist"], out), "--max_train_steps", "2", "--validation_steps", "0",
+            "--checkpointing_steps", "0", "--overwrite_output_dir"]  # fmt: skip
+    result = _run(args, tmp_path)
+    assert (
+        f"{out / 'README.md'} was written by hfddpm for DDPMPipeline, not for the HFDDPMPipeline that {out} now"
+        f" holds: replaced it with a card of the HFDDPMPipeline and kept the old card as {out / 'README.stale-2.md'}."
+    ) in " ".join(result.stderr.split())  # the log wraps long lines
+    card = (out / "README.md").read_text()
+    assert '<!-- hfddpm:pipeline_class "HFDDPMPipeline" -->' in card and "trust_remote_code=True" in card
+    assert stale_card(out) is None and "edited or evaluated" not in result.stderr
+    assert (out / "README.stale-2.md").read_bytes() == diffusers_card
+    assert (out / "README.stale.md").read_text() == "an earlier stale card"
+    # a card of this pipeline edited since training wrote it is still kept, and nothing is moved aside
+    PartialState()  # for the training log
+    (out / "README.md").write_text(card + "\nMy notes.\n")
+    _write_card(out, TrainConfig(), {})
+    assert (out / "README.md").read_text() == card + "\nMy notes.\n"
+    assert sorted(p.name for p in out.glob("README*")) == ["README.md", "README.stale-2.md", "README.stale.md"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Bad input: checked before training, with the problem and the fix in the message
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -478,6 +517,17 @@ def test_too_many_undecodable_images_stop_the_run():
     check_bad_images(5, 100, fraction)  # too few read to judge yet
     with pytest.raises(ValueError, match=r"5 of the 100 images .*Remove or repair.*--max_bad_image_fraction"):
         check_bad_images(5, 100, fraction, min_read=100)  # a dataset of 100 images: the fraction is decided
+
+
+def test_a_config_name_without_a_dataset_that_has_configs_stops_before_training(
+    train_module, configs, offline, tmp_path
+):
+    folder = _grey_folder(tmp_path / "imgs", 16, 16)
+    for source in (["--train_data_dir", str(folder)], []):
+        argv = [*_common(configs["rgb16"], tmp_path / "out"), *source, "--dataset_config_name", "foo"]
+        with pytest.raises(SystemExit, match=r"^train.py: error: --dataset_config_name 'foo': the .* has no configs"):
+            train_module.main(train_module.parse_args(argv))
+    assert not list((tmp_path / "out").rglob("*"))  # nothing trained or written
 
 
 def test_command_line_error_is_one_clear_line(train_module, configs, offline, tmp_path):
