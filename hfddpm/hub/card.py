@@ -361,6 +361,15 @@ def stale_card(output_dir) -> str | None:
     return "an hfddpm pipeline" if hfddpm_card else "a diffusers pipeline"
 
 
+def stale_card_path(readme: Path) -> Path:
+    """Where a stale card (``stale_card``) is moved: ``README.stale.md``, or ``README.stale-2.md``, ... when taken."""
+    path, number = readme.with_name("README.stale.md"), 1
+    while path.exists():
+        number += 1
+        path = readme.with_name(f"README.stale-{number}.md")
+    return path
+
+
 def update_card_metrics(card_path, metrics: dict) -> Path:
     """Write an evaluation's results into an hfddpm model card (model-index metadata and the Evaluation section).
 

@@ -30,6 +30,7 @@ from .card import (
     read_json,
     read_metrics,
     stale_card,
+    stale_card_path,
     write_file,
     write_model_card,
 )
@@ -218,7 +219,7 @@ def push_to_hub(
     readme = output_dir / "README.md"
     readme_before = readme.read_bytes() if readme.is_file() else None
     written_for = stale_card(output_dir)
-    set_aside = _free_stale_name(readme) if written_for else None
+    set_aside = stale_card_path(readme) if written_for else None
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         repo_id = repo_url.repo_id
@@ -304,15 +305,6 @@ def _prepare_card(output_dir: Path, repo_id: str) -> None:
     if card.data.eval_results:
         card.data.model_name = repo_id.split("/")[-1]
     write_file(readme, str(card))
-
-
-def _free_stale_name(readme: Path) -> Path:
-    """Where a stale card (``stale_card``) is moved: ``README.stale.md``, or ``README.stale-2.md``, ... when taken."""
-    path, number = readme.with_name("README.stale.md"), 1
-    while path.exists():
-        number += 1
-        path = readme.with_name(f"README.stale-{number}.md")
-    return path
 
 
 def _restore(path: Path, content: bytes | None, set_aside: Path | None = None) -> None:

@@ -935,9 +935,8 @@ def _write_card(output_dir: Path, config: TrainConfig, card_config: dict) -> Non
     in a folder trained over with --overwrite_output_dir) is moved aside as ``push`` does (``README.stale.md``) and
     replaced."""
     from hfddpm.hub import write_model_card
-    from hfddpm.hub.card import read_json, stale_card
+    from hfddpm.hub.card import read_json, stale_card, stale_card_path
     from hfddpm.hub.checks import pipeline_class_name
-    from hfddpm.hub.upload import _free_stale_name
 
     card, digest_file = output_dir / CARD_FILE, output_dir / ".hfddpm-card.sha256"
     if card.is_file() and (not digest_file.is_file() or digest_file.read_text().strip() != _card_digest(card)):
@@ -945,7 +944,7 @@ def _write_card(output_dir: Path, config: TrainConfig, card_config: dict) -> Non
         if written_for is None:
             logger.warning(f"{card} was edited or evaluated since training wrote it; it is kept as it is.")
             return
-        set_aside = _free_stale_name(card)
+        set_aside = stale_card_path(card)
         card.replace(set_aside)
         holds = pipeline_class_name(read_json(output_dir / "model_index.json"))
         logger.warning(
