@@ -705,9 +705,8 @@ def test_a_token_on_the_command_line_is_refused_before_anything_runs(train_scrip
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.split(": error: ", 1)[1] == (  # after argparse's prog (train.py when run as a script)
-        "--hub_token puts the token on the command line, where `ps` and the shell history show it"
-        " and `accelerate launch` prints it when a run fails: set HF_TOKEN in the environment or run `hf auth login`"
-        " instead (the flag is refused, its value was not used)."
+        "--hub_token puts the token on the command line, where `ps` and the shell history show it: set HF_TOKEN in"
+        " the environment or run `hf auth login` instead (the flag is refused, its value was not used)."
     )
     assert token not in error and not out.exists()
     # documented as refused in --help, with the way on; from Python a token is still taken
@@ -725,6 +724,21 @@ def test_a_token_on_the_command_line_stops_train_py_with_status_2(tmp_path):
     result = run_train(["--output_dir", str(out), "--push_to_hub", f"--hub_token={token}"], tmp_path, check=False)
     assert result.returncode == 2 and token not in result.stdout + result.stderr and "Traceback" not in result.stderr
     assert "--hub_token puts the token on the command line" in result.stderr and not out.exists()
+
+
+def test_a_token_refused_under_accelerate_launch_is_called_exposed(tmp_path):
+    # accelerate launch prints the command line of a process that exits non-zero: the refusal says so
+    token = "hf_" + "U" * 34
+    args = ["--output_dir", str(tmp_path / "out"), "--push_to_hub", "--hub_token", token]
+    launched = [*accelerate_launcher(1), str(TRAIN), *args]
+    result = subprocess.run(launched, env=train_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and not (tmp_path / "out").exists()
+    refusal = next(line for line in result.stderr.splitlines() if "--hub_token puts the token" in line)
+    assert token not in refusal
+    assert refusal.endswith(
+        "`accelerate launch` prints this command line, token included, as this run stops: treat the token as exposed"
+        " and replace it (https://huggingface.co/settings/tokens)."
+    )
 
 
 def test_train_py_has_no_test_hooks():

@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     TrainConfig.add_arguments(parser)
     args, unknown = parser.parse_known_args(argv)
     if args.hub_token is not None:  # --hub_token TOKEN, --hub_token=TOKEN or an abbreviation: refused, never shown
-        parser.error(token_flag_refused_message("--hub_token", printed_by="accelerate launch"))
+        launcher = "accelerate launch" if "ACCELERATE_MIXED_PRECISION" in os.environ else None  # set by the launcher
+        parser.error(token_flag_refused_message("--hub_token", printed_by=launcher))
     if unknown:
         parser.error(unknown_flags_message(unknown))
     return args

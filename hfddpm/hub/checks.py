@@ -146,20 +146,26 @@ TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 def token_flag_refused_message(flag: str, *, printed_by: str | None = None) -> str:
     """Why a token flag on a command line (``--hub_token`` of train.py, ``--token`` of ``hfddpm push``) is refused,
-    and what to do instead; the token itself is never part of it. ``printed_by`` names a launcher that shows the
-    command line of a failed run (e.g. ``accelerate launch``).
+    and what to do instead; the token itself is never part of it. ``printed_by`` names the launcher that ran this
+    command and prints its command line, token included, as the refused run stops (``accelerate launch`` does for
+    every process that exits non-zero): the message then says the token is exposed.
 
     Example:
         >>> token_flag_refused_message("--token")  # doctest: +ELLIPSIS
         '--token puts the token on the command line, where `ps` and the shell history show it: set HF_TOKEN ...'
+        >>> token_flag_refused_message("--hub_token", printed_by="accelerate launch")  # doctest: +ELLIPSIS
+        '... `accelerate launch` prints this command line, token included, as this run stops: treat the token ...'
     """
-    shown = "`ps` and the shell history show it" + (
-        f" and `{printed_by}` prints it when a run fails" if printed_by else ""
+    message = (
+        f"{flag} puts the token on the command line, where `ps` and the shell history show it: set HF_TOKEN in the"
+        " environment or run `hf auth login` instead (the flag is refused, its value was not used)."
     )
-    return (
-        f"{flag} puts the token on the command line, where {shown}: set HF_TOKEN in the environment or run"
-        " `hf auth login` instead (the flag is refused, its value was not used)."
-    )
+    if printed_by:
+        message += (
+            f" `{printed_by}` prints this command line, token included, as this run stops: treat the token as"
+            " exposed and replace it (https://huggingface.co/settings/tokens)."
+        )
+    return message
 
 
 def clean_token(token, source: str = "the token argument"):
