@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from hfddpm.files import write_file
 from hfddpm.pipelines.pipeline_hfddpm import PIPELINE_FILES, is_repo_id
 
 
@@ -580,7 +581,6 @@ def cmd_img2img(args) -> int:
 
 def cmd_compare(args) -> int:
     from hfddpm.evaluation.compare import compare_results, format_comparison, read_results
-    from hfddpm.hub.card import write_file
 
     name_a, name_b = args.compare
     out = check_json_out(args.out) if args.out is not None else None
@@ -654,7 +654,7 @@ def cmd_evaluate(args) -> int:
         parse_metrics,
     )
     from hfddpm.hub import update_model_card
-    from hfddpm.hub.card import check_card_link, write_file
+    from hfddpm.hub.card import check_card_link
 
     if args.compare is not None:
         return cmd_compare(args)

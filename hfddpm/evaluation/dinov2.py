@@ -1,6 +1,7 @@
 """FD-DINOv2: Fréchet distance on DINOv2 features (Stein et al. 2023, https://arxiv.org/abs/2306.04675).
 
 Uses ``transformers`` and weights already on disk (a local folder or the Hugging Face cache); nothing is downloaded.
+``from_pretrained_without_code``, the loader that never runs a folder's own code, is FAD's (``fad.py``) as well.
 """
 
 from __future__ import annotations

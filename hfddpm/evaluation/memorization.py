@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from hfddpm.files import write_file
+
 from .features import extract_features
 from .uncertainty import bootstrap_interval, details
 
@@ -208,9 +210,7 @@ def pairs_picture(samples: torch.Tensor, train: torch.Tensor, pairs: list[dict],
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    from hfddpm.hub.card import write_file  # a link at path is replaced, never written through
-
-    return write_file(path, png.getvalue())
+    return write_file(path, png.getvalue())  # a link at path is replaced, never written through
 
 
 def training_images(

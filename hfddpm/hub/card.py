@@ -8,10 +8,7 @@ diffusers ``DDPMPipeline``) gets a card of its own template: its class and compo
 
 import json
 import math
-import os
 import re
-import secrets
-import stat
 import struct
 from importlib import resources
 from pathlib import Path
@@ -20,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hfddpm.evaluation.registry import EVAL_SETTINGS, METRIC_REGISTRY, card_metrics
 from hfddpm.evaluation.uncertainty import DETAILS_KEY
+from hfddpm.files import write_file
 from hfddpm.pipelines.pipeline_hfddpm import is_repo_id
 from hfddpm.training.config import CONFIG_FILE, TrainConfig, read_config
 
@@ -370,6 +368,49 @@ def stale_card_path(readme: Path) -> Path:
     return path
 
 
+def set_aside_stale_card(output_dir, *, pushed: bool = False) -> tuple[Path, str] | None:
+    """Move a stale card of ``output_dir`` (``stale_card``: hfddpm wrote it for another pipeline class than the
+    folder holds) aside to ``stale_card_path``, so that the card of the pipeline the folder holds can be written in
+    its place. Training (at the end of a run) and ``push_to_hub`` both do this.
+
+    Returns ``None`` (nothing moved) for any other card or none; else where the old card now is, and the warning to
+    log once the new card is written. ``pushed``: the warning says that the new card was pushed and the old one was
+    not uploaded. To undo, move the old card back: ``set_aside.replace(Path(output_dir) / "README.md")``.
+
+    Example:
+        >>> import tempfile
+        >>> from diffusers import DDPMPipeline, DDPMScheduler
+        >>> from hfddpm import HFDDPMPipeline, HFDDPMScheduler, build_unet
+        >>> folder = tempfile.mkdtemp()
+        >>> unet = build_unet("tiny", in_channels=1, out_channels=1, sample_size=16)
+        >>> HFDDPMPipeline(unet=unet, scheduler=HFDDPMScheduler()).save_pretrained(folder)
+        >>> card = write_model_card(folder)
+        >>> print(set_aside_stale_card(folder))  # the card of this pipeline: kept
+        None
+        >>> DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+        >>> set_aside, message = set_aside_stale_card(folder)
+        >>> set_aside.name, card.exists()
+        ('README.stale.md', False)
+        >>> print(message.replace(folder, "FOLDER"))  # doctest: +NORMALIZE_WHITESPACE
+        FOLDER/README.md was written by hfddpm for HFDDPMPipeline, not for the DDPMPipeline that FOLDER now holds:
+        replaced it with a card of the DDPMPipeline and kept the old card as FOLDER/README.stale.md.
+    """
+    output_dir = Path(output_dir)
+    written_for = stale_card(output_dir)
+    if written_for is None:
+        return None
+    readme = output_dir / "README.md"
+    set_aside = stale_card_path(readme)
+    readme.replace(set_aside)
+    holds = pipeline_class_name(read_json(output_dir / "model_index.json"))
+    pushed_note, kept_note = (" (pushed)", " (not uploaded)") if pushed else ("", "")
+    message = (
+        f"{readme} was written by hfddpm for {written_for}, not for the {holds} that {output_dir} now holds:"
+        f" replaced it with a card of the {holds}{pushed_note} and kept the old card as {set_aside}{kept_note}."
+    )
+    return set_aside, message
+
+
 def update_card_metrics(card_path, metrics: dict) -> Path:
     """Write an evaluation's results into an hfddpm model card (model-index metadata and the Evaluation section).
 
@@ -427,37 +468,6 @@ def check_card_link(card_path) -> None:
             f"{card_path} is a symbolic link to {target}, outside its folder: hfddpm does not update a card through"
             " it, which would copy that file into the card. Replace the link with a copy of the card (or remove it)."
         )
-
-
-def write_file(path, data: str | bytes) -> Path:
-    """Write ``data`` (a str is written as UTF-8, newlines as they are) to ``path``: into a new file beside it, then
-    renamed over it (``os.replace``). A symbolic link at ``path`` is replaced by the file, never written through (its
-    target is left as it was), and no reader sees half a file. The file keeps the permissions of the one it replaces.
-
-    hfddpm writes every file of a pipeline folder it updates this way: ``README.md`` (``write_model_card``,
-    ``update_card_metrics``, ``push_to_hub``) and ``metrics.json`` (``hfddpm evaluate``).
-
-    Example:
-        >>> import os, tempfile
-        >>> folder, elsewhere = tempfile.mkdtemp(), tempfile.mkdtemp()
-        >>> os.symlink(f"{elsewhere}/notes.txt", f"{folder}/metrics.json")  # a link out of the folder
-        >>> write_file(f"{folder}/metrics.json", "{}").is_symlink(), os.path.exists(f"{elsewhere}/notes.txt")
-        (False, False)
-    """
-    path = Path(path)
-    data = data.encode("utf-8") if isinstance(data, str) else data
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    file = open(temporary, "xb")  # a new file (never a link), with the permissions the umask gives
-    try:
-        with file:
-            file.write(data)
-        if path.is_file() and not path.is_symlink():
-            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def update_model_card(card_path, results: dict) -> Path:

@@ -21,6 +21,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
 from hfddpm.evaluation.registry import METRIC_REGISTRY
+from hfddpm.files import write_file
 from hfddpm.pipelines.pipeline_hfddpm import LOCAL_MODULES, PIPELINE_FILES
 
 from .card import (
@@ -29,9 +30,8 @@ from .card import (
     format_value,
     read_json,
     read_metrics,
+    set_aside_stale_card,
     stale_card,
-    stale_card_path,
-    write_file,
     write_model_card,
 )
 from .checks import (
@@ -165,8 +165,8 @@ def push_to_hub(
     and metrics; the repository id in the card's usage snippets is set to ``repo_id``. An existing card is kept,
     except one that hfddpm wrote for another pipeline class than the folder now holds (``stale_card``: e.g. a
     diffusers ``DDPMPipeline`` saved over an hfddpm pipeline): it is moved to ``README.stale.md`` (not uploaded;
-    ``README.stale-2.md``, ... when taken), a card of the folder's pipeline is written in its place, and a warning
-    says so.
+    ``README.stale-2.md``, ... when taken: ``set_aside_stale_card``), a card of the folder's pipeline is written in
+    its place, and a warning says so.
 
     Args:
         output_dir: a training output folder or a ``save_pretrained`` folder.
@@ -218,13 +218,12 @@ def push_to_hub(
     api = HfApi(token=token)
     readme = output_dir / "README.md"
     readme_before = readme.read_bytes() if readme.is_file() else None
-    written_for = stale_card(output_dir)
-    set_aside = stale_card_path(readme) if written_for else None
+    set_aside = None
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
         repo_id = repo_url.repo_id
-        if set_aside:
-            readme.replace(set_aside)  # _prepare_card writes the card of what the folder holds
+        # a card hfddpm wrote for another pipeline is moved aside; _prepare_card writes the card of what it holds
+        set_aside, replaced = set_aside_stale_card(output_dir, pushed=True) or (None, None)
         _prepare_card(output_dir, repo_id)
         files = pipeline_files(output_dir)
         remote = api.list_repo_files(repo_id)
@@ -247,11 +246,7 @@ def push_to_hub(
         _restore(readme, readme_before, set_aside)
         raise
     if set_aside:
-        holds = pipeline_class_name(read_json(output_dir / "model_index.json"))
-        logger.warning(
-            f"{readme} was written by hfddpm for {written_for}, not for the {holds} that {output_dir} now holds:"
-            f" replaced it with a card of the {holds} (pushed) and kept the old card as {set_aside} (not uploaded)."
-        )
+        logger.warning(replaced)
     return str(repo_url)
 
 
@@ -308,14 +303,14 @@ def _prepare_card(output_dir: Path, repo_id: str) -> None:
 
 
 def _restore(path: Path, content: bytes | None, set_aside: Path | None = None) -> None:
-    """Put back ``path`` as it was (``content``; ``None``: no file) and remove ``set_aside``, where a stale card was
-    moved."""
-    if content is None:
+    """Put back ``path`` as it was: the stale card moved to ``set_aside`` (``set_aside_stale_card``) moved back, else
+    ``content`` (``None``: no file)."""
+    if set_aside is not None:
+        set_aside.replace(path)
+    elif content is None:
         path.unlink(missing_ok=True)
     elif not path.is_file() or path.read_bytes() != content:
         write_file(path, content)
-    if set_aside is not None:
-        set_aside.unlink(missing_ok=True)
 
 
 def _push_error(
