@@ -1013,6 +1013,7 @@ def make_train_dataloader(
     shuffle_buffer_size: int = 1000,
     pin_memory: bool = False,
     resident_device: torch.device | str | None = None,
+    decoded: "tuple[torch.Tensor, torch.Tensor | None] | None" = None,
     decode: Callable[[object], Image.Image | None] | None = None,
 ) -> "torch.utils.data.DataLoader | ResidentImageBatches":
     """An endless DataLoader of ``{"pixel_values", "class_labels"?, "num_bad_images", "num_read_images",
@@ -1021,9 +1022,11 @@ def make_train_dataloader(
     Map-style datasets are permuted per epoch and dealt to processes by :class:`EpochShardSampler`; streaming ones are
     shuffled with a buffer of ``shuffle_buffer_size`` and split with ``datasets.distributed.split_dataset_by_node``.
     With ``resident_device``, a small map-style dataset without random transforms is decoded once onto that device
-    (:class:`ResidentImageBatches`, the same batches in the same order). ``decode`` (streams only) turns a value of
-    the image column into an image, ``None`` for a broken one: default :func:`read_image`; an audio stream passes the
-    :class:`hfddpm.audio.SpectrogramConverter` of :func:`hfddpm.audio.spectrogram_stream`.
+    (:class:`ResidentImageBatches`, the same batches in the same order; the DataLoader when it does not qualify);
+    ``decoded`` is the ``(images, labels)`` that :meth:`ResidentImageBatches.decode` already gave (training decodes
+    before it chooses its recipe). ``decode`` (streams only) turns a value of the image column into an image, ``None``
+    for a broken one: default :func:`read_image`; an audio stream passes the :class:`hfddpm.audio.SpectrogramConverter`
+    of :func:`hfddpm.audio.spectrogram_stream`.
     """
     transform = ImageTransform(resolution, channels, center_crop=center_crop, random_flip=random_flip)
     # workers are seeded from this generator, never from the global RNG (keeps resumed runs identical)
@@ -1033,6 +1036,10 @@ def make_train_dataloader(
     if isinstance(dataset, datasets.IterableDataset):
         from datasets.distributed import split_dataset_by_node
 
+        if decoded is not None:
+            raise ValueError(
+                "decoded= applies to map-style datasets (datasets.Dataset); a stream is read batch by batch."
+            )
         if shuffle:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
@@ -1057,10 +1064,11 @@ def make_train_dataloader(
     sampler = EpochShardSampler(
         len(dataset), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle, start=start
     )
-    if resident_device is not None:
-        resident = ResidentImageBatches.build(dataset, columns, transform, sampler, batch_size, resident_device)
-        if resident is not None:
-            return resident
+    if decoded is None and resident_device is not None:
+        decoded = ResidentImageBatches.decode(dataset, columns, transform, resident_device)
+        decoded = None if isinstance(decoded, str) else decoded  # it does not qualify: the DataLoader
+    if decoded is not None:
+        return ResidentImageBatches(*decoded, sampler, batch_size)
     return torch.utils.data.DataLoader(
         MapStyleImageDataset(dataset, columns, transform, seed, sampler.is_first_read),
         batch_size=batch_size,
@@ -1084,17 +1092,16 @@ def _identity(batch):
 RESIDENT_MAX_BYTES = 1 << 30
 
 
-def fits_on_device(
-    num_examples: int, channels: int, resolution: int, random_flip: bool, max_bytes: int = RESIDENT_MAX_BYTES
-) -> bool:
-    """Whether :class:`ResidentImageBatches` may keep a map-style dataset of this size on the device: at most
-    ``max_bytes`` decoded (float32) and no random flips (which differ per example and epoch).
+def decoded_bytes(num_examples: int, channels: int, size: int, views: int = 1) -> int:
+    """The bytes of ``num_examples`` float32 tensors of ``channels x size x size``, ``views`` each: decoded images
+    (:class:`ResidentImageBatches`) or a latent run's scaled latents (:func:`hfddpm.latents.latent_bytes`, two views
+    with flips), compared with :data:`RESIDENT_MAX_BYTES`.
 
     Example:
-        >>> fits_on_device(5000, 1, 28, random_flip=False), fits_on_device(5000, 1, 28, random_flip=True)
-        (True, False)
+        >>> decoded_bytes(5000, 1, 28), decoded_bytes(50000, 3, 32) <= RESIDENT_MAX_BYTES  # MNIST-5k, CIFAR-10
+        (15680000, True)
     """
-    return not random_flip and num_examples * channels * resolution**2 * 4 <= max_bytes
+    return num_examples * views * channels * size * size * 4
 
 
 class ResidentImageBatches:
@@ -1103,8 +1110,8 @@ class ResidentImageBatches:
     No per-step decoding, collation or host-to-device copy; the order is :class:`EpochShardSampler`'s, so training
     sees exactly the batches the DataLoader would give.
 
-    Build it with :meth:`build`, which returns ``None`` when the dataset does not qualify (random crops or flips,
-    undecodable images, or more than ``max_bytes`` decoded); :meth:`decode` says why.
+    :func:`make_train_dataloader` builds it (``resident_device`` or ``decoded``) from :meth:`decode`, which says why a
+    dataset does not qualify (random crops or flips, undecodable images, or more than ``max_bytes`` decoded).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, sampler: EpochShardSampler, batch_size: int):
@@ -1133,7 +1140,7 @@ class ResidentImageBatches:
         channels, resolution = len(transform.mode), transform.resolution
         if transform.random_flip:
             return "random flips, drawn per example and epoch"
-        if not fits_on_device(len(dataset), channels, resolution, False, max_bytes):
+        if decoded_bytes(len(dataset), channels, resolution) > max_bytes:
             size = f"{channels}x{resolution}x{resolution}"
             return f"{len(dataset)} images of {size} take more than {max_bytes / 2**30:g} GiB decoded"
         table = _undecoded(dataset, columns.image_column)
@@ -1152,20 +1159,6 @@ class ResidentImageBatches:
         if columns.label_column is not None:
             labels = torch.tensor(dataset[columns.label_column], dtype=torch.long, device=device)
         return images.to(device), labels
-
-    @classmethod
-    def build(
-        cls,
-        dataset: datasets.Dataset,
-        columns: DatasetColumns,
-        transform: ImageTransform,
-        sampler: EpochShardSampler,
-        batch_size: int,
-        device: torch.device | str,
-        max_bytes: int = RESIDENT_MAX_BYTES,
-    ) -> "ResidentImageBatches | None":
-        decoded = cls.decode(dataset, columns, transform, device, max_bytes)
-        return None if isinstance(decoded, str) else cls(*decoded, sampler, batch_size)
 
     def __iter__(self):
         images = self.images

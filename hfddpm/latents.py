@@ -53,6 +53,7 @@ from hfddpm.data import (
     ImageTransform,
     _example_rng,
     _undecoded,
+    decoded_bytes,
     describe_example,
     host_to_device,
     resident_batches,
@@ -353,7 +354,8 @@ class LatentBatches:
 
     The scaled latents are kept on ``device`` (``resident``) up to ``max_bytes``, the cap of decoded images
     (:data:`hfddpm.data.RESIDENT_MAX_BYTES`); above it they stay in host memory and each batch is gathered there and
-    copied to ``device`` (through pinned memory on CUDA). The batches are the same either way.
+    copied to ``device`` (through pinned memory on CUDA; ``max_bytes=0`` always, as training does with
+    ``--no_data_on_device``). The batches are the same either way.
 
     Example:
         >>> import torch
@@ -410,7 +412,7 @@ def latent_bytes(num_examples: int, vae, resolution: int, random_flip: bool) -> 
         32768000
     """
     size = resolution // downsample_factor(vae)
-    return num_examples * (2 if random_flip else 1) * vae.config.latent_channels * size * size * 4
+    return decoded_bytes(num_examples, vae.config.latent_channels, size, views=2 if random_flip else 1)
 
 
 def make_latent_batches(

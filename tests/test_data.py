@@ -303,6 +303,19 @@ def test_resident_batches_equal_the_dataloader_and_resume(small):
     start = tuple(ref[9]["position"].tolist())
     resumed = make_train_dataloader(small, columns, start=start, resident_device="cpu", **kwargs)
     assert _same(ref[10:16], _batches(resumed, 6))
+    # images decoded beforehand (training decodes them before it chooses its recipe): the same batches
+    images, labels = ResidentImageBatches.decode(small, columns, ImageTransform(28, 1), "cpu")
+    decoded = make_train_dataloader(small, columns, start=start, decoded=(images, labels), **kwargs)
+    assert isinstance(decoded, ResidentImageBatches) and decoded.images is images
+    assert _same(ref[10:16], _batches(decoded, 6))
+
+
+def test_decoded_images_are_refused_for_a_stream(parquet_dir):
+    stream = load_train_dataset(str(parquet_dir), streaming=True)
+    images = torch.zeros(103, 1, 28, 28)
+    kwargs = dict(resolution=28, channels=1, batch_size=8, seed=0)
+    with pytest.raises(ValueError, match=r"^decoded= applies to map-style datasets \(datasets.Dataset\); a stream"):
+        make_train_dataloader(stream, DatasetColumns("image"), decoded=(images, None), **kwargs)
 
 
 def test_only_datasets_without_random_transforms_or_broken_images_stay_resident(small, tmp_path):
@@ -319,7 +332,10 @@ def test_only_datasets_without_random_transforms_or_broken_images_stay_resident(
     folder_kwargs = {**kwargs, "resolution": 16, "center_crop": True}
     loader = make_train_dataloader(folder, resolve_columns(folder, "image", "label"), **folder_kwargs)
     assert not isinstance(loader, ResidentImageBatches)  # a broken file: the DataLoader substitutes and counts it
-    assert ResidentImageBatches.build(small, columns, ImageTransform(28, 1), None, 8, "cpu", max_bytes=1000) is None
+    too_big = ResidentImageBatches.decode(
+        small, columns, ImageTransform(28, 1), "cpu", max_bytes=103 * 28 * 28 * 4 - 1
+    )
+    assert too_big == "103 images of 1x28x28 take more than 0.000300824 GiB decoded"
 
 
 @pytest.mark.gpu

@@ -1,7 +1,9 @@
 """Latent diffusion: the autoencoder, the encode-once cache, latent training, and the pipeline that decodes."""
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -267,6 +269,10 @@ def test_a_latent_run_takes_the_gpu_recipe_only_with_its_latents_on_the_device(t
         assert decoded is None and why.startswith("the latents take")
         assert choose_recipe("cuda", why) == ("fallback", f"the data is not kept on the device: {why}")
         assert choose_recipe("cuda", None)[0] == "gpu"
+        # --no_data_on_device: the latents stay in host memory however small (LatentBatches gets max_bytes=0)
+        off = dataclasses.replace(config, data_on_device=False)
+        assert resident_data(off, run, "cpu", max_bytes=nbytes) == (None, "--no_data_on_device")
+        assert choose_recipe("cuda", "--no_data_on_device")[0] == "fallback"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -315,6 +321,7 @@ def test_class_conditional_latent_training_reuses_the_cache_and_samples(trained_
     out = tmp_path / "run"
     first = run_train(_latent_args(trained_vae, tmp_path, out), tmp_path)
     assert "Encoded the dataset into" in first.stderr
+    assert re.search(r"The scaled latents are kept on cpu \(\d+ MiB\)\.", first.stderr)
     assert len(os.listdir(tmp_path / "cache" / "hfddpm-latents")) == 1
     index = json.loads((out / "model_index.json").read_text())
     assert index["vae"] == ["diffusers", "AutoencoderKL"]
@@ -327,9 +334,11 @@ def test_class_conditional_latent_training_reuses_the_cache_and_samples(trained_
     assert "# Latent DDPM for mnist_5k" in card and "latent diffusion model" in card and "4×8×8 latents" in card
     assert "16×16 grayscale images" in card
 
-    # a second run reads the cache (does not encode)
-    second = run_train([*_latent_args(trained_vae, tmp_path, tmp_path / "run2")], tmp_path)
+    # a second run reads the cache (does not encode); --no_data_on_device keeps the latents in host memory
+    second = run_train([*_latent_args(trained_vae, tmp_path, tmp_path / "run2"), "--no_data_on_device"], tmp_path)
     assert "Read the cached latents from" in second.stderr and "Encoded the dataset" not in second.stderr
+    assert re.search(r"The scaled latents \(\d+ MiB\) stay in host memory \(--no_data_on_device\), and each batch is"
+                     r" copied to cpu\.", second.stderr)  # fmt: skip
 
     # continuing the latent pipeline uses its own autoencoder (same identity: the same cache)
     args = ["--pretrained_model_name_or_path", str(out), "--output_dir", str(tmp_path / "run3"), "--max_train_steps",

@@ -590,6 +590,46 @@ def test_the_gpu_recipe_needs_the_images_decoded_onto_the_device(
         assert config.recipe(gpu=False)["train_batch_size"] == 64  # the DataLoader's batches: the fallback recipe
 
 
+@pytest.mark.parametrize(
+    "flags, error, match",
+    [
+        (["--resume_from_checkpoint", "checkpoint-7"], FileNotFoundError,
+         r"--resume_from_checkpoint 'checkpoint-7' is not a checkpoint folder .* \(it has none\)"),
+        (["--resume_from_checkpoint", "{damaged}"], ValueError,
+         r"checkpoint-2 is damaged: unet/diffusion_pytorch_model.safetensors cannot be read"),
+        (["--resume_from_checkpoint", "{other_unet}"], ValueError,
+         r"checkpoint-3 holds another UNet than this run builds .*in_channels 1 -> 3"),
+        (["--eval_steps", "2", "--eval_metrics", "digits"], ValueError,
+         r"--eval_metrics digits includes digits, which scores grey images, but this model makes 3-channel images"),
+    ],
+)  # fmt: skip
+def test_bad_resume_and_evaluation_settings_stop_the_run_before_the_images_are_decoded(
+    train_module, configs, offline, monkeypatch, tmp_path, flags, error, match
+):
+    from diffusers import UNet2DModel
+
+    from hfddpm.data import ResidentImageBatches
+    from hfddpm.training import train
+
+    damaged = tmp_path / "old" / "checkpoint-2"  # a state without the UNet's weights
+    damaged.mkdir(parents=True)
+    (damaged / "training_state.json").write_text('{"global_step": 2, "data_positions": [[0, 16]]}')
+    other_unet = tmp_path / "other" / "checkpoint-3"  # an intact checkpoint of a grey-image UNet
+    UNet2DModel.from_config(TINY_MNIST).save_pretrained(other_unet / "unet")
+    (other_unet / "training_state.json").write_text('{"global_step": 3, "data_positions": [[0, 24]]}')
+    decoded = []  # the calls that decode the images (tens of seconds for 50,000 of them)
+    monkeypatch.setattr(ResidentImageBatches, "decode", staticmethod(lambda *args, **kwargs: decoded.append(args)))
+    folder = _grey_folder(tmp_path / "images", 16, 16)
+    flags = [flag.format(damaged=damaged, other_unet=other_unet) for flag in flags]
+    argv = [*_common(configs["rgb16"], tmp_path / "out"), "--train_data_dir", str(folder), "--resolution", "16"]
+    config = TrainConfig.from_args(train_module.parse_args([*argv, *flags]))
+    with pytest.raises(error, match=match):
+        train(config)
+    assert decoded == []
+    resident_data(config, setup(config), "cpu")  # these images are decoded once the checks pass
+    assert len(decoded) == 1
+
+
 def test_images_over_the_cap_stay_off_the_device_and_get_the_fallback_recipe(train_module, configs, offline, tmp_path):
     folder = _grey_folder(tmp_path / "images", 16, 16)
     argv = ["--unet_config", str(configs["rgb16"]), "--train_data_dir", str(folder), "--resolution", "16"]

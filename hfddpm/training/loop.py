@@ -32,7 +32,6 @@ from hfddpm.data import (
     EMBEDDED_DATASET_NAME,
     MAX_NAMED_BAD_EXAMPLES,
     RESIDENT_MAX_BYTES,
-    EpochShardSampler,
     ImageTransform,
     ResidentImageBatches,
     make_train_dataloader,
@@ -142,7 +141,11 @@ def resident_data(config: TrainConfig, run, device: torch.device | str, max_byte
     the recipe that depends on it: ``(images, labels)`` of a pixel run decoded onto ``device``
     (:meth:`ResidentImageBatches.decode`, up to ``max_bytes``), else ``None``; and why the data is not kept there,
     ``None`` when it is (the decoded images, or the latents that :class:`~hfddpm.latents.LatentBatches` will keep
-    there: a latent run encodes later, in the training precision, but the size of its latents is known now)."""
+    there: a latent run encodes later, in the training precision, but the size of its latents is known now).
+    ``--no_data_on_device`` keeps either in host memory. Decoding takes time (tens of seconds for 50,000 images):
+    :func:`train` calls it after every check that does not depend on the recipe."""
+    if not config.data_on_device:
+        return None, "--no_data_on_device"
     if run.vae is not None:
         from hfddpm.latents import latent_bytes
 
@@ -150,8 +153,6 @@ def resident_data(config: TrainConfig, run, device: torch.device | str, max_byte
         if size <= max_bytes:
             return None, None
         return None, f"the latents take {size / 2**30:.1f} GiB, more than {max_bytes / 2**30:g} GiB"
-    if not config.data_on_device:
-        return None, "--no_data_on_device"
     if config.streaming:
         return None, "a streamed dataset (--streaming)"
     channels = run.unet.config.in_channels
@@ -218,11 +219,61 @@ def _train(config: TrainConfig, started: float) -> Path:
     if device.type == "cuda":
         set_cuda_math(train_cuda_math(config.allow_tf32))
 
-    # 2. data, model and schedule (every bad input fails here); whether the data is kept on the device (a pixel run's
-    # images are decoded onto it now) and so the recipe; then the step's precision and memory format
+    # 2. data, model and schedule (every bad input fails here); the checks of the resume and of the evaluations that
+    # do not depend on the recipe; then whether the data is kept on the device (a pixel run's images are decoded onto
+    # it now, which takes time) and so the recipe, the step's precision and memory format and the recipe's checks
     run = setup(config, main_process_first=state.main_process_first)
     run_settings = run.resolved()  # the noise schedule and prediction type (a pretrained pipeline's, or the flags')
     given = config
+    num_examples = len(run.dataset) if not config.streaming else None
+    resume_path = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
+    if resume_path is not None:
+        # a resume continues the same run: anything that does not fit the checkpoint is refused before it loads;
+        # the settings the recipe sets are compared once it is chosen, below
+        check_checkpoint(resume_path)
+        not_recipe = [name for name in RESUME_FIELDS if name not in RECIPE_FIELDS]
+        settings = {name: run_settings.get(name, getattr(config, name)) for name in not_recipe}
+        note = check_resume(resume_path, settings=settings, unet_config=run.unet.config, use_ema=config.use_ema)
+        if note is not None:
+            logger.warning(note)
+        later = later_checkpoints(resume_path, output_dir)
+        if later and not config.overwrite_output_dir:
+            raise ValueError(
+                f"{resume_path.name} (step {checkpoint_step(resume_path)}) is older than the newest checkpoint of"
+                f" {output_dir}, {later[-1].name}: resuming from it would abandon {', '.join(p.name for p in later)}"
+                " (and --checkpoints_total_limit would then delete the new checkpoints before them). Resume with"
+                " --resume_from_checkpoint latest, or add --overwrite_output_dir to continue from"
+                f" {resume_path.name} and delete the later checkpoints."
+            )
+    # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
+    eval_steps = config.eval_steps
+    image_channels = (run.vae or run.unet).config.out_channels
+    digits_chosen = "digits" in parse_metrics(config.eval_metrics)
+    auto_eval = not eval_steps and config.eval_count > 0 and config.uses_time_budget
+    # without Inception-v3 the evaluations' FID/KID use the digit classifier's features, which score grey images only
+    no_inception = _inception_unavailable(config) if eval_steps or auto_eval else None
+    if auto_eval and (
+        config.eval_num_images % state.num_processes
+        or ((digits_chosen or no_inception is not None) and (image_channels != 1 or run.mel is not None))
+    ):
+        auto_eval = False  # the default --eval_metrics do not fit this run: only an explicit --eval_steps insists
+        logger.info(f"No evaluation during training: --eval_metrics {config.eval_metrics} do not fit this run.")
+    if eval_steps and config.eval_num_images % state.num_processes:
+        raise ValueError(
+            f"--eval_num_images {config.eval_num_images} must be a multiple of the {state.num_processes}"
+            " processes (each generates an equal share)."
+        )
+    if eval_steps and digits_chosen and image_channels != 1:
+        raise ValueError(
+            f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this model makes"
+            f" {image_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
+        )
+    if eval_steps:
+        _check_audio_metrics(config, run.mel)
+        if no_inception is not None:
+            _check_inception(config, image_channels, no_inception)
+    if (eval_steps or auto_eval) and no_inception is not None:  # said once here; the evaluations do not repeat it
+        logger.warning(f"--eval_metrics {config.eval_metrics}: {no_inception.reason} {no_inception.options}")
     decoded, off_device = resident_data(config, run, device)
     recipe_name, recipe_why = choose_recipe(device.type, off_device)
     gpu_recipe, cpu_recipe = recipe_name == "gpu", recipe_name == "cpu"
@@ -237,39 +288,6 @@ def _train(config: TrainConfig, started: float) -> Path:
             project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)
         ),
     )
-    resume_path = resolve_resume_path(config.resume_from_checkpoint, config.output_dir)
-    if resume_path is not None:
-        check_checkpoint(resume_path)
-    num_examples = len(run.dataset) if not config.streaming else None
-    # evaluation during training: every --eval_steps, or --eval_count times over a length the time budget plans
-    eval_steps = config.eval_steps
-    image_channels = (run.vae or run.unet).config.out_channels
-    digits_chosen = "digits" in parse_metrics(config.eval_metrics)
-    auto_eval = not eval_steps and config.eval_count > 0 and config.uses_time_budget
-    # without Inception-v3 the evaluations' FID/KID use the digit classifier's features, which score grey images only
-    no_inception = _inception_unavailable(config) if eval_steps or auto_eval else None
-    if auto_eval and (
-        config.eval_num_images % accelerator.num_processes
-        or ((digits_chosen or no_inception is not None) and (image_channels != 1 or run.mel is not None))
-    ):
-        auto_eval = False  # the default --eval_metrics do not fit this run: only an explicit --eval_steps insists
-        logger.info(f"No evaluation during training: --eval_metrics {config.eval_metrics} do not fit this run.")
-    if eval_steps and config.eval_num_images % accelerator.num_processes:
-        raise ValueError(
-            f"--eval_num_images {config.eval_num_images} must be a multiple of the {accelerator.num_processes}"
-            " processes (each generates an equal share)."
-        )
-    if eval_steps and digits_chosen and image_channels != 1:
-        raise ValueError(
-            f"--eval_metrics {config.eval_metrics} includes digits, which scores grey images, but this model makes"
-            f" {image_channels}-channel images; use --eval_metrics fid,kid or dinov2 for colour data."
-        )
-    if eval_steps:
-        _check_audio_metrics(config, run.mel)
-        if no_inception is not None:
-            _check_inception(config, image_channels, no_inception)
-    if (eval_steps or auto_eval) and no_inception is not None:  # said once here; the evaluations do not repeat it
-        logger.warning(f"--eval_metrics {config.eval_metrics}: {no_inception.reason} {no_inception.options}")
     max_train_steps = resolve_max_train_steps(
         config, num_examples, accelerator.num_processes, recipe_steps=recipe["max_train_steps"]
     )
@@ -283,20 +301,9 @@ def _train(config: TrainConfig, started: float) -> Path:
     # the settings a checkpoint's state belongs to, as this run resolved them: saved with every checkpoint
     settings = {name: run_settings.get(name, getattr(config, name)) for name in RESUME_FIELDS}
     if resume_path is not None:
-        # a resume continues the same run: anything that does not fit the checkpoint is refused before it loads
-        note = check_resume(resume_path, settings=settings, unet_config=run.unet.config, use_ema=config.use_ema)
-        if note is not None:
-            logger.warning(note)
+        # the recipe's settings (the others passed above) and the length: both follow the recipe
+        check_resume(resume_path, settings=settings, unet_config=run.unet.config, use_ema=config.use_ema)
         _check_resume_length(config, resume_path, max_train_steps, planned_by_budget=budget is not None)
-        later = later_checkpoints(resume_path, output_dir)
-        if later and not config.overwrite_output_dir:
-            raise ValueError(
-                f"{resume_path.name} (step {checkpoint_step(resume_path)}) is older than the newest checkpoint of"
-                f" {output_dir}, {later[-1].name}: resuming from it would abandon {', '.join(p.name for p in later)}"
-                " (and --checkpoints_total_limit would then delete the new checkpoints before them). Resume with"
-                " --resume_from_checkpoint latest, or add --overwrite_output_dir to continue from"
-                f" {resume_path.name} and delete the later checkpoints."
-            )
         if _finished(output_dir, resume_path, max_train_steps):
             logger.info(
                 f"{output_dir} holds a finished run: {resume_path.name} is at step {checkpoint_step(resume_path)},"
@@ -361,11 +368,7 @@ def _train(config: TrainConfig, started: float) -> Path:
     start = tuple(positions[accelerator.process_index]) if positions else (0, 0)
 
     if run.vae is not None:
-        dataloader = _latent_batches(run, config, accelerator, start)
-    elif decoded is not None:  # the images decoded onto the device in step 2
-        rank, world_size = accelerator.process_index, accelerator.num_processes
-        sampler = EpochShardSampler(len(run.dataset), seed=config.seed, rank=rank, world_size=world_size, start=start)
-        dataloader = ResidentImageBatches(*decoded, sampler, config.train_batch_size)
+        dataloader = _latent_batches(run, config, accelerator, start, off_device)
     else:
         dataloader = make_train_dataloader(
             run.dataset,
@@ -382,6 +385,7 @@ def _train(config: TrainConfig, started: float) -> Path:
             start=start,
             shuffle_buffer_size=config.shuffle_buffer_size,
             pin_memory=device.type == "cuda",
+            decoded=decoded,  # the images decoded onto the device in step 2, if they were
             decode=run.decode,
         )
     resolved = {
@@ -757,9 +761,12 @@ def _train(config: TrainConfig, started: float) -> Path:
     return output_dir
 
 
-def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: tuple[int, int]):
+def _latent_batches(
+    run, config: TrainConfig, accelerator: Accelerator, start: tuple[int, int], off_device: str | None
+):
     """A latent run's batches: the dataset encoded once (process 0 encodes and caches, the others then read the
-    cache), scaled latents on the device (in host memory above :data:`~hfddpm.data.RESIDENT_MAX_BYTES`)."""
+    cache), scaled latents on the device, or in host memory for the reason ``off_device`` (:func:`resident_data`:
+    above :data:`~hfddpm.data.RESIDENT_MAX_BYTES`, or ``--no_data_on_device``)."""
     from hfddpm.latents import encode_dataset, has_configured_scaling_factor, make_latent_batches
 
     device = accelerator.device
@@ -803,14 +810,14 @@ def _latent_batches(run, config: TrainConfig, accelerator: Accelerator, start: t
         world_size=accelerator.num_processes,
         start=start,
         device=device,
+        max_bytes=RESIDENT_MAX_BYTES if off_device is None else 0,  # as resident_data decided, before the recipe
     )
     size = f"{batches.latents.nbytes / 2**20:.0f} MiB"
     if batches.resident:
         logger.info(f"The scaled latents are kept on {device} ({size}).")
     else:
         logger.info(
-            f"The scaled latents ({size}) are more than the {RESIDENT_MAX_BYTES / 2**30:g} GiB kept on the device:"
-            f" they stay in host memory, and each batch is copied to {device}."
+            f"The scaled latents ({size}) stay in host memory ({off_device}), and each batch is copied to {device}."
         )
     return batches
 
