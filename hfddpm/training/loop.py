@@ -939,25 +939,18 @@ def _card_digest(path: Path) -> str:
 def _write_card(output_dir: Path, config: TrainConfig, card_config: dict) -> None:
     """Write the model card, unless the existing one was edited or evaluated since training last wrote it. A card
     that hfddpm wrote for another pipeline class than the one saved (``stale_card``, e.g. a ``DDPMPipeline``'s card
-    in a folder trained over with --overwrite_output_dir) is moved aside as ``push`` does (``README.stale.md``) and
-    replaced."""
+    in a folder trained over with --overwrite_output_dir) is moved aside as ``push`` does (``set_aside_stale_card``:
+    ``README.stale.md``) and replaced."""
     from hfddpm.hub import write_model_card
-    from hfddpm.hub.card import read_json, stale_card, stale_card_path
-    from hfddpm.hub.checks import pipeline_class_name
+    from hfddpm.hub.card import set_aside_stale_card
 
     card, digest_file = output_dir / CARD_FILE, output_dir / ".hfddpm-card.sha256"
     if card.is_file() and (not digest_file.is_file() or digest_file.read_text().strip() != _card_digest(card)):
-        written_for = stale_card(output_dir)
-        if written_for is None:
+        stale = set_aside_stale_card(output_dir)
+        if stale is None:
             logger.warning(f"{card} was edited or evaluated since training wrote it; it is kept as it is.")
             return
-        set_aside = stale_card_path(card)
-        card.replace(set_aside)
-        holds = pipeline_class_name(read_json(output_dir / "model_index.json"))
-        logger.warning(
-            f"{card} was written by hfddpm for {written_for}, not for the {holds} that {output_dir} now holds:"
-            f" replaced it with a card of the {holds} and kept the old card as {set_aside}."
-        )
+        logger.warning(stale[1])
     dataset = config.dataset_name or (config.train_data_dir and Path(config.train_data_dir).name)
     write_model_card(
         output_dir,
