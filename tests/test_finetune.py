@@ -144,6 +144,18 @@ def test_scheduler_settings_hfddpm_cannot_represent_are_refused(tmp_path):
     folder = _diffusers_pipeline(tmp_path / "dpm", DPMSolverMultistepScheduler(beta_schedule="scaled_linear"))
     scheduler = build_scheduler(TrainConfig(pretrained_model_name_or_path=str(folder)))
     torch.testing.assert_close(scheduler.alphas_cumprod, DDPMScheduler(beta_schedule="scaled_linear").alphas_cumprod)
+    # ... and a flag changing it is rebuilt from the settings HFDDPMScheduler takes, not the sampler's own
+    flagged = build_scheduler(TrainConfig(pretrained_model_name_or_path=str(folder), prediction_type="v_prediction"))
+    assert flagged.config.prediction_type == "v_prediction" and "algorithm_type" not in flagged.config
+    torch.testing.assert_close(flagged.alphas_cumprod, scheduler.alphas_cumprod)
+    # a real setting among the keys of an older diffusers: the setting is refused, the old keys are not
+    folder = _old_config(
+        _diffusers_pipeline(tmp_path / "old_karras", DPMSolverMultistepScheduler(use_karras_sigmas=True)),
+        tensor_format="pt",
+        predict_epsilon=True,
+    )
+    with pytest.raises(ValueError, match=r"cannot represent: use_karras_sigmas=True\. Save the pipeline"):
+        build_scheduler(TrainConfig(pretrained_model_name_or_path=str(folder)))
     # a beta_schedule hfddpm does not know: named, with the ones it knows
     folder = _diffusers_pipeline(tmp_path / "exp", DDPMScheduler())
     path = folder / "scheduler" / "scheduler_config.json"
@@ -154,6 +166,46 @@ def test_scheduler_settings_hfddpm_cannot_represent_are_refused(tmp_path):
     (folder / "scheduler" / "scheduler_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"scheduler of --pretrained_model_name_or_path .* could not be read"):
         build_scheduler(TrainConfig(pretrained_model_name_or_path=str(folder)))
+
+
+# keys of older diffusers versions' scheduler configs, which diffusers ignores (predict_epsilon: read as its
+# deprecation read it) -> the prediction_type they are read as
+OLD_KEYS = [
+    ({"predict_epsilon": True}, "epsilon"),
+    ({"predict_epsilon": False}, "sample"),
+    ({"tensor_format": "pt"}, "epsilon"),
+    ({"timestep_values": None}, "epsilon"),
+    ({"predict_epsilon": False, "tensor_format": "pt", "timestep_values": None}, "sample"),
+]
+
+
+def _old_config(folder: Path, **keys) -> Path:
+    """``folder``'s scheduler config as an older diffusers wrote it: no prediction_type, ``keys`` instead."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k != "prediction_type"}
+    path.write_text(json.dumps({**config, **keys, "_diffusers_version": "0.8.0"}))
+    return folder
+
+
+@pytest.mark.parametrize("keys, prediction_type", OLD_KEYS)
+def test_an_older_diffusers_scheduler_config_fine_tunes(keys, prediction_type, tmp_path, caplog, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+    folder = _old_config(_diffusers_pipeline(tmp_path / "old", DDPMScheduler(beta_schedule="sigmoid")), **keys)
+    grey = _image_folder(tmp_path / "grey", "L")
+    with caplog.at_level(logging.INFO, logger="hfddpm.training.engine"):
+        run = setup(TrainConfig(pretrained_model_name_or_path=str(folder), train_data_dir=str(grey)))
+    scheduler = run.noise_scheduler
+    assert scheduler.config.prediction_type == prediction_type
+    expected = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    torch.testing.assert_close(scheduler.alphas_cumprod, expected.alphas_cumprod)
+    assert not keys.keys() & scheduler.config.keys()  # not carried into the run's saved scheduler
+    ignored = [r.getMessage() for r in caplog.records if "no longer takes" in r.getMessage()]
+    assert len(ignored) == 1 and str(folder) in ignored[0]  # said once, naming the pipeline and the keys
+    assert f"no longer takes, ignored: {', '.join(f'{k}={v!r}' for k, v in sorted(keys.items()))}" in ignored[0]
+    read = f"prediction_type={prediction_type!r} is read from predict_epsilon"
+    assert (read in ignored[0]) == ("predict_epsilon" in keys)
 
 
 def test_train_py_fine_tunes_a_sigmoid_diffusers_model_on_its_schedule(tmp_path):
@@ -321,3 +373,22 @@ def test_a_preset_takes_the_channels_of_the_data(tmp_path, caplog, monkeypatch):
     (tmp_path / "rgb.json").write_text(json.dumps({**TINY_UNET, "in_channels": 3, "out_channels": 3}))
     run = setup(TrainConfig(train_data_dir=str(grey), unet_config=str(tmp_path / "rgb.json")))
     assert run.unet.config.in_channels == 3  # the config's channels: the grey data is converted to them
+
+
+def test_a_broken_image_does_not_stop_a_preset_run_setting_up(tmp_path, monkeypatch):
+    """The channels are judged on the images that can be read; the training loop skips and counts the broken ones."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+    grey = _image_folder(tmp_path / "grey", "L")
+    (grey / "broken.png").write_bytes(np.random.default_rng(0).bytes(300))
+    for streaming in (False, True):
+        run = setup(TrainConfig(train_data_dir=str(grey), preset="tiny", resolution=16, streaming=streaming))
+        assert (run.unet.config.in_channels, run.unet.config.out_channels) == (1, 1), streaming
+    # nothing readable among the images looked at: the preset's own channels
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(2):
+        (broken / f"{i}.png").write_bytes(np.random.default_rng(i).bytes(300))
+    assert setup(TrainConfig(train_data_dir=str(broken), preset="tiny", resolution=16)).unet.config.in_channels == 3
+    assert setup(TrainConfig(train_data_dir=str(broken), preset="mnist", resolution=16)).unet.config.in_channels == 1

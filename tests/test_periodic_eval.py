@@ -30,8 +30,13 @@ def test_bad_eval_settings_are_named(tmp_path):
         TrainConfig(eval_steps=10, eval_metrics="fdx").validate()
     with pytest.raises(ValueError, match=r"--eval_num_images 1 is invalid: it must be an integer >= 2"):
         TrainConfig(eval_num_images=1).validate()
-    result = run_train(["--output_dir", str(tmp_path / "rgb"), *EVAL], tmp_path, check=False)  # tiny preset: RGB
-    assert result.returncode == 1 and "includes digits, which scores grey images" in result.stderr
+    # digits metrics for an RGB model (a preset would follow the grey digits: 1 channel)
+    config = tmp_path / "rgb.json"
+    config.write_text(json.dumps({**GREY, "in_channels": 3, "out_channels": 3}))
+    args = ["--unet_config", str(config), "--output_dir", str(tmp_path / "rgb"), *EVAL]
+    result = run_train(args, tmp_path, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "includes digits, which scores grey images" in result.stderr
 
 
 def test_two_processes_evaluate_all_images_and_draw_the_curve(tmp_path):

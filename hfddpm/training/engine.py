@@ -34,7 +34,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 
 from hfddpm.audio import SPECTROGRAM_COLUMN, resolve_audio_column, spectrogram_dataset, spectrogram_stream
-from hfddpm.data import check_resolution, load_train_dataset, read_image, resolve_columns, sample_column
+from hfddpm.data import _undecoded, check_resolution, load_train_dataset, read_image, resolve_columns, sample_column
 from hfddpm.evaluation.sampling import make_scheduler
 from hfddpm.latents import check_latent_unet, check_vae_resolution, latent_settings, load_vae
 from hfddpm.models.unet_presets import UNET_PRESETS
@@ -68,7 +68,9 @@ def pretrained_scheduler(path: str, cache_dir=None) -> HFDDPMScheduler:
 
     A setting the scheduler cannot take (another sampler's, e.g. DPMSolver's ``use_karras_sigmas=True``, or a
     ``beta_schedule`` it does not know) is a ``ValueError`` naming it; one at its writer's default is left behind,
-    as it is the sampler's, not the model's.
+    as it is the sampler's, not the model's. Keys that the writer's ``__init__`` does not take (those of older
+    diffusers versions: ``tensor_format``, ``timestep_values``) are ignored and logged, as diffusers does;
+    ``predict_epsilon`` (diffusers before 0.10) is read as ``prediction_type`` as diffusers' deprecation did.
 
     Example:
         >>> import tempfile
@@ -86,20 +88,38 @@ def pretrained_scheduler(path: str, cache_dir=None) -> HFDDPMScheduler:
         raise FileNotFoundError(
             f"{source} could not be read ({err}); a saved pipeline keeps it in scheduler/scheduler_config.json."
         ) from None
-    writer = HFDDPMScheduler._config_writer(config)
+    name = config.get("_class_name", HFDDPMScheduler.__name__)  # no name: diffusers reads it as the loading class
+    writer = HFDDPMScheduler._config_writer(config) or (HFDDPMScheduler if name == HFDDPMScheduler.__name__ else None)
+    parameters = inspect.signature(writer.__init__).parameters if writer is not None else {}
+    # 1. keys the writer does not take (older diffusers versions'): ignored as diffusers ignores them, predict_epsilon
+    #    read as diffusers' deprecation of it read it
+    if writer is not None:
+        ignored = {k: v for k, v in config.items() if not k.startswith("_") and k not in parameters}
+        config = {k: v for k, v in config.items() if k not in ignored}
+        if "predict_epsilon" in ignored and "prediction_type" not in config:
+            config["prediction_type"] = "epsilon" if ignored["predict_epsilon"] else "sample"
+        if ignored:
+            shown = ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items()))
+            read = ""
+            if "predict_epsilon" in ignored:
+                read = f"; prediction_type={config['prediction_type']!r} is read from predict_epsilon"
+            logger.warning(f"{source} ({name}) has keys that {name} no longer takes, ignored: {shown}{read}.")
+    # 2. the conversion, then the writer's settings left behind: refused unless at the writer's default (a writer
+    #    diffusers does not know: every key left behind is refused)
     try:
         scheduler, unused = HFDDPMScheduler.from_config(config, return_unused_kwargs=True)
     except ValueError as err:
         raise ValueError(f"{source} cannot be trained with HFDDPMScheduler: {err}") from None
-    defaults = {}
-    if writer is not None:
-        parameters = inspect.signature(writer.__init__).parameters
-        defaults = {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
-    changed = {k: v for k, v in unused.items() if not k.startswith("_") and (k not in defaults or v != defaults[k])}
+    defaults = {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    changed = {
+        k: v
+        for k, v in unused.items()
+        if not k.startswith("_") and (writer is None or k in parameters) and (k not in defaults or v != defaults[k])
+    }
     if changed:
         shown = ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items()))
         raise ValueError(
-            f"{source} ({config.get('_class_name')}) has settings that HFDDPMScheduler, the scheduler a run saves,"
+            f"{source} ({name}) has settings that HFDDPMScheduler, the scheduler a run saves,"
             f" cannot represent: {shown}. Save the pipeline with a DDPMScheduler or DDIMScheduler built from it"
             " (e.g. DDPMScheduler.from_config(pipe.scheduler.config)), or set them back to their defaults."
         )
@@ -146,7 +166,11 @@ def build_scheduler(config: TrainConfig, resolution: int | None = None) -> HFDDP
         kwargs.update(changed)
         if kwargs["noise_schedule"] in ("shifted_cosine", "interpolated_shifted_cosine") and not kwargs["image_size"]:
             kwargs["image_size"] = resolution if resolution is not None else config.resolution
-        scheduler = base if not changed else HFDDPMScheduler(**kwargs)
+        if changed:  # rebuilt from the settings it takes (base.config also keeps those of a compatible writer)
+            ours = inspect.signature(HFDDPMScheduler.__init__).parameters
+            scheduler = HFDDPMScheduler(**{k: v for k, v in kwargs.items() if k in ours})
+        else:
+            scheduler = base
         logger.info(f"The schedule of the pretrained pipeline {path}: {describe_schedule(scheduler)}.")
         return scheduler
     kwargs = {
@@ -244,7 +268,8 @@ def _hub_unet_config(repo_id: str, cache_dir=None) -> str:
 def data_channels(config: TrainConfig, dataset, image_column: str, max_rows: int = 16) -> int | None:
     """The image channels a --preset UNet takes for this data: 1 when the images looked at (up to ``max_rows``) are
     all grey, else 3 (RGB); None when --unet_config or --pretrained_model_name_or_path decides them (the data is then
-    converted to the UNet's channels). A change of the preset's channels is logged.
+    converted to the UNet's channels). A change of the preset's channels is logged. Broken images are passed over
+    (the training loop skips and counts them); when all those looked at are broken, the preset's channels are kept.
 
     Example:
         >>> import datasets
@@ -256,10 +281,15 @@ def data_channels(config: TrainConfig, dataset, image_column: str, max_rows: int
     """
     if config.unet_config or config.pretrained_model_name_or_path:
         return None
-    images = [read_image(value) for value in sample_column(dataset, image_column, max_rows)]
-    grey = all(image.getbands()[0] in GREY_BANDS for image in images if image is not None)
-    channels = 1 if grey else 3
     preset = UNET_PRESETS[config.preset]["in_channels"]
+    # 1. undecoded values, so a broken file is read as None here instead of raising inside 🤗 datasets
+    values = sample_column(_undecoded(dataset, image_column), image_column, max_rows)
+    images = [image for image in map(read_image, values) if image is not None]
+    if not images:
+        return preset
+    # 2. grey when every readable image is
+    grey = all(image.getbands()[0] in GREY_BANDS for image in images)
+    channels = 1 if grey else 3
     if channels != preset:
         logger.info(
             f"--preset {config.preset} takes {preset}-channel images, but the data is {'grey' if grey else 'colour'}:"
