@@ -601,7 +601,9 @@ def test_fid_during_training_without_inception_is_settled_before_training(tmp_pa
     monkeypatch.setattr(inception.torch.hub, "get_dir", lambda: str(tmp_path / "no-hub"))  # no weights there
     from hfddpm.training import train
 
-    colour = TrainConfig(preset="tiny", train_batch_size=8, max_train_steps=4, eval_steps=2, eval_metrics="fid")
+    rgb = tmp_path / "rgb.json"  # a 3-channel UNet for the grey digits (a preset would follow the data: 1 channel)
+    rgb.write_text(json.dumps({**GREY, "in_channels": 3, "out_channels": 3}))
+    colour = TrainConfig(unet_config=str(rgb), train_batch_size=8, max_train_steps=4, eval_steps=2, eval_metrics="fid")
     with pytest.raises(ValueError, match=r"--eval_metrics fid: FID/KID with Inception-v3 are unavailable.* 3-channel"):
         train(dataclasses.replace(colour, output_dir=str(tmp_path / "colour")))
     assert not (tmp_path / "colour" / "training_config.json").exists()
@@ -667,8 +669,11 @@ def test_train_from_python_leaves_the_process_as_it_was(tmp_path, monkeypatch, c
             # the run's lines were shown, once each: a second call does not repeat them
             assert capfd.readouterr().err.count("Training 2 steps from step 0") == 1, run
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))  # no Inception weights there
+        rgb = tmp_path / "rgb.json"  # a 3-channel UNet for the grey digits: FID without Inception is refused
+        rgb.write_text(json.dumps({**GREY, "in_channels": 3, "out_channels": 3}))
+        refused = dict(eval_steps=2, eval_metrics="fid", unet_config=str(rgb), output_dir=str(tmp_path / "refused"))
         with pytest.raises(ValueError, match=r"--eval_metrics fid: .* 3-channel"):  # refused after seeding
-            train(dataclasses.replace(config, eval_steps=2, eval_metrics="fid", output_dir=str(tmp_path / "refused")))
+            train(dataclasses.replace(config, **refused))
         assert process_state() == before
     finally:
         torch.set_num_threads(threads)
