@@ -242,10 +242,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(reference, configs,
 # The weights of this float32 CPU run before the training engine moved into hfddpm.training (train.py at d9c7355):
 # the sum of the EMA weights, and the file's sha256 on the CPU that recorded it (AVX512, torch 2.13.0). Other CPUs
 # round float32 convolutions differently, so elsewhere the sum is compared to 1e-4 (a changed step, RNG order or
-# default moves it by far more). The batch of 64 is given: it was the default then; a CPU now defaults to 32.
+# default moves it by far more). The batch of 64 is given: it was the default then; a CPU now defaults to 32. The
+# UNet is the tiny preset as it was then, with 3 channels (a preset now follows the grey digits: 1 channel).
 ENGINE_PIN_ARGS = [
-    "--preset",
-    "tiny",
     "--max_train_steps",
     "20",
     "--mixed_precision",
@@ -260,8 +259,13 @@ ENGINE_PIN_SHA256 = "8cb6c18df7ad0ea0"
 
 
 def test_engine_refactor_kept_the_weights_bit_for_bit(tmp_path):
+    from hfddpm import UNET_PRESETS
+
+    rgb_tiny = tmp_path / "tiny_rgb.json"
+    rgb_tiny.write_text(json.dumps({**UNET_PRESETS["tiny"], "in_channels": 3, "out_channels": 3}))
     out = tmp_path / "out"
-    args = [*ENGINE_PIN_ARGS, "--output_dir", str(out), "--validation_steps", "0", "--checkpointing_steps", "0"]
+    args = [*ENGINE_PIN_ARGS, "--unet_config", str(rgb_tiny), "--output_dir", str(out), "--validation_steps", "0",
+            "--checkpointing_steps", "0"]  # fmt: skip
     _run([*args, "--validation_inference_steps", "2", "--validation_images_per_class", "1"], tmp_path)
     weights = out / "unet" / "diffusion_pytorch_model.safetensors"
     total = sum(v.double().sum().item() for v in load_file(str(weights)).values())
