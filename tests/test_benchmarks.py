@@ -1,5 +1,6 @@
 """The benchmark scripts run (smoke configurations) and compare what they say they compare."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -26,14 +27,18 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def common():
+def _benchmark_module(name: str):
+    """A module of benchmarks/ (not a package), imported as the scripts import each other."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import common
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
-    return common
+
+
+@pytest.fixture(scope="module")
+def common():
+    return _benchmark_module("common")
 
 
 def test_batch_stream_keeps_the_epoch_order_where_the_data_is(common):
@@ -254,12 +259,7 @@ def test_bench_audio_smoke(tmp_path):
 
 @pytest.fixture(scope="module")
 def bench_audio_stream():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_audio_stream
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_audio_stream
+    return _benchmark_module("bench_audio_stream")
 
 
 def test_bench_audio_stream_warms_up_past_the_prefetched_batches(bench_audio_stream):
