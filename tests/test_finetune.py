@@ -169,18 +169,20 @@ def test_scheduler_settings_hfddpm_cannot_represent_are_refused(tmp_path):
 
 
 # keys of older diffusers versions' scheduler configs, which diffusers ignores (predict_epsilon: read as its
-# deprecation read it) -> the prediction_type they are read as
+# deprecation read it, unless the config has a prediction_type) -> the prediction_type they are read as
 OLD_KEYS = [
     ({"predict_epsilon": True}, "epsilon"),
     ({"predict_epsilon": False}, "sample"),
     ({"tensor_format": "pt"}, "epsilon"),
     ({"timestep_values": None}, "epsilon"),
     ({"predict_epsilon": False, "tensor_format": "pt", "timestep_values": None}, "sample"),
+    ({"predict_epsilon": False, "prediction_type": "v_prediction"}, "v_prediction"),
+    ({"predict_epsilon": True, "prediction_type": "sample"}, "sample"),
 ]
 
 
 def _old_config(folder: Path, **keys) -> Path:
-    """``folder``'s scheduler config as an older diffusers wrote it: no prediction_type, ``keys`` instead."""
+    """``folder``'s scheduler config as an older diffusers wrote it: no prediction_type unless ``keys`` has one."""
     path = folder / "scheduler" / "scheduler_config.json"
     config = {k: v for k, v in json.loads(path.read_text()).items() if k != "prediction_type"}
     path.write_text(json.dumps({**config, **keys, "_diffusers_version": "0.8.0"}))
@@ -196,16 +198,37 @@ def test_an_older_diffusers_scheduler_config_fine_tunes(keys, prediction_type, t
     grey = _image_folder(tmp_path / "grey", "L")
     with caplog.at_level(logging.INFO, logger="hfddpm.training.engine"):
         run = setup(TrainConfig(pretrained_model_name_or_path=str(folder), train_data_dir=str(grey)))
+    messages = [r.getMessage() for r in caplog.records]
     scheduler = run.noise_scheduler
     assert scheduler.config.prediction_type == prediction_type
+    # the scheduler's own loading reads the folder the same way
+    assert HFDDPMScheduler.from_pretrained(folder, subfolder="scheduler").config.prediction_type == prediction_type
     expected = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     torch.testing.assert_close(scheduler.alphas_cumprod, expected.alphas_cumprod)
-    assert not keys.keys() & scheduler.config.keys()  # not carried into the run's saved scheduler
-    ignored = [r.getMessage() for r in caplog.records if "no longer takes" in r.getMessage()]
-    assert len(ignored) == 1 and str(folder) in ignored[0]  # said once, naming the pipeline and the keys
-    assert f"no longer takes, ignored: {', '.join(f'{k}={v!r}' for k, v in sorted(keys.items()))}" in ignored[0]
-    read = f"prediction_type={prediction_type!r} is read from predict_epsilon"
-    assert (read in ignored[0]) == ("predict_epsilon" in keys)
+    old = {k: v for k, v in keys.items() if k != "prediction_type"}
+    assert not old.keys() & scheduler.config.keys()  # not carried into the run's saved scheduler
+    ignored = [m for m in messages if "no longer takes" in m]
+    others = {k: v for k, v in old.items() if k != "predict_epsilon"}
+    assert len(ignored) == bool(others)  # said once, naming the pipeline and the keys
+    if others:
+        assert str(folder) in ignored[0] and "predict_epsilon" not in ignored[0]
+        assert f"no longer takes, ignored: {', '.join(f'{k}={v!r}' for k, v in sorted(others.items()))}." in ignored[0]
+    read = [m for m in messages if m.startswith("predict_epsilon=")]
+    said = f"predict_epsilon={keys.get('predict_epsilon')!r} (diffusers before 0.10) is"
+    if "predict_epsilon" in keys and "prediction_type" not in keys:  # read, and said once
+        assert read == [f"{said} read as prediction_type={prediction_type!r}."]
+    elif "predict_epsilon" in keys:  # the config's prediction_type kept, the contradiction said once
+        assert read == [f"{said} ignored: the config's prediction_type={prediction_type!r} replaces it."]
+    else:
+        assert not read
+
+
+def test_a_predict_epsilon_that_is_not_true_or_false_is_named(tmp_path):
+    folder = _old_config(_diffusers_pipeline(tmp_path / "old", DDPMScheduler()), predict_epsilon="false")
+    with pytest.raises(ValueError, match=r"scheduler of --pretrained_model_name_or_path .* cannot be trained with"
+                       r" HFDDPMScheduler: predict_epsilon='false' is not valid: true \(prediction_type epsilon\)"
+                       r" or false \(sample\)\.$"):  # fmt: skip
+        build_scheduler(TrainConfig(pretrained_model_name_or_path=str(folder)))
 
 
 def test_train_py_fine_tunes_a_sigmoid_diffusers_model_on_its_schedule(tmp_path):

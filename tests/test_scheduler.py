@@ -1,5 +1,6 @@
 """HFDDPMScheduler pinned against closed forms and against diffusers' own schedulers."""
 
+import json
 import math
 
 import pytest
@@ -325,6 +326,53 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(run_loop(loaded, 10, eta=1.0), run_loop(s, 10, eta=1.0))
     # the json file is what diffusers' solvers read
     assert torch.equal(DPMSolverMultistepScheduler.from_pretrained(tmp_path).alphas_cumprod, s.alphas_cumprod)
+
+
+# an older diffusers' DDPM/DDIM config (before 0.10: predict_epsilon, no prediction_type) -> the prediction_type read
+PREDICT_EPSILON = [
+    ({"predict_epsilon": False}, "sample"),
+    ({"predict_epsilon": True}, "epsilon"),
+    ({"predict_epsilon": False, "prediction_type": "v_prediction"}, "v_prediction"),
+    ({"predict_epsilon": True, "prediction_type": "sample"}, "sample"),
+]
+
+
+def _old_diffusers_config(folder, writer, **keys):
+    """``writer``'s scheduler config saved in ``folder`` as diffusers 0.8 wrote it: ``keys`` instead of its
+    prediction_type."""
+    writer(beta_schedule="squaredcos_cap_v2").save_pretrained(folder)
+    path = folder / "scheduler_config.json"
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k != "prediction_type"}
+    path.write_text(json.dumps({**config, **keys, "tensor_format": "pt", "_diffusers_version": "0.8.0"}))
+    return folder
+
+
+@pytest.mark.parametrize("writer", [DDPMScheduler, DDIMScheduler])
+@pytest.mark.parametrize("keys, prediction_type", PREDICT_EPSILON)
+def test_predict_epsilon_of_older_diffusers_is_read_as_prediction_type(keys, prediction_type, writer, tmp_path):
+    folder = _old_diffusers_config(tmp_path / "old", writer, **keys)
+    loaded = HFDDPMScheduler.from_pretrained(folder)
+    configured = HFDDPMScheduler.from_config(HFDDPMScheduler.load_config(folder))
+    # a diffusers scheduler loaded from it keeps predict_epsilon aside and takes its default prediction_type
+    live = HFDDPMScheduler.from_config(writer.from_pretrained(folder).config)
+    for scheduler in (loaded, configured, live):
+        assert scheduler.config.prediction_type == prediction_type
+        assert scheduler.config.noise_schedule == "cosine"  # the rest of the config as the writer's
+        assert scheduler.config.eta == (0.0 if writer is DDIMScheduler else 1.0)
+        assert "predict_epsilon" not in scheduler.config  # read, so not saved again
+    loaded.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "scheduler_config.json").read_text())
+    assert saved["prediction_type"] == prediction_type and "predict_epsilon" not in saved
+
+
+def test_predict_epsilon_is_said_and_must_be_true_or_false(tmp_path, caplog):
+    folder = _old_diffusers_config(tmp_path / "old", DDPMScheduler, predict_epsilon=False)
+    HFDDPMScheduler.from_pretrained(folder)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("predict_epsilon")]
+    assert said == ["predict_epsilon=False (diffusers before 0.10) is read as prediction_type='sample'."]
+    folder = _old_diffusers_config(tmp_path / "bad", DDPMScheduler, predict_epsilon=0)
+    with pytest.raises(ValueError, match=r"^predict_epsilon=0 is not valid: true \(prediction_type epsilon\) or"):
+        HFDDPMScheduler.from_pretrained(folder)
 
 
 # --- errors ----------------------------------------------------------------------------------------------------

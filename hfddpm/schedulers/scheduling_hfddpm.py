@@ -17,8 +17,10 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
+
+logger = logging.get_logger(__name__)
 
 # Named schedules may be added, never removed or changed: saved models depend on them.
 NOISE_SCHEDULES = (
@@ -131,6 +133,37 @@ def _is_number(*values) -> bool:
 def _check_eta(eta):
     """The ValueError of an ``eta`` (config or ``step``) that is not a number >= 0."""
     _check(_is_number(eta) and eta >= 0, "eta", eta, "a number >= 0 (0 = DDIM, 1 = ancestral DDPM)")
+
+
+def read_predict_epsilon(config_dict: dict) -> dict:
+    """``config_dict`` with the ``predict_epsilon`` of diffusers before 0.10 read as ``prediction_type`` (true:
+    ``epsilon``, false: ``sample``, as diffusers read it while deprecating it) and removed, with a warning. A
+    ``prediction_type`` already there (and not one of ``_use_default_values``) is kept. diffusers 0.42 no longer knows
+    the key: its DDPMScheduler ignores it and loads a ``predict_epsilon: false`` model as an ``epsilon`` one.
+
+    Example:
+        >>> read_predict_epsilon({"beta_schedule": "linear", "predict_epsilon": False})
+        {'beta_schedule': 'linear', 'prediction_type': 'sample'}
+    """
+    if "predict_epsilon" not in config_dict:
+        return config_dict
+    value = config_dict["predict_epsilon"]
+    _check(isinstance(value, bool), "predict_epsilon", value, "true (prediction_type epsilon) or false (sample)")
+    read = "epsilon" if value else "sample"
+    defaulted = config_dict.get("_use_default_values", [])
+    config = {k: v for k, v in config_dict.items() if k != "predict_epsilon"}
+    if "prediction_type" in config and "prediction_type" not in defaulted:
+        if config["prediction_type"] != read:
+            logger.warning(
+                f"predict_epsilon={value!r} (diffusers before 0.10) is ignored: the config's"
+                f" prediction_type={config['prediction_type']!r} replaces it."
+            )
+        return config
+    config["prediction_type"] = read
+    if defaulted:
+        config["_use_default_values"] = [k for k in defaulted if k != "prediction_type"]
+    logger.warning(f"predict_epsilon={value!r} (diffusers before 0.10) is read as prediction_type={read!r}.")
+    return config
 
 
 class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
@@ -278,13 +311,15 @@ class HFDDPMScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
         """diffusers' matching of config keys to ``__init__`` arguments (``from_config`` and ``from_pretrained`` call
-        it), after a config written by another diffusers scheduler gets that scheduler's defaults for the keys it
-        lacks, including the default ``eta`` of its ``step`` (DDIM: 0).
+        it), after an older diffusers' ``predict_epsilon`` is read as ``prediction_type``
+        (:func:`read_predict_epsilon`) and a config written by another diffusers scheduler gets that scheduler's
+        defaults for the keys it lacks, including the default ``eta`` of its ``step`` (DDIM: 0).
 
         The writer is the config's ``_class_name``, or for a live ``scheduler.config`` (which has none) the scheduler
         whose ``__init__`` takes exactly its keys. Keys listed in ``_use_default_values`` already hold the writer's
         defaults: they are kept, where diffusers would replace them by this scheduler's defaults.
         """
+        config_dict = read_predict_epsilon(config_dict)
         config_dict = {k: v for k, v in config_dict.items() if k != "_use_default_values"}
         writer = cls._config_writer(config_dict)
         if writer is not None:

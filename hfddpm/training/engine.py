@@ -41,7 +41,7 @@ from hfddpm.models.unet_presets import UNET_PRESETS
 from hfddpm.pipelines.mel_hfddpm import HFDDPMMel
 from hfddpm.pipelines.pipeline_hfddpm import HFDDPMPipeline, is_repo_id, load_model
 from hfddpm.pipelines.pipeline_hfddpm_audio import HFDDPMAudioPipeline
-from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler
+from hfddpm.schedulers.scheduling_hfddpm import HFDDPMScheduler, read_predict_epsilon
 from hfddpm.training.checkpoint import plain_model, register_checkpoint_hooks
 from hfddpm.training.config import TrainConfig, fallback
 from hfddpm.training.loss import diffusion_loss, step_generator
@@ -68,9 +68,10 @@ def pretrained_scheduler(path: str, cache_dir=None) -> HFDDPMScheduler:
 
     A setting the scheduler cannot take (another sampler's, e.g. DPMSolver's ``use_karras_sigmas=True``, or a
     ``beta_schedule`` it does not know) is a ``ValueError`` naming it; one at its writer's default is left behind,
-    as it is the sampler's, not the model's. Keys that the writer's ``__init__`` does not take (those of older
-    diffusers versions: ``tensor_format``, ``timestep_values``) are ignored and logged, as diffusers does;
-    ``predict_epsilon`` (diffusers before 0.10) is read as ``prediction_type`` as diffusers' deprecation did.
+    as it is the sampler's, not the model's. ``predict_epsilon`` (diffusers before 0.10) is read as
+    ``prediction_type`` (:func:`~hfddpm.schedulers.scheduling_hfddpm.read_predict_epsilon`, as ``from_pretrained``
+    reads it); other keys that the writer's ``__init__`` does not take (those of older diffusers versions:
+    ``tensor_format``, ``timestep_values``) are ignored and logged, as diffusers does.
 
     Example:
         >>> import tempfile
@@ -91,19 +92,18 @@ def pretrained_scheduler(path: str, cache_dir=None) -> HFDDPMScheduler:
     name = config.get("_class_name", HFDDPMScheduler.__name__)  # no name: diffusers reads it as the loading class
     writer = HFDDPMScheduler._config_writer(config) or (HFDDPMScheduler if name == HFDDPMScheduler.__name__ else None)
     parameters = inspect.signature(writer.__init__).parameters if writer is not None else {}
-    # 1. keys the writer does not take (older diffusers versions'): ignored as diffusers ignores them, predict_epsilon
-    #    read as diffusers' deprecation of it read it
+    # 1. predict_epsilon read as the scheduler's conversion reads it, the writer's other keys it does not take (older
+    #    diffusers versions') ignored as diffusers ignores them
+    try:
+        config = read_predict_epsilon(config)
+    except ValueError as err:
+        raise ValueError(f"{source} cannot be trained with HFDDPMScheduler: {err}") from None
     if writer is not None:
         ignored = {k: v for k, v in config.items() if not k.startswith("_") and k not in parameters}
         config = {k: v for k, v in config.items() if k not in ignored}
-        if "predict_epsilon" in ignored and "prediction_type" not in config:
-            config["prediction_type"] = "epsilon" if ignored["predict_epsilon"] else "sample"
         if ignored:
             shown = ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items()))
-            read = ""
-            if "predict_epsilon" in ignored:
-                read = f"; prediction_type={config['prediction_type']!r} is read from predict_epsilon"
-            logger.warning(f"{source} ({name}) has keys that {name} no longer takes, ignored: {shown}{read}.")
+            logger.warning(f"{source} ({name}) has keys that {name} no longer takes, ignored: {shown}.")
     # 2. the conversion, then the writer's settings left behind: refused unless at the writer's default (a writer
     #    diffusers does not know: every key left behind is refused)
     try:
