@@ -146,6 +146,104 @@ def test_output_dir_that_is_a_file_or_read_only(tmp_path):
         TrainConfig(output_dir="/proc/hfddpm-out").check_output_dir()
 
 
+@pytest.mark.parametrize("existing", [None, "empty", "with a file"])
+def test_a_refused_run_leaves_no_output_folder_it_created(tmp_path, monkeypatch, existing):
+    from hfddpm.training import train
+
+    (tmp_path / "imgs").mkdir()
+    top = tmp_path / "new"
+    out = top / "nested" / "out" if existing is None else tmp_path / "existing"
+    if existing is not None:
+        out.mkdir()
+    if existing == "with a file":
+        (out / "notes.txt").write_text("mine")
+    seen = []
+    check_output_dir = TrainConfig.check_output_dir
+    monkeypatch.setattr(TrainConfig, "check_output_dir", lambda self: seen.append(check_output_dir(self)) or seen[-1])
+    config = TrainConfig(train_data_dir=str(tmp_path / "imgs"), dataset_config_name="foo", output_dir=str(out))
+    with pytest.raises(ValueError, match=r"--dataset_config_name 'foo': the image folder .* has no configs"):
+        train(config)
+    assert seen == [out]  # refused after the output folder was made
+    if existing is None:
+        assert not top.exists()  # the folder and the parents this call created
+    else:
+        assert sorted(p.name for p in out.iterdir()) == ([] if existing == "empty" else ["notes.txt"])
+    if existing == "with a file":
+        assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_or_failed_run_keeps_its_output_folder(tmp_path, monkeypatch):
+    from hfddpm.training import loop, train
+
+    for error in (KeyboardInterrupt(), TrainingError("diverged")):
+        out = tmp_path / type(error).__name__ / "out"
+
+        def stop(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(loop, "setup", stop)
+        with pytest.raises(type(error)):
+            train(TrainConfig(output_dir=str(out)))
+        assert out.is_dir()  # only bad input (ValueError, FileNotFoundError) removes what the call created
+
+
+def test_only_empty_folders_a_refused_run_created_are_removed(tmp_path):
+    from hfddpm.training.loop import folders_to_create, remove_empty_folders
+
+    out = tmp_path / "a" / "b" / "out"
+    created = folders_to_create(out)
+    assert created == [out, out.parent, out.parent.parent] and folders_to_create(tmp_path) == []
+    (out / "logs" / "run").mkdir(parents=True)
+    (out / "samples").mkdir()
+    (out / "logs" / "run" / "events").write_text("x")  # e.g. another process wrote there meanwhile
+    remove_empty_folders(created)
+    assert (out / "logs" / "run" / "events").is_file() and (out / "samples").is_dir()  # untouched
+    (out / "logs" / "run" / "events").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "logs" / "link").symlink_to(tmp_path / "elsewhere")  # a link counts as a file: it stays
+    remove_empty_folders(created)
+    assert (out / "logs" / "link").is_symlink() and (out / "samples").is_dir()
+    (out / "logs" / "link").unlink()
+    remove_empty_folders(created)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
+    remove_empty_folders(created)  # already gone (another process removed them): nothing to do, no error
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("x")  # a parent that holds a file now stays
+    remove_empty_folders(created)
+    assert (tmp_path / "a" / "keep.txt").is_file()
+
+
+def test_a_malformed_hub_token_from_python_is_named_as_such(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from hfddpm.training import train
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    out = tmp_path / "out"
+    config = TrainConfig(push_to_hub=True, hub_model_id="me/model", hub_token="hf_abc\ndef", output_dir=str(out))
+    with pytest.raises(ValueError, match=r"^The token from TrainConfig.hub_token contains a line break: ") as err:
+        train(config)
+    assert "hf_abc" not in str(err.value) and not out.exists()
+
+
+def test_the_final_push_names_the_hub_token_of_python_as_the_check_did(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    import hfddpm.hub
+    from hfddpm.training import train
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    pushed = []
+    monkeypatch.setattr(hfddpm.hub, "push_to_hub", lambda *args, **kwargs: pushed.append(kwargs) or "url")
+    config = TrainConfig(preset="tiny", train_batch_size=8, max_train_steps=1, validation_inference_steps=1,
+                         validation_images_per_class=1, mixed_precision="no", cpu_threads=1, push_to_hub=True,
+                         hub_model_id="me/model", hub_token="hf_" + "V" * 34)  # fmt: skip
+    for token, flag in ((config.hub_token, "TrainConfig.hub_token"), (None, None)):
+        monkeypatch.setenv("HF_TOKEN", "hf_" + "W" * 34)
+        train(dataclasses.replace(config, hub_token=token, output_dir=str(tmp_path / str(flag))))
+        assert pushed.pop()["token_flag"] == flag  # None: no TrainConfig(hub_token=...) to name (HF_TOKEN is used)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------------------------------------

@@ -314,10 +314,14 @@ def check_resume(path: Path, *, settings: dict, unet_config, use_ema: bool) -> s
     return None
 
 
-def later_checkpoints(path: Path, output_dir: Path) -> list[Path]:
-    """The numbered checkpoints of ``output_dir`` saved after the step of checkpoint ``path``: a resume from ``path``
-    would abandon them (and ``--checkpoints_total_limit`` would prune the new ones first)."""
-    step = checkpoint_step(path)
+def later_checkpoints(output_dir: Path, step: int) -> list[Path]:
+    """The numbered checkpoints of ``output_dir`` saved after ``step``: a resume from a checkpoint of that step would
+    abandon them (and ``--checkpoints_total_limit`` would prune the new ones first).
+
+    Example:
+        >>> later_checkpoints(Path("no-such-run"), 500)
+        []
+    """
     return [p for p in list_checkpoints(Path(output_dir) / "checkpoints") if _numbered_step(p) > step]
 
 

@@ -200,7 +200,8 @@ class TrainConfig:
         True,
         "Decode a small map-style dataset (up to 1 GiB decoded, no random crops or flips) once and keep it on the"
         " training device: no per-step decoding, collation or host-to-device copy, the same batches in the same"
-        " order.",
+        " order. A latent run (--vae) keeps its latents there up to 1 GiB, else in host memory;"
+        " --no_data_on_device keeps either in host memory.",
         group="data",
     )
     max_bad_image_fraction: float = _opt(

@@ -13,6 +13,7 @@ Example (a few steps of the tiny preset on the embedded digits)::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -42,7 +43,6 @@ from hfddpm.training.checkpoint import (
     SETTINGS_KEY,
     check_checkpoint,
     check_resume,
-    checkpoint_step,
     delete_checkpoints_after,
     later_checkpoints,
     list_checkpoints,
@@ -77,6 +77,8 @@ logger = get_logger(__name__, log_level="INFO")
 
 TRAIN_METRICS_FILE = "train_metrics.json"
 CARD_FILE = "README.md"
+# how the messages about a malformed or missing token name TrainConfig(hub_token=...) (a command line takes none)
+HUB_TOKEN_ARGUMENT = "TrainConfig.hub_token"
 
 
 class TrainingError(RuntimeError):
@@ -181,24 +183,61 @@ def train(config: TrainConfig, *, started: float | None = None) -> Path:
     ``started`` is the ``time.perf_counter()`` at which the run began, by default now: a time budget counts from it
     (``training/train.py`` passes its own start, so that importing the library counts too).
 
-    Bad input raises ``ValueError``/``FileNotFoundError`` before any training step. Whether it returns or raises, the
+    Bad input raises ``ValueError``/``FileNotFoundError`` before any training step; an output folder this call
+    created is then removed if it holds no file (:func:`remove_empty_folders`). Whether it returns or raises, the
     process is left as it was found (:func:`process_state_kept`), so that a notebook can call it again.
     """
     started = time.perf_counter() if started is None else started
+    config.validate()
+    created = folders_to_create(config.output_dir)  # what TrainConfig.check_output_dir will create
     with process_state_kept():
-        return _train(config, started)
+        try:
+            return _train(config, started)
+        except (ValueError, FileNotFoundError):  # bad input; a TrainingError or Ctrl-C keeps the checkpoints
+            remove_empty_folders(created)
+            raise
+
+
+def folders_to_create(path: str | Path) -> list[Path]:
+    """The folders ``Path(path).mkdir(parents=True)`` would create: ``path`` and its parents up to the first that
+    exists, deepest first (none when ``path`` exists).
+
+    Example:
+        >>> [folder.name for folder in folders_to_create("no-such-run/samples")]
+        ['samples', 'no-such-run']
+    """
+    path = Path(path).absolute()
+    return list(itertools.takewhile(lambda folder: not os.path.lexists(folder), (path, *path.parents)))
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (:func:`folders_to_create`, deepest first) and the empty subfolders of the first, unless the
+    first holds a file (or a link) anywhere below it: a refused run leaves no empty output folder behind. Only empty
+    folders are ever removed (``os.rmdir``), so several processes may do this at once, or write there meanwhile."""
+    if not folders:
+        return
+    walked = list(os.walk(folders[0]))  # top-down (a folder before its subfolders); errors: a folder already gone
+    if any(files or any(os.path.islink(os.path.join(root, d)) for d in dirs) for root, dirs, files in walked):
+        return
+    for folder in [*(root for root, _, _ in reversed(walked)), *folders[1:]]:
+        try:
+            os.rmdir(folder)
+        except OSError:  # removed by another process, or not empty (any more): what holds it stays
+            pass
 
 
 def _train(config: TrainConfig, started: float) -> Path:
-    """:func:`train`'s run, in a process whose state :func:`process_state_kept` restores afterwards."""
-    config.validate()
+    """:func:`train`'s run (``config`` validated), in a process whose state :func:`process_state_kept` restores
+    afterwards."""
     # 1. processes, threads, trackers
     trackers = check_trackers(config.report_to)
     resolve_mixed_precision(config.mixed_precision)  # fp16 on a CPU is refused here, before any file is written
+    token_flag = HUB_TOKEN_ARGUMENT if config.hub_token is not None else None
     if config.push_to_hub:  # a bad repository id or a missing token stops the run now, not after training
         from hfddpm.hub import check_push_settings
 
-        check_push_settings(config.hub_model_id or Path(config.output_dir).name, config.hub_token)
+        repo_id = config.hub_model_id or Path(config.output_dir).name
+        check_push_settings(repo_id, config.hub_token, token_flag=token_flag)
     output_dir = config.check_output_dir()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -231,15 +270,17 @@ def _train(config: TrainConfig, started: float) -> Path:
         # a resume continues the same run: anything that does not fit the checkpoint is refused before it loads;
         # the settings the recipe sets are compared once it is chosen, below
         check_checkpoint(resume_path)
+        resumed = read_training_state(resume_path)  # read once: the checks below and the resume itself use it
+        resume_step = resumed["global_step"]
         not_recipe = [name for name in RESUME_FIELDS if name not in RECIPE_FIELDS]
         settings = {name: run_settings.get(name, getattr(config, name)) for name in not_recipe}
         note = check_resume(resume_path, settings=settings, unet_config=run.unet.config, use_ema=config.use_ema)
         if note is not None:
             logger.warning(note)
-        later = later_checkpoints(resume_path, output_dir)
+        later = later_checkpoints(output_dir, resume_step)
         if later and not config.overwrite_output_dir:
             raise ValueError(
-                f"{resume_path.name} (step {checkpoint_step(resume_path)}) is older than the newest checkpoint of"
+                f"{resume_path.name} (step {resume_step}) is older than the newest checkpoint of"
                 f" {output_dir}, {later[-1].name}: resuming from it would abandon {', '.join(p.name for p in later)}"
                 " (and --checkpoints_total_limit would then delete the new checkpoints before them). Resume with"
                 " --resume_from_checkpoint latest, or add --overwrite_output_dir to continue from"
@@ -293,7 +334,7 @@ def _train(config: TrainConfig, started: float) -> Path:
     )
     budget = None
     if config.uses_time_budget:
-        planned = read_training_state(resume_path).get("max_train_steps") if resume_path is not None else None
+        planned = resumed.get("max_train_steps") if resume_path is not None else None
         if planned:  # a resumed run keeps the length it planned
             max_train_steps = planned
         else:
@@ -303,10 +344,10 @@ def _train(config: TrainConfig, started: float) -> Path:
     if resume_path is not None:
         # the recipe's settings (the others passed above) and the length: both follow the recipe
         check_resume(resume_path, settings=settings, unet_config=run.unet.config, use_ema=config.use_ema)
-        _check_resume_length(config, resume_path, max_train_steps, planned_by_budget=budget is not None)
-        if _finished(output_dir, resume_path, max_train_steps):
+        _check_resume_length(config, resume_path, resume_step, max_train_steps, planned_by_budget=budget is not None)
+        if _finished(output_dir, resume_step, max_train_steps):
             logger.info(
-                f"{output_dir} holds a finished run: {resume_path.name} is at step {checkpoint_step(resume_path)},"
+                f"{output_dir} holds a finished run: {resume_path.name} is at step {resume_step},"
                 f" the end of {_length_flag(config, max_train_steps)}; nothing to do. Raise --max_train_steps to"
                 " train further, or use another --output_dir for a new run."
             )
@@ -339,7 +380,7 @@ def _train(config: TrainConfig, started: float) -> Path:
     if resume_path is not None:
         if config.overwrite_output_dir:  # from an older checkpoint: the later ones belong to an abandoned run
             if accelerator.is_main_process:
-                deleted = delete_checkpoints_after(output_dir, checkpoint_step(resume_path))
+                deleted = delete_checkpoints_after(output_dir, resume_step)
                 if any(p.name == "checkpoint-best" for p in deleted) and (output_dir / "best").is_dir():
                     shutil.rmtree(output_dir / "best")  # the EMA pipeline of the deleted checkpoint-best
                 if deleted:
@@ -351,18 +392,17 @@ def _train(config: TrainConfig, started: float) -> Path:
         logger.info(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
         match_optimizer_layout(engine.optimizer)  # the memory format may differ from the checkpoint's
-        state = read_training_state(resume_path)
-        global_step = state["global_step"]
-        positions = state["data_positions"]
-        resumed_images = state.get("images_seen")  # not in checkpoints of hfddpm <= 2026-11
-        if config.uses_time_budget and state.get("lr_plan") and state.get("max_train_steps"):
-            engine.set_lr_plan(state["lr_plan"])  # the planned length and its corrections, as before the pause
+        global_step = resume_step
+        positions = resumed["data_positions"]
+        resumed_images = resumed.get("images_seen")  # not in checkpoints of hfddpm <= 2026-11
+        if config.uses_time_budget and resumed.get("lr_plan") and resumed.get("max_train_steps"):
+            engine.set_lr_plan(resumed["lr_plan"])  # the planned length and its corrections, as before the pause
         if accelerator.is_main_process:
-            bad_total, read_total = state["num_bad_images"], state["num_read_images"]
-        if state["num_processes"] != accelerator.num_processes:
+            bad_total, read_total = resumed["num_bad_images"], resumed["num_read_images"]
+        if resumed["num_processes"] != accelerator.num_processes:
             positions = rescale_positions(positions, accelerator.num_processes, config.streaming)
             logger.warning(
-                f"The checkpoint was written by {state['num_processes']} processes, this run has"
+                f"The checkpoint was written by {resumed['num_processes']} processes, this run has"
                 f" {accelerator.num_processes}: the data order continues approximately, not exactly."
             )
     start = tuple(positions[accelerator.process_index]) if positions else (0, 0)
@@ -747,7 +787,9 @@ def _train(config: TrainConfig, started: float) -> Path:
         from hfddpm.hub import push_to_hub
 
         repo_id = config.hub_model_id or output_dir.name
-        url = push_to_hub(output_dir, repo_id, token=config.hub_token, private=config.hub_private_repo)
+        url = push_to_hub(
+            output_dir, repo_id, token=config.hub_token, private=config.hub_private_repo, token_flag=token_flag
+        )
         logger.info(f"Uploaded to {url}")
     # the fraction of broken images is final now; the finished run is saved before this is reported
     check_bad_images(
@@ -883,9 +925,10 @@ def _length_flag(config: TrainConfig, max_train_steps: int) -> str:
     return f"the {max_train_steps} steps the time budget planned"
 
 
-def _check_resume_length(config: TrainConfig, checkpoint: Path, max_train_steps: int, *, planned_by_budget: bool):
-    """A ``ValueError`` when the run would end before the step ``checkpoint`` has already reached."""
-    step = checkpoint_step(checkpoint)
+def _check_resume_length(
+    config: TrainConfig, checkpoint: Path, step: int, max_train_steps: int, *, planned_by_budget: bool
+) -> None:
+    """A ``ValueError`` when the run would end before ``step``, which ``checkpoint`` has already reached."""
     if planned_by_budget or step <= max_train_steps:  # a time budget plans from the checkpoint's step on
         return
     raise ValueError(
@@ -896,9 +939,9 @@ def _check_resume_length(config: TrainConfig, checkpoint: Path, max_train_steps:
     )
 
 
-def _finished(output_dir: Path, checkpoint: Path, max_train_steps: int) -> bool:
-    """Whether ``checkpoint`` is the end of a run whose pipeline and metrics are already saved."""
-    done = read_training_state(checkpoint)["global_step"] >= max_train_steps
+def _finished(output_dir: Path, step: int, max_train_steps: int) -> bool:
+    """Whether a checkpoint at ``step`` is the end of a run whose pipeline and metrics are already saved."""
+    done = step >= max_train_steps
     return done and (output_dir / "model_index.json").is_file() and (output_dir / TRAIN_METRICS_FILE).is_file()
 
 
