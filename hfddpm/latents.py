@@ -81,10 +81,16 @@ def load_vae(
 ) -> AutoencoderKL | AutoencoderTiny:
     """An ``AutoencoderKL`` or ``AutoencoderTiny`` from a folder or Hub id, as ``from_pretrained`` loads it.
 
-    ``ValueError`` when the folder holds another kind of model (naming its class and the ones that fit);
-    ``FileNotFoundError`` when there is no ``config.json`` (with a hint for pipeline folders: ``--vae_subfolder vae``).
+    ``ValueError`` when ``path`` is a file, or a folder of another kind of model (naming its class and the ones that
+    fit); ``FileNotFoundError`` when there is no ``config.json`` (with a hint for pipeline folders:
+    ``--vae_subfolder vae``).
     """
     kwargs = {"subfolder": subfolder, "revision": revision, "cache_dir": cache_dir}
+    if os.path.isfile(path):  # from_pretrained reads a folder or a repository; given a file it fails deep inside
+        raise ValueError(
+            f"--vae must be a folder or a Hub repository id, got the file {path!r}; pass the folder that holds the"
+            f" autoencoder's config.json and weights (e.g. {os.path.dirname(os.path.abspath(path))!r})."
+        )
     where = f"--vae {path!r}" + (f" (--vae_subfolder {subfolder!r})" if subfolder else "")
     try:
         config = AutoencoderKL.load_config(path, **kwargs)

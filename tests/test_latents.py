@@ -135,6 +135,17 @@ def test_vae_that_is_not_an_autoencoder_is_named(tmp_path):
         load_vae(str(tmp_path / "pipe"))
 
 
+def test_vae_file_is_refused_with_the_folder_to_pass(tmp_path):
+    build_vae(VAETrainConfig(**TINY_VAE)).save_pretrained(tmp_path / "vae")
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        file = tmp_path / "vae" / name
+        with pytest.raises(ValueError) as err:
+            load_vae(str(file))
+        assert str(err.value).startswith(f"--vae must be a folder or a Hub repository id, got the file {str(file)!r}")
+        assert repr(str(tmp_path / "vae")) in str(err.value)
+    assert type(load_vae(str(tmp_path / "vae"))) is AutoencoderKL  # the folder itself loads
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The encode-once cache
 # ---------------------------------------------------------------------------------------------------------------------
@@ -505,8 +516,59 @@ def test_two_process_vae_training_saves_one_folder_and_frees_its_ddp_model_first
         ({"block_out_channels": "8,x"}, r"--block_out_channels '8,x' is invalid: give positive integers"),
         ({"resolution": 0}, r"--resolution 0 is invalid: it must be an integer >= 1"),
         ({"kl_weight": float("nan")}, r"--kl_weight nan is invalid"),
+        ({"lr_scheduler": "foo"}, r"--lr_scheduler 'foo' is invalid; choose one of \('linear', 'cosine', "),
     ],
 )  # fmt: skip
 def test_bad_vae_settings_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         VAETrainConfig(**overrides).validate()
+
+
+def test_train_vae_refuses_an_earlier_run_before_training_unless_overwrite(tmp_path):
+    out = tmp_path / "vae"
+    settings = dict(**TINY_VAE, train_batch_size=4, mixed_precision="no", output_dir=str(out))
+    train_vae(VAETrainConfig(**settings, max_train_steps=2))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert sorted(before) == ["config.json", "diffusion_pytorch_model.safetensors", "vae_metrics.json"]
+    # refused before any data loads (the missing image folder is never reached), nothing written
+    with pytest.raises(
+        ValueError,
+        match=r"holds an earlier run \(model files config.json, diffusion_pytorch_model"
+        r".safetensors, vae_metrics.json\), and this run would replace it. Pass --overwrite_output_dir",
+    ):
+        train_vae(VAETrainConfig(**settings, max_train_steps=3, train_data_dir=str(tmp_path / "missing")))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # with --overwrite_output_dir it trains and replaces the autoencoder
+    train_vae(VAETrainConfig(**settings, max_train_steps=3, overwrite_output_dir=True))
+    assert json.loads((out / "vae_metrics.json").read_text())["steps"] == 3
+    assert (out / "diffusion_pytorch_model.safetensors").read_bytes() != before["diffusion_pytorch_model.safetensors"]
+
+
+def test_train_vae_refuses_a_pipeline_folder(tmp_path):
+    pipe = tmp_path / "pipe"
+    HFDDPMPipeline(unet=build_unet("tiny"), scheduler=HFDDPMScheduler()).save_pretrained(pipe)
+    before = sorted(p.name for p in pipe.iterdir())
+    with pytest.raises(ValueError, match=r"--output_dir '.*pipe' holds an earlier run \(a saved pipeline\)"):
+        train_vae(VAETrainConfig(**TINY_VAE, max_train_steps=2, output_dir=str(pipe)))
+    assert sorted(p.name for p in pipe.iterdir()) == before and not (pipe / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, status, message",
+    [
+        (["--resolution", "30"], 1, "train_vae.py: error: resolution=30 cannot be encoded by this autoencoder: it"
+         " downsamples by 4, so the resolution must be divisible by 4. Use e.g. --resolution 28 or 32."),
+        (["--lr_scheduler", "foo"], 2, "train_vae.py: error: argument --lr_scheduler: invalid choice: 'foo' (choose"
+         " from 'linear', 'cosine', "),
+        (["--output_dir", "earlier"], 1, "train_vae.py: error: --output_dir 'earlier' holds an earlier run (model"
+         " files config.json), and this run would replace it. Pass --overwrite_output_dir"),
+    ],
+)  # fmt: skip
+def test_train_vae_script_bad_flags_are_one_line(tmp_path, flags, status, message):
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "config.json").write_text("{}")
+    result = subprocess.run([sys.executable, str(TRAIN_VAE), "--max_train_steps", "1", *flags], capture_output=True,
+                            text=True, env=train_env(tmp_path), cwd=tmp_path, timeout=600)  # fmt: skip
+    assert result.returncode == status, result.stderr[-4000:]
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert not (tmp_path / "hfddpm-vae").exists()

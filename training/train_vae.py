@@ -18,7 +18,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    train_vae(VAETrainConfig.from_args(args))
+    try:
+        train_vae(VAETrainConfig.from_args(args))
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input: the message names the bad value and the fix; a traceback would only bury it (as train.py)
+        raise SystemExit(f"train_vae.py: error: {err}") from None
 
 
 if __name__ == "__main__":

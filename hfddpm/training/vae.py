@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 
 from hfddpm.data import CHANNEL_MODES, load_train_dataset, make_train_dataloader, resolve_columns
 from hfddpm.latents import check_vae_resolution, vae_encode
+from hfddpm.training.checkpoint import earlier_run
+from hfddpm.training.config import LR_SCHEDULERS
 from hfddpm.training.precision import MIXED_PRECISION_CHOICES, resolve_mixed_precision
 from hfddpm.training.processes import cpu_threads_per_process, end_training, local_processes, process_state_kept
 
@@ -44,6 +46,9 @@ logger = get_logger(__name__, log_level="INFO")
 VAE_METRICS_FILE = "vae_metrics.json"
 # Images whose latents set the scaling factor (1 / std) and whose reconstructions are measured at the end.
 SCALE_IMAGES = 1024
+# Files at the top of --output_dir that mean an earlier run or a model is there (an autoencoder saves the first two).
+MODEL_FILES = ("config.json", VAE_METRICS_FILE)
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
 def _opt(default, help: str, **kwargs):
@@ -73,7 +78,9 @@ class VAETrainConfig:
     train_batch_size: int = _opt(64, "Batch size per process.")
     max_train_steps: int = _opt(1500, "Optimizer steps.")
     learning_rate: float = _opt(1e-3, "Peak learning rate (AdamW).")
-    lr_scheduler: str = _opt("cosine", "Learning-rate schedule (diffusers.optimization.get_scheduler).")
+    lr_scheduler: str = _opt(
+        "cosine", "Learning-rate schedule (diffusers.optimization.get_scheduler).", choices=LR_SCHEDULERS
+    )
     lr_warmup_steps: int = _opt(50, "Linear warm-up steps.")
     max_grad_norm: float = _opt(1.0, "Clip the gradient norm to this.")
     mixed_precision: str | None = _opt(
@@ -82,6 +89,11 @@ class VAETrainConfig:
     seed: int = _opt(0, "Seed of initialisation, data order and sampling.")
     logging_steps: int = _opt(50, "Log the loss every this many steps.")
     output_dir: str = _opt("hfddpm-vae", "Where the AutoencoderKL folder goes (--vae of training/train.py).")
+    overwrite_output_dir: bool = _opt(
+        False,
+        "Train into an --output_dir that holds an earlier run (an autoencoder, a pipeline or other model files),"
+        " replacing its files. Without it such a run is refused before training.",
+    )
 
     def validate(self) -> VAETrainConfig:
         """``ValueError`` naming a bad value and what fits."""
@@ -97,11 +109,34 @@ class VAETrainConfig:
                 f"--norm_num_groups {self.norm_num_groups} does not divide --block_out_channels {bad}; choose a"
                 f" common divisor of {blocks}."
             )
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"--lr_scheduler {self.lr_scheduler!r} is invalid; choose one of {LR_SCHEDULERS}.")
         for name in ("learning_rate", "kl_weight", "max_grad_norm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value == 0):
                 raise ValueError(f"--{name} {value} is invalid: it must be a finite number > 0 (>= 0 for weights).")
         return self
+
+    def check_output_dir(self) -> Path:
+        """The output folder; a clear error when it is a file, or holds an earlier run that this one would replace
+        (an autoencoder, a pipeline, checkpoints or other model files) unless --overwrite_output_dir is given."""
+        path = Path(self.output_dir)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--output_dir {self.output_dir!r} is a file, not a folder; pass a folder path.")
+        if path.is_dir() and not self.overwrite_output_dir:
+            files = sorted(
+                p.name
+                for p in path.iterdir()
+                if p.is_file() and (p.name in MODEL_FILES or p.suffix in MODEL_FILE_SUFFIXES)
+            )
+            found = [earlier_run(path)[0], f"model files {', '.join(files)}" if files else None]
+            earlier = " and ".join(f for f in found if f)
+            if earlier:
+                raise ValueError(
+                    f"--output_dir {self.output_dir!r} holds an earlier run ({earlier}), and this run would replace"
+                    " it. Pass --overwrite_output_dir to replace it, or another --output_dir."
+                )
+        return path
 
     @property
     def block_channels(self) -> list[int]:
@@ -207,9 +242,7 @@ def _train_vae(config: VAETrainConfig) -> Path:
     device = accelerator.device
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads_per_process(local_processes(accelerator.num_processes)))
-    output_dir = Path(config.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"--output_dir {config.output_dir!r} is a file, not a folder; pass a folder path.")
+    output_dir = config.check_output_dir()
     vae = build_vae(config)
     check_vae_resolution(config.resolution, vae)
     with accelerator.main_process_first():
