@@ -548,9 +548,11 @@ def test_train_vae_refuses_a_pipeline_folder(tmp_path):
     pipe = tmp_path / "pipe"
     HFDDPMPipeline(unet=build_unet("tiny"), scheduler=HFDDPMScheduler()).save_pretrained(pipe)
     before = sorted(p.name for p in pipe.iterdir())
-    with pytest.raises(ValueError, match=r"--output_dir '.*pipe' holds an earlier run \(a saved pipeline\)"):
-        train_vae(VAETrainConfig(**TINY_VAE, max_train_steps=2, output_dir=str(pipe)))
-    assert sorted(p.name for p in pipe.iterdir()) == before and not (pipe / "config.json").exists()
+    for again in (False, True):  # even --overwrite_output_dir: the autoencoder would be loaded as its UNet
+        with pytest.raises(ValueError, match=r"--output_dir '.*pipe' holds a pipeline \(model_index.json\): an"):
+            config = VAETrainConfig(**TINY_VAE, max_train_steps=2, output_dir=str(pipe), overwrite_output_dir=again)
+            train_vae(config)
+        assert sorted(p.name for p in pipe.iterdir()) == before and not (pipe / "config.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -119,10 +119,17 @@ class VAETrainConfig:
 
     def check_output_dir(self) -> Path:
         """The output folder; a clear error when it is a file, or holds an earlier run that this one would replace
-        (an autoencoder, a pipeline, checkpoints or other model files) unless --overwrite_output_dir is given."""
+        (an autoencoder, checkpoints or other model files) unless --overwrite_output_dir is given; a pipeline folder
+        always (an autoencoder written there would break it)."""
         path = Path(self.output_dir)
         if path.exists() and not path.is_dir():
             raise ValueError(f"--output_dir {self.output_dir!r} is a file, not a folder; pass a folder path.")
+        if (path / "model_index.json").is_file():  # even with --overwrite_output_dir: the pipeline would break
+            raise ValueError(
+                f"--output_dir {self.output_dir!r} holds a pipeline (model_index.json): an autoencoder's config.json"
+                " and weights written at its top level would be loaded as its UNet. Pass another --output_dir (a"
+                " latent run takes the autoencoder with --vae)."
+            )
         if path.is_dir() and not self.overwrite_output_dir:
             files = sorted(
                 p.name
