@@ -536,15 +536,35 @@ def _save_edit(args, rows: list[list], results: list) -> str:
     return f"a grid of {len(results)} images: {' and '.join(['inputs', 'masks'][: len(rows)])} above the results"
 
 
+def _check_inpaint_scheduler(args, class_name: str | None) -> None:
+    """``ValueError`` in the CLI's words (the valid ``--scheduler`` names) unless RePaint runs with the scheduler class
+    ``class_name``: the one ``--scheduler`` names (checked before loading), or the pipeline's saved one."""
+    from hfddpm.evaluation import SCHEDULERS
+    from hfddpm.pipelines.pipeline_hfddpm_inpaint import REPAINT_SCHEDULERS
+
+    if class_name is None or class_name in REPAINT_SCHEDULERS:
+        return
+    valid = " or ".join(f"--scheduler {name}" for name, (cls, _) in SCHEDULERS.items() if cls in REPAINT_SCHEDULERS)
+    given = f"--scheduler {args.scheduler} ({class_name})" if args.scheduler else f"the saved scheduler {class_name}"
+    raise ValueError(
+        f"inpaint runs RePaint, which needs the ancestral DDPM step and re-noising between steps; {given} has"
+        f" neither. Use {valid}."
+    )
+
+
 def cmd_inpaint(args) -> int:
     from hfddpm import HFDDPMInpaintPipeline
+    from hfddpm.evaluation import SCHEDULERS
 
     check_image_out(args.out)
+    if args.scheduler is not None:
+        _check_inpaint_scheduler(args, SCHEDULERS.get(args.scheduler.lower(), (None, {}))[0])
     images = _open_images(args.image, "--image")
     masks = _open_images(args.mask, "--mask")
     if len(masks) not in (1, len(images)):
         raise ValueError(f"Got {len(masks)} --mask files for {len(images)} --image files; give one or one per image.")
     pipe = _edit_pipeline(args, HFDDPMInpaintPipeline)
+    _check_inpaint_scheduler(args, type(pipe.scheduler).__name__)
     results = pipe(
         images,
         masks,

@@ -185,7 +185,16 @@ def test_repaint_schedule():
     "kwargs, message",
     [
         (dict(image=torch.rand(1, 1, 8, 8)), r"image must be 1x16x16 .* got images of shape \(1, 8, 8\)"),
-        (dict(image=torch.rand(1, 3, 16, 16)), r"image must be 1x16x16 .* got images of shape \(3, 16, 16\)"),
+        (dict(image=torch.rand(1, 3, 16, 16)), r"image has 3 channels, but this model takes 1-channel images"),
+        # a 3-D numpy array is HWC, as documented: an RGB(A) image for this grey model, not 16 images of 16x3
+        (
+            dict(image=np.zeros((16, 16, 3), np.float32)),
+            r"image has 3 channels, .* takes 1-channel .*image.convert\(\"L\"\)",
+        ),
+        (dict(image=np.zeros((16, 16, 4), np.float32)), r"image has 4 channels, .*array\.mean\(axis=-1\)"),
+        (dict(image=[]), r"image: no images given"),
+        (dict(mask_image=[]), r"mask_image: no images given"),
+        (dict(mask_image=np.zeros((16, 16, 3), np.float32)), r"mask_image must have one channel .* got 3 channels"),
         (dict(image=torch.rand(1, 1, 16, 16) * 2), r"image values must be in \[0, 1\]"),
         (dict(image=np.zeros((16, 16), dtype=np.uint8)), r"must hold floats in \[0, 1\], got dtype torch.uint8"),
         (dict(image="in.png"), r"image must be PIL images, numpy arrays"),
@@ -195,7 +204,7 @@ def test_repaint_schedule():
         (dict(mask_image=torch.zeros(1, 3, 16, 16)), r"mask_image must have one channel .* got 3 channels"),
         (dict(mask_image=np.zeros((1, 16, 16, 3), np.float32)), r"mask_image must have one channel .* got 3"),
         # a 3-D torch tensor is CHW, as documented: an RGB image for this grey model, not 3 grey images
-        (dict(image=torch.rand(3, 16, 16)), r"image must be 1x16x16 .* got images of shape \(3, 16, 16\)"),
+        (dict(image=torch.rand(3, 16, 16)), r"image has 3 channels, but this model takes 1-channel images"),
         (dict(jump_length=0), r"jump_length must be an integer >= 1, got 0"),
         (dict(jump_n_sample=1.5), r"jump_n_sample must be an integer >= 1, got 1.5"),
         (dict(class_labels=[10, 1]), r"class_labels must be in \[0, 9\]"),
@@ -209,11 +218,64 @@ def test_inpaint_bad_input(inpaint, kwargs, message):
         inpaint(**args)
 
 
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (
+            np.zeros((SIZE, SIZE), np.float32),
+            r"image has 1 channel, but this model takes 3-channel .*\.convert\(\"RGB\"\)",
+        ),
+        (np.zeros((SIZE, SIZE, 1), np.float32), r"image has 1 channel, but this model takes 3-channel"),
+        (np.zeros((SIZE, SIZE, 4), np.float32), r"image has 4 channels, .* drop the alpha channel"),
+    ],
+)
+def test_rgb_model_names_the_channels_of_a_grey_or_rgba_array(image, message):
+    edit = HFDDPMImg2ImgPipeline(unet=build_unet("tiny", in_channels=3, out_channels=3, sample_size=SIZE),
+                                 scheduler=HFDDPMScheduler())  # fmt: skip
+    rgb = np.zeros((SIZE, SIZE, 3), np.float32)  # HWC with the model's channels: one image
+    assert edit(rgb, strength=0.0, output_type="pt").images.shape == (1, 3, SIZE, SIZE)
+    with pytest.raises(ValueError, match=message):
+        edit(image, strength=0.5, num_inference_steps=2)
+
+
 @pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "euler", "unipc"])
 def test_inpaint_refuses_schedulers_repaint_is_not_defined_for(pipe, name):
     edit = HFDDPMInpaintPipeline(unet=pipe.unet, scheduler=make_scheduler(name, pipe.scheduler.config))
     with pytest.raises(ValueError, match=r"RePaint is defined for .*'HFDDPMScheduler', 'DDPMScheduler'.*, not \w+"):
         edit(digits(1), lower_half_mask(), num_inference_steps=2)
+
+
+def tiny_vae(latent_channels: int):
+    return diffusers.AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=latent_channels, block_out_channels=[8, 8], layers_per_block=1,
+        norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("pipeline_cls", [HFDDPMPipeline, HFDDPMInpaintPipeline, HFDDPMImg2ImgPipeline])
+def test_a_vae_that_does_not_fit_the_unet_is_refused_when_the_pipeline_is_built(latent_pipe, pipeline_cls):
+    unet, scheduler = latent_pipe.unet, latent_pipe.scheduler
+    with pytest.raises(ValueError, match=r"vae \(AutoencoderKL\) has 8 latent channels but the UNet takes 4 input"):
+        pipeline_cls(unet=unet, scheduler=scheduler, vae=tiny_vae(8))
+    with pytest.raises(ValueError, match=r"vae must be one of AutoencoderKL, AutoencoderTiny .* got a UNet2DModel"):
+        pipeline_cls(unet=unet, scheduler=scheduler, vae=unet)
+    assert pipeline_cls(unet=unet, scheduler=scheduler, vae=diffusers.AutoencoderTiny(latent_channels=4)).vae
+
+
+def test_a_saved_folder_with_a_swapped_vae_is_refused_when_loaded(latent_pipe, tmp_path, capsys):
+    from hfddpm.cli import main
+
+    latent_pipe.save_pretrained(tmp_path / "pipe")
+    tiny_vae(8).save_pretrained(tmp_path / "pipe" / "vae")
+    for pipeline_cls in (HFDDPMPipeline, HFDDPMInpaintPipeline, HFDDPMImg2ImgPipeline):
+        with pytest.raises(ValueError, match=r"8 latent channels but the UNet takes 4 input channels"):
+            pipeline_cls.from_pretrained(tmp_path / "pipe")
+    out = tmp_path / "grid.png"
+    assert (
+        main(["sample", str(tmp_path / "pipe"), "--num-images", "1", "--num-inference-steps", "1", "--out", str(out)])
+        == 2
+    )
+    assert "8 latent channels but the UNet takes 4 input channels" in capsys.readouterr().err and not out.exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -445,7 +507,11 @@ def test_cli_img2img(cli_files, tmp_path):
     [
         (["inpaint", "--mask", "small.png"], r"mask_image must have the image's size \(16, 16\)"),
         (["inpaint", "--mask", "grey_mask.png"], r"mask_image must be binary"),
-        (["inpaint", "--mask", "mask.png", "--scheduler", "ddim"], r"RePaint is defined for .*not DDIMScheduler"),
+        (
+            ["inpaint", "--mask", "mask.png", "--scheduler", "ddim"],
+            r"--scheduler ddim \(DDIMScheduler\) has neither\. Use --scheduler hfddpm or --scheduler ddpm\.$",
+        ),
+        (["inpaint", "--mask", "mask.png", "--scheduler", "Euler"], r"--scheduler Euler \(EulerDiscreteScheduler\)"),
         (["inpaint", "--mask", "mask.png", "mask.png"], r"Got 2 --mask files for 1 --image files"),
         (["inpaint", "--mask", "missing.png"], r"--mask .*missing.png: no such file"),
         (["img2img", "--class-label", "10"], r"--class-labels must be in \[0, 9\]"),
@@ -464,6 +530,21 @@ def test_cli_edit_bad_input(cli_files, tmp_path, capsys, monkeypatch, command, m
     err = capsys.readouterr().err
     assert err.startswith(f"hfddpm {name}: error:") and re.search(message, err), err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_inpaint_names_the_scheduler_flag_for_a_saved_ddim_scheduler(pipe, cli_files, tmp_path, capsys):
+    from hfddpm.cli import main
+
+    HFDDPMPipeline(unet=pipe.unet, scheduler=make_scheduler("ddim", pipe.scheduler.config)).save_pretrained(
+        tmp_path / "ddim"
+    )
+    d, out = cli_files, tmp_path / "o.png"
+    args = ["--image", str(d / "in0.png"), "--mask", str(d / "mask.png"), "--num-inference-steps", "1"]
+    assert main(["inpaint", str(tmp_path / "ddim"), *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the saved scheduler DDIMScheduler has neither. Use --scheduler hfddpm or --scheduler ddpm." in err, err
+    assert "pipe.scheduler" not in err and not out.exists()
+    assert main(["inpaint", str(tmp_path / "ddim"), *args, "--scheduler", "ddpm", "--out", str(out)]) == 0
 
 
 def test_cli_strength_out_of_range(cli_files, capsys):

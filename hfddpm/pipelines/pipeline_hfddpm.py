@@ -104,6 +104,37 @@ def check_count(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
 
 
+def check_vae(unet, vae) -> None:
+    """``ValueError`` unless ``vae`` can serve ``unet`` as the autoencoder of a latent model: ``None`` (pixel space) or
+    one of the autoencoder classes of :data:`COMPONENTS` whose ``latent_channels`` are the UNet's ``in_channels``.
+    Every hfddpm pipeline checks its ``vae`` here when it is built or loaded, before any sampling.
+
+    Example:
+        >>> from diffusers import AutoencoderTiny, UNet2DModel
+        >>> blocks = {"down_block_types": ("DownBlock2D",) * 2, "up_block_types": ("UpBlock2D",) * 2}
+        >>> unet = UNet2DModel(in_channels=4, block_out_channels=(8, 8), norm_num_groups=4, **blocks)
+        >>> check_vae(unet, AutoencoderTiny(latent_channels=8))
+        Traceback (most recent call last):
+        ...
+        ValueError: The vae (AutoencoderTiny) has 8 latent channels but the UNet takes 4 input channels...
+    """
+    if vae is None:
+        return
+    accepted = COMPONENTS["vae"][0]
+    if not isinstance(vae, accepted):
+        raise ValueError(
+            f"vae must be one of {', '.join(cls.__name__ for cls in accepted)} (or None for a pixel-space model), got"
+            f" a {type(vae).__name__}."
+        )
+    latent_channels, in_channels = vae.config.latent_channels, unet.config.in_channels
+    if latent_channels != in_channels:
+        raise ValueError(
+            f"The vae ({type(vae).__name__}) has {latent_channels} latent channels but the UNet takes {in_channels}"
+            f" input channels (in_channels): a latent UNet works on the autoencoder's latents. Use the autoencoder"
+            f" the UNet was trained with (latent_channels={in_channels})."
+        )
+
+
 def load_model(model_cls, path: str | os.PathLike, subfolder: str | None = None, **kwargs):
     """``model_cls.from_pretrained(path, subfolder=subfolder, **kwargs)`` from safetensors weights only.
 
@@ -262,6 +293,11 @@ class HFDDPMPipelineMixin:
         converted to the UNet's mode (grey ``L`` for one channel, ``RGB`` for three). Images must have the UNet's
         channels and size; a mask has one channel, its size is the caller's to check."""
         channels = 1 if mask else self._image_shape()[0]
+        if isinstance(images, (list, tuple)) and not images:
+            raise ValueError(f"{name}: no images given; pass a PIL image, an array, or a list of them.")
+        # diffusers reads a 3-D numpy array for a grey model as N grey images; ours are HWC as documented
+        if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] in (3, 4) and channels == 1:
+            raise ValueError(_channels_message(name, images.shape[-1], channels, mask))
         arrays = images if isinstance(images, (list, tuple)) else [images]
         for array in arrays:
             if isinstance(array, (torch.Tensor, np.ndarray)):
@@ -299,11 +335,8 @@ class HFDDPMPipelineMixin:
             ) from None
         tensor = tensor.float()
         expected = self._image_shape()
-        if mask and tensor.shape[1] != 1:
-            raise ValueError(
-                f"{name} must have one channel (1 = repaint, 0 = keep), got {tensor.shape[1]} channels; give a grey"
-                " mask (PIL masks are converted to grey)."
-            )
+        if tensor.shape[1] != channels:
+            raise ValueError(_channels_message(name, tensor.shape[1], channels, mask))
         if not mask and tuple(tensor.shape[1:]) != (channels, *expected[1:]):
             raise ValueError(
                 f"{name} must be {channels}x{expected[1]}x{expected[2]} (channels x height x width, as this UNet's"
@@ -315,6 +348,7 @@ class HFDDPMPipelineMixin:
         """Register an editing pipeline's ``unet``, ``scheduler`` and ``vae`` (``None`` for a pixel-space model;
         ``from_pipe`` of a pixel pipeline hands over its empty ``vae`` entry, which counts as none)."""
         vae = vae if isinstance(vae, torch.nn.Module) else None
+        check_vae(unet, vae)
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     def _vae_scale_factor(self) -> int:
@@ -531,6 +565,7 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
 
     def __init__(self, unet: UNet2DModel, scheduler, vae: AutoencoderKL | AutoencoderTiny | None = None):
         super().__init__()
+        check_vae(unet, vae)
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     def _check_inputs(self, batch_size, class_labels, guidance_scale, output_type, callback_on_step_end_tensor_inputs):
@@ -596,6 +631,27 @@ class HFDDPMPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
         # 5. a latent model decodes (HFDDPMPipelineMixin._decode); then [-1, 1] -> [0, 1]
         images = self._decode(latents)
         return self._output((images / 2 + 0.5).clamp(0, 1).float(), output_type, return_dict)
+
+
+def _channels_message(name: str, got: int, channels: int, mask: bool) -> str:
+    """Why an image (or mask) of ``got`` channels is refused where ``channels`` are needed, and how to convert it."""
+    got_channels = f"{got} channel{'s' * (got != 1)}"
+    if mask:
+        what = f"{name} must have one channel (1 = repaint, 0 = keep), got {got_channels}"
+    else:
+        what = f"{name} has {got_channels}, but this model takes {channels}-channel images"
+    if channels == 1:
+        fix = (
+            'convert it to grey first: image.convert("L") for a PIL image, the mean over the channel axis of an array'
+            " (array.mean(axis=-1) for HWC, tensor.mean(dim=1, keepdim=True) for NCHW)"
+        )
+    elif channels == 3 and got == 4:
+        fix = 'drop the alpha channel: image.convert("RGB") for a PIL image, array[..., :3] for HWC'
+    elif channels == 3 and got == 1:
+        fix = 'convert it to RGB first: image.convert("RGB") for a PIL image, np.repeat(array, 3, axis=-1) for HWC'
+    else:
+        fix = "convert it first"
+    return f"{what}; {fix} (PIL images are converted to the model's mode)."
 
 
 def _read_index(index_path: str) -> dict:
