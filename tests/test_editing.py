@@ -331,6 +331,8 @@ def test_strength_sets_the_steps(img2img):
     [
         (dict(strength=1.5), r"strength must be a number in \[0, 1\] .* got 1.5"),
         (dict(strength=-0.1), r"strength must be a number in \[0, 1\] .* got -0.1"),
+        (dict(strength="0.5"), r"strength must be a number in \[0, 1\] .* got '0.5' \(str\)\."),
+        (dict(strength=torch.tensor(1.5)), r"strength must be a number in \[0, 1\] .* got 1.5 \(float\)\."),
         (dict(image=torch.rand(1, 1, 28, 28)), r"image must be 1x16x16"),
         (dict(image=-torch.rand(1, 1, 16, 16)), r"image values must be in \[0, 1\]"),
         (dict(class_labels=[1, 2, 3]), r"Got 3 class_labels for batch_size=2"),
@@ -556,3 +558,10 @@ def test_cli_strength_out_of_range(cli_files, capsys):
     assert "--strength: must be a finite number in [0, 1] (0 keeps the image, 1 ignores it), got 1.5" in (
         capsys.readouterr().err
     )
+
+
+def test_img2img_takes_a_zero_dim_tensor_strength_as_its_number(img2img):
+    args = dict(image=digits(2), num_inference_steps=4, output_type="pt")
+    number = img2img(strength=0.5, generator=torch.Generator().manual_seed(3), **args).images
+    tensor = img2img(strength=torch.tensor(0.5), generator=torch.Generator().manual_seed(3), **args).images
+    assert torch.equal(number, tensor)

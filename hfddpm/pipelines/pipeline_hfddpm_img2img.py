@@ -102,8 +102,13 @@ class HFDDPMImg2ImgPipeline(HFDDPMPipelineMixin, DiffusionPipeline):
             callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
         """
         # 1. check inputs
+        if isinstance(strength, torch.Tensor) and strength.ndim == 0 and strength.is_floating_point():
+            strength = strength.item()  # a 0-d tensor, as diffusers' img2img pipelines take
         if not isinstance(strength, numbers.Real) or isinstance(strength, bool) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be a number in [0, 1] (0 keeps the image, 1 ignores it), got {strength}.")
+            raise ValueError(
+                "strength must be a number in [0, 1] (0 keeps the image, 1 ignores it), got"
+                f" {strength!r} ({type(strength).__name__})."
+            )
         check_count("num_inference_steps", num_inference_steps)
         self._check_output_type(output_type)
         self._check_scheduler()
