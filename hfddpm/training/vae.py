@@ -91,8 +91,9 @@ class VAETrainConfig:
     output_dir: str = _opt("hfddpm-vae", "Where the AutoencoderKL folder goes (--vae of training/train.py).")
     overwrite_output_dir: bool = _opt(
         False,
-        "Train into an --output_dir that holds an earlier run (an autoencoder, a pipeline or other model files),"
-        " replacing its files. Without it such a run is refused before training.",
+        "Train into an --output_dir that holds an earlier run (an autoencoder, checkpoints or other model files),"
+        " replacing its files. Without it such a run is refused before training. A pipeline folder is always refused"
+        " (its UNet would load the autoencoder's weights).",
     )
 
     def validate(self) -> VAETrainConfig:
