@@ -70,17 +70,20 @@ def test_bad_flag_is_one_clear_line_and_writes_nothing(train_script, argv, match
     assert not out.exists()
 
 
+def _push_is_refused_before_training(train_script, tmp_path, message: str) -> None:
+    out = tmp_path / "out"
+    args = train_script.parse_args(["--push_to_hub", "--hub_model_id", "me/model", "--output_dir", str(out)])
+    with pytest.raises(SystemExit, match=message):
+        train_script.main(args)
+    assert not out.exists()
+
+
 def test_push_without_a_token_stops_before_training(train_script, tmp_path, monkeypatch):
     for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no saved login there
-    out = tmp_path / "out"
-    args = train_script.parse_args(["--push_to_hub", "--hub_model_id", "me/model", "--output_dir", str(out)])
-    with pytest.raises(
-        SystemExit, match=r"^train.py: error: No Hugging Face token to push to 'me/model': set HF_TOKEN"
-    ):
-        train_script.main(args)
-    assert not out.exists()
+    message = r"^train.py: error: No Hugging Face token to push to 'me/model': set HF_TOKEN"
+    _push_is_refused_before_training(train_script, tmp_path, message)
 
 
 def test_push_with_the_hub_offline_stops_before_training(train_script, tmp_path, monkeypatch):
@@ -88,13 +91,8 @@ def test_push_with_the_hub_offline_stops_before_training(train_script, tmp_path,
 
     monkeypatch.setenv("HF_TOKEN", "hf_" + "T" * 34)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    out = tmp_path / "out"
-    args = train_script.parse_args(["--push_to_hub", "--hub_model_id", "me/model", "--output_dir", str(out)])
-    with pytest.raises(
-        SystemExit, match=r"^train.py: error: HF_HUB_OFFLINE is set, so the run could not be pushed to 'me/model'"
-    ):
-        train_script.main(args)
-    assert not out.exists()
+    message = r"^train.py: error: HF_HUB_OFFLINE is set, so the run could not be pushed to 'me/model'"
+    _push_is_refused_before_training(train_script, tmp_path, message)
 
 
 def test_a_bad_flag_from_the_command_line_is_one_line(tmp_path):
